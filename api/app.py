@@ -1,0 +1,59 @@
+"""The FastAPI app: built by `create_app`, its resources made in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+from arq.connections import ArqRedis
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.middleware import RequestContextMiddleware
+from api.routers import health, portfolio
+from kiota.db import create_pool
+from kiota.hdwallet import ExtendedPublicKey
+from kiota.queue import create_queue
+from kiota.settings import Settings, load_settings
+
+
+@dataclass(slots=True)
+class Resources:
+    """What request handlers need, built once per process."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    queue: ArqRedis
+    deposit_key: ExtendedPublicKey
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app; settings are loaded in the lifespan unless given (tests give them)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        config = settings or load_settings(Settings)
+        # min_size=0: the process starts (and /health/ready answers 503) while
+        # PostgreSQL is down, instead of crash-looping.
+        pool = await create_pool(config.database_url, min_size=0, max_size=20)
+        queue = create_queue(config.redis_url)
+        app.state.resources = Resources(config, pool, queue, config.deposit_key)
+        try:
+            yield
+        finally:
+            await queue.aclose(close_connection_pool=True)
+            await pool.close()
+
+    app = FastAPI(
+        title="Kiota",
+        version="0.1.0",
+        description="M-Pesa and USDC-on-Base deposits into a savings portfolio.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestContextMiddleware)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(portfolio.router, prefix="/api/v1")
+    return app

@@ -1,0 +1,52 @@
+"""Dependencies of the routers, as `Annotated` aliases in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import asyncpg
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from kiota.auth import verify_token
+from kiota.errors import AuthError
+from kiota.settings import Settings
+from kiota.users import User, ensure_user
+
+if TYPE_CHECKING:
+    from api.app import Resources
+
+
+def get_resources(request: Request) -> Resources:
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+ResourcesDep = Annotated["Resources", Depends(get_resources)]
+
+
+def get_settings(resources: ResourcesDep) -> Settings:
+    return resources.settings
+
+
+def get_pool(resources: ResourcesDep) -> asyncpg.Pool:
+    return resources.pool
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+
+_bearer = HTTPBearer(auto_error=False, description="HS256 JWT whose `sub` is the user's id")
+
+
+async def get_current_user(
+    resources: ResourcesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise AuthError("missing bearer token")
+    subject = verify_token(credentials.credentials, resources.settings.jwt_secret.get_secret_value())
+    return await ensure_user(resources.pool, subject, resources.deposit_key)
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]

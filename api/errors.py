@@ -1,0 +1,45 @@
+"""Domain errors to HTTP answers: the only place status codes meet errors."""
+
+from __future__ import annotations
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from kiota.errors import AuthError, IdempotencyConflict, InvalidInput, KiotaError
+
+log = structlog.get_logger(__name__)
+
+_STATUS: dict[type[KiotaError], int] = {
+    InvalidInput: 422,
+    AuthError: 401,
+    IdempotencyConflict: 409,
+}
+
+
+def status_for(exc: KiotaError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return 500
+
+
+async def _kiota_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, KiotaError)
+    status = status_for(exc)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status >= 500:
+        log.error("request failed", error=type(exc).__name__, message=str(exc))
+        return JSONResponse({"detail": "internal error"}, status_code=status)
+    log.info("request refused", status=status, error=type(exc).__name__, message=str(exc))
+    return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", error=type(exc).__name__)
+    return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(KiotaError, _kiota_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,98 @@
+"""Idempotency-Key for the app's POSTs, as one reusable dependency.
+
+Scoped to (user, route, key). The first request claims the key in PostgreSQL and
+runs; its answer (status and body) is stored and replayed to every later request
+with the same key and the same body. Another body → 409; a request while the
+first is still running → 409. A first attempt that failed with a 5xx (or raised)
+releases the key so that a retry can run; 2xx and 4xx answers are kept.
+
+Usage in a router:
+
+    async def create(body: Body, user: CurrentUser, idem: IdempotencyDep) -> Response:
+        return await idem.run(lambda: service(...))   # service returns (status, json)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import Depends, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from api.deps import CurrentUser, PoolDep
+from kiota.errors import IdempotencyConflict, InvalidInput
+from kiota.sql import load_queries
+
+MAX_KEY_LENGTH = 255
+Answer = tuple[int, Any]
+
+
+def request_hash(raw_body: bytes) -> str:
+    """Hash of the body's meaning: key order and white space do not make another body."""
+    try:
+        canonical = json.dumps(json.loads(raw_body or b"null"), sort_keys=True, separators=(",", ":"))
+    except ValueError:
+        canonical = raw_body.decode("latin-1")
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Idempotency:
+    def __init__(
+        self, pool: asyncpg.Pool, user_id: str, route: str, key: str | None, body_hash: str
+    ) -> None:
+        self._pool = pool
+        self._scope = (user_id, route, key)
+        self._key = key
+        self._hash = body_hash
+
+    async def run(self, handler: Callable[[], Awaitable[Answer]]) -> Response:
+        if self._key is None:
+            status, body = await handler()
+            return JSONResponse(body, status_code=status)
+        q = load_queries()
+        claimed = await self._pool.fetchval(q.claim_idempotency_key, *self._scope, self._hash)
+        if claimed is None:
+            return await self._replay()
+        try:
+            status, body = await handler()
+        except BaseException:
+            await self._pool.execute(q.release_idempotency_key, *self._scope)
+            raise
+        if status >= 500:
+            await self._pool.execute(q.release_idempotency_key, *self._scope)
+        else:
+            await self._pool.execute(q.complete_idempotency_key, *self._scope, status, body)
+        return JSONResponse(body, status_code=status)
+
+    async def _replay(self) -> Response:
+        row = await self._pool.fetchrow(load_queries().idempotency_key, *self._scope)
+        if row is None:  # released between our claim and this read: the first attempt failed
+            raise IdempotencyConflict("the first request with this Idempotency-Key failed; retry")
+        if row["request_hash"] != self._hash:
+            raise IdempotencyConflict("this Idempotency-Key was used with another request body")
+        if row["response_status"] is None:
+            raise IdempotencyConflict("a request with this Idempotency-Key is still in flight")
+        return JSONResponse(
+            row["response_body"],
+            status_code=row["response_status"],
+            headers={"Idempotent-Replayed": "true"},
+        )
+
+
+async def get_idempotency(
+    request: Request,
+    user: CurrentUser,
+    pool: PoolDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Idempotency:
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_KEY_LENGTH:
+        raise InvalidInput(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    return Idempotency(pool, user.id, route, idempotency_key, request_hash(await request.body()))
+
+
+IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

@@ -1,0 +1,29 @@
+"""The user's portfolio: balances from the ledger and the deposit address."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from api.deps import CurrentUser, PoolDep
+from kiota.ledger import USER_ASSETS
+from kiota.ledger_store import user_balances
+from kiota.money import format_usdc
+
+router = APIRouter(tags=["portfolio"])
+
+
+class PortfolioOut(BaseModel):
+    user_id: str
+    deposit_address: str
+    balances: dict[str, str]
+
+
+@router.get("/portfolio")
+async def get_portfolio(user: CurrentUser, pool: PoolDep) -> PortfolioOut:
+    balances = await user_balances(pool, user.id)
+    return PortfolioOut(
+        user_id=user.id,
+        deposit_address=user.deposit_address,
+        balances={asset: format_usdc(balances.get(asset, 0)) for asset in USER_ASSETS},
+    )

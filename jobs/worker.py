@@ -1,0 +1,104 @@
+"""The arq worker: settings, start-up, job context and the registered functions.
+
+Every job is `async def f(ctx, ...)`; what it needs arrives in `ctx`, built once
+in `startup`. A job function only unpacks `ctx` and calls a service function in
+`kiota/` that a test can call without arq.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from arq import cron
+from arq.worker import Worker
+
+from kiota.db import create_pool
+from kiota.logging import configure_logging
+from kiota.queue import deserialize_job, redis_settings, serialize_job
+from kiota.settings import WorkerSettings, load_settings
+from kiota.sql import load_queries
+
+log = structlog.get_logger(__name__)
+
+# A killed worker's job is re-run only after its in-progress key expires
+# (job_timeout + 10 s), so jobs are kept short and the timeout low: a stuck
+# deposit waits well under a minute, not arq's default five.
+JOB_TIMEOUT_SECONDS = 40
+# Polling sets throughput (REFERENCE.md: defaults give ~20 jobs/s). 50 ms keeps
+# latency low without spinning Redis; 20 concurrent jobs fit a 20-connection pool.
+POLL_DELAY_SECONDS = 0.05
+MAX_JOBS = 20
+# On SIGTERM arq waits this long for running jobs before cancelling them; it is
+# below Render's maxShutdownDelaySeconds (render.yaml) and above JOB_TIMEOUT.
+JOB_COMPLETION_WAIT_SECONDS = 45
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: WorkerSettings = ctx.get("settings") or load_settings(WorkerSettings)
+    ctx["settings"] = settings
+    ctx["pool"] = await create_pool(settings.database_url, min_size=1, max_size=MAX_JOBS + 2)
+    ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    ctx["started_at"] = datetime.now(UTC)
+    await heartbeat(ctx)
+    log.info("worker started", worker_id=ctx["worker_id"])
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    pool = ctx.get("pool")
+    if pool is not None:
+        await pool.close()
+    log.info("worker stopped", worker_id=ctx.get("worker_id"))
+
+
+async def on_job_start(ctx: dict[str, Any]) -> None:
+    structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"), job_try=ctx.get("job_try"))
+
+
+async def on_job_end(ctx: dict[str, Any]) -> None:
+    structlog.contextvars.clear_contextvars()
+
+
+async def heartbeat(ctx: dict[str, Any]) -> None:
+    """Say in PostgreSQL that this worker is alive (the dashboard lists workers from it)."""
+    await ctx["pool"].execute(
+        load_queries().record_heartbeat,
+        ctx["worker_id"],
+        socket.gethostname(),
+        os.getpid(),
+        ctx["started_at"],
+    )
+
+
+FUNCTIONS: list[Any] = []
+CRON_JOBS = [cron(heartbeat, second={0, 30}, run_at_startup=False, timeout=10)]
+
+
+def build_worker(settings: WorkerSettings, *, burst: bool = False, handle_signals: bool = True) -> Worker:
+    return Worker(
+        functions=FUNCTIONS,
+        cron_jobs=CRON_JOBS,
+        redis_settings=redis_settings(settings.redis_url),
+        on_startup=startup,
+        on_shutdown=shutdown,
+        on_job_start=on_job_start,
+        on_job_end=on_job_end,
+        job_serializer=serialize_job,
+        job_deserializer=deserialize_job,
+        job_timeout=JOB_TIMEOUT_SECONDS,
+        poll_delay=POLL_DELAY_SECONDS,
+        max_jobs=MAX_JOBS,
+        job_completion_wait=JOB_COMPLETION_WAIT_SECONDS,
+        burst=burst,
+        handle_signals=handle_signals,
+        ctx={"settings": settings},
+    )
+
+
+def run_worker(settings: WorkerSettings) -> None:
+    configure_logging()
+    build_worker(settings).run()

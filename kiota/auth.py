@@ -1,0 +1,37 @@
+"""Bearer tokens of the mobile app: HS256 JWTs whose `sub` is the user's id."""
+
+from __future__ import annotations
+
+import jwt
+
+from kiota.errors import AuthError
+
+MAX_SUBJECT_LENGTH = 255
+
+
+def verify_token(token: str, secret: str) -> str:
+    """Return the token's subject, or raise AuthError.
+
+    Only HS256 is accepted (so `alg: none` and algorithm confusion are refused);
+    `exp` and `sub` are required and `exp` is checked.
+    """
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            options={"require": ["exp", "sub"], "verify_exp": True, "verify_signature": True},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise AuthError("token expired") from exc
+    except jwt.InvalidTokenError as exc:
+        raise AuthError("invalid token") from exc
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not 1 <= len(subject) <= MAX_SUBJECT_LENGTH:
+        raise AuthError("token subject must be a non-empty string")
+    return subject
+
+
+def issue_token(subject: str, secret: str, ttl_seconds: int, now: int) -> str:
+    """Mint a token (for `kiota dev` and tests; the app's real tokens come from its identity service)."""
+    return jwt.encode({"sub": subject, "iat": now, "exp": now + ttl_seconds}, secret, algorithm="HS256")

@@ -1,0 +1,87 @@
+"""The `kiota` command: migrate, api, worker, dev."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from kiota.errors import ConfigError, MigrationError
+from kiota.logging import configure_logging
+from kiota.settings import Settings, WorkerSettings, load_settings
+
+
+def _fail(message: str) -> int:
+    print(f"kiota: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    from kiota.migrate import migrate
+
+    class _DatabaseOnly(BaseSettings):
+        # Migrations need only the database, not the app's secrets.
+        model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+        database_url: str = Settings.model_fields["database_url"].default
+
+    configure_logging()
+    try:
+        applied = asyncio.run(migrate(_DatabaseOnly().database_url))
+    except MigrationError as exc:
+        return _fail(str(exc))
+    print(f"kiota migrate: {len(applied)} applied" + (f" ({', '.join(applied)})" if applied else ""))
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    try:
+        settings = load_settings(Settings)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    configure_logging()
+    uvicorn.run(
+        create_app(settings),
+        host="0.0.0.0",  # noqa: S104 - Render routes to 0.0.0.0:$PORT
+        port=settings.port,
+        access_log=False,
+        proxy_headers=False,  # the client address is read by our own trusted-proxy rule
+        timeout_graceful_shutdown=20,
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from jobs.worker import run_worker
+
+    try:
+        settings = load_settings(WorkerSettings)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    run_worker(settings)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiota", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply the SQL migrations to DATABASE_URL").set_defaults(func=cmd_migrate)
+    sub.add_parser("api", help="serve the HTTP API on 0.0.0.0:$PORT").set_defaults(func=cmd_api)
+    sub.add_parser("worker", help="run the job worker").set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

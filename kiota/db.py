@@ -1,0 +1,41 @@
+"""PostgreSQL adapter: the pool, codecs, and driver errors translated at the boundary."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+from kiota.sql import Queries, load_queries
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb in and out as Python objects; money never travels as a float, so the
+    # encoder is plain json and callers pass strings/integers.
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=30,
+    )
+    assert pool is not None
+    return pool
+
+
+def queries() -> Queries:
+    return load_queries()
+
+
+def constraint_name(exc: BaseException) -> str | None:
+    """The constraint an integrity error names, if any (for domain errors)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        name: Any = getattr(exc, "constraint_name", None)
+        return str(name) if name else None
+    return None

@@ -1,0 +1,129 @@
+"""Double-entry rules, pure: what each money movement posts, and the checks.
+
+Every movement is one balanced journal entry: positive integer amounts in the
+asset's smallest unit, a direction each, and debits equal credits per asset. The
+database enforces the same invariants again (sql/migrations/0001); this module
+lets the code refuse a bad entry before it gets that far, and names the postings
+of each business event in one place.
+
+Accounts are named by code: `user:<user id>:<asset>` or a system account such as
+`treasury:USDC` (seeded by the first migration).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from enum import StrEnum
+
+from kiota.errors import LedgerError
+
+ASSETS = frozenset({"KES", "USDC"})
+USER_ASSETS = ("USDC",)  # what a portfolio holds; shillings are converted on arrival
+
+TREASURY_USDC = "treasury:USDC"
+CUSTODY_USDC = "custody:USDC"
+MPESA_FLOAT_KES = "mpesa_float:KES"
+CUSTOMER_PENDING_KES = "customer_pending:KES"
+FX_KES = "fx:KES"
+FX_USDC = "fx:USDC"
+SUSPENSE_KES = "suspense:KES"
+
+
+class Direction(StrEnum):
+    DEBIT = "D"
+    CREDIT = "C"
+
+
+def user_account(user_id: str, asset: str) -> str:
+    return f"user:{user_id}:{asset}"
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    account: str
+    asset: str
+    direction: Direction
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A journal entry; `key` is its idempotency key, saved with it and reused on retry."""
+
+    key: str
+    kind: str
+    postings: tuple[Posting, ...]
+    memo: str | None = None
+
+    def __post_init__(self) -> None:
+        check_balanced(self.postings)
+        if not self.key:
+            raise LedgerError("an entry needs an idempotency key")
+
+
+def check_balanced(postings: tuple[Posting, ...]) -> None:
+    if len(postings) < 2:
+        raise LedgerError("an entry needs at least two postings")
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for posting in postings:
+        if posting.asset not in ASSETS:
+            raise LedgerError(f"unknown asset {posting.asset!r}")
+        if isinstance(posting.amount, bool) or not isinstance(posting.amount, int) or posting.amount <= 0:
+            raise LedgerError(f"posting amounts are positive integers, got {posting.amount!r}")
+        totals[posting.asset][0 if posting.direction is Direction.DEBIT else 1] += posting.amount
+    off = sorted(asset for asset, (debit, credit) in totals.items() if debit != credit)
+    if off:
+        raise LedgerError(f"entry does not balance in {', '.join(off)}")
+
+
+def transfer(debit: str, credit: str, asset: str, amount: int) -> tuple[Posting, Posting]:
+    """One leg: `amount` moves out of `credit` into `debit` (both in one asset)."""
+    return (
+        Posting(debit, asset, Direction.DEBIT, amount),
+        Posting(credit, asset, Direction.CREDIT, amount),
+    )
+
+
+def mpesa_received(deposit_id: str, amount_kes: int) -> Entry:
+    """A callback said the customer paid: shillings sit in our float, owed to the customer."""
+    return Entry(
+        key=f"mpesa:{deposit_id}:received",
+        kind="mpesa_received",
+        postings=transfer(MPESA_FLOAT_KES, CUSTOMER_PENDING_KES, "KES", amount_kes),
+    )
+
+
+def mpesa_unmatched(callback_key: str, amount_kes: int) -> Entry:
+    """Money arrived whose owner is unclear: held in suspense for review, never credited."""
+    return Entry(
+        key=f"mpesa:{callback_key}:suspense",
+        kind="mpesa_suspense",
+        postings=transfer(MPESA_FLOAT_KES, SUSPENSE_KES, "KES", amount_kes),
+    )
+
+
+def mpesa_converted_and_paid(
+    deposit_id: str, user_id: str, amount_kes: int, amount_usdc_micro: int
+) -> Entry:
+    """The completion of an M-Pesa deposit, in one entry.
+
+    The FX desk buys the customer's shillings and sells them USDC at the quote
+    (rounded down: what rounding kept stays with the desk); the USDC leaves the
+    treasury wallet for the user's own deposit address (custody) on-chain.
+    """
+    postings = (
+        *transfer(CUSTOMER_PENDING_KES, FX_KES, "KES", amount_kes),
+        *transfer(FX_USDC, user_account(user_id, "USDC"), "USDC", amount_usdc_micro),
+        *transfer(CUSTODY_USDC, TREASURY_USDC, "USDC", amount_usdc_micro),
+    )
+    return Entry(key=f"mpesa:{deposit_id}:completed", kind="mpesa_completed", postings=postings)
+
+
+def usdc_received(chain_id: int, tx_hash: str, log_index: int, user_id: str, amount_micro: int) -> Entry:
+    """A confirmed USDC Transfer to a user's deposit address, keyed by the log itself."""
+    return Entry(
+        key=f"usdc:{chain_id}:{tx_hash.lower()}:{log_index}",
+        kind="usdc_received",
+        postings=transfer(CUSTODY_USDC, user_account(user_id, "USDC"), "USDC", amount_micro),
+    )

@@ -1,0 +1,176 @@
+"""Process configuration: one pydantic-settings class, built at process start.
+
+Every variable of the contract lives here. Required ones have no default, so a
+missing one stops the process with one line naming it (`load_settings`). Nothing
+here runs at import: the CLI, the FastAPI lifespan and the arq `startup` build it.
+The API process uses `Settings`, which has no treasury key at all; the worker
+uses `WorkerSettings`, which requires it.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kiota.errors import ConfigError, InvalidInput
+from kiota.hdwallet import ExtendedPublicKey
+from kiota.money import parse_rate
+
+SANDBOX_DARAJA_HOST = "sandbox.safaricom.co.ke"
+PRODUCTION_DARAJA_HOST = "api.safaricom.co.ke"
+BASE_MAINNET_CHAIN_ID = 8453
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})  # noqa: S104 - a host name, not a bind
+
+
+class Settings(BaseSettings):
+    """Everything `kiota api` needs; `WorkerSettings` adds the treasury key."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/kiota"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_base_url: str | None = None
+
+    jwt_secret: SecretStr
+    admin_username: str | None = None
+    admin_password: SecretStr | None = None
+
+    mpesa_base_url: str = f"https://{SANDBOX_DARAJA_HOST}"
+    mpesa_consumer_key: SecretStr
+    mpesa_consumer_secret: SecretStr
+    mpesa_shortcode: str
+    mpesa_passkey: SecretStr
+    mpesa_callback_token: SecretStr
+    mpesa_min_kes: int = Field(default=10, ge=1, le=250_000)
+    kes_per_usd: Decimal
+
+    base_rpc_url: str = "http://127.0.0.1:8545"
+    base_chain_id: int = BASE_MAINNET_CHAIN_ID
+    base_usdc_address: str = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
+    deposit_xpub: str
+    deposit_confirmations_required: int = Field(default=2, ge=1)
+
+    intent_poll_seconds: int = Field(default=30, ge=1)
+    intent_ttl_seconds: int = Field(default=3600, ge=1)
+    intent_max_checks: int = Field(default=120, ge=1)
+    sweep_seconds: int = Field(default=120, ge=1)
+    mpesa_query_after_seconds: int = Field(default=120, ge=1)
+
+    @field_validator("kes_per_usd", mode="before")
+    @classmethod
+    def _rate_is_a_decimal_string(cls, value: Any) -> Decimal:
+        if isinstance(value, Decimal):
+            return value
+        if isinstance(value, float):
+            raise ValueError("must be a decimal string such as 129.50, never a float")
+        try:
+            return parse_rate(str(value))
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("deposit_xpub")
+    @classmethod
+    def _xpub_parses(cls, value: str) -> str:
+        ExtendedPublicKey.parse(value)
+        return value.strip()
+
+    @field_validator("mpesa_callback_token")
+    @classmethod
+    def _one_or_two_tokens(cls, value: SecretStr) -> SecretStr:
+        tokens = [t.strip() for t in value.get_secret_value().split(",")]
+        if not 1 <= len(tokens) <= 2 or any(len(t) < 16 for t in tokens):
+            raise ValueError("one or two comma-separated tokens of at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_dangerous_pairings(self) -> Settings:
+        daraja_host = urlsplit(self.mpesa_base_url).hostname or ""
+        rpc_host = urlsplit(self.base_rpc_url).hostname or ""
+        if (
+            daraja_host == SANDBOX_DARAJA_HOST
+            and self.base_chain_id == BASE_MAINNET_CHAIN_ID
+            and rpc_host not in LOCAL_HOSTS
+        ):
+            raise ValueError(
+                "dangerous pairing: the Safaricom sandbox with Base mainnet (chain 8453) at a "
+                "non-local RPC would pay real USDC for play money"
+            )
+        if daraja_host == PRODUCTION_DARAJA_HOST and self.base_chain_id != BASE_MAINNET_CHAIN_ID:
+            raise ValueError(
+                "dangerous pairing: production Daraja with a chain other than Base mainnet "
+                "would take real shillings for test tokens"
+            )
+        return self
+
+    @property
+    def callback_tokens(self) -> list[str]:
+        """Accepted callback tokens; the first is put in new pushes (rotation)."""
+        return [t.strip() for t in self.mpesa_callback_token.get_secret_value().split(",")]
+
+    @property
+    def public_url(self) -> str:
+        return (self.public_base_url or f"http://127.0.0.1:{self.port}").rstrip("/")
+
+    @property
+    def deposit_key(self) -> ExtendedPublicKey:
+        return ExtendedPublicKey.parse(self.deposit_xpub)
+
+    @property
+    def admin_enabled(self) -> bool:
+        return bool(self.admin_username and self.admin_password)
+
+
+class WorkerSettings(Settings):
+    """The worker alone signs payouts, so only it needs the treasury key."""
+
+    treasury_private_key: SecretStr
+
+    @field_validator("treasury_private_key")
+    @classmethod
+    def _is_a_private_key(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value().strip().removeprefix("0x")
+        if len(raw) != 64 or any(c not in "0123456789abcdefABCDEF" for c in raw):
+            raise ValueError("must be a 32-byte hex private key")
+        return value
+
+
+SettingsT = TypeVar("SettingsT", bound=Settings)
+
+
+def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Build settings or raise ConfigError with one line that names what is wrong.
+
+    The message never includes a value: a secret could be the thing that is malformed.
+    """
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+    except ConfigError as exc:  # raised inside a validator (e.g. a bad xpub)
+        raise ConfigError(str(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    missing: list[str] = []
+    invalid: list[str] = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = ".".join(str(part) for part in error["loc"]).upper()
+        if error["type"] == "missing":
+            missing.append(name)
+        elif name:
+            invalid.append(f"{name} ({error['msg']})")
+        else:
+            invalid.append(str(error["msg"]).removeprefix("Value error, "))
+    parts = []
+    if missing:
+        parts.append("missing required setting " + ", ".join(missing))
+    if invalid:
+        parts.append("invalid setting " + "; ".join(invalid))
+    return "; ".join(parts)

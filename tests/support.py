@@ -1,0 +1,60 @@
+"""Values and helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from kiota.auth import issue_token
+
+ADMIN_DSN = os.environ.get("KIOTA_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_TEST_URL = os.environ.get("KIOTA_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+
+# The public test mnemonic's account xpub (CONTRACT.md's known vector).
+TEST_XPUB = (
+    "xpub6DyUKdwoLWmUJ4Tn9Bbsdtx7B5Ws18mEN19e5HT52ikE53FiUheSQXrZUNPovqfyKmw4579A1Mm3GXXKM39N64uooBfJ4tNAzFsEbodRTx4"
+)
+TEST_CHILDREN = (
+    "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266",
+    "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+    "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+)
+JWT_SECRET = "test-jwt-secret-that-is-long-enough-for-hs256"
+CALLBACK_TOKEN = "cb-token-0123456789abcdef"
+# anvil's well-known account 9; never a deposit address of the test xpub's first children.
+TREASURY_KEY = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6"
+
+
+def base_env(database_url: str, redis_url: str = REDIS_TEST_URL) -> dict[str, str]:
+    """A complete environment for `kiota api` (add TREASURY_PRIVATE_KEY for the worker)."""
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "JWT_SECRET": JWT_SECRET,
+        "MPESA_BASE_URL": "http://127.0.0.1:9",
+        "MPESA_CONSUMER_KEY": "test-consumer-key",
+        "MPESA_CONSUMER_SECRET": "test-consumer-secret",
+        "MPESA_SHORTCODE": "174379",
+        "MPESA_PASSKEY": "bfb279f9aa9bdbcf158e97dd71a467cd2e0c893059b10f78e6b72ada1ed2c919",
+        "MPESA_CALLBACK_TOKEN": CALLBACK_TOKEN,
+        "KES_PER_USD": "129.50",
+        "BASE_RPC_URL": "http://127.0.0.1:8545",
+        "DEPOSIT_XPUB": TEST_XPUB,
+    }
+
+
+def settings_kwargs(database_url: str, redis_url: str = REDIS_TEST_URL) -> dict[str, Any]:
+    return {key.lower(): value for key, value in base_env(database_url, redis_url).items()}
+
+
+def bearer(subject: str, *, ttl: int = 600, secret: str = JWT_SECRET) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_token(subject, secret, ttl, int(time.time()))}"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

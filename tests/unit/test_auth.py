@@ -1,0 +1,47 @@
+import base64
+import json
+import time
+
+import jwt
+import pytest
+
+from kiota.auth import issue_token, verify_token
+from kiota.errors import AuthError
+
+SECRET = "s3cret-s3cret-s3cret-s3cret-s3cret"
+
+
+def _b64(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def test_a_valid_token_gives_its_subject() -> None:
+    assert verify_token(issue_token("user-1", SECRET, 60, int(time.time())), SECRET) == "user-1"
+
+
+def test_alg_none_is_refused() -> None:
+    token = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({'sub': 'u', 'exp': int(time.time()) + 60})}."
+    with pytest.raises(AuthError):
+        verify_token(token, SECRET)
+
+
+@pytest.mark.parametrize(
+    ("claims", "key", "algorithm", "message"),
+    [
+        ({"sub": "u", "exp": int(time.time()) - 10}, SECRET, "HS256", "expired"),
+        ({"sub": "u", "exp": int(time.time()) + 60}, "another-secret-another-secret-xx", "HS256", "invalid"),
+        ({"sub": "u"}, SECRET, "HS256", "invalid"),  # exp is required
+        ({"exp": int(time.time()) + 60}, SECRET, "HS256", "invalid"),  # sub is required
+        ({"sub": "", "exp": int(time.time()) + 60}, SECRET, "HS256", "subject"),
+        ({"sub": "u", "exp": int(time.time()) + 60}, SECRET, "HS512", "invalid"),
+    ],
+)
+def test_bad_tokens_are_refused(claims: dict[str, object], key: str, algorithm: str, message: str) -> None:
+    token = jwt.encode(claims, key + "x" * 40 if algorithm == "HS512" else key, algorithm=algorithm)
+    with pytest.raises(AuthError, match=message):
+        verify_token(token, SECRET if algorithm != "HS512" else key + "x" * 40)
+
+
+def test_garbage_is_refused() -> None:
+    with pytest.raises(AuthError):
+        verify_token("not.a.jwt", SECRET)

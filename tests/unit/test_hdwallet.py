@@ -1,0 +1,37 @@
+import pytest
+
+from kiota.errors import ConfigError
+from kiota.hdwallet import ExtendedPublicKey
+from tests.support import TEST_CHILDREN, TEST_XPUB
+
+
+@pytest.mark.parametrize(("index", "address"), list(enumerate(TEST_CHILDREN)))
+def test_known_vector(index: int, address: str) -> None:
+    assert ExtendedPublicKey.parse(TEST_XPUB).child_address(index) == address
+
+
+def test_children_are_distinct() -> None:
+    key = ExtendedPublicKey.parse(TEST_XPUB)
+    addresses = {key.child_address(i) for i in range(200)}
+    assert len(addresses) == 200
+
+
+def test_a_private_extended_key_is_refused() -> None:
+    # BIP-32 test vector 1's master xprv.
+    xprv = (
+        "xprv9s21ZrQH143K3QTDL4LXw2F7HEK3wJUD2nW2nRk4stbPy6cq3jPPqjiChkVvvNKmPGJxWUtg6LnF5kejMRNNU3TGtRBeJgk33"
+        "yuGBxrMPHi"
+    )
+    with pytest.raises(ConfigError, match="PRIVATE"):
+        ExtendedPublicKey.parse(xprv)
+
+
+@pytest.mark.parametrize("bad", [TEST_XPUB[:-1] + "5", "xpub", "0OIl", TEST_XPUB + "1"])
+def test_malformed_xpub_is_refused(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        ExtendedPublicKey.parse(bad)
+
+
+def test_hardened_children_cannot_be_derived() -> None:
+    with pytest.raises(ValueError, match="non-hardened"):
+        ExtendedPublicKey.parse(TEST_XPUB).child_address(2**31)

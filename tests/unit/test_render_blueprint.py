@@ -1,0 +1,86 @@
+"""render.yaml: valid against Render's schema, and consistent with the code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from jobs.worker import JOB_COMPLETION_WAIT_SECONDS, JOB_TIMEOUT_SECONDS
+from kiota.settings import Settings, WorkerSettings
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = REPO / "tests" / "data" / "render.schema.json"  # a copy of shared/data/render.schema.json
+
+
+def blueprint() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((REPO / "render.yaml").read_text())
+    return data
+
+
+def test_blueprint_is_valid_against_renders_schema() -> None:
+    jsonschema.validate(blueprint(), json.loads(SCHEMA.read_text()))
+
+
+def _service(kind: str) -> dict[str, Any]:
+    (found,) = [s for s in blueprint()["services"] if s["type"] == kind]
+    return found
+
+
+def _vars(service: dict[str, Any]) -> list[dict[str, Any]]:
+    """A service's variables, its groups' included."""
+    found: list[dict[str, Any]] = []
+    for var in service.get("envVars", []):
+        if "fromGroup" in var:
+            (group,) = [g for g in blueprint()["envVarGroups"] if g["name"] == var["fromGroup"]]
+            found += group["envVars"]
+        else:
+            found.append(var)
+    return found
+
+
+def _keys(service: dict[str, Any]) -> set[str]:
+    return {v["key"] for v in _vars(service)}
+
+
+def test_references_point_at_things_the_blueprint_defines() -> None:
+    doc = blueprint()
+    databases = {d["name"] for d in doc["databases"]}
+    services = {(s["type"], s["name"]) for s in doc["services"]}
+    groups = {g["name"] for g in doc.get("envVarGroups", [])}
+    for service in doc["services"]:
+        for var in service.get("envVars", []):
+            if "fromDatabase" in var:
+                assert var["fromDatabase"]["name"] in databases
+            if "fromService" in var:
+                assert (var["fromService"]["type"], var["fromService"]["name"]) in services
+            if "fromGroup" in var:
+                assert var["fromGroup"] in groups
+
+
+def test_every_required_setting_is_provided() -> None:
+    def required(cls: type[Settings]) -> set[str]:
+        return {name.upper() for name, field in cls.model_fields.items() if field.is_required()}
+
+    assert required(Settings) <= _keys(_service("web"))
+    assert required(WorkerSettings) <= _keys(_service("worker"))
+    assert "TREASURY_PRIVATE_KEY" not in _keys(_service("web"))  # the key lives with the worker only
+
+
+def test_queue_store_and_shutdown_are_safe_for_money() -> None:
+    keyvalue = _service("keyvalue")
+    assert keyvalue["maxmemoryPolicy"] == "noeviction"
+    assert keyvalue["ipAllowList"] == []
+    worker = _service("worker")
+    assert worker["maxShutdownDelaySeconds"] > JOB_COMPLETION_WAIT_SECONDS > JOB_TIMEOUT_SECONDS
+    web = _service("web")
+    assert web["preDeployCommand"] == "kiota migrate"
+    assert web["healthCheckPath"] == "/health/ready"
+    secrets = {"JWT_SECRET", "MPESA_CONSUMER_SECRET", "MPESA_PASSKEY", "MPESA_CALLBACK_TOKEN", "TREASURY_PRIVATE_KEY"}
+    for service in (web, worker):
+        for var in _vars(service):
+            if var["key"] in secrets:
+                assert var == {"key": var["key"], "sync": False}
