@@ -6,10 +6,14 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from kiota.errors import ConfigError, MigrationError
 from kiota.logging import configure_logging
 from kiota.settings import Settings, WorkerSettings, load_settings
+
+if TYPE_CHECKING:
+    from kiota.dev.runner import DevOptions
 
 
 def _fail(message: str) -> int:
@@ -68,13 +72,40 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dev(args: argparse.Namespace) -> int:
+    from kiota.dev.runner import DevOptions, main
+
+    options = DevOptions(
+        api_port=args.port,
+        anvil_port=args.anvil_port,
+        simulator_port=args.simulator_port,
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+    )
+    return main(options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiota", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply the SQL migrations to DATABASE_URL").set_defaults(func=cmd_migrate)
     sub.add_parser("api", help="serve the HTTP API on 0.0.0.0:$PORT").set_defaults(func=cmd_api)
     sub.add_parser("worker", help="run the job worker").set_defaults(func=cmd_worker)
+    dev = sub.add_parser("dev", help="the whole system on this machine, with generated local secrets")
+    defaults = _dev_defaults()
+    dev.add_argument("--port", type=int, default=defaults.api_port, help="API port")
+    dev.add_argument("--anvil-port", type=int, default=defaults.anvil_port)
+    dev.add_argument("--simulator-port", type=int, default=defaults.simulator_port)
+    dev.add_argument("--database-url", default=defaults.database_url, help="recreated on every start")
+    dev.add_argument("--redis-url", default=defaults.redis_url, help="flushed on every start")
+    dev.set_defaults(func=cmd_dev)
     return parser
+
+
+def _dev_defaults() -> DevOptions:
+    from kiota.dev.runner import DevOptions
+
+    return DevOptions()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

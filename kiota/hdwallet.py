@@ -39,6 +39,16 @@ def _b58check_decode(text: str) -> bytes:
     return payload
 
 
+def b58check_encode(payload: bytes) -> str:
+    data = payload + hashlib.sha256(hashlib.sha256(payload).digest()).digest()[:4]
+    number = int.from_bytes(data, "big")
+    text = ""
+    while number:
+        number, digit = divmod(number, 58)
+        text = _B58_ALPHABET[digit] + text
+    return "1" * (len(data) - len(data.lstrip(b"\x00"))) + text
+
+
 @dataclass(frozen=True, slots=True)
 class ExtendedPublicKey:
     """A parsed xpub: enough to derive non-hardened children."""

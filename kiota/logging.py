@@ -8,6 +8,7 @@ callback token is redacted from paths by `redact_path`.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 
@@ -23,7 +24,9 @@ def redact_path(path: str) -> str:
 
 def configure_logging(*, json: bool | None = None, level: int = logging.INFO) -> None:
     if json is None:
-        json = not sys.stderr.isatty()
+        # KIOTA_LOG_FORMAT=console|json overrides the terminal check (`kiota dev` pipes its children).
+        chosen = os.environ.get("KIOTA_LOG_FORMAT", "")
+        json = chosen == "json" or (chosen != "console" and not sys.stderr.isatty())
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     )

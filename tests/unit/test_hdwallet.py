@@ -35,3 +35,18 @@ def test_malformed_xpub_is_refused(bad: str) -> None:
 def test_hardened_children_cannot_be_derived() -> None:
     with pytest.raises(ValueError, match="non-hardened"):
         ExtendedPublicKey.parse(TEST_XPUB).child_address(2**31)
+
+
+def test_dev_xpub_from_the_test_mnemonic_is_the_contract_vector() -> None:
+    from kiota.dev.keys import xpub_from_mnemonic
+
+    assert xpub_from_mnemonic("test test test test test test test test test test test junk") == TEST_XPUB
+
+
+def test_generated_dev_secrets_are_fresh_and_usable() -> None:
+    from kiota.dev.keys import generate_dev_secrets
+
+    first, second = generate_dev_secrets(), generate_dev_secrets()
+    assert first.mnemonic != second.mnemonic and first.deposit_xpub != second.deposit_xpub
+    assert ExtendedPublicKey.parse(first.deposit_xpub).child_address(0).startswith("0x")
+    assert len(first.treasury_private_key) == 66

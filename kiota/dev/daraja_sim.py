@@ -1,0 +1,1157 @@
+"""A Daraja (Safaricom M-Pesa Express, "STK push") simulator for tests and `kiota dev`.
+
+It speaks Daraja's wire shapes so that the real client code runs unchanged against it:
+
+- `GET  /oauth/v1/generate?grant_type=client_credentials` (HTTP Basic key:secret) → a bearer token.
+  Issuing a token voids the previous one, as Daraja does.
+- `POST /mpesa/stkpush/v1/processrequest` → the push is validated and accepted or refused; an accepted
+  push is resolved after a delay and its callback POSTed to its CallBackURL from a background task.
+- `POST /mpesa/stkpushquery/v1/query` → pending (HTTP 500, 500.001.1001) until resolved, then the result.
+
+What happens to each push is a *scenario*, set per request (the next push, or an accepted push by its
+CheckoutRequestID), per phone number, or as the default; for each field the most specific wins. The
+control API lives under `/_sim/` (JSON) and mirrors the `DarajaSimulator` methods, which in-process tests
+may call directly (`simulator_of(app)`):
+
+    POST /_sim/scenarios   {"phone": "254708374149", "outcome": 1032, "delay_seconds": 0.1}
+                           {"next": true, "push_error": {"errorCode": "500.003.02", "times": 2}}
+                           {"checkout_request_id": "ws_CO_…", "outcome": "success", "duplicates": 2}
+                           {"default": true, "outcome": "none"}
+    GET  /_sim/scenarios   the scenarios in force
+    GET  /_sim/pushes      every push received (accepted or refused), its callbacks and their answers
+    GET  /_sim/pushes/{checkout_request_id}
+    POST /_sim/callbacks/{checkout_request_id}/send   {} or {"outcome": 0|<code>, "amount_override": 900}
+    POST /_sim/tokens/void
+    POST /_sim/reset       forget pushes and scenarios, cancel pending callbacks (the token survives)
+
+Scenario fields (all optional; `null` = inherit from the less specific level):
+  outcome              "success" (or 0) | a result code such as 1032 | "none" (never resolved, no callback)
+  delay_seconds        from acceptance to resolution and callback (default: SimulatorConfig)
+  duplicates           the same callback sent N extra times
+  contradict_with      a second, contradicting callback ("success" or a code) after the first
+  amount_override      the success callback reports this Amount instead of the pushed one
+  lose_callback        resolved (the query shows it) but the callback is never delivered
+  push_error           {"errorCode", "errorMessage"?, "http_status"?, "times"?}: the push itself is refused,
+                       `times` pushes in a row (every push when absent), then pushes are accepted again
+  push_delay_seconds   the push answer is slow; the push is already accepted and its callback scheduled
+                       while the client waits, so a client that times out must not assume it failed
+
+Running it: `create_simulator(config)` is the ASGI app (tests: httpx.ASGITransport, entering
+`app.router.lifespan_context(app)` themselves); `running_simulator(config, host, port)` serves it on a real
+port for a block; `serve_simulator(config, host, port, on_ready=...)` serves until cancelled (`kiota dev`:
+run it as a task, point MPESA_BASE_URL at the URL `on_ready` receives, cancel it to stop).
+
+Decisions where Daraja is loose or undocumented (so that a client passing here is safe there):
+- `expires_in` is sent as the string "3599" (Daraja's docs show a number, the live API has sent strings).
+- Amount must be a JSON integer or a string of digits, 1..250000; 1500.0, "1500.00" and 1.5 are refused.
+- BusinessShortCode, PartyA, PartyB, PhoneNumber and Timestamp may be JSON numbers or strings.
+- A well-formed but unknown BusinessShortCode or a wrong Password is refused with 500.001.1001, as the
+  Daraja docs list them ("Merchant does not exist", "Wrong credentials"), not with 400.002.02.
+- The Timestamp must be Nairobi time (UTC+3) within `timestamp_tolerance_seconds` of now, else
+  "Bad Request - Invalid Timestamp": this catches clients that stamp UTC.
+- A query for an unknown CheckoutRequestID answers 400 "Bad Request - Invalid CheckoutRequestID".
+- The query reports the *first* resolution of a push; later contradicting callbacks do not change it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import copy
+import re
+import secrets
+import string
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, Final, Literal, TypeAlias, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+__all__ = [
+    "NAIROBI",
+    "PUSH_ERROR_MESSAGES",
+    "RESULT_DESCRIPTIONS",
+    "SANDBOX_PASSKEY",
+    "SANDBOX_SHORTCODE",
+    "CallbackAttempt",
+    "CallbackPlan",
+    "DarajaRefusal",
+    "DarajaSimulator",
+    "PushError",
+    "PushRecord",
+    "RunningSimulator",
+    "Scenario",
+    "SimulatorConfig",
+    "UnknownPushError",
+    "create_simulator",
+    "password_for",
+    "result_description",
+    "running_simulator",
+    "serve_in_background",
+    "serve_simulator",
+    "simulator_of",
+    "timestamp_now",
+]
+
+T = TypeVar("T")
+
+SANDBOX_SHORTCODE: Final = "174379"
+SANDBOX_PASSKEY: Final = "bfb279f9aa9bdbcf158e97dd71a467cd2e0c893059b10f78e6b72ada1ed2c919"
+
+# Kenya keeps East Africa Time (UTC+3) all year, without daylight saving: a fixed offset is exact and
+# needs no tzdata on the machine.
+NAIROBI: Final = timezone(timedelta(hours=3), "EAT")
+
+MAX_AMOUNT: Final = 250_000
+
+# ResultDesc texts from the "Result codes" table of Daraja's M-Pesa Express page
+# (developer.safaricom.co.ke/apis/MpesaExpressSimulate, Daraja 3.0). 1032 keeps the form of that page's
+# sample callback payload ("Request cancelled by user", no full stop). 1001 is listed there among the push
+# errors; 1031 is not documented at all and borrows 1032's text.
+RESULT_DESCRIPTIONS: Final[dict[int, str]] = {
+    0: "The service request is processed successfully.",
+    1: "The balance is insufficient for the transaction.",
+    2: "Declined due to limit rule.",
+    3: "Declined due to limit rule: greater than the maximum transaction amount.",
+    4: "Declined due to limit rule: would exceed daily transfer limit.",
+    8: "Declined due to limit rule: would exceed the maximum balance.",
+    17: "Rule limited.",
+    1001: "Unable to lock subscriber, a transaction is already in process for the current subscriber.",
+    1019: "Transaction has expired.",
+    1025: "An error occurred while sending a push request.",
+    1031: "Request cancelled by user",
+    1032: "Request cancelled by user",
+    1037: "DS timeout user cannot be reached.",
+    2001: "The initiator information is invalid.",
+    2028: "The request is not permitted according to product assignment.",
+    8006: "The security credential is locked.",
+}
+
+# errorMessage texts of the push refusals in the same page's "Error Codes" table.
+PUSH_ERROR_MESSAGES: Final[dict[str, str]] = {
+    "500.001.1001": ("Unable to lock subscriber, a transaction is already in process for the current subscriber"),
+    "500.003.02": "System is busy. Please try again in few minutes.",
+    "500.003.03": "Quota Violation",
+    "500.003.1001": "Internal Server Error",
+}
+
+ACCEPTED_DESCRIPTION: Final = "Success. Request accepted for processing"
+# Sic: the live query answers with this misspelling (seen in many public client fixtures); the docs page
+# spells it correctly. We send what the wire carries.
+QUERY_ACCEPTED_DESCRIPTION: Final = "The service request has been accepted successsfully"
+PENDING_MESSAGE: Final = "The transaction is being processed"
+# The other way "still pending" has been reported on the query: a 200 with ResultCode "4999". Unconfirmed
+# in Safaricom's own docs; available through SimulatorConfig.pending_query_style.
+PENDING_4999_DESCRIPTION: Final = "The transaction is still under processing"
+
+# Words Safaricom's docs tell integrators to keep out of their URLs (stated for C2B URL registration;
+# applied to CallBackURL only when SimulatorConfig.reject_reserved_callback_words is set).
+RESERVED_CALLBACK_WORDS: Final = ("mpesa", "m-pesa", "safaricom", "exe", "exec", "cmd", "sql", "query")
+
+TRANSACTION_TYPES: Final = frozenset({"CustomerPayBillOnline", "CustomerBuyGoodsOnline"})
+
+Outcome: TypeAlias = int | Literal["success", "none"]
+CallbackKind: TypeAlias = Literal["scheduled", "duplicate", "contradiction", "manual"]
+JsonObject: TypeAlias = dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """How the simulated Daraja behaves; the credentials are the ones the client must present."""
+
+    consumer_key: str
+    consumer_secret: str
+    shortcode: str = SANDBOX_SHORTCODE
+    passkey: str = SANDBOX_PASSKEY
+    callback_delay_seconds: float = 1.0
+    token_lifetime_seconds: int = 3599
+    timestamp_tolerance_seconds: float = 300.0
+    # "error": HTTP 500 500.001.1001 while pending; "result_code_4999": HTTP 200 with ResultCode "4999".
+    pending_query_style: Literal["error", "result_code_4999"] = "error"
+    # The sandbox has sent {"Name": "Balance"} without a Value inside the success metadata.
+    include_balance_item: bool = True
+    # Production-only strictness, off by default so that `kiota dev` can use http://127.0.0.1 callbacks.
+    require_https_callback: bool = False
+    reject_reserved_callback_words: bool = False
+    callback_timeout_seconds: float = 10.0
+
+
+# ------------------------------------------------------------------------------------------ scenarios
+
+
+@dataclass
+class PushError:
+    """The push itself is refused with Daraja's error shape."""
+
+    error_code: str = "500.001.1001"
+    error_message: str | None = None  # None: Daraja's text for the code
+    http_status: int | None = None  # None: the code's first three digits
+    times: int | None = None  # None: every push; n: the next n pushes, then pushes are accepted
+
+
+@dataclass
+class Scenario:
+    """One level of scenario (request, phone or default); None means "inherit"."""
+
+    outcome: Outcome | None = None
+    delay_seconds: float | None = None
+    duplicates: int | None = None
+    contradict_with: int | Literal["success"] | None = None
+    amount_override: int | None = None
+    lose_callback: bool | None = None
+    push_error: PushError | None = None
+    push_delay_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class CallbackPlan:
+    """What the simulator does with one accepted push, all levels merged."""
+
+    outcome: Outcome
+    delay_seconds: float
+    duplicates: int
+    contradict_with: int | Literal["success"] | None
+    amount_override: int | None
+    lose_callback: bool
+
+
+# ------------------------------------------------------------------------------------------- records
+
+
+@dataclass
+class CallbackAttempt:
+    kind: CallbackKind
+    body: JsonObject
+    sent_at: str
+    status_code: int | None = None
+    response_body: str | None = None
+    error: str | None = None  # set when the callback could not be delivered at all
+
+
+@dataclass
+class PushRecord:
+    """One call to processrequest that presented a valid token, whatever its answer."""
+
+    received_at: str
+    request: Any
+    http_status: int
+    response: JsonObject
+    merchant_request_id: str | None = None
+    checkout_request_id: str | None = None
+    phone: str | None = None
+    amount: int | None = None
+    callback_url: str | None = None
+    plan: CallbackPlan | None = None
+    result_code: int | None = None
+    result_desc: str | None = None
+    mpesa_receipt: str | None = None
+    transaction_date: int | None = None
+    resolved_at: str | None = None
+    callback_body: JsonObject | None = None  # the callback of the first resolution, resent as is
+    callbacks: list[CallbackAttempt] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> bool:
+        return self.checkout_request_id is not None
+
+    def to_json(self) -> JsonObject:
+        data = asdict(self)
+        data["accepted"] = self.accepted
+        return data
+
+
+class UnknownPushError(LookupError):
+    """No accepted push has this CheckoutRequestID."""
+
+
+class DarajaRefusal(Exception):
+    """A Daraja error answer: `{"requestId", "errorCode", "errorMessage"}` with its HTTP status."""
+
+    def __init__(self, http_status: int, error_code: str, error_message: str) -> None:
+        super().__init__(f"{error_code} {error_message}")
+        self.http_status = http_status
+        self.body: JsonObject = {
+            "requestId": _request_id(),
+            "errorCode": error_code,
+            "errorMessage": error_message,
+        }
+
+    @classmethod
+    def bad_request(cls, field_name: str) -> DarajaRefusal:
+        return cls(400, "400.002.02", f"Bad Request - Invalid {field_name}")
+
+
+def _invalid_token() -> DarajaRefusal:
+    return DarajaRefusal(404, "404.001.03", "Invalid Access Token")
+
+
+# --------------------------------------------------------------------------------------- pure helpers
+
+
+def timestamp_now() -> str:
+    """Daraja's `Timestamp`: YYYYMMDDHHmmss in Nairobi time."""
+    return datetime.now(NAIROBI).strftime("%Y%m%d%H%M%S")
+
+
+def password_for(shortcode: str, passkey: str, timestamp: str) -> str:
+    """Daraja's `Password`: base64(Shortcode + Passkey + Timestamp)."""
+    return base64.b64encode(f"{shortcode}{passkey}{timestamp}".encode()).decode("ascii")
+
+
+def _utc_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _random_chars(alphabet: str, length: int) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def _request_id() -> str:
+    # Today's Daraja ids look like "2654-4b64-97ff-b827b542881d3130": hex groups plus a digit tail.
+    hexdigits = "0123456789abcdef"
+    head = "-".join(_random_chars(hexdigits, 4) for _ in range(3))
+    return f"{head}-{_random_chars(hexdigits, 12)}{_random_chars(string.digits, 6)}"
+
+
+def _first(values: Iterable[T | None], default: T) -> T:
+    return next((value for value in values if value is not None), default)
+
+
+def _digits(value: Any, min_len: int, max_len: int) -> str | None:
+    """A JSON number or string made of min_len..max_len digits, as text."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value >= 0:
+        text = str(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        return None
+    if min_len <= len(text) <= max_len and text.isascii() and text.isdigit():
+        return text
+    return None
+
+
+def _amount(value: Any) -> int | None:
+    # Whole shillings only: a float or a decimal string is refused even when integral, so that a client
+    # never depends on how Daraja would round it.
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        amount = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit():
+        amount = int(value)
+    else:
+        return None
+    return amount if 1 <= amount <= MAX_AMOUNT else None
+
+
+_PHONE = re.compile(r"254[17]\d{8}")
+
+
+def _phone(value: Any) -> str | None:
+    text = _digits(value, 12, 12)
+    return text if text is not None and _PHONE.fullmatch(text) else None
+
+
+def _text(value: Any, max_len: int, *, allow_empty: bool = False) -> str | None:
+    if not isinstance(value, str) or len(value) > max_len or (not value and not allow_empty):
+        return None
+    return value
+
+
+def _code_of(outcome: int | Literal["success"]) -> int:
+    return 0 if outcome == "success" else int(outcome)
+
+
+def result_description(code: int) -> str:
+    return RESULT_DESCRIPTIONS.get(code, f"Simulated failure {code}.")
+
+
+# ---------------------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class _ValidPush:
+    amount: int
+    phone: str
+    callback_url: str
+
+
+class _Validator:
+    """Daraja's checks on push and query bodies, in the order its docs list the fields."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+
+    def push(self, body: Any) -> _ValidPush:
+        if not isinstance(body, dict):
+            raise DarajaRefusal(400, "400.002.05", "Invalid Request Payload")
+        shortcode, password, timestamp = self._credentials(body)
+        if body.get("TransactionType") not in TRANSACTION_TYPES:
+            raise DarajaRefusal.bad_request("TransactionType")
+        amount = _require(body, "Amount", _amount)
+        _require(body, "PartyA", _phone)
+        _require(body, "PartyB", lambda value: _digits(value, 5, 7))
+        phone = _require(body, "PhoneNumber", _phone)
+        callback_url = _require(body, "CallBackURL", self._callback_url)
+        _require(body, "AccountReference", lambda value: _text(value, 12))
+        if "TransactionDesc" in body:  # the only optional field, per the docs
+            _require(body, "TransactionDesc", lambda value: _text(value, 13, allow_empty=True))
+        self._merchant(shortcode, password, timestamp)
+        return _ValidPush(amount=amount, phone=phone, callback_url=callback_url)
+
+    def query(self, body: Any) -> str:
+        if not isinstance(body, dict):
+            raise DarajaRefusal(400, "400.002.05", "Invalid Request Payload")
+        shortcode, password, timestamp = self._credentials(body)
+        checkout_request_id = _require(body, "CheckoutRequestID", lambda value: _text(value, 64))
+        self._merchant(shortcode, password, timestamp)
+        return checkout_request_id
+
+    def _credentials(self, body: JsonObject) -> tuple[str, str, str]:
+        shortcode = _require(body, "BusinessShortCode", lambda value: _digits(value, 5, 7))
+        password = _require(body, "Password", lambda value: _text(value, 512))
+        timestamp = _require(body, "Timestamp", self._timestamp)
+        return shortcode, password, timestamp
+
+    def _merchant(self, shortcode: str, password: str, timestamp: str) -> None:
+        # Both answers and their texts are in Daraja's error table (500.001.1001); the bracketed prefix
+        # of "Wrong credentials" is what the live API sends (safaricom/LNMOnlineAndroidSample issue #8).
+        if shortcode != self.config.shortcode:
+            raise DarajaRefusal(500, "500.001.1001", "Merchant does not exist")
+        expected = password_for(shortcode, self.config.passkey, timestamp)
+        if not secrets.compare_digest(password.encode(), expected.encode()):
+            raise DarajaRefusal(500, "500.001.1001", "[MerchantValidate] - Wrong credentials")
+
+    def _timestamp(self, value: Any) -> str | None:
+        text = _digits(value, 14, 14)
+        if text is None:
+            return None
+        try:
+            stamped = datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=NAIROBI)
+        except ValueError:
+            return None
+        skew = abs((datetime.now(NAIROBI) - stamped).total_seconds())
+        return text if skew <= self.config.timestamp_tolerance_seconds else None
+
+    def _callback_url(self, value: Any) -> str | None:
+        if not isinstance(value, str) or any(char.isspace() for char in value):
+            return None
+        parts = urlsplit(value)
+        schemes = {"https"} if self.config.require_https_callback else {"http", "https"}
+        if parts.scheme not in schemes or not parts.hostname:
+            return None
+        lowered = value.lower()
+        if self.config.reject_reserved_callback_words and any(w in lowered for w in RESERVED_CALLBACK_WORDS):
+            return None
+        return value
+
+
+def _require(body: JsonObject, name: str, parse: Callable[[Any], T | None]) -> T:
+    parsed = parse(body.get(name))
+    if parsed is None:
+        raise DarajaRefusal.bad_request(name)
+    return parsed
+
+
+# ----------------------------------------------------------------------------------------- simulator
+
+
+class DarajaSimulator:
+    """The simulator's state and behaviour; the FastAPI app is a thin shell around it."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self._validator = _Validator(config)
+        self._token: str | None = None
+        self._token_expires_at = 0.0
+        self._pushes: list[PushRecord] = []
+        self._by_checkout: dict[str, PushRecord] = {}
+        self._default = Scenario()
+        self._by_phone: dict[str, Scenario] = {}
+        self._next: deque[Scenario] = deque()
+        self._request_layers: dict[str, Scenario] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._receipts: set[str] = set()
+        self._http: httpx.AsyncClient | None = None
+        self._callback_recorded = asyncio.Event()
+
+    # ---- tokens
+
+    def issue_token(self) -> str:
+        """A new token; the previous one stops working at once, as on Daraja."""
+        self._token = _random_chars(string.ascii_letters + string.digits, 28)
+        self._token_expires_at = time.monotonic() + self.config.token_lifetime_seconds
+        return self._token
+
+    def void_token(self) -> None:
+        self._token = None
+
+    def token_is_valid(self, token: str) -> bool:
+        current = self._token
+        if current is None or time.monotonic() >= self._token_expires_at:
+            return False
+        return secrets.compare_digest(token.encode(), current.encode())
+
+    def oauth(self, authorization: str | None, grant_type: str | None) -> tuple[int, JsonObject]:
+        # Codes and texts: the error table of Daraja's Authorization page (400.008.01 / 400.008.02);
+        # "Invalid Authentication passed" for wrong credentials is what public Daraja clients observe
+        # under 400.008.01. Newer gateway builds have also answered {"resultCode": "999991", ...}.
+        scheme, _, encoded = (authorization or "").partition(" ")
+        if scheme.lower() != "basic" or not encoded:
+            refusal = DarajaRefusal(400, "400.008.01", "Invalid authentication type passed")
+        elif grant_type != "client_credentials":
+            refusal = DarajaRefusal(400, "400.008.02", "Invalid grant type passed")
+        elif not self._credentials_match(encoded.strip()):
+            refusal = DarajaRefusal(400, "400.008.01", "Invalid Authentication passed")
+        else:
+            token = self.issue_token()
+            return 200, {"access_token": token, "expires_in": str(self.config.token_lifetime_seconds)}
+        return refusal.http_status, refusal.body
+
+    def _credentials_match(self, encoded: str) -> bool:
+        try:
+            decoded = base64.b64decode(encoded, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        key, sep, secret = decoded.partition(":")
+        expected_key, expected_secret = self.config.consumer_key, self.config.consumer_secret
+        key_ok = secrets.compare_digest(key.encode(), expected_key.encode())
+        secret_ok = secrets.compare_digest(secret.encode(), expected_secret.encode())
+        return bool(sep) and key_ok and secret_ok
+
+    def check_bearer(self, authorization: str | None) -> DarajaRefusal | None:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not self.token_is_valid(token.strip()):
+            return _invalid_token()
+        return None
+
+    # ---- scenarios
+
+    def set_scenario(
+        self,
+        scenario: Scenario,
+        *,
+        phone: str | None = None,
+        checkout_request_id: str | None = None,
+        next_push: bool = False,
+        default: bool = False,
+    ) -> None:
+        """Install a scenario at exactly one level.
+
+        `next_push` queues it for the next accepted push (FIFO; a push refused by its push_error leaves
+        it queued). `checkout_request_id` amends an accepted, unresolved push and restarts its delay.
+        """
+        targets = [phone is not None, checkout_request_id is not None, next_push, default]
+        if sum(targets) != 1:
+            raise ValueError("give exactly one of phone, checkout_request_id, next_push, default")
+        scenario = copy.deepcopy(scenario)  # push_error.times is counted down in place
+        if phone is not None:
+            self._by_phone[phone] = scenario
+        elif next_push:
+            self._next.append(scenario)
+        elif default:
+            self._default = scenario
+        elif checkout_request_id is not None:
+            self._amend_push(checkout_request_id, scenario)
+
+    def _amend_push(self, checkout_request_id: str, scenario: Scenario) -> None:
+        record = self._accepted(checkout_request_id)
+        if scenario.push_error is not None or scenario.push_delay_seconds is not None:
+            raise ValueError("push_error and push_delay_seconds cannot apply to an accepted push")
+        if record.result_code is not None:
+            raise ValueError(f"{checkout_request_id} is already resolved")
+        layer = self._request_layers.get(checkout_request_id, Scenario())
+        for name, value in asdict(scenario).items():
+            if value is not None:
+                setattr(layer, name, value)
+        self._request_layers[checkout_request_id] = layer
+        record.plan = self._plan((layer, *self._shared_layers(record.phone or "")))
+        self._cancel_task(checkout_request_id)
+        self._schedule(record)
+
+    def scenarios(self) -> JsonObject:
+        return {
+            "default": asdict(self._default),
+            "phones": {phone: asdict(scenario) for phone, scenario in self._by_phone.items()},
+            "next": [asdict(scenario) for scenario in self._next],
+            "requests": {cid: asdict(scenario) for cid, scenario in self._request_layers.items()},
+        }
+
+    def _shared_layers(self, phone: str) -> tuple[Scenario, Scenario]:
+        return self._by_phone.get(phone, Scenario()), self._default
+
+    def _plan(self, layers: tuple[Scenario, ...]) -> CallbackPlan:
+        return CallbackPlan(
+            outcome=_first((layer.outcome for layer in layers), "success"),
+            delay_seconds=_first((layer.delay_seconds for layer in layers), self.config.callback_delay_seconds),
+            duplicates=_first((layer.duplicates for layer in layers), 0),
+            contradict_with=_first((layer.contradict_with for layer in layers), None),
+            amount_override=_first((layer.amount_override for layer in layers), None),
+            lose_callback=_first((layer.lose_callback for layer in layers), False),
+        )
+
+    # ---- pushes
+
+    @property
+    def pushes(self) -> list[PushRecord]:
+        return list(self._pushes)
+
+    def get_push(self, checkout_request_id: str) -> PushRecord:
+        return self._accepted(checkout_request_id)
+
+    def _accepted(self, checkout_request_id: str) -> PushRecord:
+        try:
+            return self._by_checkout[checkout_request_id]
+        except KeyError:
+            raise UnknownPushError(checkout_request_id) from None
+
+    async def stk_push(self, body: Any) -> tuple[int, JsonObject]:
+        """Handle one authenticated processrequest body; returns (HTTP status, JSON answer)."""
+        received_at = _utc_iso()
+        try:
+            push = self._validator.push(body)
+        except DarajaRefusal as refusal:
+            self._record_refusal(body, received_at, refusal)
+            return refusal.http_status, refusal.body
+        request_layer = self._next[0] if self._next else Scenario()
+        layers = (request_layer, *self._shared_layers(push.phone))
+        answer_delay = _first((layer.push_delay_seconds for layer in layers), 0.0)
+        push_error = _take_push_error(layers)
+        if push_error is not None:
+            self._record_refusal(body, received_at, push_error)
+            await asyncio.sleep(answer_delay)
+            return push_error.http_status, push_error.body
+        if self._next:
+            self._next.popleft()
+        record = self._accept(body, push, received_at, layers)
+        # Accepted and scheduled before the (possibly slow) answer: on Daraja the prompt is already on
+        # its way to the phone when the HTTP answer is late or lost.
+        await asyncio.sleep(answer_delay)
+        return record.http_status, record.response
+
+    def _record_refusal(self, body: Any, received_at: str, refusal: DarajaRefusal) -> None:
+        self._pushes.append(
+            PushRecord(received_at=received_at, request=body, http_status=refusal.http_status, response=refusal.body)
+        )
+
+    def _accept(self, body: JsonObject, push: _ValidPush, received_at: str, layers: tuple[Scenario, ...]) -> PushRecord:
+        merchant_request_id = _request_id()
+        checkout_request_id = self._new_checkout_request_id()
+        record = PushRecord(
+            received_at=received_at,
+            request=body,
+            http_status=200,
+            response={
+                "MerchantRequestID": merchant_request_id,
+                "CheckoutRequestID": checkout_request_id,
+                "ResponseCode": "0",
+                "ResponseDescription": ACCEPTED_DESCRIPTION,
+                "CustomerMessage": ACCEPTED_DESCRIPTION,
+            },
+            merchant_request_id=merchant_request_id,
+            checkout_request_id=checkout_request_id,
+            phone=push.phone,
+            amount=push.amount,
+            callback_url=push.callback_url,
+            plan=self._plan(layers),
+        )
+        self._pushes.append(record)
+        self._by_checkout[checkout_request_id] = record
+        self._request_layers[checkout_request_id] = copy.deepcopy(layers[0])
+        self._schedule(record)
+        return record
+
+    def _new_checkout_request_id(self) -> str:
+        # "ws_CO_" + DDMMYYYYHHMMSS (Nairobi) + milliseconds + digits, like ws_CO_21072024125243250722943992.
+        while True:
+            now = datetime.now(NAIROBI)
+            candidate = f"ws_CO_{now:%d%m%Y%H%M%S}{now.microsecond // 1000:03d}{_random_chars(string.digits, 9)}"
+            if candidate not in self._by_checkout:
+                return candidate
+
+    def _new_receipt(self) -> str:
+        # Ten characters, upper-case letters and digits, starting with a letter (e.g. NLJ7RT61SV).
+        while True:
+            receipt = secrets.choice(string.ascii_uppercase) + _random_chars(string.ascii_uppercase + string.digits, 9)
+            if receipt not in self._receipts:
+                self._receipts.add(receipt)
+                return receipt
+
+    # ---- query
+
+    def stk_query(self, body: Any) -> tuple[int, JsonObject]:
+        """Handle one authenticated query body; returns (HTTP status, JSON answer)."""
+        try:
+            checkout_request_id = self._validator.query(body)
+            record = self._by_checkout.get(checkout_request_id)
+            if record is None:
+                raise DarajaRefusal.bad_request("CheckoutRequestID")
+        except DarajaRefusal as refusal:
+            return refusal.http_status, refusal.body
+        if record.result_code is None and self.config.pending_query_style == "error":
+            pending = DarajaRefusal(500, "500.001.1001", PENDING_MESSAGE)
+            return pending.http_status, pending.body
+        if record.result_code is None:
+            result_code, result_desc = "4999", PENDING_4999_DESCRIPTION
+        else:
+            result_code, result_desc = str(record.result_code), record.result_desc or ""
+        return 200, {
+            "ResponseCode": "0",
+            "ResponseDescription": QUERY_ACCEPTED_DESCRIPTION,
+            "MerchantRequestID": record.merchant_request_id,
+            "CheckoutRequestID": record.checkout_request_id,
+            "ResultCode": result_code,  # a string here, a number in the callback
+            "ResultDesc": result_desc,
+        }
+
+    # ---- callbacks
+
+    def _schedule(self, record: PushRecord) -> None:
+        checkout_request_id = record.checkout_request_id
+        assert checkout_request_id is not None and record.plan is not None
+        task = asyncio.create_task(self._play(record, record.plan), name=f"daraja-sim {checkout_request_id}")
+        self._tasks[checkout_request_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._tasks.get(checkout_request_id) is done:
+                del self._tasks[checkout_request_id]
+
+        task.add_done_callback(forget)
+
+    def _cancel_task(self, checkout_request_id: str) -> None:
+        task = self._tasks.pop(checkout_request_id, None)
+        if task is not None:
+            task.cancel()
+
+    async def _play(self, record: PushRecord, plan: CallbackPlan) -> None:
+        await asyncio.sleep(plan.delay_seconds)
+        if plan.outcome == "none":
+            return  # the customer never answers and Daraja never calls back
+        body = self._resolve(record, _code_of(plan.outcome), plan.amount_override)
+        if plan.lose_callback:
+            return
+        await self._deliver(record, body, "scheduled")
+        for _ in range(plan.duplicates):
+            await self._deliver(record, body, "duplicate")
+        if plan.contradict_with is not None:
+            contradiction = self._fresh_body(record, _code_of(plan.contradict_with), plan.amount_override)
+            await self._deliver(record, contradiction, "contradiction")
+
+    def _resolve(self, record: PushRecord, code: int, amount_override: int | None) -> JsonObject:
+        body = self._fresh_body(record, code, amount_override)
+        record.result_code = code
+        record.result_desc = result_description(code)
+        record.resolved_at = _utc_iso()
+        record.callback_body = body
+        if code == 0:
+            metadata = body["Body"]["stkCallback"]["CallbackMetadata"]["Item"]
+            values = {item["Name"]: item.get("Value") for item in metadata}
+            record.mpesa_receipt = values["MpesaReceiptNumber"]
+            record.transaction_date = values["TransactionDate"]
+        return body
+
+    def _fresh_body(self, record: PushRecord, code: int, amount_override: int | None) -> JsonObject:
+        callback: JsonObject = {
+            "MerchantRequestID": record.merchant_request_id,
+            "CheckoutRequestID": record.checkout_request_id,
+            "ResultCode": code,
+            "ResultDesc": result_description(code),
+        }
+        if code == 0:
+            amount = amount_override if amount_override is not None else record.amount or 0
+            items: list[JsonObject] = [
+                # A decimal number, as in Daraja's sample (1.00); amounts are whole shillings, so exact.
+                {"Name": "Amount", "Value": float(amount)},
+                {"Name": "MpesaReceiptNumber", "Value": self._new_receipt()},
+            ]
+            if self.config.include_balance_item:
+                items.append({"Name": "Balance"})
+            items.append({"Name": "TransactionDate", "Value": int(datetime.now(NAIROBI).strftime("%Y%m%d%H%M%S"))})
+            items.append({"Name": "PhoneNumber", "Value": int(record.phone or "0")})
+            callback["CallbackMetadata"] = {"Item": items}
+        return {"Body": {"stkCallback": callback}}
+
+    async def _deliver(self, record: PushRecord, body: JsonObject, kind: CallbackKind) -> CallbackAttempt:
+        attempt = CallbackAttempt(kind=kind, body=body, sent_at=_utc_iso())
+        assert record.callback_url is not None
+        try:
+            response = await self._client().post(record.callback_url, json=body)
+        except Exception as exc:  # any delivery failure is data for the test, never a crash
+            attempt.error = f"{type(exc).__name__}: {exc}"
+        else:
+            attempt.status_code = response.status_code
+            attempt.response_body = response.text[:4096]
+        record.callbacks.append(attempt)
+        # Wake every waiter, then arm a fresh event for the next attempt.
+        self._callback_recorded.set()
+        self._callback_recorded = asyncio.Event()
+        return attempt
+
+    def _client(self) -> httpx.AsyncClient:
+        # Created on first use so the simulator also works under ASGITransport, which runs no lifespan.
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self.config.callback_timeout_seconds)
+        return self._http
+
+    async def send_callback(
+        self,
+        checkout_request_id: str,
+        outcome: int | Literal["success"] | None = None,
+        amount_override: int | None = None,
+    ) -> CallbackAttempt:
+        """Deliver a push's callback now and return what the receiver answered.
+
+        An unresolved push is resolved with `outcome` (else its scenario's, else success) and its
+        scheduled callback is cancelled. A resolved push gets its original callback again when `outcome`
+        is None or equal and no amount is overridden; otherwise a new, contradicting callback (the query
+        keeps reporting the first resolution).
+        """
+        record = self._accepted(checkout_request_id)
+        plan = record.plan
+        assert plan is not None
+        if record.result_code is None:
+            self._cancel_task(checkout_request_id)
+            planned = plan.outcome if plan.outcome != "none" else "success"
+            code = _code_of(outcome if outcome is not None else planned)
+            override = amount_override if amount_override is not None else plan.amount_override
+            body = self._resolve(record, code, override)
+        else:
+            requested = record.result_code if outcome is None else _code_of(outcome)
+            if requested == record.result_code and amount_override is None and record.callback_body is not None:
+                body = record.callback_body  # a resend: exactly the first callback, same receipt
+            else:
+                body = self._fresh_body(record, requested, amount_override)
+        return await self._deliver(record, body, "manual")
+
+    async def wait_for_callbacks(self, checkout_request_id: str, count: int = 1) -> list[CallbackAttempt]:
+        """Wait until a push has had `count` callback attempts (delivered or failed).
+
+        It waits for ever: bound it with `asyncio.timeout(...)`.
+        """
+        record = self._accepted(checkout_request_id)
+        while len(record.callbacks) < count:
+            await self._callback_recorded.wait()
+        return list(record.callbacks)
+
+    # ---- lifecycle
+
+    async def reset(self) -> None:
+        """Forget pushes and scenarios and cancel pending callbacks; the current token stays valid."""
+        await self._cancel_all()
+        self._pushes.clear()
+        self._by_checkout.clear()
+        self._default = Scenario()
+        self._by_phone.clear()
+        self._next.clear()
+        self._request_layers.clear()
+
+    async def aclose(self) -> None:
+        await self._cancel_all()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def _cancel_all(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _take_push_error(layers: tuple[Scenario, ...]) -> DarajaRefusal | None:
+    """The most specific push_error in force, counted down; None when the push may be accepted."""
+    for layer in layers:
+        push_error = layer.push_error
+        if push_error is None:
+            continue
+        if push_error.times is not None:
+            push_error.times -= 1
+            if push_error.times <= 0:
+                layer.push_error = None
+        code = push_error.error_code
+        message = push_error.error_message or PUSH_ERROR_MESSAGES.get(code, "Simulated error")
+        status = push_error.http_status or _status_of(code)
+        return DarajaRefusal(status, code, message)
+    return None
+
+
+def _status_of(error_code: str) -> int:
+    head = error_code.split(".", 1)[0]
+    return int(head) if head.isdigit() and 400 <= int(head) <= 599 else 500
+
+
+# -------------------------------------------------------------------------------------- control API
+
+
+class PushErrorIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    error_code: str = Field(default="500.001.1001", alias="errorCode")
+    error_message: str | None = Field(default=None, alias="errorMessage")
+    http_status: int | None = Field(default=None, ge=400, le=599)
+    times: int | None = Field(default=None, ge=1)
+
+
+class ScenarioIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phone: str | None = None
+    checkout_request_id: str | None = None
+    next: bool = False
+    default: bool = False
+    outcome: int | Literal["success", "none"] | None = None
+    delay_seconds: float | None = Field(default=None, ge=0)
+    duplicates: int | None = Field(default=None, ge=0, le=100)
+    contradict_with: int | Literal["success"] | None = None
+    amount_override: int | None = Field(default=None, ge=0)
+    lose_callback: bool | None = None
+    push_error: PushErrorIn | None = None
+    push_delay_seconds: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def one_target(self) -> ScenarioIn:
+        targets = [self.phone is not None, self.checkout_request_id is not None, self.next, self.default]
+        if sum(targets) != 1:
+            raise ValueError("give exactly one of phone, checkout_request_id, next: true, default: true")
+        return self
+
+    def scenario(self) -> Scenario:
+        push_error = None
+        if self.push_error is not None:
+            push_error = PushError(
+                error_code=self.push_error.error_code,
+                error_message=self.push_error.error_message,
+                http_status=self.push_error.http_status,
+                times=self.push_error.times,
+            )
+        return Scenario(
+            outcome="success" if self.outcome == 0 else self.outcome,
+            delay_seconds=self.delay_seconds,
+            duplicates=self.duplicates,
+            contradict_with=self.contradict_with,
+            amount_override=self.amount_override,
+            lose_callback=self.lose_callback,
+            push_error=push_error,
+            push_delay_seconds=self.push_delay_seconds,
+        )
+
+
+class SendCallbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: int | Literal["success"] | None = None
+    amount_override: int | None = Field(default=None, ge=0)
+
+
+# ----------------------------------------------------------------------------------------------- app
+
+
+def simulator_of(app: FastAPI) -> DarajaSimulator:
+    """The state object behind an app made by `create_simulator`."""
+    simulator = app.state.simulator
+    assert isinstance(simulator, DarajaSimulator)
+    return simulator
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:  # malformed JSON or bad encoding: Daraja's "Invalid Request Payload"
+        return None
+
+
+def create_simulator(config: SimulatorConfig) -> FastAPI:
+    """The Daraja simulator as an ASGI app; its state is `simulator_of(app)`."""
+    simulator = DarajaSimulator(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await simulator.aclose()  # cancels callbacks still waiting, closes the HTTP client
+
+    app = FastAPI(title="Daraja simulator (Kiota)", lifespan=lifespan)
+    app.state.simulator = simulator
+
+    @app.exception_handler(StarletteHTTPException)
+    async def daraja_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Unknown paths and wrong methods on Daraja's side answer in Daraja's error shape.
+        if request.url.path.startswith("/_sim"):
+            return await http_exception_handler(request, exc)
+        if exc.status_code == 405:
+            refusal = DarajaRefusal(405, "405.001", "Method Not Allowed")
+        else:
+            refusal = DarajaRefusal(404, "404.001.01", "Resource not found")
+        return JSONResponse(refusal.body, status_code=refusal.http_status)
+
+    @app.get("/oauth/v1/generate")
+    async def generate_token(request: Request) -> JSONResponse:
+        status, body = simulator.oauth(request.headers.get("authorization"), request.query_params.get("grant_type"))
+        return JSONResponse(body, status_code=status)
+
+    @app.post("/mpesa/stkpush/v1/processrequest")
+    async def process_request(request: Request) -> JSONResponse:
+        refusal = simulator.check_bearer(request.headers.get("authorization"))
+        if refusal is not None:
+            return JSONResponse(refusal.body, status_code=refusal.http_status)
+        status, body = await simulator.stk_push(await _json_body(request))
+        return JSONResponse(body, status_code=status)
+
+    @app.post("/mpesa/stkpushquery/v1/query")
+    async def query(request: Request) -> JSONResponse:
+        refusal = simulator.check_bearer(request.headers.get("authorization"))
+        if refusal is not None:
+            return JSONResponse(refusal.body, status_code=refusal.http_status)
+        status, body = simulator.stk_query(await _json_body(request))
+        return JSONResponse(body, status_code=status)
+
+    _add_control_routes(app, simulator)
+    return app
+
+
+def _add_control_routes(app: FastAPI, simulator: DarajaSimulator) -> None:
+    @app.post("/_sim/scenarios")
+    async def set_scenario(spec: ScenarioIn) -> JsonObject:
+        scenario = spec.scenario()
+        try:
+            simulator.set_scenario(
+                scenario,
+                phone=spec.phone,
+                checkout_request_id=spec.checkout_request_id,
+                next_push=spec.next,
+                default=spec.default,
+            )
+        except UnknownPushError:
+            raise HTTPException(404, f"no accepted push {spec.checkout_request_id}") from None
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return {"scenario": asdict(scenario)}
+
+    @app.get("/_sim/scenarios")
+    async def get_scenarios() -> JsonObject:
+        return simulator.scenarios()
+
+    @app.get("/_sim/pushes")
+    async def list_pushes() -> JsonObject:
+        return {"pushes": [push.to_json() for push in simulator.pushes]}
+
+    @app.get("/_sim/pushes/{checkout_request_id}")
+    async def get_push(checkout_request_id: str) -> JsonObject:
+        try:
+            return simulator.get_push(checkout_request_id).to_json()
+        except UnknownPushError:
+            raise HTTPException(404, f"no accepted push {checkout_request_id}") from None
+
+    @app.post("/_sim/callbacks/{checkout_request_id}/send")
+    async def send_callback(checkout_request_id: str, spec: SendCallbackIn | None = None) -> JsonObject:
+        spec = spec or SendCallbackIn()
+        try:
+            attempt = await simulator.send_callback(checkout_request_id, spec.outcome, spec.amount_override)
+        except UnknownPushError:
+            raise HTTPException(404, f"no accepted push {checkout_request_id}") from None
+        return asdict(attempt)
+
+    @app.post("/_sim/tokens/void")
+    async def void_token() -> JsonObject:
+        simulator.void_token()
+        return {"voided": True}
+
+    @app.post("/_sim/reset")
+    async def reset() -> JsonObject:
+        await simulator.reset()
+        return {"reset": True}
+
+
+# ------------------------------------------------------------------------------------------- serving
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signals to its host process (`kiota dev` runs several servers)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def _serve(server: uvicorn.Server) -> None:
+    try:
+        await server.serve()
+    except SystemExit as exc:  # uvicorn exits the process when it cannot bind; we only fail the task
+        raise RuntimeError(f"uvicorn could not start on {server.config.host}:{server.config.port}") from exc
+
+
+@contextlib.asynccontextmanager
+async def serve_in_background(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on this event loop; yields its base URL (port 0: a free port).
+
+    Logging is left to the host process (`log_config=None`, no level set): uvicorn's defaults would
+    reconfigure the process-wide "uvicorn.*" loggers that `kiota api` shares.
+    """
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, ws="none", lifespan="on")
+    server = _EmbeddedServer(config)
+    task = asyncio.create_task(_serve(server), name=f"uvicorn {host}:{port}")
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # raises the start-up failure
+                raise RuntimeError("uvicorn stopped before it started")
+            await asyncio.sleep(0.01)
+        bound_port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://{host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait([task])  # never raises: a start-up failure has already been raised above
+    task.result()  # reached on a clean exit only: surfaces a server that crashed while serving
+
+
+@dataclass(frozen=True)
+class RunningSimulator:
+    base_url: str
+    simulator: DarajaSimulator
+    app: FastAPI
+
+
+@contextlib.asynccontextmanager
+async def running_simulator(
+    config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[RunningSimulator]:
+    """A simulator on a real port for the duration of the block (tests of the whole service)."""
+    app = create_simulator(config)
+    async with serve_in_background(app, host, port) as base_url:
+        yield RunningSimulator(base_url=base_url, simulator=simulator_of(app), app=app)
+
+
+async def serve_simulator(
+    config: SimulatorConfig,
+    host: str = "127.0.0.1",
+    port: int = 8089,
+    on_ready: Callable[[RunningSimulator], None] | None = None,
+) -> None:
+    """Serve the simulator until the calling task is cancelled (what `kiota dev` runs).
+
+    `on_ready` gets the base URL (for MPESA_BASE_URL) once the port is bound. Cancellation shuts down
+    gracefully: pending callbacks are cancelled and the HTTP client closed.
+    """
+    async with running_simulator(config, host, port) as running:
+        if on_ready is not None:
+            on_ready(running)
+        await asyncio.Event().wait()
