@@ -12,9 +12,11 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
-from api.routers import health, portfolio
+from api.routers import deposits, health, mpesa_callback, portfolio
+from kiota.daraja import DarajaClient
 from kiota.db import create_pool
 from kiota.hdwallet import ExtendedPublicKey
+from kiota.netaddr import Network, parse_networks
 from kiota.queue import create_queue
 from kiota.settings import Settings, load_settings
 
@@ -27,6 +29,9 @@ class Resources:
     pool: asyncpg.Pool
     queue: ArqRedis
     deposit_key: ExtendedPublicKey
+    daraja: DarajaClient
+    trusted_proxies: list[Network]
+    callback_allowlist: list[Network]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,10 +44,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # PostgreSQL is down, instead of crash-looping.
         pool = await create_pool(config.database_url, min_size=0, max_size=20)
         queue = create_queue(config.redis_url)
-        app.state.resources = Resources(config, pool, queue, config.deposit_key)
+        daraja = DarajaClient.from_settings(config)
+        app.state.resources = Resources(
+            config,
+            pool,
+            queue,
+            config.deposit_key,
+            daraja,
+            parse_networks(config.trusted_proxy_ips),
+            parse_networks(config.mpesa_callback_allowed_ips),
+        )
         try:
             yield
         finally:
+            await daraja.aclose()
             await queue.aclose(close_connection_pool=True)
             await pool.close()
 
@@ -56,4 +71,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(portfolio.router, prefix="/api/v1")
+    app.include_router(deposits.router, prefix="/api/v1")
+    app.include_router(mpesa_callback.router, prefix="/api/v1")
     return app

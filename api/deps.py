@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from kiota.auth import verify_token
+from kiota.daraja import DarajaClient
 from kiota.errors import AuthError
 from kiota.settings import Settings
 from kiota.users import User, ensure_user
@@ -33,7 +34,12 @@ def get_pool(resources: ResourcesDep) -> asyncpg.Pool:
     return resources.pool
 
 
+def get_daraja(resources: ResourcesDep) -> DarajaClient:
+    return resources.daraja
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+DarajaDep = Annotated[DarajaClient, Depends(get_daraja)]
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 
 _bearer = HTTPBearer(auto_error=False, description="HS256 JWT whose `sub` is the user's id")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -35,6 +36,12 @@ async def _kiota_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
 
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # PostgreSQL (or the network to it) is down: say so, never a false success.
+    log.error("dependency unavailable", error=f"{type(exc).__name__}: {exc}")
+    return JSONResponse({"detail": "temporarily unavailable, try again"}, status_code=503)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", error=type(exc).__name__)
     return JSONResponse({"detail": "internal error"}, status_code=500)
@@ -42,4 +49,12 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(KiotaError, _kiota_error)
+    for unavailable in (
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.CannotConnectNowError,
+        OSError,
+        TimeoutError,
+    ):
+        app.add_exception_handler(unavailable, _unavailable)
     app.add_exception_handler(Exception, _unexpected)

@@ -3,8 +3,10 @@
 Scoped to (user, route, key). The first request claims the key in PostgreSQL and
 runs; its answer (status and body) is stored and replayed to every later request
 with the same key and the same body. Another body → 409; a request while the
-first is still running → 409. A first attempt that failed with a 5xx (or raised)
-releases the key so that a retry can run; 2xx and 4xx answers are kept.
+first is still running → 409. A first attempt that raised or answered 5xx
+releases the key so that a retry can run; 2xx and 4xx answers are kept, and so
+is a 504: it means "the outcome is unknown" (e.g. an STK push that may have
+reached the phone), and a retry must never repeat what may have happened.
 
 Usage in a router:
 
@@ -28,6 +30,7 @@ from kiota.errors import IdempotencyConflict, InvalidInput
 from kiota.sql import load_queries
 
 MAX_KEY_LENGTH = 255
+KEEP_UNKNOWN_OUTCOME = 504
 Answer = tuple[int, Any]
 
 
@@ -41,9 +44,7 @@ def request_hash(raw_body: bytes) -> str:
 
 
 class Idempotency:
-    def __init__(
-        self, pool: asyncpg.Pool, user_id: str, route: str, key: str | None, body_hash: str
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, user_id: str, route: str, key: str | None, body_hash: str) -> None:
         self._pool = pool
         self._scope = (user_id, route, key)
         self._key = key
@@ -62,7 +63,7 @@ class Idempotency:
         except BaseException:
             await self._pool.execute(q.release_idempotency_key, *self._scope)
             raise
-        if status >= 500:
+        if status >= 500 and status != KEEP_UNKNOWN_OUTCOME:
             await self._pool.execute(q.release_idempotency_key, *self._scope)
         else:
             await self._pool.execute(q.complete_idempotency_key, *self._scope, status, body)

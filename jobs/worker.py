@@ -15,13 +15,16 @@ from typing import Any
 
 import structlog
 from arq import cron
-from arq.worker import Worker
+from arq.worker import Worker, func
 
+from jobs.mpesa import complete_mpesa_deposit
 from kiota.db import create_pool
 from kiota.logging import configure_logging
+from kiota.payouts import LaneConfig
 from kiota.queue import deserialize_job, redis_settings, serialize_job
 from kiota.settings import WorkerSettings, load_settings
 from kiota.sql import load_queries
+from kiota.treasury import Treasury
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +45,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: WorkerSettings = ctx.get("settings") or load_settings(WorkerSettings)
     ctx["settings"] = settings
     ctx["pool"] = await create_pool(settings.database_url, min_size=1, max_size=MAX_JOBS + 2)
+    ctx["treasury"] = Treasury(
+        settings.base_rpc_url,
+        settings.treasury_private_key.get_secret_value(),
+        settings.base_chain_id,
+        settings.base_usdc_address,
+    )
+    ctx.setdefault("lane_config", LaneConfig())
+    ctx.setdefault("backoff_base_seconds", 1.0)
     ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     ctx["started_at"] = datetime.now(UTC)
     await heartbeat(ctx)
@@ -49,9 +60,10 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    pool = ctx.get("pool")
-    if pool is not None:
-        await pool.close()
+    if ctx.get("treasury") is not None:
+        await ctx["treasury"].aclose()
+    if ctx.get("pool") is not None:
+        await ctx["pool"].close()
     log.info("worker stopped", worker_id=ctx.get("worker_id"))
 
 
@@ -74,11 +86,22 @@ async def heartbeat(ctx: dict[str, Any]) -> None:
     )
 
 
-FUNCTIONS: list[Any] = []
+# Results are not kept in Redis (keep_result=0): the history is in PostgreSQL, and a
+# finished job's id must be free again for a sweeper's or an operator's re-enqueue.
+# max_tries is high because arq counts every run, waits included; real failures are
+# counted in PostgreSQL and end in needs_review after five.
+FUNCTIONS: list[Any] = [func(complete_mpesa_deposit, max_tries=10_000, keep_result=0)]
 CRON_JOBS = [cron(heartbeat, second={0, 30}, run_at_startup=False, timeout=10)]
 
 
-def build_worker(settings: WorkerSettings, *, burst: bool = False, handle_signals: bool = True) -> Worker:
+def build_worker(
+    settings: WorkerSettings,
+    *,
+    burst: bool = False,
+    handle_signals: bool = True,
+    ctx: dict[str, Any] | None = None,
+) -> Worker:
+    """The worker; tests pass `ctx` to shorten the lane's waits and backoffs."""
     return Worker(
         functions=FUNCTIONS,
         cron_jobs=CRON_JOBS,
@@ -95,7 +118,8 @@ def build_worker(settings: WorkerSettings, *, burst: bool = False, handle_signal
         job_completion_wait=JOB_COMPLETION_WAIT_SECONDS,
         burst=burst,
         handle_signals=handle_signals,
-        ctx={"settings": settings},
+        keep_result=0,
+        ctx={"settings": settings, **(ctx or {})},
     )
 
 

@@ -6,8 +6,12 @@ import json
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from kiota.sql import Queries, load_queries
+
+# A connection as our code receives it: direct, or borrowed from a pool.
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -30,3 +30,44 @@ class LedgerError(KiotaError):
 
 class MigrationError(KiotaError):
     """The migration files and the database's record of them disagree."""
+
+
+class DarajaError(KiotaError):
+    """Daraja (M-Pesa) did not do what we asked; the subclass says whether it may still have acted.
+
+    `message` is Daraja's own text when it sent one (safe to show: it never carries our secrets),
+    `code` its errorCode (e.g. "500.001.1001"), `http_status` the status it answered with.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.http_status = http_status
+
+
+class DarajaRefused(DarajaError):
+    """A definite refusal: nothing reached the customer, so the caller may report it and forget it."""
+
+
+class DarajaUnreachable(DarajaRefused):
+    """Daraja could not be reached at all within the time budget: nothing was sent, so also definite."""
+
+
+class DarajaUncertain(DarajaError):
+    """The request may have reached Daraja (and a PIN prompt the customer): never send it again.
+
+    The caller keeps the deposit pending and lets the STK query (or the callback) decide later.
+    """
+
+
+class DarajaTransient(DarajaError):
+    """A read-only call (the STK query) failed for a reason that may pass: retry it later with backoff."""
+
+
+class ChainUnavailable(KiotaError):
+    """The chain's RPC failed in a way that may pass (refused, timeout, 429, 5xx): retry with backoff."""
+
+
+class TreasuryShortfall(KiotaError):
+    """The treasury lacks the ETH for gas or the USDC for a payout: the lane pauses until an operator acts."""

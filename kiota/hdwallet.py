@@ -76,9 +76,7 @@ class ExtendedPublicKey:
     def child_public_key(self, index: int) -> PublicKey:
         if not 0 <= index < _HARDENED:
             raise ValueError("only non-hardened children (0 <= n < 2**31) derive from an xpub")
-        digest = hmac.new(
-            self.chain_code, self.public_key + index.to_bytes(4, "big"), hashlib.sha512
-        ).digest()
+        digest = hmac.new(self.chain_code, self.public_key + index.to_bytes(4, "big"), hashlib.sha512).digest()
         tweak = digest[:32]
         if int.from_bytes(tweak, "big") >= _SECP256K1_ORDER:
             # Probability ~2**-127; BIP-32 says skip to the next index. We refuse loudly.

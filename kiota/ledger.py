@@ -103,9 +103,7 @@ def mpesa_unmatched(callback_key: str, amount_kes: int) -> Entry:
     )
 
 
-def mpesa_converted_and_paid(
-    deposit_id: str, user_id: str, amount_kes: int, amount_usdc_micro: int
-) -> Entry:
+def mpesa_converted_and_paid(deposit_id: str, user_id: str, amount_kes: int, amount_usdc_micro: int) -> Entry:
     """The completion of an M-Pesa deposit, in one entry.
 
     The FX desk buys the customer's shillings and sells them USDC at the quote

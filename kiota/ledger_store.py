@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncpg
 
+from kiota.db import Connection
 from kiota.errors import LedgerError
 from kiota.ledger import Direction, Entry, Posting
 from kiota.sql import load_queries
 
 
-async def post_entry(conn: asyncpg.Connection, entry: Entry) -> tuple[int, bool]:
+async def post_entry(conn: Connection, entry: Entry) -> tuple[int, bool]:
     """Write `entry` once; return (entry id, created).
 
     Replaying the same key with the same postings returns the first entry and
@@ -35,7 +36,7 @@ async def post_entry(conn: asyncpg.Connection, entry: Entry) -> tuple[int, bool]
     return entry_id, True
 
 
-async def _existing(conn: asyncpg.Connection, entry: Entry) -> int:
+async def _existing(conn: Connection, entry: Entry) -> int:
     rows = await conn.fetch(load_queries().entry_by_key, entry.key)
     stored = sorted(
         (Posting(r["account_code"], r["asset"], Direction(r["direction"]), r["amount"]) for r in rows),
@@ -51,13 +52,13 @@ def _order(p: Posting) -> tuple[str, str, str, int]:
     return (p.account, p.asset, p.direction.value, p.amount)
 
 
-async def balance(conn: asyncpg.Connection | asyncpg.Pool, account: str) -> int:
+async def balance(conn: Connection | asyncpg.Pool, account: str) -> int:
     value = await conn.fetchval(load_queries().balance_by_code, account)
     if value is None:
         raise LedgerError(f"no account {account!r}")
     return int(value)
 
 
-async def user_balances(conn: asyncpg.Connection | asyncpg.Pool, user_id: str) -> dict[str, int]:
+async def user_balances(conn: Connection | asyncpg.Pool, user_id: str) -> dict[str, int]:
     rows = await conn.fetch(load_queries().user_balances, user_id)
     return {r["asset"]: int(r["balance"]) for r in rows}

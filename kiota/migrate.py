@@ -118,7 +118,9 @@ async def migrate(dsn: str, migrations: list[Migration] | None = None) -> list[s
                     await conn.execute(migration.sql)
                     await conn.execute(
                         "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                        migration.version, migration.name, migration.checksum,
+                        migration.version,
+                        migration.name,
+                        migration.checksum,
                     )
                 log.info("migration applied", version=migration.version, name=migration.name)
                 applied_now.append(migration.version)

@@ -34,9 +34,7 @@ def parse_rate(text: str) -> Decimal:
 def parse_usdc(text: str) -> int:
     """Parse a request's USDC decimal string (at most 6 decimals) into micro-units."""
     if not isinstance(text, str) or not _USDC_TEXT.match(text):
-        raise InvalidInput(
-            "USDC amounts are decimal strings with at most 6 decimals, e.g. \"25.50\""
-        )
+        raise InvalidInput('USDC amounts are decimal strings with at most 6 decimals, e.g. "25.50"')
     try:
         value = Decimal(text)
     except InvalidOperation as exc:  # pragma: no cover - the regex already guards this

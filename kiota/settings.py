@@ -29,9 +29,7 @@ LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})  # noqa: S
 class Settings(BaseSettings):
     """Everything `kiota api` needs; `WorkerSettings` adds the treasury key."""
 
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
-    )
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False)
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/kiota"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -48,6 +46,10 @@ class Settings(BaseSettings):
     mpesa_shortcode: str
     mpesa_passkey: SecretStr
     mpesa_callback_token: SecretStr
+    # Optional, not in the contract: comma-separated CIDRs allowed to POST callbacks
+    # (empty: any), and the proxies whose X-Forwarded-For is believed (Render's).
+    mpesa_callback_allowed_ips: str = ""
+    trusted_proxy_ips: str = ""
     mpesa_min_kes: int = Field(default=10, ge=1, le=250_000)
     kes_per_usd: Decimal
 

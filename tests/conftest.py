@@ -7,21 +7,49 @@ Redis tests use their own logical database, flushed before each test.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from web3.types import RPCEndpoint
 
 from api.app import create_app
+from jobs.worker import build_worker
 from kiota.db import create_pool
+from kiota.dev.chain import (
+    BASE_USDC_ADDRESS,
+    AnvilNode,
+    Web3Client,
+    connect,
+    fund_eth,
+    install_usdc,
+    mint_usdc,
+    revert,
+    snapshot,
+    start_anvil,
+)
+from kiota.dev.daraja_sim import DarajaSimulator, SimulatorConfig, running_simulator, serve_in_background
 from kiota.migrate import migrate
+from kiota.payouts import LaneConfig
 from kiota.settings import Settings, WorkerSettings
-from tests.support import ADMIN_DSN, REDIS_TEST_URL, TREASURY_KEY, settings_kwargs
+from tests.support import (
+    ADMIN_DSN,
+    CALLBACK_TOKEN,
+    REDIS_TEST_URL,
+    TREASURY_KEY,
+    bearer,
+    free_port,
+    settings_kwargs,
+)
 
 _counter = itertools.count()
 
@@ -112,3 +140,117 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://kiota.test") as http:
         yield http
+
+
+# --- the chain: one anvil per session, a snapshot reverted after each test ------------------------
+
+
+@pytest.fixture(scope="session")
+async def anvil() -> AsyncIterator[AnvilNode]:
+    async with start_anvil(free_port()) as node, connect(node.rpc_url) as w3:
+        await install_usdc(w3, BASE_USDC_ADDRESS)
+        yield node
+
+
+@pytest.fixture
+async def chain(anvil: AnvilNode) -> AsyncIterator[Web3Client]:
+    async with connect(anvil.rpc_url) as w3:
+        snap = await snapshot(w3)
+        yield w3
+        await w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [True])
+        await revert(w3, snap)
+
+
+# --- the whole M-Pesa system: simulator, API on a real port, a real arq worker -------------------
+
+
+@dataclass
+class MpesaSystem:
+    settings: WorkerSettings
+    api_url: str
+    http: httpx.AsyncClient
+    simulator: DarajaSimulator
+    simulator_url: str
+    pool: asyncpg.Pool
+    w3: Web3Client
+    treasury_address: str
+    callback_url: str
+
+    async def initiate(self, user: str, amount_kes: int, phone: str = "254708374149", **headers: str) -> httpx.Response:
+        return await self.http.post(
+            "/api/v1/deposit/initiate",
+            json={"amount_kes": amount_kes, "phone": phone},
+            headers={**bearer(user), **headers},
+        )
+
+    async def deposit(self, user: str, deposit_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/api/v1/deposits/{deposit_id}", headers=bearer(user))
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def wait_status(self, user: str, deposit_id: str, *statuses: str, seconds: float = 20) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while True:
+            body = await self.deposit(user, deposit_id)
+            if body["status"] in statuses:
+                return body
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"deposit stayed {body['status']}, wanted {statuses}: {body}")
+            await asyncio.sleep(0.05)
+
+
+TREASURY_USDC = 1_000_000 * 10**6
+
+
+@pytest.fixture
+async def mpesa_system(
+    database_url: str, redis_url: str, anvil: AnvilNode, chain: Web3Client
+) -> AsyncIterator[MpesaSystem]:
+    from eth_account import Account
+
+    treasury = Account.from_key(TREASURY_KEY).address
+    await fund_eth(chain, treasury, 10 * 10**18)
+    await mint_usdc(chain, BASE_USDC_ADDRESS, treasury, TREASURY_USDC)
+    sim_config = SimulatorConfig(
+        consumer_key="test-consumer-key", consumer_secret="test-consumer-secret", callback_delay_seconds=0.3
+    )
+    api_port = free_port()
+    async with running_simulator(sim_config) as sim:
+        values = {
+            **settings_kwargs(database_url, redis_url),
+            "mpesa_base_url": sim.base_url,
+            "base_rpc_url": anvil.rpc_url,
+            "public_base_url": f"http://127.0.0.1:{api_port}",
+            "mpesa_query_after_seconds": 3600,
+        }
+        settings = WorkerSettings(_env_file=None, treasury_private_key=TREASURY_KEY, **values)  # type: ignore[call-arg]
+        worker = build_worker(
+            settings,
+            handle_signals=False,
+            ctx={"lane_config": LaneConfig(poll_seconds=0.02, watch_seconds=3), "backoff_base_seconds": 0.05},
+        )
+        worker_task = asyncio.create_task(worker.async_run())
+        pool = await create_pool(database_url)
+        try:
+            async with (
+                serve_in_background(create_app(settings), port=api_port) as api_url,
+                httpx.AsyncClient(base_url=api_url, timeout=15) as http,
+            ):
+                yield MpesaSystem(
+                    settings,
+                    api_url,
+                    http,
+                    sim.simulator,
+                    sim.base_url,
+                    pool,
+                    chain,
+                    treasury,
+                    f"{api_url}/api/v1/deposit/mpesa-callback/{CALLBACK_TOKEN}",
+                )
+        finally:
+            await worker.close()
+            worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker_task
+            await pool.close()

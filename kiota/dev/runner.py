@@ -106,8 +106,13 @@ def service_env(options: DevOptions, secrets: DevSecrets, rpc_url: str, simulato
 async def child_process(name: str, args: list[str], env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
     """A `kiota` child whose output is prefixed with its name; stopped with SIGTERM on exit."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kiota.cli", *args,
-        env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "kiota.cli",
+        *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
     )
 
@@ -226,8 +231,11 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
             ):
                 await wait_ready(f"http://127.0.0.1:{options.api_port}/health/ready", [api, worker])
                 print(banner(options, secrets, node.rpc_url, simulator.base_url, dev_user.deposit_address), flush=True)
-                waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(api.wait()),
-                           asyncio.create_task(worker.wait())]
+                waiters = [
+                    asyncio.create_task(stop.wait()),
+                    asyncio.create_task(api.wait()),
+                    asyncio.create_task(worker.wait()),
+                ]
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                 for waiter in waiters:
                     waiter.cancel()

@@ -129,8 +129,9 @@ async def test_the_same_key_and_body_replays_the_first_answer(idem_client: Any) 
     headers = {**bearer("alice"), "Idempotency-Key": "k1"}
     first = await http.post("/test/echo", json={"value": 7}, headers=headers)
     # Same meaning, other key order/white space: still the same body.
-    second = await http.post("/test/echo", content=b'{ "value" : 7 }', headers={
-        **headers, "content-type": "application/json"})
+    second = await http.post(
+        "/test/echo", content=b'{ "value" : 7 }', headers={**headers, "content-type": "application/json"}
+    )
     assert first.status_code == second.status_code == 201
     assert first.json() == second.json() == {"value": 7, "call": 1, "user": "alice"}
     assert second.headers["idempotent-replayed"] == "true"

@@ -40,11 +40,23 @@ async def test_kiota_dev_comes_up_and_its_walkthrough_works_as_printed(tmp_path:
     ports = {"api": free_port(), "anvil": free_port(), "sim": free_port()}
     database = f"kiota_dev_test_{os.getpid()}"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kiota.cli", "dev",
-        "--port", str(ports["api"]), "--anvil-port", str(ports["anvil"]),
-        "--simulator-port", str(ports["sim"]),
-        "--database-url", dsn_for(database), "--redis-url", "redis://127.0.0.1:6379/8",
-        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "kiota.cli",
+        "dev",
+        "--port",
+        str(ports["api"]),
+        "--anvil-port",
+        str(ports["anvil"]),
+        "--simulator-port",
+        str(ports["sim"]),
+        "--database-url",
+        dsn_for(database),
+        "--redis-url",
+        "redis://127.0.0.1:6379/8",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     assert proc.stdout is not None
     seen: list[str] = []
@@ -57,8 +69,13 @@ async def test_kiota_dev_comes_up_and_its_walkthrough_works_as_printed(tmp_path:
 
         script = output.split(WALKTHROUGH_BEGIN, 1)[1].split(WALKTHROUGH_END, 1)[0]
         run = await asyncio.create_subprocess_exec(
-            "bash", "-euo", "pipefail", "-c", script,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            "bash",
+            "-euo",
+            "pipefail",
+            "-c",
+            script,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(run.communicate(), 60)
         assert run.returncode == 0, err.decode()

@@ -28,7 +28,11 @@ async def _raw_entry(conn: asyncpg.Connection, key: str, postings: list[tuple[st
             await conn.execute(
                 """INSERT INTO postings (entry_id, account_id, asset, direction, amount)
                    SELECT $1, id, $3, $4, $5 FROM accounts WHERE code = $2""",
-                entry_id, code, asset, direction, amount,
+                entry_id,
+                code,
+                asset,
+                direction,
+                amount,
             )
 
 

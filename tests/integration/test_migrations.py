@@ -16,8 +16,14 @@ from kiota.migrate import Migration, discover, migrate
 REPO = Path(__file__).resolve().parents[2]
 
 EXPECTED_TABLES = {
-    "users", "assets", "accounts", "journal_entries", "postings", "idempotency_keys",
-    "worker_heartbeats", "schema_migrations",
+    "users",
+    "assets",
+    "accounts",
+    "journal_entries",
+    "postings",
+    "idempotency_keys",
+    "worker_heartbeats",
+    "schema_migrations",
 }
 
 
@@ -26,13 +32,12 @@ async def _schema(dsn: str) -> tuple[set[str], list[tuple[str, str]]]:
     try:
         tables = {
             r["table_name"]
-            for r in await conn.fetch(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
-            )
+            for r in await conn.fetch("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
         }
-        applied = [(r["version"], r["name"]) for r in await conn.fetch(
-            "SELECT version, name FROM schema_migrations ORDER BY version"
-        )]
+        applied = [
+            (r["version"], r["name"])
+            for r in await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
+        ]
         return tables, applied
     finally:
         await conn.close()
@@ -52,8 +57,14 @@ async def test_all_migrations_apply_to_an_empty_database_and_again_do_nothing(
 async def _run_cli_migrate(dsn: str) -> tuple[int, str]:
     env = {**os.environ, "DATABASE_URL": dsn}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kiota.cli", "migrate",
-        cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "kiota.cli",
+        "migrate",
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode()

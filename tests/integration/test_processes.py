@@ -23,8 +23,14 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 
 async def _run(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kiota.cli", *args,
-        cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "kiota.cli",
+        *args,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     return proc.returncode or 0, (out + err).decode()
@@ -71,8 +77,14 @@ async def test_kiota_api_starts_without_the_treasury_key_and_stops_on_sigterm(
     env = _env({**base_env(database_url, redis_url), "PORT": str(port)})
     assert "TREASURY_PRIVATE_KEY" not in env
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kiota.cli", "api",
-        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "kiota.cli",
+        "api",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     try:
         response = await _wait_for(f"http://127.0.0.1:{port}/health/ready", proc)
@@ -92,8 +104,14 @@ async def test_kiota_worker_starts_heartbeats_and_stops_on_sigterm(
 ) -> None:
     env = _env({**base_env(database_url, redis_url), "TREASURY_PRIVATE_KEY": TREASURY_KEY})
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kiota.cli", "worker",
-        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "kiota.cli",
+        "worker",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     conn = await asyncpg.connect(database_url)
     try:

@@ -61,9 +61,7 @@ def test_parse_usdc(text: str, micro: int) -> None:
     assert parse_usdc(text) == micro
 
 
-@pytest.mark.parametrize(
-    "bad", ["25.1234567", "-1", "1e3", " 1", "01", "", ".5", "5.", "NaN", "Infinity", 25.5, 25]
-)
+@pytest.mark.parametrize("bad", ["25.1234567", "-1", "1e3", " 1", "01", "", ".5", "5.", "NaN", "Infinity", 25.5, 25])
 def test_parse_usdc_refuses(bad: object) -> None:
     with pytest.raises(InvalidInput):
         parse_usdc(bad)  # type: ignore[arg-type]

@@ -1,0 +1,80 @@
+"""Safaricom's STK callback webhook.
+
+A 200 means the raw callback is committed in PostgreSQL: the answer is sent only
+after the transaction that records and applies it. The secret token in the path
+is compared in constant time and never logged (the access log redacts it).
+"""
+
+from __future__ import annotations
+
+import hmac
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from api.deps import ResourcesDep
+from kiota.deposits import COMPLETE_FUNCTION, ingest_callback
+from kiota.job_history import enqueue
+from kiota.mpesa import MalformedCallback
+from kiota.netaddr import allowed, client_address
+
+router = APIRouter(tags=["webhooks"])
+log = structlog.get_logger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+ACCEPTED = {"ResultCode": 0, "ResultDesc": "Accepted"}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _read_capped(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _token_matches(given: str, accepted: list[str]) -> bool:
+    match = False
+    for token in accepted:  # every token compared, in constant time, whatever matched first
+        match |= hmac.compare_digest(given.encode(), token.encode())
+    return match
+
+
+@router.post("/deposit/mpesa-callback/{token}", include_in_schema=False)
+async def mpesa_callback(token: str, request: Request, resources: ResourcesDep) -> JSONResponse:
+    settings = resources.settings
+    address = client_address(
+        request.client.host if request.client else None,
+        request.headers.get("x-forwarded-for"),
+        resources.trusted_proxies,
+    )
+    if not _token_matches(token, settings.callback_tokens):
+        log.warning("mpesa callback with a wrong token", client=address)
+        return JSONResponse({"detail": "not found"}, status_code=404)
+    if not allowed(address, resources.callback_allowlist):
+        log.warning("mpesa callback from an address outside the allowlist", client=address)
+        return JSONResponse({"detail": "forbidden"}, status_code=403)
+    try:
+        raw = await _read_capped(request)
+    except BodyTooLarge:
+        log.warning("mpesa callback body too large", client=address)
+        return JSONResponse({"ResultCode": 1, "ResultDesc": "Rejected: body too large"}, status_code=413)
+    try:
+        result = await ingest_callback(resources.pool, raw, address)
+    except MalformedCallback as exc:
+        log.warning("malformed mpesa callback kept for audit", client=address, error=str(exc))
+        return JSONResponse({"ResultCode": 1, "ResultDesc": f"Rejected: {exc}"}, status_code=400)
+    if result.enqueue_job_id:
+        await enqueue(resources.queue, COMPLETE_FUNCTION, result.enqueue_job_id, result.deposit_id)
+    return JSONResponse(ACCEPTED)

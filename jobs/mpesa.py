@@ -1,0 +1,65 @@
+"""M-Pesa jobs: unpack `ctx`, call the payout lane, keep the job history."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+from arq import Retry
+
+from kiota.errors import ChainUnavailable
+from kiota.job_history import JobHistory, backoff_seconds
+from kiota.payouts import Outcome, pay_deposit
+from kiota.sql import load_queries
+
+log = structlog.get_logger(__name__)
+
+MAX_FAILURES = 5
+MAX_TRYING = timedelta(minutes=30)
+WAITING_RETRY_SECONDS = 1.0
+# Failures that may pass: the RPC, the database connection, the network.
+TRANSIENT = (ChainUnavailable, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
+    pool: asyncpg.Pool = ctx["pool"]
+    history = JobHistory(pool, ctx["job_id"])
+    structlog.contextvars.bind_contextvars(deposit_id=deposit_id)
+    await history.started()
+    try:
+        result = await pay_deposit(pool, ctx["treasury"], uuid.UUID(deposit_id), ctx["lane_config"])
+    except TRANSIENT as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        retry_in = backoff_seconds(1, ctx["backoff_base_seconds"])
+        failures = await history.failed_once(error, retry_in)
+        if failures >= MAX_FAILURES or await _tried_too_long(pool, deposit_id):
+            reason = f"payout failed {failures} times; last error: {error}"
+            await pool.execute(load_queries().deposit_to_review, uuid.UUID(deposit_id), reason[:1000])
+            await history.gave_up(error)
+            log.error("deposit moved to review after repeated payout failures", failures=failures, error=error)
+            return "needs_review"
+        retry_in = backoff_seconds(failures, ctx["backoff_base_seconds"])
+        log.warning("payout failed; retrying", failures=failures, retry_in=round(retry_in, 2), error=error)
+        raise Retry(defer=retry_in) from exc
+    except Exception as exc:
+        # A bug, not the weather: record it where operators look, then let arq fail the job.
+        await history.gave_up(f"{type(exc).__name__}: {exc}")
+        log.exception("payout job crashed")
+        raise
+    if result.outcome is Outcome.WAITING:
+        await history.waiting(WAITING_RETRY_SECONDS)
+        raise Retry(defer=WAITING_RETRY_SECONDS)
+    if result.outcome is Outcome.BLOCKED:
+        await history.blocked(result.detail)
+        log.warning("payout blocked", reason=result.detail)
+        return "blocked"
+    await history.succeeded()
+    return result.outcome.value
+
+
+async def _tried_too_long(pool: asyncpg.Pool, deposit_id: str) -> bool:
+    since = await pool.fetchval(load_queries().deposit_processing_since, uuid.UUID(deposit_id))
+    return since is not None and datetime.now(UTC) - since > MAX_TRYING

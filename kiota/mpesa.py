@@ -1,0 +1,240 @@
+"""M-Pesa rules, pure: phone numbers, callback parsing, and what a callback does to a deposit.
+
+No I/O here. The API and the jobs call these functions and carry out the decision.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from enum import StrEnum
+from typing import Any
+
+from kiota.errors import InvalidInput
+
+MAX_KES = 250_000
+NAIROBI = timezone(timedelta(hours=3), "EAT")
+
+_PHONE_FORMS = (
+    re.compile(r"^254([71][0-9]{8})$"),
+    re.compile(r"^\+254([71][0-9]{8})$"),
+    re.compile(r"^0([71][0-9]{8})$"),
+)
+
+# What Daraja's result codes mean, in words a customer understands.
+RESULT_REASONS: dict[int, str] = {
+    1: "The M-Pesa balance was insufficient.",
+    2: "The amount is below the M-Pesa minimum.",
+    3: "The amount is above the M-Pesa maximum.",
+    4: "The M-Pesa daily limit was reached.",
+    8: "The M-Pesa account would exceed its maximum balance.",
+    17: "The same amount was sent to the same customer within 2 minutes; try again later.",
+    1019: "The payment request expired before it was completed.",
+    1025: "M-Pesa could not send the payment prompt.",
+    1031: "The payment was cancelled on the phone.",
+    1032: "The payment was cancelled on the phone.",
+    1037: "The phone could not be reached.",
+    2001: "The M-Pesa PIN was wrong.",
+    2028: "The M-Pesa account is not permitted to make this payment.",
+    8006: "The M-Pesa PIN is locked.",
+}
+
+
+def normalise_phone(text: object) -> str:
+    """One of 2547…, 2541…, 07…, 01… or +254… to the 12-digit 254… form; anything else is refused."""
+    if isinstance(text, str):
+        for form in _PHONE_FORMS:
+            match = form.match(text)
+            if match:
+                return "254" + match[1]
+    raise InvalidInput("phone must be a Kenyan mobile number: 2547XXXXXXXX, 07XXXXXXXX, 01XXXXXXXX or +254…")
+
+
+def mask_phone(phone: str | None) -> str:
+    """254708374149 → 2547****4149; phone numbers are stored and logged only like this."""
+    if not phone:
+        return ""
+    digits = str(phone)
+    if len(digits) < 8:
+        return "*" * len(digits)
+    return digits[:4] + "*" * (len(digits) - 8) + digits[-4:]
+
+
+def validate_amount_kes(amount: object, minimum: int) -> int:
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise InvalidInput("amount_kes must be a whole number of shillings")
+    if not minimum <= amount <= MAX_KES:
+        raise InvalidInput(f"amount_kes must be between {minimum} and {MAX_KES}")
+    return amount
+
+
+def reason_for(code: int, description: str | None) -> str:
+    return RESULT_REASONS.get(code) or (description or f"M-Pesa result code {code}")
+
+
+class MalformedCallback(InvalidInput):
+    """A callback body that is not Daraja's STK callback shape."""
+
+
+@dataclass(frozen=True, slots=True)
+class StkCallback:
+    merchant_request_id: str
+    checkout_request_id: str
+    result_code: int
+    result_desc: str
+    amount_kes: int | None = None
+    receipt: str | None = None
+    transaction_at: datetime | None = None
+    phone_masked: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.result_code == 0
+
+
+def _result_code(value: Any) -> int:
+    if isinstance(value, bool):
+        raise MalformedCallback("ResultCode is not a number")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,9}", value.strip()):
+        return int(value.strip())
+    raise MalformedCallback("ResultCode is not a number")
+
+
+def _text(container: dict[str, Any], name: str, max_length: int = 200) -> str:
+    value = container.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        raise MalformedCallback(f"{name} is missing or not a string")
+    return value
+
+
+def _whole_amount(value: Any) -> int:
+    # Daraja sends 1.00 or 1500 (a JSON number); a fraction of a shilling cannot exist.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedCallback("Amount is not a number")
+    if isinstance(value, float) and not value.is_integer():
+        raise MalformedCallback("Amount is not a whole number of shillings")
+    amount = int(value)
+    if amount <= 0:
+        raise MalformedCallback("Amount must be positive")
+    return amount
+
+
+def _transaction_time(value: Any) -> datetime:
+    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    try:
+        local = datetime.strptime(text, "%Y%m%d%H%M%S")
+    except ValueError:
+        raise MalformedCallback("TransactionDate is not YYYYMMDDHHmmss") from None
+    return local.replace(tzinfo=NAIROBI).astimezone(UTC)
+
+
+def parse_callback(raw: bytes) -> StkCallback:
+    """Strictly parse Daraja's STK callback; items are found by Name, never by position."""
+    try:
+        document = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedCallback("body is not JSON") from None
+    body = document.get("Body") if isinstance(document, dict) else None
+    callback = body.get("stkCallback") if isinstance(body, dict) else None
+    if not isinstance(callback, dict):
+        raise MalformedCallback("Body.stkCallback is missing")
+    code = _result_code(callback.get("ResultCode"))
+    parsed = StkCallback(
+        merchant_request_id=_text(callback, "MerchantRequestID"),
+        checkout_request_id=_text(callback, "CheckoutRequestID"),
+        result_code=code,
+        result_desc=str(callback.get("ResultDesc") or "")[:500],
+    )
+    if code != 0:
+        return parsed
+    metadata = callback.get("CallbackMetadata")
+    items = metadata.get("Item") if isinstance(metadata, dict) else None
+    if not isinstance(items, list):
+        raise MalformedCallback("a successful callback needs CallbackMetadata.Item")
+    values: dict[str, Any] = {}
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("Name"), str):
+            raise MalformedCallback("CallbackMetadata.Item entries need a Name")
+        if "Value" in item:  # e.g. {"Name": "Balance"} comes without a Value
+            values[item["Name"]] = item["Value"]
+    if "Amount" not in values or "MpesaReceiptNumber" not in values:
+        raise MalformedCallback("a successful callback needs Amount and MpesaReceiptNumber")
+    receipt = values["MpesaReceiptNumber"]
+    if not isinstance(receipt, str) or not re.fullmatch(r"[A-Z0-9]{6,20}", receipt):
+        raise MalformedCallback("MpesaReceiptNumber is malformed")
+    phone = values.get("PhoneNumber")
+    return StkCallback(
+        merchant_request_id=parsed.merchant_request_id,
+        checkout_request_id=parsed.checkout_request_id,
+        result_code=0,
+        result_desc=parsed.result_desc,
+        amount_kes=_whole_amount(values["Amount"]),
+        receipt=receipt,
+        transaction_at=_transaction_time(values["TransactionDate"]) if "TransactionDate" in values else None,
+        phone_masked=mask_phone(str(phone)) if phone is not None else None,
+    )
+
+
+class Action(StrEnum):
+    """What an accepted callback does."""
+
+    SUCCEED = "succeed"  # pending → processing: book the KES, enqueue the completion
+    FAIL = "fail"  # pending → failed with the code's reason
+    DUPLICATE = "duplicate"  # the same result again: record only
+    REVIEW = "review"  # money whose owner or amount is unclear: suspense + review, never credited
+    NOTE_FAILURE = "note_failure"  # a failure for nothing we know, or after the fact: record only
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    reason: str | None = None
+    deposit_status: str | None = None  # the deposit's new status, when it changes
+
+
+@dataclass(frozen=True, slots=True)
+class DepositView:
+    """What the decision needs to know of the deposit a callback names."""
+
+    status: str
+    amount_kes: int
+    receipt: str | None
+    failure_code: str | None
+
+
+def decide(deposit: DepositView | None, callback: StkCallback) -> Decision:
+    """The one place that says what a callback does to a deposit."""
+    if deposit is None:
+        if callback.succeeded:
+            return Decision(Action.REVIEW, "a successful callback for an unknown CheckoutRequestID")
+        return Decision(Action.NOTE_FAILURE)
+    if callback.succeeded:
+        return _decide_success(deposit, callback)
+    if deposit.status == "pending":
+        return Decision(Action.FAIL, reason_for(callback.result_code, callback.result_desc), "failed")
+    if deposit.status == "failed" and deposit.failure_code == str(callback.result_code):
+        return Decision(Action.DUPLICATE)
+    # A failure after a success (or a different failure): the first answer stands; a person looks.
+    return Decision(Action.NOTE_FAILURE, f"a later callback with result {callback.result_code} contradicts")
+
+
+def _decide_success(deposit: DepositView, callback: StkCallback) -> Decision:
+    if deposit.receipt is not None:
+        if deposit.receipt == callback.receipt:
+            return Decision(Action.DUPLICATE)
+        return Decision(Action.REVIEW, "a second successful callback with another receipt")
+    if deposit.status == "pending":
+        if callback.amount_kes != deposit.amount_kes:
+            return Decision(
+                Action.REVIEW,
+                f"amount mismatch: pushed {deposit.amount_kes} KES, callback says {callback.amount_kes} KES",
+                "needs_review",
+            )
+        return Decision(Action.SUCCEED, deposit_status="processing")
+    if deposit.status == "failed":
+        return Decision(Action.REVIEW, "a successful callback after the deposit had failed", "needs_review")
+    return Decision(Action.REVIEW, f"a successful callback for a deposit that is {deposit.status}")

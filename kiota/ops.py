@@ -1,0 +1,77 @@
+"""What an operator does without reading code: find stuck deposits, retry them, flip the guards.
+
+The CLI (`kiota ops …`) and, later, the dashboard call these.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from arq.connections import ArqRedis
+
+from kiota.deposits import COMPLETE_FUNCTION, complete_job_id
+from kiota.errors import KiotaError
+from kiota.job_history import enqueue, record_job
+from kiota.sql import load_queries
+
+log = structlog.get_logger(__name__)
+
+
+class CannotRetry(KiotaError):
+    """The deposit is not in a state a retry can help."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryResult:
+    deposit_id: str
+    job_id: str
+    enqueued: bool
+
+
+async def retry_deposit(pool: asyncpg.Pool, queue: ArqRedis, deposit_id: uuid.UUID, by: str) -> RetryResult:
+    """Run a deposit's completion again: one in review goes back to processing (with a fresh
+    count of failures and a fresh 30-minute window); one still processing is re-enqueued."""
+    q = load_queries()
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(q.deposit_for_retry, deposit_id)
+        if row is None:
+            raise CannotRetry(f"no deposit {deposit_id}")
+        if row["status"] == "needs_review":
+            if await conn.fetchval(q.deposit_retry_from_review, deposit_id) is None:
+                raise CannotRetry("only a paid deposit (with an M-Pesa receipt) that was not paid out can be retried")
+        elif row["status"] != "processing":
+            raise CannotRetry(f"the deposit is {row['status']}; there is nothing to retry")
+        job_id = complete_job_id(deposit_id)
+        await record_job(conn, job_id, COMPLETE_FUNCTION, deposit_id, reset=True)
+    enqueued = await enqueue(queue, COMPLETE_FUNCTION, job_id, str(deposit_id))
+    log.info("operator retried a deposit", deposit_id=str(deposit_id), by=by)
+    return RetryResult(str(deposit_id), job_id, enqueued)
+
+
+async def release_blocked(pool: asyncpg.Pool, queue: ArqRedis) -> int:
+    """Re-enqueue every blocked job (after a guard was released)."""
+    q = load_queries()
+    rows = await pool.fetch(q.blocked_jobs)
+    for row in rows:
+        await pool.execute(q.requeue_blocked_job, row["id"])
+        await enqueue(queue, row["function"], row["id"], str(row["deposit_id"]))
+    return len(rows)
+
+
+async def set_kill_switch(pool: asyncpg.Pool, queue: ArqRedis, on: bool, by: str) -> int:
+    await pool.execute(load_queries().set_kill_switch, on, by)
+    log.warning("payout kill switch " + ("ON" if on else "off"), by=by)
+    return 0 if on else await release_blocked(pool, queue)
+
+
+async def resume_lane(pool: asyncpg.Pool, queue: ArqRedis, by: str) -> int:
+    await pool.execute(load_queries().resume_lane, by)
+    log.warning("payout lane resumed", by=by)
+    return await release_blocked(pool, queue)
+
+
+async def stuck_deposits(pool: asyncpg.Pool, older_than_seconds: float = 600) -> list[asyncpg.Record]:
+    return list(await pool.fetch(load_queries().stuck_deposits, older_than_seconds))

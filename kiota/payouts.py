@@ -1,0 +1,307 @@
+"""The payout lane: pays a processing M-Pesa deposit's USDC from the treasury, exactly once.
+
+Exactly once rests on PostgreSQL, not on the queue:
+- one live payout per deposit (a partial unique index), and one ledger entry per deposit;
+- one lane owner per treasury at a time: a session advisory lock on a dedicated
+  connection, so a worker that dies releases it with its connection;
+- the nonce is allocated in PostgreSQL, and every signed transaction is stored
+  before it is broadcast, so a crash is always followed by re-sending or
+  recognising the same transaction, never by signing a second payment;
+- a receipt for any attempt settles the payout; a reverted receipt is a failure.
+
+Guards (kill switch, lane pause, per-deposit maximum, hourly and daily caps) and
+the treasury's balances are checked before anything is signed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+
+import asyncpg
+import structlog
+
+from kiota import ledger
+from kiota.db import Connection
+from kiota.errors import ChainUnavailable, KiotaError
+from kiota.ledger_store import post_entry
+from kiota.sql import load_queries
+from kiota.treasury import Fees, FeeTooLow, Receipt, SignedTx, Treasury
+
+log = structlog.get_logger(__name__)
+
+REPLACE_AFTER_BLOCKS = 3
+HOUR, DAY = 3600.0, 86400.0
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"  # paid and credited (now or before)
+    NOTHING_TO_DO = "nothing_to_do"  # the deposit is not waiting for a payout
+    BLOCKED = "blocked"  # a guard stops it; an operator's action re-enqueues it
+    WAITING = "waiting"  # the transaction is not mined yet, or the lane is busy: run again soon
+    REVIEW = "review"  # a person must look (over the maximum, reverted)
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutResult:
+    outcome: Outcome
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class LaneConfig:
+    poll_seconds: float = 0.05
+    watch_seconds: float = 20.0  # how long one job run waits for a receipt before yielding
+    lock_wait_seconds: float = 5.0
+    replace_after_blocks: int = REPLACE_AFTER_BLOCKS
+
+
+class LaneBusy(KiotaError):
+    """Another worker owns the treasury lane right now."""
+
+
+def lane_key(chain_id: int, address: str) -> int:
+    digest = hashlib.sha256(f"kiota-lane:{chain_id}:{address.lower()}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def failpoint(name: str) -> None:
+    """Test-only crash points: KIOTA_FAILPOINT=<name> kills this process right there (SIGKILL)."""
+    if os.environ.get("KIOTA_FAILPOINT") == name:
+        log.warning("failpoint reached: killing the worker", failpoint=name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@asynccontextmanager
+async def treasury_lane(pool: asyncpg.Pool, key: int, wait_seconds: float) -> AsyncIterator[Connection]:
+    """Own the lane for the block. The lock lives on this connection: if the process dies, it is freed."""
+    async with pool.acquire() as conn:
+        deadline = time.monotonic() + wait_seconds
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            if time.monotonic() > deadline:
+                raise LaneBusy("the treasury lane is owned by another worker")
+            await asyncio.sleep(0.02)
+        try:
+            yield conn
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+
+async def pay_deposit(
+    pool: asyncpg.Pool, treasury: Treasury, deposit_id: uuid.UUID, config: LaneConfig | None = None
+) -> PayoutResult:
+    config = config or LaneConfig()
+    q = load_queries()
+    deposit = await pool.fetchrow(q.deposit_by_id, deposit_id)
+    if deposit is None:
+        return PayoutResult(Outcome.NOTHING_TO_DO, "no such deposit")
+    if deposit["status"] == "completed":
+        return PayoutResult(Outcome.COMPLETED, deposit["tx_hash"])
+    if deposit["status"] != "processing":
+        return PayoutResult(Outcome.NOTHING_TO_DO, f"deposit is {deposit['status']}")
+    bound = log.bind(deposit_id=str(deposit_id))
+    guards = await pool.fetchrow(q.guards)
+    assert guards is not None  # the migration inserts the one row
+    if guards["kill_switch"]:
+        return PayoutResult(Outcome.BLOCKED, "the payout kill switch is on")
+    if guards["lane_paused"]:
+        return PayoutResult(Outcome.BLOCKED, f"the payout lane is paused: {guards['pause_reason']}")
+    if deposit["amount_usdc"] > guards["per_deposit_max_micro"]:
+        reason = "the payout is above the per-deposit maximum"
+        await pool.execute(q.deposit_to_review, deposit_id, reason)
+        return PayoutResult(Outcome.REVIEW, reason)
+    try:
+        async with treasury_lane(pool, lane_key(treasury.chain_id, treasury.address), config.lock_wait_seconds) as conn:
+            payout = await _live_payout(conn, treasury, deposit)
+            attempts = await conn.fetch(q.attempts_of_payout, payout["id"])
+            if not attempts:
+                blocked = await _check_caps_and_funds(conn, treasury, guards, deposit["amount_usdc"])
+                if blocked is not None:
+                    return blocked
+                signed = await _sign_and_store(conn, treasury, payout)
+                await _broadcast_or_bump(conn, treasury, payout, signed)
+                failpoint("after_broadcast")
+            else:  # a later run, or after a crash: re-send the newest attempt (idempotent)
+                await _broadcast_or_bump(conn, treasury, payout, _stored(attempts[-1]))
+            receipt = await _watch(conn, treasury, payout, config)
+            if receipt is None:
+                return PayoutResult(Outcome.WAITING, "the payout is not mined yet")
+            failpoint("after_receipt")
+            if not receipt.succeeded:
+                return await _reverted(conn, payout["id"], deposit_id, receipt)
+            await _settle(conn, treasury, deposit, payout["id"], receipt)
+            bound.info("deposit paid and credited", tx_hash=receipt.tx_hash, block=receipt.block_number)
+            return PayoutResult(Outcome.COMPLETED, receipt.tx_hash)
+    except LaneBusy as exc:
+        return PayoutResult(Outcome.WAITING, str(exc))
+
+
+async def _live_payout(conn: Connection, treasury: Treasury, deposit: asyncpg.Record) -> asyncpg.Record:
+    q = load_queries()
+    await conn.execute(
+        q.insert_payout,
+        deposit["id"],
+        treasury.chain_id,
+        treasury.token_address,
+        treasury.address,
+        deposit["deposit_address"],
+        deposit["amount_usdc"],
+    )
+    payout = await conn.fetchrow(q.live_payout_for_deposit, deposit["id"])
+    assert payout is not None
+    return payout
+
+
+async def _check_caps_and_funds(
+    conn: Connection, treasury: Treasury, guards: asyncpg.Record, amount: int
+) -> PayoutResult | None:
+    q = load_queries()
+    for window, cap_name in ((HOUR, "hourly_cap_micro"), (DAY, "daily_cap_micro")):
+        spent = await conn.fetchval(q.paid_out_since, treasury.chain_id, window)
+        if spent + amount > guards[cap_name]:
+            return PayoutResult(Outcome.BLOCKED, f"the {cap_name.split('_')[0]} payout cap would be exceeded")
+    in_flight = await conn.fetchval(q.in_flight_micro, treasury.chain_id)
+    usdc = await treasury.usdc_balance()
+    fees = await treasury.fee_quote()
+    eth = await treasury.eth_balance()
+    shortfall = None
+    if usdc - in_flight < amount:
+        shortfall = f"treasury USDC {usdc} (in flight {in_flight}) is below the payout {amount}"
+    elif eth < fees.max_fee_per_gas * 100_000 * 2:
+        shortfall = f"treasury ETH {eth} wei cannot pay for gas"
+    if shortfall is None:
+        return None
+    await conn.execute(q.pause_lane, shortfall)
+    # An alert: an error line here and the paused lane in /metrics and the dashboard.
+    log.error("payout lane paused: treasury shortfall", reason=shortfall, treasury=treasury.address)
+    return PayoutResult(Outcome.BLOCKED, f"the payout lane is paused: {shortfall}")
+
+
+async def _allocate_nonce(conn: Connection, treasury: Treasury) -> int:
+    q = load_queries()
+    stored = await conn.fetchval(q.lock_nonce, treasury.chain_id, treasury.address)
+    chain = await treasury.pending_nonce()
+    nonce = chain if stored is None else max(stored, chain)
+    await conn.execute(q.store_nonce, treasury.chain_id, treasury.address, nonce + 1)
+    return int(nonce)
+
+
+async def _store_attempt(conn: Connection, payout_id: int, signed: SignedTx) -> None:
+    await conn.execute(
+        load_queries().insert_attempt,
+        payout_id,
+        signed.nonce,
+        signed.tx_hash,
+        signed.raw_tx,
+        signed.fees.max_fee_per_gas,
+        signed.fees.max_priority_fee_per_gas,
+        signed.gas_limit,
+    )
+
+
+async def _sign_and_store(conn: Connection, treasury: Treasury, payout: asyncpg.Record) -> SignedTx:
+    fees = await treasury.fee_quote()
+    async with conn.transaction():
+        nonce = await _allocate_nonce(conn, treasury)
+        signed = treasury.sign_transfer(payout["to_address"], payout["amount_micro"], nonce, fees)
+        await conn.execute(load_queries().payout_signed, payout["id"], nonce)
+        await _store_attempt(conn, payout["id"], signed)
+    failpoint("after_attempt_stored")
+    return signed
+
+
+def _stored(attempt: asyncpg.Record) -> SignedTx:
+    fees = Fees(int(attempt["max_fee_per_gas"]), int(attempt["max_priority_fee_per_gas"]))
+    return SignedTx(attempt["tx_hash"], attempt["raw_tx"], attempt["nonce"], fees, attempt["gas_limit"])
+
+
+async def _broadcast(conn: Connection, treasury: Treasury, signed: SignedTx) -> None:
+    await treasury.broadcast(signed.raw_tx)
+    await conn.execute(load_queries().attempt_broadcast, signed.tx_hash, await treasury.head())
+
+
+async def _broadcast_or_bump(conn: Connection, treasury: Treasury, payout: asyncpg.Record, signed: SignedTx) -> None:
+    try:
+        await _broadcast(conn, treasury, signed)
+    except FeeTooLow:
+        await _replace(conn, treasury, payout, signed)
+
+
+async def _replace(conn: Connection, treasury: Treasury, payout: asyncpg.Record, latest: SignedTx) -> None:
+    """The same nonce, re-signed with fees raised at least 12.5%; stored before it is sent."""
+    for _ in range(10):  # each refusal raises the offer again; the cap bounds it
+        replacement = treasury.sign_transfer(
+            payout["to_address"], payout["amount_micro"], latest.nonce, latest.fees.bumped(await treasury.fee_quote())
+        )
+        await _store_attempt(conn, payout["id"], replacement)
+        log.warning(
+            "payout re-signed with higher fees",
+            payout_id=payout["id"],
+            nonce=latest.nonce,
+            tx_hash=replacement.tx_hash,
+            max_fee=replacement.fees.max_fee_per_gas,
+        )
+        try:
+            await _broadcast(conn, treasury, replacement)
+            return
+        except FeeTooLow:
+            latest = replacement
+    raise ChainUnavailable("the node keeps refusing our fees")
+
+
+async def _watch(conn: Connection, treasury: Treasury, payout: asyncpg.Record, config: LaneConfig) -> Receipt | None:
+    """Wait for a receipt of any attempt; re-sign with higher fees when one sits unmined too long."""
+    q = load_queries()
+    payout_id = payout["id"]
+    deadline = time.monotonic() + config.watch_seconds
+    while True:
+        attempts = await conn.fetch(q.attempts_of_payout, payout_id)
+        for attempt in reversed(attempts):
+            receipt = await treasury.receipt(attempt["tx_hash"])
+            if receipt is not None:
+                return receipt
+        latest = attempts[-1]
+        head = await treasury.head()
+        if latest["broadcast_block"] is not None and head - latest["broadcast_block"] >= config.replace_after_blocks:
+            await _replace(conn, treasury, payout, _stored(latest))
+            continue
+        if time.monotonic() > deadline:
+            return None
+        await asyncio.sleep(config.poll_seconds)
+
+
+async def _reverted(conn: Connection, payout_id: int, deposit_id: uuid.UUID, receipt: Receipt) -> PayoutResult:
+    q = load_queries()
+    reason = f"the payout transaction {receipt.tx_hash} reverted"
+    async with conn.transaction():
+        await conn.execute(q.payout_reverted, payout_id, receipt.tx_hash, receipt.block_number)
+        await conn.execute(q.deposit_to_review, deposit_id, reason)
+        await conn.execute(q.pause_lane, reason)
+    log.error("payout reverted: lane paused", deposit_id=str(deposit_id), tx_hash=receipt.tx_hash)
+    return PayoutResult(Outcome.REVIEW, reason)
+
+
+async def _settle(
+    conn: Connection, treasury: Treasury, deposit: asyncpg.Record, payout_id: int, receipt: Receipt
+) -> None:
+    """The conversion and payout entry, the deposit completed, the payout confirmed: one transaction."""
+    q = load_queries()
+    balance = await treasury.usdc_balance(deposit["deposit_address"], receipt.block_number)
+    async with conn.transaction():
+        await post_entry(
+            conn,
+            ledger.mpesa_converted_and_paid(
+                str(deposit["id"]), deposit["user_id"], deposit["received_kes"], deposit["amount_usdc"]
+            ),
+        )
+        await conn.execute(q.payout_confirmed, payout_id, receipt.tx_hash, receipt.block_number)
+        await conn.execute(q.deposit_completed, deposit["id"], receipt.tx_hash)
+        await conn.execute(q.upsert_wallet_balance, deposit["user_id"], balance, receipt.block_number)

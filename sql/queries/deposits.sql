@@ -1,0 +1,96 @@
+-- name: insert_deposit
+INSERT INTO deposits (id, user_id, status, amount_kes, kes_per_usd, amount_usdc, phone_masked)
+VALUES ($1, $2, 'pending', $3, $4, $5, $6);
+
+-- name: deposit_pushed
+UPDATE deposits
+SET checkout_request_id = $2, merchant_request_id = $3, next_query_at = now() + make_interval(secs => $4),
+    updated_at = now()
+WHERE id = $1;
+
+-- name: deposit_push_refused
+UPDATE deposits
+SET status = 'failed', failure_code = $2, failure_reason = $3, updated_at = now()
+WHERE id = $1 AND status = 'pending';
+
+-- name: deposit_to_review
+UPDATE deposits
+SET status = 'needs_review', review_reason = $2, updated_at = now()
+WHERE id = $1 AND status IN ('pending', 'processing', 'failed');
+
+-- name: deposit_for_update_by_checkout
+SELECT id, user_id, status, amount_kes, amount_usdc, mpesa_receipt, failure_code
+FROM deposits WHERE checkout_request_id = $1
+FOR UPDATE;
+
+-- name: deposit_succeeded
+UPDATE deposits
+SET status = 'processing', mpesa_receipt = $2, received_kes = $3, paid_at_mpesa = $4,
+    processing_since = now(), updated_at = now()
+WHERE id = $1 AND status = 'pending';
+
+-- name: deposit_failed
+UPDATE deposits
+SET status = 'failed', failure_code = $2, failure_reason = $3, updated_at = now()
+WHERE id = $1 AND status = 'pending';
+
+-- name: deposit_by_id
+SELECT d.*, u.deposit_address
+FROM deposits d JOIN users u ON u.id = d.user_id
+WHERE d.id = $1;
+
+-- name: deposit_of_user
+SELECT * FROM deposits WHERE id = $1 AND user_id = $2;
+
+-- name: deposits_of_user
+SELECT * FROM deposits WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2;
+
+-- name: deposit_completed
+UPDATE deposits
+SET status = 'completed', tx_hash = $2, completed_at = now(), updated_at = now()
+WHERE id = $1 AND status = 'processing';
+
+-- name: deposit_retry_from_review
+-- An operator's retry: back to processing, with a fresh 30-minute window.
+UPDATE deposits
+SET status = 'processing', review_reason = NULL, processing_since = now(), updated_at = now()
+WHERE id = $1 AND status = 'needs_review' AND mpesa_receipt IS NOT NULL AND tx_hash IS NULL
+RETURNING id;
+
+-- name: insert_callback
+INSERT INTO mpesa_callbacks (
+    remote_addr, raw_body, parse_error, checkout_request_id, merchant_request_id, result_code, result_desc,
+    amount_kes, mpesa_receipt, transaction_at, phone_masked, disposition)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+RETURNING id;
+
+-- name: callback_disposition
+UPDATE mpesa_callbacks SET disposition = $2, deposit_id = $3 WHERE id = $1;
+
+-- name: insert_review_item
+INSERT INTO review_items (kind, dedupe_key, deposit_id, callback_id, amount_kes, reason)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (dedupe_key) DO NOTHING;
+
+-- name: open_review_items
+SELECT * FROM review_items WHERE status = 'open' ORDER BY created_at;
+
+-- name: early_callbacks
+SELECT count(*) FROM mpesa_callbacks WHERE checkout_request_id = $1 AND deposit_id IS NULL AND disposition <> 'malformed';
+
+-- name: deposit_processing_since
+SELECT processing_since FROM deposits WHERE id = $1;
+
+-- name: stuck_deposits
+-- Deposits an operator should look at: in review, or not finished after a while.
+SELECT d.id, d.user_id, d.status, d.amount_kes, d.amount_usdc, d.mpesa_receipt, d.checkout_request_id,
+       d.failure_reason, d.review_reason, d.created_at, d.updated_at,
+       j.id AS job_id, j.status AS job_status, j.failures, j.last_error, j.blocked_reason
+FROM deposits d
+LEFT JOIN jobs j ON j.deposit_id = d.id
+WHERE d.status = 'needs_review'
+   OR (d.status IN ('pending', 'processing') AND d.updated_at < now() - make_interval(secs => $1))
+ORDER BY d.created_at;
+
+-- name: deposit_for_retry
+SELECT status, mpesa_receipt, tx_hash FROM deposits WHERE id = $1 FOR UPDATE;

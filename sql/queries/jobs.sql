@@ -1,0 +1,45 @@
+-- name: insert_job
+INSERT INTO jobs (id, function, deposit_id, status)
+VALUES ($1, $2, $3, 'queued')
+ON CONFLICT (id) DO UPDATE
+SET status = 'queued', blocked_reason = NULL, failures = 0, first_run_at = NULL, last_error = NULL,
+    updated_at = now(), finished_at = NULL
+WHERE $4::boolean  -- an operator's retry starts the count of failures again
+RETURNING id;
+
+-- name: job_started
+UPDATE jobs
+SET status = 'running', runs = runs + 1, first_run_at = coalesce(first_run_at, now()), updated_at = now()
+WHERE id = $1
+RETURNING failures, first_run_at;
+
+-- name: job_succeeded
+UPDATE jobs SET status = 'succeeded', finished_at = now(), updated_at = now(), blocked_reason = NULL WHERE id = $1;
+
+-- name: job_failed_once
+UPDATE jobs
+SET status = 'retrying', failures = failures + 1, last_error = $2,
+    next_run_at = now() + make_interval(secs => $3), updated_at = now()
+WHERE id = $1
+RETURNING failures;
+
+-- name: job_waiting
+-- Not a failure: the job waits (for a lock, or for a transaction to be mined) and runs again.
+UPDATE jobs
+SET status = 'retrying', next_run_at = now() + make_interval(secs => $2), updated_at = now()
+WHERE id = $1;
+
+-- name: job_blocked
+UPDATE jobs SET status = 'blocked', blocked_reason = $2, updated_at = now() WHERE id = $1;
+
+-- name: job_gave_up
+UPDATE jobs SET status = 'failed', last_error = $2, finished_at = now(), updated_at = now() WHERE id = $1;
+
+-- name: job_by_id
+SELECT * FROM jobs WHERE id = $1;
+
+-- name: blocked_jobs
+SELECT id, function, deposit_id FROM jobs WHERE status = 'blocked';
+
+-- name: requeue_blocked_job
+UPDATE jobs SET status = 'queued', blocked_reason = NULL, updated_at = now() WHERE id = $1 AND status = 'blocked';

@@ -1,0 +1,70 @@
+-- name: guards
+SELECT * FROM payout_guards;
+
+-- name: set_kill_switch
+UPDATE payout_guards SET kill_switch = $1, updated_at = now(), updated_by = $2;
+
+-- name: pause_lane
+UPDATE payout_guards SET lane_paused = true, pause_reason = $1, updated_at = now(), updated_by = 'worker'
+WHERE NOT lane_paused;
+
+-- name: resume_lane
+UPDATE payout_guards SET lane_paused = false, pause_reason = NULL, updated_at = now(), updated_by = $1;
+
+-- name: set_limits
+UPDATE payout_guards
+SET per_deposit_max_micro = coalesce($1, per_deposit_max_micro),
+    hourly_cap_micro = coalesce($2, hourly_cap_micro),
+    daily_cap_micro = coalesce($3, daily_cap_micro),
+    updated_at = now(), updated_by = $4;
+
+-- name: live_payout_for_deposit
+SELECT * FROM payouts WHERE deposit_id = $1 AND status NOT IN ('reverted', 'cancelled');
+
+-- name: insert_payout
+INSERT INTO payouts (deposit_id, chain_id, token_address, from_address, to_address, amount_micro, status)
+VALUES ($1, $2, $3, $4, $5, $6, 'created')
+ON CONFLICT (deposit_id) WHERE status NOT IN ('reverted', 'cancelled') DO NOTHING;
+
+-- name: paid_out_since
+-- What left the treasury (or is on its way) in a window, for the hourly and daily caps.
+SELECT coalesce(sum(amount_micro), 0)::bigint FROM payouts
+WHERE status IN ('signed', 'confirmed') AND chain_id = $1 AND created_at > now() - make_interval(secs => $2);
+
+-- name: in_flight_micro
+SELECT coalesce(sum(amount_micro), 0)::bigint FROM payouts WHERE status = 'signed' AND chain_id = $1;
+
+-- name: lock_nonce
+SELECT next_nonce FROM treasury_nonces WHERE chain_id = $1 AND address = $2 FOR UPDATE;
+
+-- name: store_nonce
+INSERT INTO treasury_nonces (chain_id, address, next_nonce) VALUES ($1, $2, $3)
+ON CONFLICT (chain_id, address) DO UPDATE SET next_nonce = EXCLUDED.next_nonce;
+
+-- name: payout_signed
+UPDATE payouts SET nonce = $2, status = 'signed', updated_at = now() WHERE id = $1 AND status = 'created';
+
+-- name: insert_attempt
+INSERT INTO payout_attempts (payout_id, nonce, tx_hash, raw_tx, max_fee_per_gas, max_priority_fee_per_gas, gas_limit)
+VALUES ($1, $2, $3, $4, $5, $6, $7);
+
+-- name: attempt_broadcast
+UPDATE payout_attempts SET broadcast_at = coalesce(broadcast_at, now()), broadcast_block = coalesce(broadcast_block, $2)
+WHERE tx_hash = $1;
+
+-- name: attempts_of_payout
+SELECT * FROM payout_attempts WHERE payout_id = $1 ORDER BY id;
+
+-- name: payout_confirmed
+UPDATE payouts SET status = 'confirmed', tx_hash = $2, block_number = $3, settled_at = now(), updated_at = now()
+WHERE id = $1 AND status = 'signed';
+
+-- name: payout_reverted
+UPDATE payouts SET status = 'reverted', tx_hash = $2, block_number = $3, settled_at = now(), updated_at = now()
+WHERE id = $1 AND status = 'signed';
+
+-- name: upsert_wallet_balance
+INSERT INTO wallet_balances (user_id, usdc_micro, block_number) VALUES ($1, $2, $3)
+ON CONFLICT (user_id) DO UPDATE SET usdc_micro = EXCLUDED.usdc_micro, block_number = EXCLUDED.block_number,
+    updated_at = now()
+WHERE wallet_balances.block_number <= EXCLUDED.block_number;
