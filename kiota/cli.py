@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kiota.errors import ConfigError, MigrationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kiota.errors import ConfigError, KiotaError, MigrationError
 from kiota.logging import configure_logging
 from kiota.settings import Settings, WorkerSettings, load_settings
 
@@ -21,19 +24,20 @@ def _fail(message: str) -> int:
     return 2
 
 
+class _Stores(BaseSettings):
+    """What `migrate` and `ops` need: the stores, not the app's secrets."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    database_url: str = Settings.model_fields["database_url"].default
+    redis_url: str = Settings.model_fields["redis_url"].default
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from pydantic_settings import BaseSettings, SettingsConfigDict
-
     from kiota.migrate import migrate
-
-    class _DatabaseOnly(BaseSettings):
-        # Migrations need only the database, not the app's secrets.
-        model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-        database_url: str = Settings.model_fields["database_url"].default
 
     configure_logging()
     try:
-        applied = asyncio.run(migrate(_DatabaseOnly().database_url))
+        applied = asyncio.run(migrate(_Stores().database_url))
     except MigrationError as exc:
         return _fail(str(exc))
     print(f"kiota migrate: {len(applied)} applied" + (f" ({', '.join(applied)})" if applied else ""))
@@ -85,6 +89,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return main(options)
 
 
+def cmd_ops(args: argparse.Namespace) -> int:
+    from kiota.ops_cli import run_ops
+
+    stores = _Stores()
+    try:
+        return asyncio.run(run_ops(args, stores.database_url, stores.redis_url))
+    except KiotaError as exc:
+        return _fail(str(exc))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiota", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--database-url", default=defaults.database_url, help="recreated on every start")
     dev.add_argument("--redis-url", default=defaults.redis_url, help="flushed on every start")
     dev.set_defaults(func=cmd_dev)
+    ops = sub.add_parser("ops", help="operator commands: find and retry stuck deposits, payout guards")
+    ops_sub = ops.add_subparsers(dest="action", required=True)
+    stuck = ops_sub.add_parser("stuck", help="deposits in review, or pending/processing for too long")
+    stuck.add_argument("--older-than", type=float, default=600, help="seconds without progress (default 600)")
+    ops_sub.add_parser("review", help="open review items (money whose owner or amount is unclear)")
+    retry = ops_sub.add_parser("retry", help="run a deposit's completion again")
+    retry.add_argument("deposit_id")
+    switch = ops_sub.add_parser("kill-switch", help="stop (on) or allow (off) every payout")
+    switch.add_argument("state", choices=["on", "off"])
+    ops_sub.add_parser("resume-lane", help="resume the payout lane after a pause (e.g. a treasury refill)")
+    ops_sub.add_parser("guards", help="show the payout guards")
+    limits = ops_sub.add_parser("limits", help="change payout limits (USDC decimal strings)")
+    limits.add_argument("--per-deposit")
+    limits.add_argument("--hourly")
+    limits.add_argument("--daily")
+    ops.add_argument("--by", default=os.environ.get("USER", "operator"), help="who is acting (recorded)")
+    ops.set_defaults(func=cmd_ops)
     return parser
 
 

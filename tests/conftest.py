@@ -18,6 +18,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from arq.connections import ArqRedis
+from arq.worker import Worker
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from web3.types import RPCEndpoint
@@ -40,6 +42,7 @@ from kiota.dev.chain import (
 from kiota.dev.daraja_sim import DarajaSimulator, SimulatorConfig, running_simulator, serve_in_background
 from kiota.migrate import migrate
 from kiota.payouts import LaneConfig
+from kiota.queue import create_queue
 from kiota.settings import Settings, WorkerSettings
 from tests.support import (
     ADMIN_DSN,
@@ -175,6 +178,8 @@ class MpesaSystem:
     w3: Web3Client
     treasury_address: str
     callback_url: str
+    worker: Worker
+    queue: ArqRedis
 
     async def initiate(self, user: str, amount_kes: int, phone: str = "254708374149", **headers: str) -> httpx.Response:
         return await self.http.post(
@@ -232,6 +237,7 @@ async def mpesa_system(
         )
         worker_task = asyncio.create_task(worker.async_run())
         pool = await create_pool(database_url)
+        queue = create_queue(redis_url)
         try:
             async with (
                 serve_in_background(create_app(settings), port=api_port) as api_url,
@@ -247,8 +253,11 @@ async def mpesa_system(
                     chain,
                     treasury,
                     f"{api_url}/api/v1/deposit/mpesa-callback/{CALLBACK_TOKEN}",
+                    worker,
+                    queue,
                 )
         finally:
+            await queue.aclose(close_connection_pool=True)
             await worker.close()
             worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -94,3 +94,15 @@ ORDER BY d.created_at;
 
 -- name: deposit_for_retry
 SELECT status, mpesa_receipt, tx_hash FROM deposits WHERE id = $1 FOR UPDATE;
+
+-- name: metrics_snapshot
+-- Everything /metrics reports, in one round trip.
+SELECT
+    (SELECT coalesce(json_object_agg(status, n), '{}') FROM (SELECT status, count(*) AS n FROM deposits GROUP BY status) d)
+        AS deposits,
+    (SELECT coalesce(json_object_agg(status, n), '{}') FROM (SELECT status, count(*) AS n FROM jobs GROUP BY status) j)
+        AS jobs,
+    (SELECT count(*) FROM review_items WHERE status = 'open') AS open_reviews,
+    (SELECT kill_switch FROM payout_guards) AS kill_switch,
+    (SELECT lane_paused FROM payout_guards) AS lane_paused,
+    (SELECT count(*) FROM worker_heartbeats WHERE seen_at > now() - interval '90 seconds') AS live_workers;

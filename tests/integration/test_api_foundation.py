@@ -18,6 +18,9 @@ from api.idempotency import IdempotencyDep
 from kiota.settings import Settings
 from tests.support import JWT_SECRET, TEST_CHILDREN, bearer, settings_kwargs
 
+# Computed at import; tests may run long after, so "valid" means years ahead.
+FAR_FUTURE = int(time.time()) + 10 * 365 * 86400
+
 
 async def test_health(client: httpx.AsyncClient) -> None:
     response = await client.get("/health")
@@ -64,8 +67,8 @@ def _token(claims: dict[str, Any], key: str = JWT_SECRET, algorithm: str = "HS25
         {},
         {"Authorization": "Basic dXNlcjpwYXNz"},
         {"Authorization": "Bearer not-a-token"},
-        _token({"sub": "u", "exp": int(time.time()) - 5}),  # expired
-        _token({"sub": "u", "exp": int(time.time()) + 60}, key="forged-forged-forged-forged-forged"),
+        _token({"sub": "u", "exp": 1}),  # expired
+        _token({"sub": "u", "exp": FAR_FUTURE}, key="forged-forged-forged-forged-forged"),
         _token({"sub": "u"}),  # no exp
         {"Authorization": "Bearer eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1IiwiZXhwIjo0MTAyNDQ0ODAwfQ."},
     ],

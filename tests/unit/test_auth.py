@@ -8,6 +8,8 @@ import pytest
 from kiota.auth import issue_token, verify_token
 from kiota.errors import AuthError
 
+# Computed at import; tests may run long after, so "valid" means years ahead.
+FAR_FUTURE = int(time.time()) + 10 * 365 * 86400
 SECRET = "s3cret-s3cret-s3cret-s3cret-s3cret"
 
 
@@ -20,7 +22,7 @@ def test_a_valid_token_gives_its_subject() -> None:
 
 
 def test_alg_none_is_refused() -> None:
-    token = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({'sub': 'u', 'exp': int(time.time()) + 60})}."
+    token = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({'sub': 'u', 'exp': FAR_FUTURE})}."
     with pytest.raises(AuthError):
         verify_token(token, SECRET)
 
@@ -28,12 +30,12 @@ def test_alg_none_is_refused() -> None:
 @pytest.mark.parametrize(
     ("claims", "key", "algorithm", "message"),
     [
-        ({"sub": "u", "exp": int(time.time()) - 10}, SECRET, "HS256", "expired"),
-        ({"sub": "u", "exp": int(time.time()) + 60}, "another-secret-another-secret-xx", "HS256", "invalid"),
+        ({"sub": "u", "exp": 1}, SECRET, "HS256", "expired"),
+        ({"sub": "u", "exp": FAR_FUTURE}, "another-secret-another-secret-xx", "HS256", "invalid"),
         ({"sub": "u"}, SECRET, "HS256", "invalid"),  # exp is required
-        ({"exp": int(time.time()) + 60}, SECRET, "HS256", "invalid"),  # sub is required
-        ({"sub": "", "exp": int(time.time()) + 60}, SECRET, "HS256", "subject"),
-        ({"sub": "u", "exp": int(time.time()) + 60}, SECRET, "HS512", "invalid"),
+        ({"exp": FAR_FUTURE}, SECRET, "HS256", "invalid"),  # sub is required
+        ({"sub": "", "exp": FAR_FUTURE}, SECRET, "HS256", "subject"),
+        ({"sub": "u", "exp": FAR_FUTURE}, SECRET, "HS512", "invalid"),
     ],
 )
 def test_bad_tokens_are_refused(claims: dict[str, object], key: str, algorithm: str, message: str) -> None:

@@ -1,0 +1,90 @@
+"""`kiota ops …`: the operator's commands, printing plain text."""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+
+import asyncpg
+from arq.connections import ArqRedis
+
+from kiota import ops
+from kiota.db import create_pool
+from kiota.errors import InvalidInput
+from kiota.money import format_usdc, parse_usdc
+from kiota.queue import create_queue
+from kiota.sql import load_queries
+
+
+def _print_rows(rows: list[asyncpg.Record], columns: list[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    for row in rows:
+        print("  ".join(f"{name}={row[name]}" for name in columns if row[name] is not None))
+
+
+async def run_ops(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    queue = create_queue(redis_url)
+    try:
+        return await _dispatch(args, pool, queue)
+    finally:
+        await queue.aclose(close_connection_pool=True)
+        await pool.close()
+
+
+async def _dispatch(args: argparse.Namespace, pool: asyncpg.Pool, queue: ArqRedis) -> int:
+    q = load_queries()
+    if args.action == "stuck":
+        rows = await ops.stuck_deposits(pool, args.older_than)
+        _print_rows(
+            rows,
+            [
+                "id",
+                "status",
+                "amount_kes",
+                "mpesa_receipt",
+                "review_reason",
+                "job_status",
+                "failures",
+                "last_error",
+                "blocked_reason",
+                "updated_at",
+            ],
+        )
+    elif args.action == "review":
+        _print_rows(
+            list(await pool.fetch(q.open_review_items)),
+            ["id", "kind", "deposit_id", "callback_id", "amount_kes", "reason", "created_at"],
+        )
+    elif args.action == "retry":
+        try:
+            deposit_id = uuid.UUID(args.deposit_id)
+        except ValueError:
+            raise InvalidInput(f"not a deposit id: {args.deposit_id}") from None
+        result = await ops.retry_deposit(pool, queue, deposit_id, args.by)
+        print(
+            f"retrying {result.deposit_id} as job {result.job_id}"
+            + ("" if result.enqueued else " (Redis unavailable: the sweeper will enqueue it)")
+        )
+    elif args.action == "kill-switch":
+        released = await ops.set_kill_switch(pool, queue, args.state == "on", args.by)
+        print(f"kill switch {args.state}" + (f"; {released} blocked job(s) re-enqueued" if released else ""))
+    elif args.action == "resume-lane":
+        print(f"lane resumed; {await ops.resume_lane(pool, queue, args.by)} blocked job(s) re-enqueued")
+    elif args.action == "limits":
+        values = [parse_usdc(v) if v else None for v in (args.per_deposit, args.hourly, args.daily)]
+        await pool.execute(q.set_limits, *values, args.by)
+    if args.action in ("guards", "limits"):
+        guards = await pool.fetchrow(q.guards)
+        assert guards is not None
+        print(
+            f"kill_switch={guards['kill_switch']} lane_paused={guards['lane_paused']} "
+            f"pause_reason={guards['pause_reason']}"
+        )
+        print(
+            f"per_deposit_max={format_usdc(guards['per_deposit_max_micro'])} "
+            f"hourly_cap={format_usdc(guards['hourly_cap_micro'])} daily_cap={format_usdc(guards['daily_cap_micro'])}"
+        )
+    return 0

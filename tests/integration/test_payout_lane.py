@@ -1,0 +1,263 @@
+"""The payout lane under pressure: fee replacement, reverts, shortfalls, guards, RPC failures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from web3.types import RPCEndpoint
+
+from kiota import ops
+from kiota.dev.chain import BASE_USDC_ADDRESS, mint_usdc, usdc_balance
+from kiota.ledger import user_account
+from kiota.ledger_store import balance
+from kiota.payouts import pay_deposit
+from kiota.treasury import Treasury
+from tests.conftest import MpesaSystem
+from tests.integration.test_mpesa_flow import counts, transfers_from
+from tests.support import TREASURY_KEY, free_port
+
+
+async def rpc(system: MpesaSystem, method: str, *params: object) -> object:
+    return (await system.w3.provider.make_request(RPCEndpoint(method), list(params)))["result"]
+
+
+@contextlib.asynccontextmanager
+async def mining(system: MpesaSystem, every: float = 0.1) -> AsyncIterator[None]:
+    async def miner() -> None:
+        while True:
+            await rpc(system, "anvil_mine")
+            await asyncio.sleep(every)
+
+    task = asyncio.create_task(miner())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def wait_for(predicate: object, seconds: float = 15) -> None:
+    async with asyncio.timeout(seconds):
+        while not await predicate():  # type: ignore[operator]
+            await asyncio.sleep(0.05)
+
+
+async def test_an_underpriced_payout_is_replaced_and_settles_once(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    await rpc(system, "evm_setAutomine", False)
+    body = (await system.initiate("alice", 1295)).json()
+
+    async def broadcast() -> bool:
+        return bool(await system.pool.fetchval("SELECT count(*) FROM payout_attempts WHERE broadcast_at IS NOT NULL"))
+
+    await wait_for(broadcast)
+    first = await system.pool.fetchrow("SELECT * FROM payout_attempts ORDER BY id LIMIT 1")
+    # The next block charges ten times what the first attempt offers: it can never be included.
+    await rpc(system, "anvil_setNextBlockBaseFeePerGas", hex(int(first["max_fee_per_gas"]) * 10))
+    async with mining(system):
+        done = await system.wait_status("alice", body["deposit_id"], "completed")
+    attempts = await system.pool.fetch("SELECT * FROM payout_attempts ORDER BY id")
+    assert len(attempts) >= 2
+    assert {a["nonce"] for a in attempts} == {first["nonce"]}
+    assert attempts[1]["max_fee_per_gas"] >= first["max_fee_per_gas"] * 1125 / 1000
+    assert attempts[1]["max_priority_fee_per_gas"] >= first["max_priority_fee_per_gas"] * 1125 / 1000
+    assert done["tx_hash"] in {a["tx_hash"] for a in attempts[1:]}
+    assert len(await transfers_from(system, system.treasury_address)) == 1
+    assert await balance(system.pool, user_account("alice", "USDC")) == 10_000_000
+
+
+async def drain_treasury(system: MpesaSystem) -> None:
+    treasury = Treasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    try:
+        amount = await treasury.usdc_balance()
+        signed = treasury.sign_transfer(
+            "0x000000000000000000000000000000000000dEaD",
+            amount,
+            await treasury.pending_nonce(),
+            await treasury.fee_quote(),
+        )
+        await treasury.broadcast(signed.raw_tx)
+    finally:
+        await treasury.aclose()
+    assert await usdc_balance(system.w3, BASE_USDC_ADDRESS, system.treasury_address) == 0
+
+
+async def job_of(system: MpesaSystem, deposit_id: str) -> dict[str, object]:
+    row = await system.pool.fetchrow("SELECT * FROM jobs WHERE deposit_id = $1::uuid", deposit_id)
+    return dict(row) if row else {}
+
+
+async def test_a_treasury_without_usdc_pauses_the_lane_and_resuming_completes(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    await drain_treasury(system)
+    body = (await system.initiate("bob", 1295)).json()
+
+    async def blocked() -> bool:
+        return (await job_of(system, body["deposit_id"])).get("status") == "blocked"
+
+    await wait_for(blocked)
+    guards = await system.pool.fetchrow("SELECT * FROM payout_guards")
+    assert guards["lane_paused"] and "USDC" in guards["pause_reason"]
+    assert (await system.deposit("bob", body["deposit_id"]))["status"] == "processing"
+    assert (await counts(system))["attempts"] == 0  # nothing was signed
+
+    await mint_usdc(system.w3, BASE_USDC_ADDRESS, system.treasury_address, 50 * 10**6)
+    assert await ops.resume_lane(system.pool, system.queue, "test") == 1
+    await system.wait_status("bob", body["deposit_id"], "completed")
+    assert await balance(system.pool, user_account("bob", "USDC")) == 10_000_000
+
+
+class BlindTreasury(Treasury):
+    """A treasury adapter whose balance check is wrong, so the transfer itself reverts on-chain."""
+
+    async def usdc_balance(self, owner: str | None = None, block: int | str = "latest") -> int:
+        if owner is None:
+            return 10**18
+        return await super().usdc_balance(owner, block)
+
+
+async def test_a_reverted_transfer_is_a_failure_that_pauses_the_lane(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    await drain_treasury(system)
+    original = system.worker.ctx["treasury"]
+    system.worker.ctx["treasury"] = BlindTreasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    body = (await system.initiate("carl", 1295)).json()
+    review = await system.wait_status("carl", body["deposit_id"], "needs_review")
+    assert "reverted" in review["failure_reason"]
+    payout = await system.pool.fetchrow("SELECT * FROM payouts")
+    assert payout["status"] == "reverted"
+    assert (await system.w3.eth.get_transaction_receipt(payout["tx_hash"]))["status"] == 0
+    assert (await system.pool.fetchrow("SELECT * FROM payout_guards"))["lane_paused"]
+    assert await balance(system.pool, user_account("carl", "USDC")) == 0
+
+    # The operator refills the treasury, resumes the lane and retries the deposit: paid once.
+    await system.worker.ctx["treasury"].aclose()
+    system.worker.ctx["treasury"] = original
+    await mint_usdc(system.w3, BASE_USDC_ADDRESS, system.treasury_address, 50 * 10**6)
+    await ops.resume_lane(system.pool, system.queue, "test")
+    await ops.retry_deposit(system.pool, system.queue, uuid.UUID(body["deposit_id"]), "test")
+    done = await system.wait_status("carl", body["deposit_id"], "completed")
+    assert done["tx_hash"] != payout["tx_hash"]
+    assert await balance(system.pool, user_account("carl", "USDC")) == 10_000_000
+    assert (
+        await usdc_balance(
+            system.w3,
+            BASE_USDC_ADDRESS,
+            (await system.pool.fetchval("SELECT deposit_address FROM users WHERE id = 'carl'")),
+        )
+        == 10_000_000
+    )
+
+
+async def test_the_kill_switch_stops_payouts_and_releasing_it_resumes_them(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    await ops.set_kill_switch(system.pool, system.queue, True, "test")
+    ids = [(await system.initiate("dina", 1295)).json()["deposit_id"] for _ in range(3)]
+
+    async def all_blocked() -> bool:
+        return all([(await job_of(system, d)).get("status") == "blocked" for d in ids])
+
+    await wait_for(all_blocked)
+    assert (await counts(system))["attempts"] == 0
+    assert await transfers_from(system, system.treasury_address) == []
+    assert await ops.set_kill_switch(system.pool, system.queue, False, "test") == 3
+    for deposit_id in ids:
+        await system.wait_status("dina", deposit_id, "completed")
+    assert len(await transfers_from(system, system.treasury_address)) == 3
+    assert await balance(system.pool, user_account("dina", "USDC")) == 30_000_000
+
+
+async def test_a_deposit_above_the_per_deposit_maximum_goes_to_review(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    await system.pool.execute("UPDATE payout_guards SET per_deposit_max_micro = 5000000")
+    body = (await system.initiate("eve", 1295)).json()
+    review = await system.wait_status("eve", body["deposit_id"], "needs_review")
+    assert "maximum" in review["failure_reason"]
+    await system.pool.execute("UPDATE payout_guards SET per_deposit_max_micro = 2000000000")
+    await ops.retry_deposit(system.pool, system.queue, uuid.UUID(body["deposit_id"]), "test")
+    await system.wait_status("eve", body["deposit_id"], "completed")
+
+
+async def test_hourly_cap_blocks_payouts(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    await system.pool.execute("UPDATE payout_guards SET hourly_cap_micro = 15000000")
+    first = (await system.initiate("fay", 1295)).json()["deposit_id"]
+    await system.wait_status("fay", first, "completed")
+    second = (await system.initiate("fay", 1295)).json()["deposit_id"]
+
+    async def blocked() -> bool:
+        return (await job_of(system, second)).get("status") == "blocked"
+
+    await wait_for(blocked)
+    assert "hourly" in str((await job_of(system, second))["blocked_reason"])
+
+
+async def test_an_rpc_down_for_good_ends_in_review_and_an_operator_retry_completes(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    original = system.worker.ctx["treasury"]
+    dead = Treasury(f"http://127.0.0.1:{free_port()}", TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    system.worker.ctx["treasury"] = dead
+    body = (await system.initiate("gil", 1295)).json()
+    review = await system.wait_status("gil", body["deposit_id"], "needs_review", seconds=30)
+    assert "failed 5 times" in review["failure_reason"]
+    job = await job_of(system, body["deposit_id"])
+    assert job["failures"] == 5 and job["status"] == "failed" and "RPC" in str(job["last_error"])
+    await dead.aclose()
+    system.worker.ctx["treasury"] = original
+    await ops.retry_deposit(system.pool, system.queue, uuid.UUID(body["deposit_id"]), "test")
+    await system.wait_status("gil", body["deposit_id"], "completed")
+    assert len(await transfers_from(system, system.treasury_address)) == 1
+
+
+async def test_two_workers_racing_for_one_deposit_pay_it_once(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    await ops.set_kill_switch(system.pool, system.queue, True, "test")  # keep the real worker out of it
+    body = (await system.initiate("hal", 1295)).json()
+
+    async def processing() -> bool:
+        return (await system.deposit("hal", body["deposit_id"]))["status"] == "processing"
+
+    await wait_for(processing)
+    await system.pool.execute("UPDATE payout_guards SET kill_switch = false")
+    treasuries = [Treasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS) for _ in range(4)]
+    try:
+        results = await asyncio.gather(
+            *(pay_deposit(system.pool, t, uuid.UUID(body["deposit_id"])) for t in treasuries)
+        )
+    finally:
+        for t in treasuries:
+            await t.aclose()
+    assert {r.outcome.value for r in results} <= {"completed", "waiting"}
+    assert len(await transfers_from(system, system.treasury_address)) == 1
+    assert await balance(system.pool, user_account("hal", "USDC")) == 10_000_000
+
+
+@pytest.mark.parametrize("base_fee_multiplier", [1])
+async def test_fees_are_eip1559(mpesa_system: MpesaSystem, base_fee_multiplier: int) -> None:
+    system = mpesa_system
+    body = (await system.initiate("ian", 1295)).json()
+    done = await system.wait_status("ian", body["deposit_id"], "completed")
+    tx = await system.w3.eth.get_transaction(done["tx_hash"])
+    block = await system.w3.eth.get_block(tx["blockNumber"] - 1)
+    assert tx["type"] == 2
+    assert tx["maxFeePerGas"] >= block["baseFeePerGas"] * 2 * base_fee_multiplier
+
+
+async def test_metrics_show_the_paused_lane_and_deposits(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    await drain_treasury(system)
+    body = (await system.initiate("jan", 1295)).json()
+
+    async def blocked() -> bool:
+        return (await job_of(system, body["deposit_id"])).get("status") == "blocked"
+
+    await wait_for(blocked)
+    text = (await system.http.get("/metrics")).text
+    assert "kiota_payout_lane_paused 1.0" in text
+    assert 'kiota_deposits{kind="mpesa",status="processing"} 1.0' in text
+    assert 'kiota_jobs{status="blocked"} 1.0' in text
