@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from kiota.errors import AuthError, IdempotencyConflict, InvalidInput, KiotaError
@@ -36,6 +37,17 @@ async def _kiota_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
 
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's default echoes the refused input, which may not even be JSON (NaN): say what, not echo it."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(error.get("loc", ())), "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))}
+        for error in exc.errors()
+    ]
+    log.info("request refused", status=422, errors=len(errors))
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     # PostgreSQL (or the network to it) is down: say so, never a false success.
     log.error("dependency unavailable", error=f"{type(exc).__name__}: {exc}")
@@ -49,6 +61,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(KiotaError, _kiota_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     for unavailable in (
         asyncpg.PostgresConnectionError,
         asyncpg.InterfaceError,

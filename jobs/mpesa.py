@@ -10,10 +10,13 @@ import asyncpg
 import structlog
 from arq import Retry
 
+from kiota.deposits import COMPLETE_FUNCTION
 from kiota.errors import ChainUnavailable
-from kiota.job_history import JobHistory, backoff_seconds
+from kiota.job_history import JobHistory, backoff_seconds, enqueue
+from kiota.lost_callbacks import query_deposit
 from kiota.payouts import Outcome, pay_deposit
 from kiota.sql import load_queries
+from kiota.sweeper import sweep
 
 log = structlog.get_logger(__name__)
 
@@ -26,7 +29,7 @@ TRANSIENT = (ChainUnavailable, asyncpg.PostgresConnectionError, asyncpg.Interfac
 
 async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
     pool: asyncpg.Pool = ctx["pool"]
-    history = JobHistory(pool, ctx["job_id"])
+    history = JobHistory(pool, ctx["job_id"], ctx.get("worker_id"))
     structlog.contextvars.bind_contextvars(deposit_id=deposit_id)
     await history.started()
     try:
@@ -63,3 +66,21 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
 async def _tried_too_long(pool: asyncpg.Pool, deposit_id: str) -> bool:
     since = await pool.fetchval(load_queries().deposit_processing_since, uuid.UUID(deposit_id))
     return since is not None and datetime.now(UTC) - since > MAX_TRYING
+
+
+async def query_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
+    """A pending deposit's callback is late: ask Daraja."""
+    pool: asyncpg.Pool = ctx["pool"]
+    history = JobHistory(pool, ctx["job_id"], ctx.get("worker_id"))
+    structlog.contextvars.bind_contextvars(deposit_id=deposit_id)
+    await history.started()
+    outcome = await query_deposit(pool, ctx["daraja"], uuid.UUID(deposit_id), ctx["query_backoff_seconds"])
+    if outcome.enqueue_job_id:
+        await enqueue(ctx["redis"], COMPLETE_FUNCTION, outcome.enqueue_job_id, deposit_id)
+    await history.succeeded()
+    return outcome.action
+
+
+async def sweep_tick(ctx: dict[str, Any]) -> str:
+    report = await sweep(ctx["pool"], ctx["redis"], ctx["settings"].sweep_seconds)
+    return f"recovered={report.recovered} reenqueued={report.reenqueued} queries={report.queries}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -17,13 +18,15 @@ import structlog
 from arq import cron
 from arq.worker import Worker, func
 
-from jobs.mpesa import complete_mpesa_deposit
+from jobs.mpesa import complete_mpesa_deposit, query_mpesa_deposit, sweep_tick
+from kiota.daraja import DarajaClient
 from kiota.db import create_pool
 from kiota.logging import configure_logging
 from kiota.payouts import LaneConfig
 from kiota.queue import deserialize_job, redis_settings, serialize_job
 from kiota.settings import WorkerSettings, load_settings
 from kiota.sql import load_queries
+from kiota.sweeper import sweep, worker_lock_key
 from kiota.treasury import Treasury
 
 log = structlog.get_logger(__name__)
@@ -31,6 +34,7 @@ log = structlog.get_logger(__name__)
 # A killed worker's job is re-run only after its in-progress key expires
 # (job_timeout + 10 s), so jobs are kept short and the timeout low: a stuck
 # deposit waits well under a minute, not arq's default five.
+DEFAULT_RECURSION_LIMIT = 1000
 JOB_TIMEOUT_SECONDS = 40
 # Polling sets throughput (REFERENCE.md: defaults give ~20 jobs/s). 50 ms keeps
 # latency low without spinning Redis; 20 concurrent jobs fit a 20-connection pool.
@@ -51,17 +55,27 @@ async def startup(ctx: dict[str, Any]) -> None:
         settings.base_chain_id,
         settings.base_usdc_address,
     )
+    ctx["daraja"] = DarajaClient.from_settings(settings)
     ctx.setdefault("lane_config", LaneConfig())
     ctx.setdefault("backoff_base_seconds", 1.0)
+    ctx.setdefault("query_backoff_seconds", 30.0)
     ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     ctx["started_at"] = datetime.now(UTC)
+    # Liveness: a session lock held for the worker's whole life. When the process dies,
+    # PostgreSQL frees it, and the sweeper knows this worker's running jobs are orphans.
+    ctx["liveness"] = await ctx["pool"].acquire()
+    await ctx["liveness"].execute("SELECT pg_advisory_lock($1)", worker_lock_key(ctx["worker_id"]))
     await heartbeat(ctx)
-    log.info("worker started", worker_id=ctx["worker_id"])
+    report = await sweep(ctx["pool"], ctx["redis"], settings.sweep_seconds, force=True)
+    log.info("worker started", worker_id=ctx["worker_id"], recovered=report.recovered, reenqueued=report.reenqueued)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    if ctx.get("treasury") is not None:
-        await ctx["treasury"].aclose()
+    if ctx.get("liveness") is not None:
+        await ctx["pool"].release(ctx["liveness"])
+    for client in ("treasury", "daraja"):
+        if ctx.get(client) is not None:
+            await ctx[client].aclose()
     if ctx.get("pool") is not None:
         await ctx["pool"].close()
     log.info("worker stopped", worker_id=ctx.get("worker_id"))
@@ -90,8 +104,15 @@ async def heartbeat(ctx: dict[str, Any]) -> None:
 # finished job's id must be free again for a sweeper's or an operator's re-enqueue.
 # max_tries is high because arq counts every run, waits included; real failures are
 # counted in PostgreSQL and end in needs_review after five.
-FUNCTIONS: list[Any] = [func(complete_mpesa_deposit, max_tries=10_000, keep_result=0)]
-CRON_JOBS = [cron(heartbeat, second={0, 30}, run_at_startup=False, timeout=10)]
+FUNCTIONS: list[Any] = [
+    func(complete_mpesa_deposit, max_tries=10_000, keep_result=0),
+    func(query_mpesa_deposit, max_tries=10_000, keep_result=0),
+]
+SWEEP_TICK_SECONDS = 5  # how often the sweeper looks; SWEEP_SECONDS gates the Redis re-enqueue
+CRON_JOBS = [
+    cron(heartbeat, second={0, 30}, run_at_startup=False, timeout=10),
+    cron(sweep_tick, second=set(range(0, 60, SWEEP_TICK_SECONDS)), unique=True, timeout=30, keep_result=0),
+]
 
 
 def build_worker(
@@ -124,5 +145,8 @@ def build_worker(
 
 
 def run_worker(settings: WorkerSettings) -> None:
+    # web3 imports py_ecc, which raises the recursion limit to 100000 at import; with it a
+    # deeply nested JSON answer could overflow the C stack instead of raising. Put it back.
+    sys.setrecursionlimit(DEFAULT_RECURSION_LIMIT)
     configure_logging()
     build_worker(settings).run()

@@ -27,8 +27,12 @@ def verify_token(token: str, secret: str) -> str:
     except jwt.InvalidTokenError as exc:
         raise AuthError("invalid token") from exc
     subject = claims.get("sub")
-    if not isinstance(subject, str) or not 1 <= len(subject) <= MAX_SUBJECT_LENGTH:
-        raise AuthError("token subject must be a non-empty string")
+    if (
+        not isinstance(subject, str)
+        or not 1 <= len(subject) <= MAX_SUBJECT_LENGTH
+        or not subject.isprintable()  # no NUL, control characters or lone surrogates in a user id
+    ):
+        raise AuthError("token subject must be a non-empty printable string")
     return subject
 
 

@@ -16,7 +16,7 @@ from kiota.logging import configure_logging
 from kiota.settings import Settings, WorkerSettings, load_settings
 
 if TYPE_CHECKING:
-    from kiota.dev.runner import DevOptions
+    from kiota.dev.options import DevOptions
 
 
 def _fail(message: str) -> int:
@@ -77,7 +77,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from kiota.dev.runner import DevOptions, main
+    from kiota.dev.options import DevOptions
+    from kiota.dev.runner import main
 
     options = DevOptions(
         api_port=args.port,
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dev_defaults() -> DevOptions:
-    from kiota.dev.runner import DevOptions
+    from kiota.dev.options import DevOptions
 
     return DevOptions()
 

@@ -32,6 +32,11 @@ ACCOUNT_REFERENCE = "Kiota"
 TRANSACTION_DESC = "Kiota savings"
 
 
+def readable(raw: bytes) -> str:
+    """A text copy of a body for people (raw_bytes keeps it exactly): no NUL, no invalid UTF-8."""
+    return raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
 def complete_job_id(deposit_id: uuid.UUID | str) -> str:
     return f"{COMPLETE_FUNCTION}:{deposit_id}"
 
@@ -115,19 +120,8 @@ class CallbackResult:
 async def record_malformed(pool: asyncpg.Pool, raw: bytes, remote_addr: str | None, error: str) -> int:
     callback_id: int = await pool.fetchval(
         load_queries().insert_callback,
-        remote_addr,
-        raw.decode("utf-8", errors="replace"),
-        error,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        "malformed",
-    )
+        remote_addr, readable(raw), error, None, None, None, None, None, None, None, None, "malformed", raw,
+    )  # fmt: skip
     return callback_id
 
 
@@ -147,19 +141,9 @@ async def _apply(conn: Connection, cb: StkCallback, raw: bytes, remote_addr: str
     q = load_queries()
     callback_id: int = await conn.fetchval(
         q.insert_callback,
-        remote_addr,
-        raw.decode("utf-8", errors="replace"),
-        None,
-        cb.checkout_request_id,
-        cb.merchant_request_id,
-        cb.result_code,
-        cb.result_desc,
-        cb.amount_kes,
-        cb.receipt,
-        cb.transaction_at,
-        cb.phone_masked,
-        "duplicate",
-    )
+        remote_addr, readable(raw), None, cb.checkout_request_id, cb.merchant_request_id, cb.result_code,
+        cb.result_desc, cb.amount_kes, cb.receipt, cb.transaction_at, cb.phone_masked, "duplicate", raw,
+    )  # fmt: skip
     row = await conn.fetchrow(q.deposit_for_update_by_checkout, cb.checkout_request_id)
     view = (
         None

@@ -48,13 +48,14 @@ async def enqueue(queue: ArqRedis, function: str, job_id: str, *args: Any) -> bo
 
 
 class JobHistory:
-    def __init__(self, pool: asyncpg.Pool, job_id: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, job_id: str, worker_id: str | None = None) -> None:
         self._pool = pool
         self.job_id = job_id
+        self.worker_id = worker_id
 
     async def started(self) -> int:
-        """Mark the run; returns the failures so far."""
-        row = await self._pool.fetchrow(load_queries().job_started, self.job_id)
+        """Mark the run (and which worker runs it); returns the failures so far."""
+        row = await self._pool.fetchrow(load_queries().job_started, self.job_id, self.worker_id)
         return int(row["failures"]) if row else 0
 
     async def succeeded(self) -> None:

@@ -17,11 +17,14 @@ from kiota.errors import InvalidInput
 MAX_KES = 250_000
 NAIROBI = timezone(timedelta(hours=3), "EAT")
 
-_PHONE_FORMS = (
-    re.compile(r"^254([71][0-9]{8})$"),
-    re.compile(r"^\+254([71][0-9]{8})$"),
-    re.compile(r"^0([71][0-9]{8})$"),
+_PHONE_FORMS = (  # used with fullmatch: "$" alone would also match before a trailing newline
+    re.compile(r"254([71][0-9]{8})"),
+    re.compile(r"\+254([71][0-9]{8})"),
+    re.compile(r"0([71][0-9]{8})"),
 )
+MAX_RESULT_CODE = 2**31 - 1  # the column is an integer
+MAX_CALLBACK_AMOUNT = 10**9  # far above any M-Pesa amount; beyond it a body is not Daraja's
+MAX_NESTING = 32  # Daraja's callback nests 6 deep
 
 # What Daraja's result codes mean, in words a customer understands.
 RESULT_REASONS: dict[int, str] = {
@@ -46,7 +49,7 @@ def normalise_phone(text: object) -> str:
     """One of 2547…, 2541…, 07…, 01… or +254… to the 12-digit 254… form; anything else is refused."""
     if isinstance(text, str):
         for form in _PHONE_FORMS:
-            match = form.match(text)
+            match = form.fullmatch(text)
             if match:
                 return "254" + match[1]
     raise InvalidInput("phone must be a Kenyan mobile number: 2547XXXXXXXX, 07XXXXXXXX, 01XXXXXXXX or +254…")
@@ -97,18 +100,28 @@ class StkCallback:
 def _result_code(value: Any) -> int:
     if isinstance(value, bool):
         raise MalformedCallback("ResultCode is not a number")
-    if isinstance(value, int):
+    if isinstance(value, int) and abs(value) <= MAX_RESULT_CODE:
         return value
     if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,9}", value.strip()):
         return int(value.strip())
-    raise MalformedCallback("ResultCode is not a number")
+    raise MalformedCallback("ResultCode is not a number in range")
+
+
+def _storable(text: str) -> bool:
+    """PostgreSQL text holds no NUL and no lone surrogate."""
+    return "\x00" not in text and not any("\ud800" <= char <= "\udfff" for char in text)
 
 
 def _text(container: dict[str, Any], name: str, max_length: int = 200) -> str:
     value = container.get(name)
-    if not isinstance(value, str) or not 0 < len(value) <= max_length:
-        raise MalformedCallback(f"{name} is missing or not a string")
+    if not isinstance(value, str) or not 0 < len(value) <= max_length or not _storable(value):
+        raise MalformedCallback(f"{name} is missing or not a plain string")
     return value
+
+
+def _description(value: Any) -> str:
+    text = str(value or "")[:500]
+    return text if _storable(text) else text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
 
 
 def _whole_amount(value: Any) -> int:
@@ -117,14 +130,16 @@ def _whole_amount(value: Any) -> int:
         raise MalformedCallback("Amount is not a number")
     if isinstance(value, float) and not value.is_integer():
         raise MalformedCallback("Amount is not a whole number of shillings")
+    if not 0 < value <= MAX_CALLBACK_AMOUNT:
+        raise MalformedCallback("Amount is out of range")
     amount = int(value)
-    if amount <= 0:
-        raise MalformedCallback("Amount must be positive")
     return amount
 
 
 def _transaction_time(value: Any) -> datetime:
     text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    if not re.fullmatch(r"20[0-9]{12}", text):  # strptime alone accepts short or odd forms
+        raise MalformedCallback("TransactionDate is not YYYYMMDDHHmmss")
     try:
         local = datetime.strptime(text, "%Y%m%d%H%M%S")
     except ValueError:
@@ -132,11 +147,35 @@ def _transaction_time(value: Any) -> datetime:
     return local.replace(tzinfo=NAIROBI).astimezone(UTC)
 
 
+def _nesting(raw: bytes) -> int:
+    """How deep brackets nest, counted before parsing: a deep body must not reach json.loads's recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
 def parse_callback(raw: bytes) -> StkCallback:
     """Strictly parse Daraja's STK callback; items are found by Name, never by position."""
+    if _nesting(raw) > MAX_NESTING:
+        raise MalformedCallback("body nests too deep")
     try:
         document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise MalformedCallback("body is not JSON") from None
     body = document.get("Body") if isinstance(document, dict) else None
     callback = body.get("stkCallback") if isinstance(body, dict) else None
@@ -147,7 +186,7 @@ def parse_callback(raw: bytes) -> StkCallback:
         merchant_request_id=_text(callback, "MerchantRequestID"),
         checkout_request_id=_text(callback, "CheckoutRequestID"),
         result_code=code,
-        result_desc=str(callback.get("ResultDesc") or "")[:500],
+        result_desc=_description(callback.get("ResultDesc")),
     )
     if code != 0:
         return parsed
@@ -167,6 +206,7 @@ def parse_callback(raw: bytes) -> StkCallback:
     if not isinstance(receipt, str) or not re.fullmatch(r"[A-Z0-9]{6,20}", receipt):
         raise MalformedCallback("MpesaReceiptNumber is malformed")
     phone = values.get("PhoneNumber")
+    phone_digits = str(phone) if isinstance(phone, int | str) and str(phone).isdigit() else None
     return StkCallback(
         merchant_request_id=parsed.merchant_request_id,
         checkout_request_id=parsed.checkout_request_id,
@@ -175,7 +215,7 @@ def parse_callback(raw: bytes) -> StkCallback:
         amount_kes=_whole_amount(values["Amount"]),
         receipt=receipt,
         transaction_at=_transaction_time(values["TransactionDate"]) if "TransactionDate" in values else None,
-        phone_masked=mask_phone(str(phone)) if phone is not None else None,
+        phone_masked=mask_phone(phone_digits) if phone_digits else None,
     )
 
 

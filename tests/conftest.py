@@ -110,12 +110,32 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await db.close()
 
 
+@pytest.fixture(scope="session")
+async def redis_base_url() -> AsyncIterator[str]:
+    """A Redis database of this test session's own: concurrent test runs must not flush each other."""
+    base = REDIS_TEST_URL.rsplit("/", 1)[0]
+    for db in range(int(REDIS_TEST_URL.rsplit("/", 1)[1]), 16):
+        client = Redis.from_url(f"{base}/{db}")
+        claimed = await client.set("kiota-test-session", os.getpid(), nx=True, ex=3600)
+        if claimed:
+            try:
+                yield f"{base}/{db}"
+            finally:
+                await client.flushdb()
+                await client.aclose()
+            return
+        await client.aclose()
+    raise RuntimeError("every Redis database from KIOTA_TEST_REDIS_URL's up is claimed by another test run")
+
+
 @pytest.fixture
-async def redis_url() -> AsyncIterator[str]:
-    client = Redis.from_url(REDIS_TEST_URL)
+async def redis_url(redis_base_url: str) -> AsyncIterator[str]:
+    client = Redis.from_url(redis_base_url)
     await client.flushdb()
-    yield REDIS_TEST_URL
+    await client.set("kiota-test-session", os.getpid(), ex=3600)  # keep the claim across the flush
+    yield redis_base_url
     await client.flushdb()
+    await client.set("kiota-test-session", os.getpid(), ex=3600)
     await client.aclose()
 
 

@@ -17,7 +17,6 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,6 +29,7 @@ from kiota.db import create_pool
 from kiota.dev.chain import BASE_CHAIN_ID, BASE_USDC_ADDRESS, connect, fund_eth, install_usdc, mint_usdc, start_anvil
 from kiota.dev.daraja_sim import SANDBOX_PASSKEY, SANDBOX_SHORTCODE, SimulatorConfig, running_simulator
 from kiota.dev.keys import DevSecrets, generate_dev_secrets
+from kiota.dev.options import DevOptions
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.migrate import migrate
 from kiota.users import ensure_user
@@ -41,17 +41,6 @@ ANVIL_ACCOUNT_0 = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"  # unlocked on ev
 DEV_TOKEN_TTL_SECONDS = 7 * 24 * 3600
 WALKTHROUGH_BEGIN = "# --- walk-through (paste into a shell) ---"
 WALKTHROUGH_END = "# --- end of walk-through ---"
-
-
-@dataclass(frozen=True, slots=True)
-class DevOptions:
-    api_port: int = 8000
-    anvil_port: int = 8545
-    simulator_port: int = 8089
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/kiota_dev"
-    redis_url: str = "redis://127.0.0.1:6379/2"
-    kes_per_usd: str = "129.50"
-    callback_delay_seconds: float = 2.0
 
 
 def _say(message: str) -> None:

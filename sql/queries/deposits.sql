@@ -5,7 +5,7 @@ VALUES ($1, $2, 'pending', $3, $4, $5, $6);
 -- name: deposit_pushed
 UPDATE deposits
 SET checkout_request_id = $2, merchant_request_id = $3, next_query_at = now() + make_interval(secs => $4),
-    updated_at = now()
+    pushed_at = now(), updated_at = now()
 WHERE id = $1;
 
 -- name: deposit_push_refused
@@ -51,17 +51,20 @@ SET status = 'completed', tx_hash = $2, completed_at = now(), updated_at = now()
 WHERE id = $1 AND status = 'processing';
 
 -- name: deposit_retry_from_review
--- An operator's retry: back to processing, with a fresh 30-minute window.
+-- An operator's retry: back to processing, with a fresh 30-minute window. Only money
+-- we received for this deposit (received_kes) and never paid out can be retried.
 UPDATE deposits
 SET status = 'processing', review_reason = NULL, processing_since = now(), updated_at = now()
-WHERE id = $1 AND status = 'needs_review' AND mpesa_receipt IS NOT NULL AND tx_hash IS NULL
+WHERE id = $1 AND status = 'needs_review' AND received_kes IS NOT NULL AND tx_hash IS NULL
+  AND NOT EXISTS (SELECT 1 FROM review_items r WHERE r.deposit_id = $1 AND r.kind = 'mpesa_callback'
+                  AND r.status = 'open')
 RETURNING id;
 
 -- name: insert_callback
 INSERT INTO mpesa_callbacks (
     remote_addr, raw_body, parse_error, checkout_request_id, merchant_request_id, result_code, result_desc,
-    amount_kes, mpesa_receipt, transaction_at, phone_masked, disposition)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+    amount_kes, mpesa_receipt, transaction_at, phone_masked, disposition, raw_bytes)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 RETURNING id;
 
 -- name: callback_disposition
@@ -106,3 +109,23 @@ SELECT
     (SELECT kill_switch FROM payout_guards) AS kill_switch,
     (SELECT lane_paused FROM payout_guards) AS lane_paused,
     (SELECT count(*) FROM worker_heartbeats WHERE seen_at > now() - interval '90 seconds') AS live_workers;
+
+-- name: deposits_due_for_query
+-- Pending deposits whose callback has not come: ask Daraja (STK query).
+SELECT id FROM deposits
+WHERE status = 'pending' AND checkout_request_id IS NOT NULL AND next_query_at <= now()
+ORDER BY next_query_at LIMIT $1;
+
+-- name: deposit_for_query
+SELECT id, status, amount_kes, checkout_request_id, pushed_at, query_attempts, mpesa_receipt, failure_code
+FROM deposits WHERE id = $1 FOR UPDATE;
+
+-- name: deposit_query_again
+UPDATE deposits
+SET query_attempts = query_attempts + 1, next_query_at = now() + make_interval(secs => $2),
+    last_query_result = $3, updated_at = now()
+WHERE id = $1 AND status = 'pending';
+
+-- name: deposit_query_scheduled
+-- The query job is on its way: do not dispatch it again until it reschedules.
+UPDATE deposits SET next_query_at = now() + make_interval(secs => $2) WHERE id = $1 AND status = 'pending';

@@ -9,7 +9,8 @@ RETURNING id;
 
 -- name: job_started
 UPDATE jobs
-SET status = 'running', runs = runs + 1, first_run_at = coalesce(first_run_at, now()), updated_at = now()
+SET status = 'running', runs = runs + 1, first_run_at = coalesce(first_run_at, now()), worker_id = $2,
+    updated_at = now()
 WHERE id = $1
 RETURNING failures, first_run_at;
 
@@ -43,3 +44,25 @@ SELECT id, function, deposit_id FROM jobs WHERE status = 'blocked';
 
 -- name: requeue_blocked_job
 UPDATE jobs SET status = 'queued', blocked_reason = NULL, updated_at = now() WHERE id = $1 AND status = 'blocked';
+
+-- name: running_jobs_by_worker
+SELECT worker_id, array_agg(id) AS job_ids FROM jobs WHERE status = 'running' AND worker_id IS NOT NULL
+GROUP BY worker_id;
+
+-- name: requeue_jobs_of_dead_worker
+UPDATE jobs SET status = 'queued', worker_id = NULL, updated_at = now()
+WHERE status = 'running' AND worker_id = $1
+RETURNING id;
+
+-- name: open_jobs_due
+-- Work recorded in PostgreSQL that should be in the queue now.
+SELECT id, function, deposit_id FROM jobs
+WHERE status IN ('queued', 'retrying') AND coalesce(next_run_at, created_at) <= now() - make_interval(secs => $1)
+ORDER BY created_at LIMIT $2;
+
+-- name: maintenance_due
+-- Claims a maintenance run when the last one is older than the interval; no row back: not due.
+INSERT INTO maintenance_runs (name, last_run_at) VALUES ($1, now())
+ON CONFLICT (name) DO UPDATE SET last_run_at = now()
+WHERE maintenance_runs.last_run_at <= now() - make_interval(secs => $2)
+RETURNING last_run_at;

@@ -1,0 +1,106 @@
+"""The sweeper: nothing that PostgreSQL recorded is lost when Redis or a worker is.
+
+Each tick (a unique arq cron, and once at every worker start):
+1. jobs marked running by a worker that has died (its liveness lock is free) are
+   released: arq's in-progress key is deleted so the job runs again now, not when
+   the key expires;
+2. every `SWEEP_SECONDS`, jobs recorded as queued or retrying whose time has come
+   and that Redis does not hold (a flush, a restart, a crash between commit and
+   enqueue) are enqueued again;
+3. pending deposits whose callback has not come are dispatched to the STK query.
+
+arq refuses a job id while the job or its result exists; results are not kept
+(keep_result=0), so only a job Redis still holds is refused, which is the point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from arq.connections import ArqRedis
+
+from kiota.job_history import enqueue, record_job
+from kiota.sql import load_queries
+
+log = structlog.get_logger(__name__)
+
+QUERY_FUNCTION = "query_mpesa_deposit"
+JOB_KEY_PREFIX = "arq:job:"
+IN_PROGRESS_KEY_PREFIX = "arq:in-progress:"
+ORPHAN_GRACE_SECONDS = 2.0  # a job committed this recently may still be on its way to Redis
+BATCH = 500
+
+
+def worker_lock_key(worker_id: str) -> int:
+    digest = hashlib.sha256(f"kiota-worker:{worker_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def query_job_id(deposit_id: object) -> str:
+    return f"{QUERY_FUNCTION}:{deposit_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    recovered: int = 0
+    reenqueued: int = 0
+    queries: int = 0
+
+
+async def _worker_is_dead(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, worker_id: str) -> bool:
+    """A live worker holds its lock on its own connection; if we can take it, the worker is gone."""
+    key = worker_lock_key(worker_id)
+    if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+        await conn.execute("SELECT pg_advisory_unlock($1)", key)
+        return True
+    return False
+
+
+async def recover_dead_workers(pool: asyncpg.Pool, queue: ArqRedis) -> int:
+    q = load_queries()
+    recovered = 0
+    async with pool.acquire() as conn:
+        for row in await conn.fetch(q.running_jobs_by_worker):
+            if not await _worker_is_dead(conn, row["worker_id"]):
+                continue
+            for job_id in await conn.fetch(q.requeue_jobs_of_dead_worker, row["worker_id"]):
+                await queue.delete(IN_PROGRESS_KEY_PREFIX + job_id["id"])
+                recovered += 1
+            log.warning("jobs of a dead worker released", worker_id=row["worker_id"], jobs=len(row["job_ids"]))
+    return recovered
+
+
+async def reenqueue_orphans(pool: asyncpg.Pool, queue: ArqRedis) -> int:
+    q = load_queries()
+    count = 0
+    for row in await pool.fetch(q.open_jobs_due, ORPHAN_GRACE_SECONDS, BATCH):
+        if await queue.exists(JOB_KEY_PREFIX + row["id"]):
+            continue
+        if await enqueue(queue, row["function"], row["id"], str(row["deposit_id"])):
+            count += 1
+            log.info("re-enqueued work Redis did not hold", job_id=row["id"], function=row["function"])
+    return count
+
+
+async def dispatch_queries(pool: asyncpg.Pool, queue: ArqRedis, job_wait_seconds: float) -> int:
+    """Send pending deposits whose callback is late to the STK query job."""
+    q = load_queries()
+    rows = await pool.fetch(q.deposits_due_for_query, BATCH)
+    for row in rows:
+        job_id = query_job_id(row["id"])
+        async with pool.acquire() as conn, conn.transaction():
+            await record_job(conn, job_id, QUERY_FUNCTION, row["id"], reset=True)
+            await conn.execute(q.deposit_query_scheduled, row["id"], job_wait_seconds)
+        await enqueue(queue, QUERY_FUNCTION, job_id, str(row["id"]))
+    return len(rows)
+
+
+async def sweep(pool: asyncpg.Pool, queue: ArqRedis, sweep_seconds: float, *, force: bool = False) -> SweepReport:
+    recovered = await recover_dead_workers(pool, queue)
+    due = force or await pool.fetchval(load_queries().maintenance_due, "reenqueue_orphans", sweep_seconds)
+    reenqueued = await reenqueue_orphans(pool, queue) if due else 0
+    queries = await dispatch_queries(pool, queue, job_wait_seconds=60)
+    return SweepReport(recovered, reenqueued, queries)
