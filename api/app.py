@@ -14,7 +14,7 @@ from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
 from api.routers import deposits, health, metrics, mpesa_callback, portfolio
 from kiota.daraja import DarajaClient
-from kiota.db import create_pool
+from kiota.db import close_pool, create_pool
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.netaddr import Network, parse_networks
 from kiota.queue import create_queue
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await daraja.aclose()
             await queue.aclose(close_connection_pool=True)
-            await pool.close()
+            await close_pool(pool)
 
     app = FastAPI(
         title="Kiota",

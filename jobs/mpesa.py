@@ -31,13 +31,17 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
     pool: asyncpg.Pool = ctx["pool"]
     history = JobHistory(pool, ctx["job_id"], ctx.get("worker_id"))
     structlog.contextvars.bind_contextvars(deposit_id=deposit_id)
-    await history.started()
     try:
+        await history.started()
         result = await pay_deposit(pool, ctx["treasury"], uuid.UUID(deposit_id), ctx["lane_config"])
     except TRANSIENT as exc:
         error = f"{type(exc).__name__}: {exc}"
         retry_in = backoff_seconds(1, ctx["backoff_base_seconds"])
-        failures = await history.failed_once(error, retry_in)
+        try:
+            failures = await history.failed_once(error, retry_in)
+        except TRANSIENT:  # PostgreSQL itself is down: nothing can be counted, try again later
+            log.warning("payout interrupted while PostgreSQL is unreachable; retrying", error=error)
+            raise Retry(defer=retry_in) from exc
         if failures >= MAX_FAILURES or await _tried_too_long(pool, deposit_id):
             reason = f"payout failed {failures} times; last error: {error}"
             await pool.execute(load_queries().deposit_to_review, uuid.UUID(deposit_id), reason[:1000])

@@ -7,6 +7,8 @@ in `startup`. A job function only unpacks `ctx` and calls a service function in
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import sys
@@ -14,13 +16,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import structlog
 from arq import cron
 from arq.worker import Worker, func
 
 from jobs.mpesa import complete_mpesa_deposit, query_mpesa_deposit, sweep_tick
 from kiota.daraja import DarajaClient
-from kiota.db import create_pool
+from kiota.db import close_pool, create_pool
 from kiota.logging import configure_logging
 from kiota.payouts import LaneConfig
 from kiota.queue import deserialize_job, redis_settings, serialize_job
@@ -63,26 +66,55 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["started_at"] = datetime.now(UTC)
     # Liveness: a session lock held for the worker's whole life. When the process dies,
     # PostgreSQL frees it, and the sweeper knows this worker's running jobs are orphans.
-    ctx["liveness"] = await ctx["pool"].acquire()
-    await ctx["liveness"].execute("SELECT pg_advisory_lock($1)", worker_lock_key(ctx["worker_id"]))
+    await ensure_liveness(ctx)
     await heartbeat(ctx)
     report = await sweep(ctx["pool"], ctx["redis"], settings.sweep_seconds, force=True)
     log.info("worker started", worker_id=ctx["worker_id"], recovered=report.recovered, reenqueued=report.reenqueued)
 
 
+def _closed(conn: Any) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # the pool took the dead connection back
+        return True
+
+
+async def ensure_liveness(ctx: dict[str, Any]) -> None:
+    """Hold this worker's liveness lock; take it again on a new connection if PostgreSQL
+    restarted under us (the sweeper would otherwise think this worker dead)."""
+    guard: asyncio.Lock = ctx.setdefault("liveness_guard", asyncio.Lock())
+    async with guard:  # jobs start concurrently: one of them re-takes the lock, the others wait
+        current = ctx.get("liveness")
+        if current is not None and not _closed(current):
+            return
+        if current is not None:
+            with contextlib.suppress(Exception):
+                await ctx["pool"].release(current)
+        conn = await ctx["pool"].acquire()
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", worker_lock_key(ctx["worker_id"])):
+            await ctx["pool"].release(conn)
+            raise RuntimeError("another session holds this worker's liveness lock")
+        ctx["liveness"] = conn
+        if current is not None:
+            log.warning("liveness lock taken again after a lost database connection", worker_id=ctx["worker_id"])
+
+
 async def shutdown(ctx: dict[str, Any]) -> None:
     if ctx.get("liveness") is not None:
-        await ctx["pool"].release(ctx["liveness"])
+        with contextlib.suppress(Exception):  # the connection may have died with PostgreSQL
+            await ctx["pool"].release(ctx["liveness"])
     for client in ("treasury", "daraja"):
         if ctx.get(client) is not None:
             await ctx[client].aclose()
     if ctx.get("pool") is not None:
-        await ctx["pool"].close()
+        await close_pool(ctx["pool"])
     log.info("worker stopped", worker_id=ctx.get("worker_id"))
 
 
 async def on_job_start(ctx: dict[str, Any]) -> None:
     structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"), job_try=ctx.get("job_try"))
+    with contextlib.suppress(Exception):  # a job must not fail because the database blinked here
+        await ensure_liveness(ctx)
 
 
 async def on_job_end(ctx: dict[str, Any]) -> None:
@@ -91,6 +123,7 @@ async def on_job_end(ctx: dict[str, Any]) -> None:
 
 async def heartbeat(ctx: dict[str, Any]) -> None:
     """Say in PostgreSQL that this worker is alive (the dashboard lists workers from it)."""
+    await ensure_liveness(ctx)
     await ctx["pool"].execute(
         load_queries().record_heartbeat,
         ctx["worker_id"],

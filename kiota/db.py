@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -43,3 +44,12 @@ def constraint_name(exc: BaseException) -> str | None:
         name: Any = getattr(exc, "constraint_name", None)
         return str(name) if name else None
     return None
+
+
+async def close_pool(pool: asyncpg.Pool, seconds: float = 10.0) -> None:
+    """Close gracefully, or terminate: after a database restart a dead connection can keep
+    `close()` waiting for ever, and a process must still be able to stop."""
+    try:
+        await asyncio.wait_for(pool.close(), seconds)
+    except TimeoutError:
+        pool.terminate()

@@ -73,11 +73,13 @@ async def recover_dead_workers(pool: asyncpg.Pool, queue: ArqRedis) -> int:
     return recovered
 
 
-async def reenqueue_orphans(pool: asyncpg.Pool, queue: ArqRedis) -> int:
+async def reenqueue_orphans(pool: asyncpg.Pool, queue: ArqRedis, grace_seconds: float = ORPHAN_GRACE_SECONDS) -> int:
+    """A duplicate enqueue is harmless (arq refuses a job id it holds; jobs are idempotent), so the
+    grace only saves work; at a worker's start it is zero."""
     q = load_queries()
     count = 0
-    for row in await pool.fetch(q.open_jobs_due, ORPHAN_GRACE_SECONDS, BATCH):
-        if await queue.exists(JOB_KEY_PREFIX + row["id"]):
+    for row in await pool.fetch(q.open_jobs_due, grace_seconds, BATCH):
+        if await queue.exists(JOB_KEY_PREFIX + row["id"], IN_PROGRESS_KEY_PREFIX + row["id"]):
             continue
         if await enqueue(queue, row["function"], row["id"], str(row["deposit_id"])):
             count += 1
@@ -101,6 +103,6 @@ async def dispatch_queries(pool: asyncpg.Pool, queue: ArqRedis, job_wait_seconds
 async def sweep(pool: asyncpg.Pool, queue: ArqRedis, sweep_seconds: float, *, force: bool = False) -> SweepReport:
     recovered = await recover_dead_workers(pool, queue)
     due = force or await pool.fetchval(load_queries().maintenance_due, "reenqueue_orphans", sweep_seconds)
-    reenqueued = await reenqueue_orphans(pool, queue) if due else 0
+    reenqueued = await reenqueue_orphans(pool, queue, 0 if force else ORPHAN_GRACE_SECONDS) if due else 0
     queries = await dispatch_queries(pool, queue, job_wait_seconds=60)
     return SweepReport(recovered, reenqueued, queries)

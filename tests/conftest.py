@@ -61,22 +61,27 @@ def dsn_for(database: str) -> str:
     return ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
 
 
-async def _drop(admin: asyncpg.Connection, name: str) -> None:
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+async def admin_execute(*statements: str) -> None:
+    """Run statements on a fresh admin connection (a slow-tier test restarts PostgreSQL under us)."""
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        for statement in statements:
+            await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+def _drop(name: str) -> str:
+    return f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
 
 
 @pytest.fixture(scope="session")
 async def template_db() -> AsyncIterator[str]:
     name = f"kiota_tpl_{os.getpid()}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await _drop(admin, name)
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        await migrate(dsn_for(name))
-        yield name
-        await _drop(admin, name)
-    finally:
-        await admin.close()
+    await admin_execute(_drop(name), f'CREATE DATABASE "{name}"')
+    await migrate(dsn_for(name))
+    yield name
+    await admin_execute(_drop(name))
 
 
 @pytest.fixture
@@ -84,23 +89,15 @@ async def empty_database_url() -> AsyncIterator[str]:
     """A database that does not exist yet (for migration tests)."""
     name = f"kiota_e_{os.getpid()}_{next(_counter)}"
     yield dsn_for(name)
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await _drop(admin, name)
-    finally:
-        await admin.close()
+    await admin_execute(_drop(name))
 
 
 @pytest.fixture
 async def database_url(template_db: str) -> AsyncIterator[str]:
     name = f"kiota_t_{os.getpid()}_{next(_counter)}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-        yield dsn_for(name)
-        await _drop(admin, name)
-    finally:
-        await admin.close()
+    await admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    yield dsn_for(name)
+    await admin_execute(_drop(name))
 
 
 @pytest.fixture
@@ -198,8 +195,9 @@ class MpesaSystem:
     w3: Web3Client
     treasury_address: str
     callback_url: str
-    worker: Worker
     queue: ArqRedis
+    worker: Worker | None = None
+    _worker_task: asyncio.Task[None] | None = None
 
     async def initiate(self, user: str, amount_kes: int, phone: str = "254708374149", **headers: str) -> httpx.Response:
         return await self.http.post(
@@ -224,14 +222,55 @@ class MpesaSystem:
                 raise AssertionError(f"deposit stayed {body['status']}, wanted {statuses}: {body}")
             await asyncio.sleep(0.05)
 
+    async def start_worker(self) -> Worker:
+        """A real arq worker in this process (its lane waits and backoffs shortened for tests)."""
+        assert self.worker is None
+        self.worker = build_worker(
+            self.settings,
+            handle_signals=False,
+            ctx={
+                "lane_config": LaneConfig(poll_seconds=0.02, watch_seconds=3),
+                "backoff_base_seconds": 0.05,
+                "query_backoff_seconds": 0.5,
+            },
+        )
+        self._worker_task = asyncio.create_task(self.worker.async_run())
+        async with asyncio.timeout(20):  # until its start-up (and start-up sweep) is done
+            while "liveness" not in self.worker.ctx or "worker_id" not in self.worker.ctx:
+                assert not self._worker_task.done(), self._worker_task
+                await asyncio.sleep(0.01)
+        return self.worker
+
+    async def stop_worker(self) -> None:
+        if self.worker is None:
+            return
+        await self.worker.close()
+        assert self._worker_task is not None
+        self._worker_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker_task
+        self.worker, self._worker_task = None, None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """This system's configuration as the environment of a `kiota worker` process."""
+        values = self.settings.model_dump()
+        env = {"PATH": os.environ["PATH"]}
+        for name, value in values.items():
+            if value is None:
+                continue
+            secret = getattr(value, "get_secret_value", None)
+            env[name.upper()] = str(secret() if secret else value)
+        return {**env, **extra}
+
 
 TREASURY_USDC = 1_000_000 * 10**6
 
 
 @pytest.fixture
 async def mpesa_system(
-    database_url: str, redis_url: str, anvil: AnvilNode, chain: Web3Client
+    request: pytest.FixtureRequest, database_url: str, redis_url: str, anvil: AnvilNode, chain: Web3Client
 ) -> AsyncIterator[MpesaSystem]:
+    """The whole M-Pesa system. Markers: `system_settings(**overrides)`; `no_worker` (the test starts one)."""
     from eth_account import Account
 
     treasury = Account.from_key(TREASURY_KEY).address
@@ -240,6 +279,7 @@ async def mpesa_system(
     sim_config = SimulatorConfig(
         consumer_key="test-consumer-key", consumer_secret="test-consumer-secret", callback_delay_seconds=0.3
     )
+    overrides = request.node.get_closest_marker("system_settings")
     api_port = free_port()
     async with running_simulator(sim_config) as sim:
         values = {
@@ -248,38 +288,26 @@ async def mpesa_system(
             "base_rpc_url": anvil.rpc_url,
             "public_base_url": f"http://127.0.0.1:{api_port}",
             "mpesa_query_after_seconds": 3600,
+            **(overrides.kwargs if overrides else {}),
         }
         settings = WorkerSettings(_env_file=None, treasury_private_key=TREASURY_KEY, **values)  # type: ignore[call-arg]
-        worker = build_worker(
-            settings,
-            handle_signals=False,
-            ctx={"lane_config": LaneConfig(poll_seconds=0.02, watch_seconds=3), "backoff_base_seconds": 0.05},
-        )
-        worker_task = asyncio.create_task(worker.async_run())
         pool = await create_pool(database_url)
         queue = create_queue(redis_url)
+        system: MpesaSystem | None = None
         try:
             async with (
                 serve_in_background(create_app(settings), port=api_port) as api_url,
                 httpx.AsyncClient(base_url=api_url, timeout=15) as http,
             ):
-                yield MpesaSystem(
-                    settings,
-                    api_url,
-                    http,
-                    sim.simulator,
-                    sim.base_url,
-                    pool,
-                    chain,
-                    treasury,
-                    f"{api_url}/api/v1/deposit/mpesa-callback/{CALLBACK_TOKEN}",
-                    worker,
-                    queue,
-                )
+                system = MpesaSystem(
+                    settings, api_url, http, sim.simulator, sim.base_url, pool, chain, treasury,
+                    f"{api_url}/api/v1/deposit/mpesa-callback/{CALLBACK_TOKEN}", queue,
+                )  # fmt: skip
+                if not request.node.get_closest_marker("no_worker"):
+                    await system.start_worker()
+                yield system
         finally:
+            if system is not None:
+                await system.stop_worker()
             await queue.aclose(close_connection_pool=True)
-            await worker.close()
-            worker_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker_task
             await pool.close()

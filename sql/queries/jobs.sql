@@ -55,9 +55,11 @@ WHERE status = 'running' AND worker_id = $1
 RETURNING id;
 
 -- name: open_jobs_due
--- Work recorded in PostgreSQL that should be in the queue now.
-SELECT id, function, deposit_id FROM jobs
-WHERE status IN ('queued', 'retrying') AND coalesce(next_run_at, created_at) <= now() - make_interval(secs => $1)
+-- Work recorded in PostgreSQL that should be in the queue now. A 'running' job is
+-- included: if Redis holds neither it nor its in-progress key, it died unrecorded.
+SELECT id, function, deposit_id, status FROM jobs
+WHERE (status IN ('queued', 'retrying') AND coalesce(next_run_at, created_at) <= now() - make_interval(secs => $1))
+   OR (status = 'running' AND updated_at <= now() - make_interval(secs => $1))
 ORDER BY created_at LIMIT $2;
 
 -- name: maintenance_due

@@ -1,0 +1,195 @@
+"""Nothing lost when Redis is, lost callbacks recovered, and a worker killed at every payout step."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from kiota.dev.chain import BASE_USDC_ADDRESS, usdc_balance
+from kiota.dev.daraja_sim import Scenario
+from kiota.ledger import user_account
+from kiota.ledger_store import balance
+from kiota.lost_callbacks import query_deposit
+from tests.conftest import MpesaSystem
+from tests.integration.test_mpesa_flow import counts, transfers_from
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def wait_until(predicate: object, seconds: float = 20) -> None:
+    async with asyncio.timeout(seconds):
+        while not await predicate():  # type: ignore[operator]
+            await asyncio.sleep(0.05)
+
+
+async def statuses(system: MpesaSystem) -> dict[str, int]:
+    rows = await system.pool.fetch("SELECT status, count(*) FROM deposits GROUP BY status")
+    return {r["status"]: r["count"] for r in rows}
+
+
+@pytest.mark.no_worker
+async def test_redis_flushed_after_callbacks_were_accepted_every_deposit_completes(
+    mpesa_system: MpesaSystem,
+) -> None:
+    system = mpesa_system
+    ids = [(await system.initiate(f"user{i}", 1295)).json()["deposit_id"] for i in range(5)]
+
+    async def all_processing() -> bool:
+        return await statuses(system) == {"processing": 5}
+
+    await wait_until(all_processing)
+    redis = Redis.from_url(system.settings.redis_url)
+    assert await redis.zcard("arq:queue") == 5  # the callbacks enqueued the completions...
+    await redis.flushdb()  # ...and Redis loses them all (it keeps nothing on disk)
+    await redis.aclose()
+    await system.start_worker()  # its start-up sweep finds the work PostgreSQL recorded
+    for i, deposit_id in enumerate(ids):
+        await system.wait_status(f"user{i}", deposit_id, "completed")
+    assert len(await transfers_from(system, system.treasury_address)) == 5
+    assert await counts(system) == {"entries": 10, "payouts": 5, "attempts": 5}
+
+
+@pytest.mark.system_settings(mpesa_query_after_seconds=1)
+async def test_a_lost_success_callback_is_recovered_by_the_stk_query(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    system.simulator.set_scenario(Scenario(outcome="success", lose_callback=True, delay_seconds=0.2), next_push=True)
+    body = (await system.initiate("lena", 1295)).json()
+    done = await system.wait_status("lena", body["deposit_id"], "completed", seconds=30)
+    assert done["mpesa_receipt"] is None  # the query carries no receipt; the push's amount stands
+    assert done["amount_usdc"] == "10.000000"
+    assert await balance(system.pool, user_account("lena", "USDC")) == 10_000_000
+    assert await system.pool.fetchval("SELECT count(*) FROM mpesa_callbacks") == 0
+
+
+@pytest.mark.system_settings(mpesa_query_after_seconds=1)
+async def test_a_lost_failure_callback_fails_the_deposit_by_query(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    system.simulator.set_scenario(Scenario(outcome=1032, lose_callback=True, delay_seconds=0.2), next_push=True)
+    body = (await system.initiate("mo", 500)).json()
+    failed = await system.wait_status("mo", body["deposit_id"], "failed", seconds=30)
+    assert failed["failure_reason"] == "The payment was cancelled on the phone."
+    assert await counts(system) == {"entries": 0, "payouts": 0, "attempts": 0}
+
+
+@pytest.mark.system_settings(mpesa_query_after_seconds=1)
+async def test_still_processing_waits_and_24_hours_of_silence_goes_to_review(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    system.simulator.set_scenario(Scenario(outcome="none"), next_push=True)
+    body = (await system.initiate("nia", 500)).json()
+
+    async def queried_twice() -> bool:
+        attempts = await system.pool.fetchval("SELECT query_attempts FROM deposits")
+        return bool(attempts and attempts >= 2)
+
+    await wait_until(queried_twice, 40)
+    assert (await system.deposit("nia", body["deposit_id"]))["status"] == "pending"
+    assert await system.pool.fetchval("SELECT last_query_result FROM deposits") == "pending"
+    await system.pool.execute(
+        "UPDATE deposits SET pushed_at = now() - interval '25 hours', next_query_at = now() - interval '1 second'"
+    )
+    review = await system.wait_status("nia", body["deposit_id"], "needs_review", seconds=30)
+    assert "24 hours" in review["failure_reason"]
+
+
+async def test_a_query_never_downgrades_a_callbacks_success(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    body = (await system.initiate("omar", 1295)).json()
+    await system.wait_status("omar", body["deposit_id"], "completed")
+    assert system.worker is not None
+    outcome = await query_deposit(system.pool, system.worker.ctx["daraja"], uuid.UUID(body["deposit_id"]), 1)
+    assert outcome.action == "nothing"
+    assert (await system.deposit("omar", body["deposit_id"]))["status"] == "completed"
+
+
+async def spawn_worker(system: MpesaSystem, failpoint: str | None = None) -> asyncio.subprocess.Process:
+    env = system.env(**({"KIOTA_FAILPOINT": failpoint} if failpoint else {}))
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kiota.cli", "worker",
+        cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+
+
+@pytest.mark.no_worker
+@pytest.mark.parametrize("failpoint", ["after_attempt_stored", "after_broadcast", "after_receipt"])
+async def test_a_worker_killed_at_each_payout_step_pays_once_after_restart(
+    mpesa_system: MpesaSystem, failpoint: str
+) -> None:
+    system = mpesa_system
+    body = (await system.initiate("pia", 1295)).json()
+    doomed = await spawn_worker(system, failpoint)
+    out, _ = await asyncio.wait_for(doomed.communicate(), 30)
+    assert doomed.returncode == -signal.SIGKILL, out.decode()
+    assert f"failpoint={failpoint}" in out.decode() or failpoint in out.decode()
+    assert (await system.deposit("pia", body["deposit_id"]))["status"] == "processing"
+    assert await system.pool.fetchval("SELECT count(*) FROM payout_attempts") == 1
+
+    survivor = await spawn_worker(system)
+    try:
+        done = await system.wait_status("pia", body["deposit_id"], "completed", seconds=30)
+    finally:
+        survivor.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(survivor.communicate(), 60)
+    assert len(await transfers_from(system, system.treasury_address)) == 1
+    assert await balance(system.pool, user_account("pia", "USDC")) == 10_000_000
+    address = await system.pool.fetchval("SELECT deposit_address FROM users WHERE id = 'pia'")
+    assert await usdc_balance(system.w3, BASE_USDC_ADDRESS, address) == 10_000_000
+    job = await system.pool.fetchrow("SELECT * FROM jobs WHERE deposit_id = $1::uuid", body["deposit_id"])
+    assert job["failures"] == 0 and job["runs"] == 2  # a killed worker is not a failed attempt
+    assert done["tx_hash"] == await system.pool.fetchval("SELECT tx_hash FROM payout_attempts")
+    assert os.environ.get("KIOTA_FAILPOINT") is None
+
+
+async def test_an_rpc_refusing_for_a_while_then_completes(mpesa_system: MpesaSystem) -> None:
+    from kiota.treasury import Treasury
+    from tests.support import TREASURY_KEY, free_port
+
+    system = mpesa_system
+    assert system.worker is not None
+    original = system.worker.ctx["treasury"]
+    system.worker.ctx["treasury"] = Treasury(f"http://127.0.0.1:{free_port()}", TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    body = (await system.initiate("quin", 1295)).json()
+
+    async def failed_twice() -> bool:
+        query = "SELECT failures FROM jobs WHERE deposit_id = $1::uuid"
+        failures = await system.pool.fetchval(query, body["deposit_id"])
+        return bool(failures and failures >= 2)
+
+    await wait_until(failed_twice)
+    await system.worker.ctx["treasury"].aclose()
+    system.worker.ctx["treasury"] = original  # the RPC is back
+    await system.wait_status("quin", body["deposit_id"], "completed")
+    assert len(await transfers_from(system, system.treasury_address)) == 1
+
+
+def _pg_ctl(action: str) -> list[str]:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action]
+
+
+@pytest.mark.slow
+@pytest.mark.system_settings(mpesa_query_after_seconds=2)
+async def test_postgres_restarted_mid_run_callbacks_get_5xx_and_all_complete_after(mpesa_system: MpesaSystem) -> None:
+    if os.geteuid() != 0 or not Path("/etc/postgresql").is_dir():  # noqa: ASYNC240
+        pytest.skip("restarting PostgreSQL needs root and a Debian cluster (as on CI)")
+    system = mpesa_system
+    system.simulator.set_scenario(Scenario(outcome="none"), default=True)  # callbacks sent by hand below
+    bodies = [(await system.initiate(f"pg{i}", 1295)).json() for i in range(3)]
+    stop = await asyncio.create_subprocess_exec(*_pg_ctl("stop"))
+    assert await stop.wait() == 0
+    try:
+        answers = [await system.simulator.send_callback(b["checkout_request_id"], "success") for b in bodies]
+    finally:
+        start = await asyncio.create_subprocess_exec(*_pg_ctl("start"))
+        assert await start.wait() == 0
+    # While PostgreSQL was down, no callback got a false 200.
+    assert all(a.status_code is None or a.status_code >= 500 for a in answers), answers
+    for i, body in enumerate(bodies):  # the STK query recovers what the callbacks could not record
+        await system.wait_status(f"pg{i}", body["deposit_id"], "completed", seconds=60)
+    assert len(await transfers_from(system, system.treasury_address)) == 3
