@@ -172,7 +172,15 @@ export MINTER={ANVIL_ACCOUNT_0} MINT_DATA={mint_data}
 curl -s $KIOTA/api/v1/portfolio -H "Authorization: Bearer $TOKEN"; echo
 # Readiness of the whole system:
 curl -s $KIOTA/health/ready; echo
-# Send 25.50 USDC to your deposit address on the local chain (anvil's account 0 mints it):
+# An M-Pesa deposit of 1,500 KES: the simulator answers as Safaricom would, calls back ~2 s later,
+# and the worker pays the USDC on-chain from the treasury to your deposit address:
+curl -s $KIOTA/api/v1/deposit/initiate -H "Authorization: Bearer $TOKEN" -H "Idempotency-Key: walk-$$" \\
+  -H 'content-type: application/json' -d '{{"amount_kes": 1500, "phone": "0708374149"}}'; echo
+sleep 6
+curl -s $KIOTA/api/v1/deposits -H "Authorization: Bearer $TOKEN"; echo
+curl -s $KIOTA/api/v1/portfolio -H "Authorization: Bearer $TOKEN"; echo
+# Send 25.50 USDC to your deposit address on the local chain (anvil's account 0 mints it);
+# crediting on-chain deposits arrives with the USDC ingester (not built yet):
 curl -s $RPC -H 'content-type: application/json' -d '{{"jsonrpc":"2.0","id":1,"method":"eth_sendTransaction",\
   "params":[{{"from":"'$MINTER'","to":"'$USDC'","data":"'$MINT_DATA'"}}]}}'; echo
 {WALKTHROUGH_END}
