@@ -58,3 +58,26 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def success_body(checkout_request_id: str, amount: int | float, receipt: str = "NLJ7RT61SV") -> dict[str, Any]:
+    """Daraja's STK success callback (REFERENCE.md's example), the Balance item without a Value included."""
+    return {
+        "Body": {
+            "stkCallback": {
+                "MerchantRequestID": "29115-34620561-1",
+                "CheckoutRequestID": checkout_request_id,
+                "ResultCode": 0,
+                "ResultDesc": "The service request is processed successfully.",
+                "CallbackMetadata": {
+                    "Item": [
+                        {"Name": "Amount", "Value": amount},
+                        {"Name": "MpesaReceiptNumber", "Value": receipt},
+                        {"Name": "Balance"},
+                        {"Name": "TransactionDate", "Value": 20191219102115},
+                        {"Name": "PhoneNumber", "Value": 254708374149},
+                    ]
+                },
+            }
+        }
+    }

@@ -31,7 +31,7 @@ from kiota.dev.daraja_sim import Scenario, SimulatorConfig, running_simulator
 from kiota.mpesa import RESULT_REASONS
 from kiota.settings import Settings
 from tests.conftest import MpesaSystem
-from tests.support import CALLBACK_TOKEN, JWT_SECRET, base_env, bearer, free_port, settings_kwargs
+from tests.support import CALLBACK_TOKEN, JWT_SECRET, base_env, bearer, free_port, settings_kwargs, success_body
 
 CALLBACK_PREFIX = "/api/v1/deposit/mpesa-callback/"
 REDACTED_PATH = CALLBACK_PREFIX + "[redacted]"
@@ -66,28 +66,6 @@ async def http(system: MpesaSystem) -> AsyncIterator[httpx.AsyncClient]:
         base_url=system.api_url, timeout=15, event_hooks={"response": [_no_server_error]}
     ) as client:
         yield client
-
-
-def success_body(checkout_request_id: str, amount: int | float, receipt: str = "NLJ7RT61SV") -> JsonDict:
-    return {
-        "Body": {
-            "stkCallback": {
-                "MerchantRequestID": "29115-34620561-1",
-                "CheckoutRequestID": checkout_request_id,
-                "ResultCode": 0,
-                "ResultDesc": "The service request is processed successfully.",
-                "CallbackMetadata": {
-                    "Item": [
-                        {"Name": "Amount", "Value": amount},
-                        {"Name": "MpesaReceiptNumber", "Value": receipt},
-                        {"Name": "Balance"},
-                        {"Name": "TransactionDate", "Value": 20191219102115},
-                        {"Name": "PhoneNumber", "Value": 254708374149},
-                    ]
-                },
-            }
-        }
-    }
 
 
 def failure_body(checkout_request_id: str, code: int | str = 1032) -> JsonDict:

@@ -16,7 +16,7 @@ from kiota.ledger_store import balance
 from kiota.money import format_usdc, kes_to_usdc
 from kiota.mpesa import RESULT_REASONS
 from tests.conftest import MpesaSystem
-from tests.support import bearer
+from tests.support import bearer, success_body
 
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 
@@ -99,33 +99,11 @@ async def test_every_failure_code_fails_the_deposit_with_its_reason(mpesa_system
     assert await transfers_from(system, system.treasury_address) == []
 
 
-def success_body(checkout_request_id: str, amount: int, receipt: str = "NLJ7RT61SV") -> dict[str, Any]:
-    return {
-        "Body": {
-            "stkCallback": {
-                "MerchantRequestID": "29115-34620561-1",
-                "CheckoutRequestID": checkout_request_id,
-                "ResultCode": 0,
-                "ResultDesc": "The service request is processed successfully.",
-                "CallbackMetadata": {
-                    "Item": [
-                        {"Name": "Amount", "Value": float(amount)},
-                        {"Name": "MpesaReceiptNumber", "Value": receipt},
-                        {"Name": "Balance"},
-                        {"Name": "TransactionDate", "Value": 20191219102115},
-                        {"Name": "PhoneNumber", "Value": 254708374149},
-                    ]
-                },
-            }
-        }
-    }
-
-
 async def test_the_same_callback_ten_times_at_once_pays_once(mpesa_system: MpesaSystem) -> None:
     system = mpesa_system
     system.simulator.set_scenario(Scenario(outcome="none"), next_push=True)  # we deliver it ourselves
     body = (await system.initiate("carol", 2590)).json()
-    payload = success_body(body["checkout_request_id"], 2590)
+    payload = success_body(body["checkout_request_id"], 2590.0)
     async with httpx.AsyncClient(timeout=15) as http:
         answers = await asyncio.gather(*(http.post(system.callback_url, json=payload) for _ in range(10)))
     assert [a.status_code for a in answers] == [200] * 10
