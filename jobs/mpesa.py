@@ -24,7 +24,15 @@ MAX_FAILURES = 5
 MAX_TRYING = timedelta(minutes=30)
 WAITING_RETRY_SECONDS = 1.0
 # Failures that may pass: the RPC, the database connection, the network.
-TRANSIENT = (ChainUnavailable, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
+TRANSIENT = (
+    ChainUnavailable,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,  # e.g. the database shutting down or restarting
+    asyncpg.TransactionRollbackError,  # serialization failures and deadlocks
+    OSError,
+    TimeoutError,
+)
 
 
 async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
@@ -52,15 +60,25 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
         log.warning("payout failed; retrying", failures=failures, retry_in=round(retry_in, 2), error=error)
         raise Retry(defer=retry_in) from exc
     except Exception as exc:
-        # A bug, not the weather: record it where operators look, then let arq fail the job.
-        await history.gave_up(f"{type(exc).__name__}: {exc}")
+        # A bug, not the weather: put the deposit where operators look, then let arq fail the job.
+        error = f"{type(exc).__name__}: {exc}"
+        await history.gave_up(error)
+        await pool.execute(
+            load_queries().deposit_to_review, uuid.UUID(deposit_id), f"payout job crashed: {error}"[:1000]
+        )
         log.exception("payout job crashed")
         raise
     if result.outcome is Outcome.WAITING:
+        if await _tried_too_long(pool, deposit_id):  # e.g. a payout that never gets mined
+            reason = f"payout not settled within 30 minutes: {result.detail}"
+            await pool.execute(load_queries().deposit_to_review, uuid.UUID(deposit_id), reason)
+            await history.gave_up(reason)
+            log.error("deposit moved to review: payout not settled in time", detail=result.detail)
+            return "needs_review"
         await history.waiting(WAITING_RETRY_SECONDS)
         raise Retry(defer=WAITING_RETRY_SECONDS)
     if result.outcome is Outcome.BLOCKED:
-        await history.blocked(result.detail)
+        await history.blocked(result.detail, result.recheck_in)
         log.warning("payout blocked", reason=result.detail)
         return "blocked"
     await history.succeeded()

@@ -84,17 +84,35 @@ async def initiate(
         await pool.execute(q.deposit_to_review, deposit_id, reason)
         bound.warning("stk push outcome unknown", error=exc.message)
         return InitiateResult(504, {"detail": reason, "deposit_id": str(deposit_id)})
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            q.deposit_pushed,
-            deposit_id,
-            accepted.checkout_request_id,
-            accepted.merchant_request_id,
-            float(query_after_seconds),
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.lock_checkout, accepted.checkout_request_id)
+            await conn.execute(
+                q.deposit_pushed,
+                deposit_id,
+                accepted.checkout_request_id,
+                accepted.merchant_request_id,
+                float(query_after_seconds),
+            )
+            # A callback faster than this answer found no deposit and went to review; never guess.
+            if await conn.fetchval(q.early_callbacks, accepted.checkout_request_id):
+                await conn.execute(q.deposit_to_review, deposit_id, "a callback arrived before the push was recorded")
+    except Exception as exc:
+        # The push reached the phone but we could not record it: answer "unknown" (kept for the
+        # Idempotency-Key), so a retry never pushes twice; its callback goes to review.
+        bound.error(
+            "stk push accepted but not recorded",
+            error=f"{type(exc).__name__}: {exc}",
+            checkout_request_id=accepted.checkout_request_id,
         )
-        # A callback faster than this answer found no deposit and went to review; never guess.
-        if await conn.fetchval(q.early_callbacks, accepted.checkout_request_id):
-            await conn.execute(q.deposit_to_review, deposit_id, "a callback arrived before the push was recorded")
+        return InitiateResult(
+            504,
+            {
+                "detail": "the payment prompt was sent but could not be recorded; "
+                "do not retry: the payment will be reviewed",
+                "deposit_id": str(deposit_id),
+            },
+        )
     bound.info("stk push accepted", checkout_request_id=accepted.checkout_request_id)
     return InitiateResult(
         202,
@@ -144,15 +162,18 @@ async def _apply(conn: Connection, cb: StkCallback, raw: bytes, remote_addr: str
         remote_addr, readable(raw), None, cb.checkout_request_id, cb.merchant_request_id, cb.result_code,
         cb.result_desc, cb.amount_kes, cb.receipt, cb.transaction_at, cb.phone_masked, "duplicate", raw,
     )  # fmt: skip
+    await conn.execute(q.lock_checkout, cb.checkout_request_id)
     row = await conn.fetchrow(q.deposit_for_update_by_checkout, cb.checkout_request_id)
     view = (
         None
         if row is None
-        else DepositView(row["status"], row["amount_kes"], row["mpesa_receipt"], row["failure_code"])
+        else DepositView(
+            row["status"], row["amount_kes"], row["mpesa_receipt"], row["failure_code"], row["received_kes"]
+        )
     )
     decision = decide(view, cb)
     deposit_id = None if row is None else row["id"]
-    if decision.action is Action.SUCCEED and await _receipt_taken(conn, cb.receipt):
+    if decision.action in (Action.SUCCEED, Action.ATTACH_RECEIPT) and await _receipt_taken(conn, cb.receipt):
         decision = decision.__class__(
             Action.REVIEW, "this M-Pesa receipt was already used by another deposit", "needs_review"
         )
@@ -165,6 +186,8 @@ async def _apply(conn: Connection, cb: StkCallback, raw: bytes, remote_addr: str
         enqueue = await conn.fetchval(q.insert_job, complete_job_id(deposit_id), COMPLETE_FUNCTION, deposit_id, False)
         enqueue = enqueue or complete_job_id(deposit_id)
         disposition = "succeeded"
+    elif decision.action is Action.ATTACH_RECEIPT:
+        await conn.execute(q.deposit_attach_receipt, deposit_id, cb.receipt, cb.transaction_at)
     elif decision.action is Action.FAIL:
         await conn.execute(q.deposit_failed, deposit_id, str(cb.result_code), decision.reason)
         disposition = "failed"

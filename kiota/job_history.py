@@ -68,8 +68,8 @@ class JobHistory:
     async def waiting(self, retry_in: float) -> None:
         await self._pool.execute(load_queries().job_waiting, self.job_id, retry_in)
 
-    async def blocked(self, reason: str) -> None:
-        await self._pool.execute(load_queries().job_blocked, self.job_id, reason)
+    async def blocked(self, reason: str, recheck_in: float | None = None) -> None:
+        await self._pool.execute(load_queries().job_blocked, self.job_id, reason, recheck_in)
 
     async def gave_up(self, error: str) -> None:
         await self._pool.execute(load_queries().job_gave_up, self.job_id, error[:2000])

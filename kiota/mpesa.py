@@ -225,6 +225,7 @@ class Action(StrEnum):
     SUCCEED = "succeed"  # pending → processing: book the KES, enqueue the completion
     FAIL = "fail"  # pending → failed with the code's reason
     DUPLICATE = "duplicate"  # the same result again: record only
+    ATTACH_RECEIPT = "attach_receipt"  # the success the STK query already booked: keep its receipt, nothing else
     REVIEW = "review"  # money whose owner or amount is unclear: suspense + review, never credited
     NOTE_FAILURE = "note_failure"  # a failure for nothing we know, or after the fact: record only
 
@@ -244,6 +245,7 @@ class DepositView:
     amount_kes: int
     receipt: str | None
     failure_code: str | None
+    received_kes: int | None = None  # set once a success was booked (by a callback or the STK query)
 
 
 def decide(deposit: DepositView | None, callback: StkCallback) -> Decision:
@@ -267,6 +269,9 @@ def _decide_success(deposit: DepositView, callback: StkCallback) -> Decision:
         if deposit.receipt == callback.receipt:
             return Decision(Action.DUPLICATE)
         return Decision(Action.REVIEW, "a second successful callback with another receipt")
+    if deposit.received_kes is not None and callback.amount_kes == deposit.received_kes:
+        # The STK query found this payment first (it carries no receipt): the same money, once.
+        return Decision(Action.ATTACH_RECEIPT)
     if deposit.status == "pending":
         if callback.amount_kes != deposit.amount_kes:
             return Decision(

@@ -50,10 +50,17 @@ class Outcome(StrEnum):
     REVIEW = "review"  # a person must look (over the maximum, reverted)
 
 
+# A blocked job looks again by itself: a cap frees as its window slides; a guard that an
+# operator released is noticed even if the release raced the block.
+CAP_RECHECK_SECONDS = 60.0
+GUARD_RECHECK_SECONDS = 300.0
+
+
 @dataclass(frozen=True, slots=True)
 class PayoutResult:
     outcome: Outcome
     detail: str = ""
+    recheck_in: float | None = None
 
 
 @dataclass(slots=True)
@@ -66,6 +73,10 @@ class LaneConfig:
 
 class LaneBusy(KiotaError):
     """Another worker owns the treasury lane right now."""
+
+
+class NonceTaken(KiotaError):
+    """The payout's nonce was mined by a transaction that is none of its attempts."""
 
 
 def lane_key(chain_id: int, address: str) -> int:
@@ -110,14 +121,9 @@ async def pay_deposit(
     bound = log.bind(deposit_id=str(deposit_id))
     guards = await pool.fetchrow(q.guards)
     assert guards is not None  # the migration inserts the one row
-    if guards["kill_switch"]:
-        return PayoutResult(Outcome.BLOCKED, "the payout kill switch is on")
-    if guards["lane_paused"]:
-        return PayoutResult(Outcome.BLOCKED, f"the payout lane is paused: {guards['pause_reason']}")
-    if deposit["amount_usdc"] > guards["per_deposit_max_micro"]:
-        reason = "the payout is above the per-deposit maximum"
-        await pool.execute(q.deposit_to_review, deposit_id, reason)
-        return PayoutResult(Outcome.REVIEW, reason)
+    stopped = await _guards_stop(pool, guards, deposit)
+    if stopped is not None:
+        return stopped
     try:
         async with treasury_lane(pool, lane_key(treasury.chain_id, treasury.address), config.lock_wait_seconds) as conn:
             payout = await _live_payout(conn, treasury, deposit)
@@ -142,6 +148,26 @@ async def pay_deposit(
             return PayoutResult(Outcome.COMPLETED, receipt.tx_hash)
     except LaneBusy as exc:
         return PayoutResult(Outcome.WAITING, str(exc))
+    except NonceTaken as exc:
+        reason = f"{exc}: the treasury key was used elsewhere; check the treasury before retrying"
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.payout_cancelled, deposit_id)
+            await conn.execute(q.deposit_to_review, deposit_id, reason)
+        log.error("payout nonce taken by another transaction", deposit_id=str(deposit_id), error=str(exc))
+        return PayoutResult(Outcome.REVIEW, reason)
+
+
+async def _guards_stop(pool: asyncpg.Pool, guards: asyncpg.Record, deposit: asyncpg.Record) -> PayoutResult | None:
+    if guards["kill_switch"]:
+        return PayoutResult(Outcome.BLOCKED, "the payout kill switch is on", GUARD_RECHECK_SECONDS)
+    if guards["lane_paused"]:
+        reason = f"the payout lane is paused: {guards['pause_reason']}"
+        return PayoutResult(Outcome.BLOCKED, reason, GUARD_RECHECK_SECONDS)
+    if deposit["amount_usdc"] > guards["per_deposit_max_micro"]:
+        reason = "the payout is above the per-deposit maximum"
+        await pool.execute(load_queries().deposit_to_review, deposit["id"], reason)
+        return PayoutResult(Outcome.REVIEW, reason)
+    return None
 
 
 async def _live_payout(conn: Connection, treasury: Treasury, deposit: asyncpg.Record) -> asyncpg.Record:
@@ -167,7 +193,9 @@ async def _check_caps_and_funds(
     for window, cap_name in ((HOUR, "hourly_cap_micro"), (DAY, "daily_cap_micro")):
         spent = await conn.fetchval(q.paid_out_since, treasury.chain_id, window)
         if spent + amount > guards[cap_name]:
-            return PayoutResult(Outcome.BLOCKED, f"the {cap_name.split('_')[0]} payout cap would be exceeded")
+            return PayoutResult(
+                Outcome.BLOCKED, f"the {cap_name.split('_')[0]} payout cap would be exceeded", CAP_RECHECK_SECONDS
+            )
     in_flight = await conn.fetchval(q.in_flight_micro, treasury.chain_id)
     usdc = await treasury.usdc_balance()
     fees = await treasury.fee_quote()
@@ -182,7 +210,7 @@ async def _check_caps_and_funds(
     await conn.execute(q.pause_lane, shortfall)
     # An alert: an error line here and the paused lane in /metrics and the dashboard.
     log.error("payout lane paused: treasury shortfall", reason=shortfall, treasury=treasury.address)
-    return PayoutResult(Outcome.BLOCKED, f"the payout lane is paused: {shortfall}")
+    return PayoutResult(Outcome.BLOCKED, f"the payout lane is paused: {shortfall}", GUARD_RECHECK_SECONDS)
 
 
 async def _allocate_nonce(conn: Connection, treasury: Treasury) -> int:
@@ -238,9 +266,12 @@ async def _broadcast_or_bump(conn: Connection, treasury: Treasury, payout: async
 async def _replace(conn: Connection, treasury: Treasury, payout: asyncpg.Record, latest: SignedTx) -> None:
     """The same nonce, re-signed with fees raised at least 12.5%; stored before it is sent."""
     for _ in range(10):  # each refusal raises the offer again; the cap bounds it
-        replacement = treasury.sign_transfer(
-            payout["to_address"], payout["amount_micro"], latest.nonce, latest.fees.bumped(await treasury.fee_quote())
-        )
+        fees = latest.fees.bumped(await treasury.fee_quote())
+        if fees == latest.fees:  # at the cap: the same transaction again; re-send it and wait
+            log.error("payout fees at the cap and still unmined", payout_id=payout["id"], nonce=latest.nonce)
+            await _broadcast(conn, treasury, latest)
+            return
+        replacement = treasury.sign_transfer(payout["to_address"], payout["amount_micro"], latest.nonce, fees)
         await _store_attempt(conn, payout["id"], replacement)
         log.warning(
             "payout re-signed with higher fees",
@@ -269,6 +300,13 @@ async def _watch(conn: Connection, treasury: Treasury, payout: asyncpg.Record, c
             if receipt is not None:
                 return receipt
         latest = attempts[-1]
+        if await treasury.mined_nonce() > latest["nonce"]:
+            # Mined past our nonce: one of our attempts (look again: it may have just landed) or not ours.
+            for attempt in reversed(attempts):
+                receipt = await treasury.receipt(attempt["tx_hash"])
+                if receipt is not None:
+                    return receipt
+            raise NonceTaken(f"nonce {latest['nonce']} was used by a transaction that is not this payout")
         head = await treasury.head()
         if latest["broadcast_block"] is not None and head - latest["broadcast_block"] >= config.replace_after_blocks:
             await _replace(conn, treasury, payout, _stored(latest))
@@ -294,7 +332,11 @@ async def _settle(
 ) -> None:
     """The conversion and payout entry, the deposit completed, the payout confirmed: one transaction."""
     q = load_queries()
-    balance = await treasury.usdc_balance(deposit["deposit_address"], receipt.block_number)
+    try:  # only a cache: read at "latest" (a pruned node has no old state) and never block settling
+        balance: int | None = await treasury.usdc_balance(deposit["deposit_address"])
+        head = await treasury.head()
+    except ChainUnavailable:
+        balance, head = None, receipt.block_number
     async with conn.transaction():
         await post_entry(
             conn,
@@ -304,4 +346,5 @@ async def _settle(
         )
         await conn.execute(q.payout_confirmed, payout_id, receipt.tx_hash, receipt.block_number)
         await conn.execute(q.deposit_completed, deposit["id"], receipt.tx_hash)
-        await conn.execute(q.upsert_wallet_balance, deposit["user_id"], balance, receipt.block_number)
+        if balance is not None:
+            await conn.execute(q.upsert_wallet_balance, deposit["user_id"], balance, head)

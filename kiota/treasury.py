@@ -125,6 +125,10 @@ class Treasury:
         )
         return int.from_bytes(bytes(raw), "big")
 
+    async def mined_nonce(self) -> int:
+        """How many of our transactions are mined: any nonce below it is used, by us or not."""
+        return int(await self._call(self.w3.eth.get_transaction_count(self._account.address, "latest")))
+
     async def pending_nonce(self) -> int:
         return int(await self._call(self.w3.eth.get_transaction_count(self._account.address, "pending")))
 

@@ -19,9 +19,17 @@ SET status = 'needs_review', review_reason = $2, updated_at = now()
 WHERE id = $1 AND status IN ('pending', 'processing', 'failed');
 
 -- name: deposit_for_update_by_checkout
-SELECT id, user_id, status, amount_kes, amount_usdc, mpesa_receipt, failure_code
+SELECT id, user_id, status, amount_kes, amount_usdc, mpesa_receipt, failure_code, received_kes
 FROM deposits WHERE checkout_request_id = $1
 FOR UPDATE;
+
+-- name: deposit_attach_receipt
+UPDATE deposits SET mpesa_receipt = $2, paid_at_mpesa = $3, updated_at = now()
+WHERE id = $1 AND mpesa_receipt IS NULL;
+
+-- name: lock_checkout
+-- Serialises the push being recorded and its callback arriving early (same CheckoutRequestID).
+SELECT pg_advisory_xact_lock(hashtextextended($1, 0));
 
 -- name: deposit_succeeded
 UPDATE deposits

@@ -31,7 +31,10 @@ SET status = 'retrying', next_run_at = now() + make_interval(secs => $2), update
 WHERE id = $1;
 
 -- name: job_blocked
-UPDATE jobs SET status = 'blocked', blocked_reason = $2, updated_at = now() WHERE id = $1;
+UPDATE jobs
+SET status = 'blocked', blocked_reason = $2, updated_at = now(),
+    next_run_at = CASE WHEN $3::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $3) END
+WHERE id = $1;
 
 -- name: job_gave_up
 UPDATE jobs SET status = 'failed', last_error = $2, finished_at = now(), updated_at = now() WHERE id = $1;
@@ -59,6 +62,7 @@ RETURNING id;
 -- included: if Redis holds neither it nor its in-progress key, it died unrecorded.
 SELECT id, function, deposit_id, status FROM jobs
 WHERE (status IN ('queued', 'retrying') AND coalesce(next_run_at, created_at) <= now() - make_interval(secs => $1))
+   OR (status = 'blocked' AND next_run_at <= now())
    OR (status = 'running' AND updated_at <= now() - make_interval(secs => $1))
 ORDER BY created_at LIMIT $2;
 

@@ -46,7 +46,8 @@ UPDATE payouts SET nonce = $2, status = 'signed', updated_at = now() WHERE id = 
 
 -- name: insert_attempt
 INSERT INTO payout_attempts (payout_id, nonce, tx_hash, raw_tx, max_fee_per_gas, max_priority_fee_per_gas, gas_limit)
-VALUES ($1, $2, $3, $4, $5, $6, $7);
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (tx_hash) DO NOTHING;
 
 -- name: attempt_broadcast
 UPDATE payout_attempts SET broadcast_at = coalesce(broadcast_at, now()), broadcast_block = coalesce(broadcast_block, $2)
@@ -68,3 +69,7 @@ INSERT INTO wallet_balances (user_id, usdc_micro, block_number) VALUES ($1, $2, 
 ON CONFLICT (user_id) DO UPDATE SET usdc_micro = EXCLUDED.usdc_micro, block_number = EXCLUDED.block_number,
     updated_at = now()
 WHERE wallet_balances.block_number <= EXCLUDED.block_number;
+
+-- name: payout_cancelled
+UPDATE payouts SET status = 'cancelled', updated_at = now(), settled_at = now()
+WHERE deposit_id = $1 AND status IN ('created', 'signed');

@@ -15,7 +15,7 @@ from kiota.dev.chain import BASE_USDC_ADDRESS, mint_usdc, usdc_balance
 from kiota.ledger import user_account
 from kiota.ledger_store import balance
 from kiota.payouts import pay_deposit
-from kiota.treasury import Treasury
+from kiota.treasury import Fees, Treasury
 from tests.conftest import MpesaSystem
 from tests.integration.test_mpesa_flow import counts, transfers_from
 from tests.support import TREASURY_KEY, free_port
@@ -194,7 +194,9 @@ async def test_hourly_cap_blocks_payouts(mpesa_system: MpesaSystem) -> None:
         return (await job_of(system, second)).get("status") == "blocked"
 
     await wait_for(blocked)
-    assert "hourly" in str((await job_of(system, second))["blocked_reason"])
+    job = await job_of(system, second)
+    assert "hourly" in str(job["blocked_reason"])
+    assert job["next_run_at"] is not None  # it looks again by itself as the window slides
 
 
 async def test_an_rpc_down_for_good_ends_in_review_and_an_operator_retry_completes(mpesa_system: MpesaSystem) -> None:
@@ -261,3 +263,28 @@ async def test_metrics_show_the_paused_lane_and_deposits(mpesa_system: MpesaSyst
     assert "kiota_payout_lane_paused 1.0" in text
     assert 'kiota_deposits{kind="mpesa",status="processing"} 1.0' in text
     assert 'kiota_jobs{status="blocked"} 1.0' in text
+
+
+async def test_a_nonce_taken_by_another_transaction_cancels_the_payout_for_review(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    await rpc(system, "evm_setAutomine", False)
+    body = (await system.initiate("kim", 1295)).json()
+
+    async def broadcast() -> bool:
+        return bool(await system.pool.fetchval("SELECT count(*) FROM payout_attempts WHERE broadcast_at IS NOT NULL"))
+
+    await wait_for(broadcast)
+    ours = await system.pool.fetchrow("SELECT * FROM payout_attempts")
+    # Someone uses the treasury key elsewhere: same nonce, higher fees, replaces ours in the pool.
+    other = Treasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    try:
+        fees = Fees(int(ours["max_fee_per_gas"]) * 3, int(ours["max_priority_fee_per_gas"]) * 3)
+        await other.broadcast(other.sign_self_send(ours["nonce"], fees).raw_tx)
+    finally:
+        await other.aclose()
+    async with mining(system):
+        review = await system.wait_status("kim", body["deposit_id"], "needs_review")
+    assert "not this payout" in review["failure_reason"]
+    assert await system.pool.fetchval("SELECT status FROM payouts") == "cancelled"
+    assert await transfers_from(system, system.treasury_address) == []
+    assert await balance(system.pool, user_account("kim", "USDC")) == 0

@@ -193,3 +193,21 @@ async def test_postgres_restarted_mid_run_callbacks_get_5xx_and_all_complete_aft
     for i, body in enumerate(bodies):  # the STK query recovers what the callbacks could not record
         await system.wait_status(f"pg{i}", body["deposit_id"], "completed", seconds=60)
     assert len(await transfers_from(system, system.treasury_address)) == 3
+
+
+@pytest.mark.system_settings(mpesa_query_after_seconds=1)
+async def test_a_late_callback_after_the_query_booked_the_money_only_attaches_its_receipt(
+    mpesa_system: MpesaSystem,
+) -> None:
+    system = mpesa_system
+    system.simulator.set_scenario(Scenario(outcome="success", lose_callback=True, delay_seconds=0.2), next_push=True)
+    body = (await system.initiate("rae", 1295)).json()
+    await system.wait_status("rae", body["deposit_id"], "completed", seconds=30)
+    late = await system.simulator.send_callback(body["checkout_request_id"])  # the lost callback, at last
+    assert late.status_code == 200
+    done = await system.deposit("rae", body["deposit_id"])
+    assert done["status"] == "completed" and done["mpesa_receipt"]
+    assert await balance(system.pool, "suspense:KES") == 0
+    assert await system.pool.fetchval("SELECT count(*) FROM review_items") == 0
+    assert await balance(system.pool, user_account("rae", "USDC")) == 10_000_000
+    assert await balance(system.pool, "mpesa_float:KES") == 1295  # booked once

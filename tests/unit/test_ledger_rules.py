@@ -79,3 +79,20 @@ def test_business_entries(entry: ledger.Entry, key: str, moves: set[tuple[str, s
     assert entry.key == key
     assert {(p.account, p.direction.value, p.amount) for p in entry.postings} == moves
     assert all(debit == credit for debit, credit in _per_asset(entry).values())
+
+
+@pytest.mark.parametrize(
+    ("last", "fresh"),
+    [((100, 10), (50, 5)), ((100, 10), (400, 40)), ((10**9, 10**6), (1, 1)), ((199 * 10**9, 10**9), (1, 1))],
+)
+def test_fee_bumps_are_at_least_an_eighth_and_capped(last: tuple[int, int], fresh: tuple[int, int]) -> None:
+    from kiota.treasury import MAX_FEE_CAP_WEI, Fees
+
+    old, new = Fees(*last), Fees(*last).bumped(Fees(*fresh))
+    assert new.max_fee_per_gas <= MAX_FEE_CAP_WEI and new.max_priority_fee_per_gas <= MAX_FEE_CAP_WEI
+    assert new.max_priority_fee_per_gas <= new.max_fee_per_gas
+    if new.max_fee_per_gas < MAX_FEE_CAP_WEI:
+        assert new.max_fee_per_gas * 1000 >= old.max_fee_per_gas * 1125
+        assert new.max_fee_per_gas >= fresh[0]
+    capped = Fees(MAX_FEE_CAP_WEI, MAX_FEE_CAP_WEI)
+    assert capped.bumped(Fees(*fresh)) == capped  # at the cap nothing changes: the lane re-sends, not re-signs
