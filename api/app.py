@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
-from api.routers import deposits, health, metrics, mpesa_callback, portfolio
+from api.routers import deposits, health, intents, metrics, mpesa_callback, portfolio
 from kiota.daraja import DarajaClient
 from kiota.db import close_pool, create_pool
 from kiota.hdwallet import ExtendedPublicKey
@@ -73,5 +73,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(portfolio.router, prefix="/api/v1")
     app.include_router(deposits.router, prefix="/api/v1")
+    app.include_router(intents.router, prefix="/api/v1")
     app.include_router(mpesa_callback.router, prefix="/api/v1")
     return app

@@ -12,6 +12,7 @@ from arq import Retry
 
 from kiota.deposits import COMPLETE_FUNCTION
 from kiota.errors import ChainUnavailable
+from kiota.ingester import scan_round
 from kiota.job_history import JobHistory, backoff_seconds, enqueue
 from kiota.lost_callbacks import query_deposit
 from kiota.payouts import Outcome, pay_deposit
@@ -101,6 +102,18 @@ async def query_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
         await enqueue(ctx["redis"], COMPLETE_FUNCTION, outcome.enqueue_job_id, deposit_id)
     await history.succeeded()
     return outcome.action
+
+
+async def scan_chain_tick(ctx: dict[str, Any]) -> str:
+    """One ingester round when INTENT_POLL_SECONDS have passed (a unique cron ticks every second)."""
+    settings = ctx["settings"]
+    pool: asyncpg.Pool = ctx["pool"]
+    if not await pool.fetchval(load_queries().maintenance_due, "scan_chain", settings.intent_poll_seconds - 0.5):
+        return "not due"
+    report = await scan_round(pool, ctx["chain_reader"], ctx["scan_config"])
+    if report is None:
+        return "node lagging"
+    return f"blocks {report.start}-{report.end} matched={report.matched} credited={report.credited}"
 
 
 async def sweep_tick(ctx: dict[str, Any]) -> str:

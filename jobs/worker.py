@@ -21,9 +21,10 @@ import structlog
 from arq import cron
 from arq.worker import Worker, func
 
-from jobs.mpesa import complete_mpesa_deposit, query_mpesa_deposit, sweep_tick
+from jobs.mpesa import complete_mpesa_deposit, query_mpesa_deposit, scan_chain_tick, sweep_tick
 from kiota.daraja import DarajaClient
 from kiota.db import close_pool, create_pool
+from kiota.ingester import ChainReader, ScanConfig
 from kiota.logging import configure_logging
 from kiota.payouts import LaneConfig
 from kiota.queue import deserialize_job, redis_settings, serialize_job
@@ -59,6 +60,14 @@ async def startup(ctx: dict[str, Any]) -> None:
         settings.base_usdc_address,
     )
     ctx["daraja"] = DarajaClient.from_settings(settings)
+    ctx["chain_reader"] = ChainReader(settings.base_rpc_url)
+    ctx["scan_config"] = ScanConfig(
+        chain_id=settings.base_chain_id,
+        token=settings.base_usdc_address,
+        treasury=ctx["treasury"].address,
+        confirmations_required=settings.deposit_confirmations_required,
+        max_checks=settings.intent_max_checks,
+    )
     ctx.setdefault("lane_config", LaneConfig())
     ctx.setdefault("backoff_base_seconds", 1.0)
     ctx.setdefault("query_backoff_seconds", 30.0)
@@ -103,7 +112,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if ctx.get("liveness") is not None:
         with contextlib.suppress(Exception):  # the connection may have died with PostgreSQL
             await ctx["pool"].release(ctx["liveness"])
-    for client in ("treasury", "daraja"):
+    for client in ("treasury", "daraja", "chain_reader"):
         if ctx.get(client) is not None:
             await ctx[client].aclose()
     if ctx.get("pool") is not None:
@@ -145,6 +154,7 @@ SWEEP_TICK_SECONDS = 5  # how often the sweeper looks; SWEEP_SECONDS gates the R
 CRON_JOBS = [
     cron(heartbeat, second={0, 30}, run_at_startup=False, timeout=10),
     cron(sweep_tick, second=set(range(0, 60, SWEEP_TICK_SECONDS)), unique=True, timeout=30, keep_result=0),
+    cron(scan_chain_tick, second=set(range(60)), unique=True, timeout=30, keep_result=0),
 ]
 
 

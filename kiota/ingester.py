@@ -1,0 +1,214 @@
+"""The chain ingester: one scan per round, whatever the number of deposit addresses.
+
+Each round fetches the USDC Transfer logs of the new block range once, unfiltered
+by recipient, and matches them locally against every deposit address (a topic2
+OR-list would cost a call per 1,000 addresses; one unfiltered query costs the same
+at 10 or 10,000 addresses). The last blocks are rescanned every round: a transfer
+whose log is gone is orphaned, one that reappears in another block is updated.
+A transfer is credited once it has the required confirmations and was seen in
+this round's canonical answer, in the same transaction that completes its intent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import structlog
+
+from kiota import ledger
+from kiota.db import Connection
+from kiota.errors import ChainUnavailable, KiotaError
+from kiota.ledger_store import post_entry
+from kiota.sql import load_queries
+from kiota.usdc import (
+    TRANSFER_TOPIC,
+    classify,
+    decode_transfer,
+    intent_end,
+    next_ranges,
+    payment_flags,
+)
+
+log = structlog.get_logger(__name__)
+
+MAX_429_RETRIES = 5
+MIN_RANGE_SPLITS = 64  # a provider refusing even one block is broken, not strict
+
+
+class RangeRefused(KiotaError):
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(str(error.get("message")))
+        self.error = error
+
+
+def _is_range_refusal(error: dict[str, Any]) -> bool:
+    message = str(error.get("message", "")).lower()
+    return error.get("code") == -32005 or any(
+        word in message for word in ("block range", "range", "exceed", "too many", "limit")
+    )
+
+
+class ChainReader:
+    """A JSON-RPC reader that counts its calls and handles providers' limits."""
+
+    def __init__(self, rpc_url: str, http: httpx.AsyncClient | None = None) -> None:
+        self.rpc_url = rpc_url
+        self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
+        self._owns_http = http is None
+        self.calls = 0
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def rpc(self, method: str, params: list[Any]) -> Any:
+        for attempt in range(MAX_429_RETRIES + 1):
+            self.calls += 1
+            try:
+                response = await self._http.post(
+                    self.rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+                )
+            except httpx.HTTPError as exc:
+                raise ChainUnavailable(f"{method}: {type(exc).__name__}: {exc}") from exc
+            if response.status_code == 429 and attempt < MAX_429_RETRIES:
+                retry_after = response.headers.get("retry-after", "")
+                await asyncio.sleep(float(retry_after) if retry_after.isdigit() else 0.2 * 2**attempt)
+                continue
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if not isinstance(body, dict) or (response.status_code >= 400 and "error" not in body):
+                raise ChainUnavailable(f"{method}: HTTP {response.status_code}")
+            # Some providers (Alchemy's free tier) refuse a wide range with HTTP 400 and an error body.
+            if "error" in body:
+                error: dict[str, Any] = body["error"]
+                if method == "eth_getLogs" and _is_range_refusal(error):
+                    raise RangeRefused(error)
+                raise ChainUnavailable(f"{method}: {error}")
+            return body.get("result")
+        raise ChainUnavailable(f"{method}: rate limited")  # pragma: no cover - the loop returns or raises
+
+    async def head(self) -> int:
+        return int(await self.rpc("eth_blockNumber", []), 16)
+
+    async def transfer_logs(self, token: str, start: int, end: int, depth: int = 0) -> list[dict[str, Any]]:
+        """All Transfer logs of `token` in [start, end], splitting the range when a provider refuses it."""
+        try:
+            result: list[dict[str, Any]] = await self.rpc(
+                "eth_getLogs",
+                [{"fromBlock": hex(start), "toBlock": hex(end), "address": token, "topics": [TRANSFER_TOPIC]}],
+            )
+            return result
+        except RangeRefused as refusal:
+            if start >= end or depth > MIN_RANGE_SPLITS:
+                raise ChainUnavailable(f"provider refuses even blocks {start}-{end}: {refusal}") from refusal
+            first, second = next_ranges(start, end, refusal.error)
+            return [
+                *await self.transfer_logs(token, *first, depth=depth + 1),
+                *await self.transfer_logs(token, *second, depth=depth + 1),
+            ]
+
+
+@dataclass(frozen=True, slots=True)
+class ScanConfig:
+    chain_id: int
+    token: str
+    treasury: str | None
+    confirmations_required: int
+    max_checks: int
+    rescan_blocks: int = 12
+
+
+@dataclass(frozen=True, slots=True)
+class RoundReport:
+    start: int
+    end: int
+    head: int
+    matched: int
+    credited: int
+    orphaned: int
+    rpc_calls: int
+
+
+async def scan_round(pool: asyncpg.Pool, reader: ChainReader, config: ScanConfig) -> RoundReport | None:
+    q = load_queries()
+    started = datetime.now(UTC)
+    calls_before = reader.calls
+    head = await reader.head()
+    rescan = max(config.rescan_blocks, config.confirmations_required + 2)
+    cursor = await pool.fetchval(q.chain_cursor, config.chain_id)
+    next_block = max(0, head - rescan) if cursor is None else min(cursor, head + 1)
+    start, end = max(0, next_block - rescan), head
+    logs = await reader.transfer_logs(config.token.lower(), start, end)
+    if not logs and await reader.head() < end:  # a lagging node answers "nothing" for blocks it lacks
+        return None
+    addresses = {row["address"]: row["id"] for row in await pool.fetch(q.deposit_addresses)}
+    transfers = [t for t in map(decode_transfer, logs) if t is not None and t.recipient in addresses]
+    own = {r["tx_hash"] for r in await pool.fetch(q.own_payout_hashes, [t.tx_hash for t in transfers])}
+    async with pool.acquire() as conn, conn.transaction():
+        for transfer in transfers:
+            kind = classify(transfer, config.treasury, own)
+            await conn.execute(
+                q.upsert_transfer, config.chain_id, transfer.tx_hash, transfer.log_index, transfer.block_number,
+                transfer.block_hash, transfer.token, transfer.sender, transfer.recipient, transfer.amount,
+                addresses[transfer.recipient], kind,
+            )  # fmt: skip
+        orphaned = await conn.fetch(
+            q.orphan_missing, config.chain_id, start, end,
+            [t.tx_hash for t in transfers], [t.log_index for t in transfers],
+        )  # fmt: skip
+        credited = await _credit(conn, config, head, start)
+        await _advance_intents(conn, config, head, started)
+        await conn.execute(q.store_cursor, config.chain_id, end + 1)
+        calls = reader.calls - calls_before
+        await conn.execute(q.insert_round, config.chain_id, start, end, head, calls, len(transfers), started)
+    report = RoundReport(start, end, head, len(transfers), credited, len(orphaned), calls)
+    if orphaned:
+        log.warning("transfers orphaned by a reorg", count=len(orphaned), start=start, end=end)
+    return report
+
+
+async def _credit(conn: Connection, config: ScanConfig, head: int, start: int) -> int:
+    """Credit confirmed deposits seen in this round's canonical answer (block >= start), once each."""
+    q = load_queries()
+    due = await conn.fetch(q.transfers_to_credit, config.chain_id, head - config.confirmations_required + 1, start)
+    for row in due:
+        amount = int(row["amount_micro"])
+        await post_entry(
+            conn, ledger.usdc_received(config.chain_id, row["tx_hash"], row["log_index"], row["user_id"], amount)
+        )
+        intent = await conn.fetchrow(q.open_intent_of_user, row["user_id"])
+        flags: list[str]
+        if intent is not None:
+            flags = payment_flags(intent["expected_amount_usdc"], amount)
+            await conn.execute(q.intent_confirmed, intent["id"], amount, row["id"], flags)
+        else:
+            late = await conn.fetchval(q.recently_expired_intent, row["user_id"])
+            flags = ["late"] if late else ["unsolicited"]
+        await conn.execute(q.transfer_credited, row["id"], intent["id"] if intent else None, flags)
+        log.info(
+            "usdc deposit credited", user_id=row["user_id"], tx_hash=row["tx_hash"], log_index=row["log_index"],
+            amount_micro=amount, flags=flags,
+        )  # fmt: skip
+    return len(due)
+
+
+async def _advance_intents(conn: Connection, config: ScanConfig, head: int, started: datetime) -> None:
+    """A round that covered an open intent counts; then ttl, then max_checks (confirmed came first)."""
+    q = load_queries()
+    await conn.execute(q.intents_confirming, config.chain_id)
+    await conn.execute(q.count_intent_checks, started)
+    now = datetime.now(UTC)
+    for intent in await conn.fetch(q.open_intents):
+        end = intent_end(
+            credited=False, expires_at=intent["expires_at"], now=now, checks=intent["checks"],
+            max_checks=config.max_checks,
+        )  # fmt: skip
+        if end is not None:
+            await conn.execute(q.intent_expired, intent["id"], end)

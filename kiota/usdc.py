@@ -1,0 +1,90 @@
+"""USDC-on-Base rules, pure: log decoding, classification, confirmations, range splitting, intent ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+INTENT_OPEN = ("awaiting_payment", "confirming")
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLog:
+    tx_hash: str
+    log_index: int
+    block_number: int
+    block_hash: str
+    token: str
+    sender: str
+    recipient: str
+    amount: int
+
+
+def _address(topic: str) -> str:
+    return "0x" + topic[-40:].lower()
+
+
+def decode_transfer(log: dict[str, Any]) -> TransferLog | None:
+    """A Transfer log as ours, or None when it is not a well-formed ERC-20 Transfer."""
+    topics = log.get("topics") or []
+    if len(topics) != 3 or str(topics[0]).lower() != TRANSFER_TOPIC or log.get("removed"):
+        return None
+    data = str(log.get("data") or "0x")
+    if len(data) != 66:
+        return None
+    return TransferLog(
+        tx_hash=str(log["transactionHash"]).lower(),
+        log_index=int(log["logIndex"], 16),
+        block_number=int(log["blockNumber"], 16),
+        block_hash=str(log["blockHash"]).lower(),
+        token=str(log["address"]).lower(),
+        sender=_address(str(topics[1])),
+        recipient=_address(str(topics[2])),
+        amount=int(data, 16),
+    )
+
+
+def classify(transfer: TransferLog, treasury: str | None, own_tx_hashes: set[str]) -> str:
+    """Our own money moving (a treasury payout) is never a deposit."""
+    if treasury is not None and transfer.sender == treasury.lower():
+        return "treasury"
+    if transfer.tx_hash in own_tx_hashes:
+        return "own_payout"
+    return "deposit"
+
+
+def confirmations(head: int, block: int) -> int:
+    return max(0, head - block + 1)
+
+
+def next_ranges(start: int, end: int, error: dict[str, Any] | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Split a refused range: the provider's suggested range when it gives one, else halves."""
+    data = (error or {}).get("data")
+    if isinstance(data, dict) and "from" in data and "to" in data:
+        try:
+            suggested_from, suggested_to = int(str(data["from"]), 16), int(str(data["to"]), 16)
+        except ValueError:
+            suggested_from, suggested_to = start, start - 1
+        if suggested_from == start and start <= suggested_to < end:
+            return (start, suggested_to), (suggested_to + 1, end)
+    middle = (start + end) // 2
+    return (start, middle), (middle + 1, end)
+
+
+def payment_flags(expected: int | None, received: int) -> list[str]:
+    if expected is None or expected == received:
+        return []
+    return ["underpaid"] if received < expected else ["overpaid"]
+
+
+def intent_end(*, credited: bool, expires_at: datetime, now: datetime, checks: int, max_checks: int) -> str | None:
+    """When several ends are due at once, the first that applies wins: confirmed, ttl, max_checks."""
+    if credited:
+        return "confirmed"
+    if now >= expires_at:
+        return "ttl"
+    if checks >= max_checks:
+        return "max_checks"
+    return None

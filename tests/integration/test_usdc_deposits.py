@@ -1,0 +1,266 @@
+"""USDC deposits on Base: intents, the ingester, confirmations, reorgs, late and unsolicited transfers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from web3.types import RPCEndpoint
+
+from kiota.dev.chain import BASE_USDC_ADDRESS, install_usdc, mint_usdc
+from kiota.ingester import ChainReader, ScanConfig, scan_round
+from kiota.ledger import user_account
+from kiota.ledger_store import balance
+from tests.conftest import MpesaSystem
+from tests.support import bearer
+
+FAST = {"intent_poll_seconds": 1, "deposit_confirmations_required": 2}
+
+
+async def rpc(system: MpesaSystem, method: str, *params: object) -> Any:
+    return (await system.w3.provider.make_request(RPCEndpoint(method), list(params))).get("result")
+
+
+async def create_intent(system: MpesaSystem, user: str, expected: str | None = "25.50") -> dict[str, Any]:
+    body = {"expected_amount_usdc": expected} if expected is not None else {}
+    response = await system.http.post("/api/v1/deposit/intent/create", json=body, headers=bearer(user))
+    assert response.status_code in (200, 201), response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def intent(system: MpesaSystem, user: str, intent_id: str) -> dict[str, Any]:
+    response = await system.http.get(f"/api/v1/deposit/intents/{intent_id}", headers=bearer(user))
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def wait_intent(
+    system: MpesaSystem, user: str, intent_id: str, status: str, seconds: float = 20
+) -> dict[str, Any]:
+    async with asyncio.timeout(seconds):
+        while (body := await intent(system, user, intent_id))["status"] != status:
+            await asyncio.sleep(0.1)
+    return body
+
+
+async def rounds(system: MpesaSystem) -> int:
+    return int(await system.pool.fetchval("SELECT count(*) FROM scan_rounds"))
+
+
+async def wait_rounds(system: MpesaSystem, n: int) -> None:
+    target = await rounds(system) + n
+    async with asyncio.timeout(30):
+        while await rounds(system) < target:
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.system_settings(**FAST)
+async def test_transfer_confirms_and_is_credited_once(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    created = await create_intent(system, "ada")
+    assert created["status"] == "awaiting_payment" and created["chain_id"] == 8453
+    assert created["confirmations_required"] == 2 and created["token_address"] == BASE_USDC_ADDRESS
+    again = await system.http.post(
+        "/api/v1/deposit/intent/create", json={"expected_amount_usdc": "99"}, headers=bearer("ada")
+    )
+    assert again.status_code == 200 and again.json()["intent_id"] == created["intent_id"]
+
+    tx = await mint_usdc(system.w3, BASE_USDC_ADDRESS, created["deposit_address"], 25_500_000)
+    confirming = await wait_intent(system, "ada", created["intent_id"], "confirming")
+    assert confirming["tx_hash"] == tx.lower() and confirming["confirmations"] == 1
+    await wait_rounds(system, 2)  # too few confirmations: nothing is credited however often we look
+    assert await balance(system.pool, user_account("ada", "USDC")) == 0
+
+    await rpc(system, "anvil_mine")
+    done = await wait_intent(system, "ada", created["intent_id"], "completed")
+    assert done["end_reason"] == "confirmed" and done["received_amount_usdc"] == "25.500000"
+    await wait_rounds(system, 2)
+    assert await balance(system.pool, user_account("ada", "USDC")) == 25_500_000
+    portfolio = (await system.http.get("/api/v1/portfolio", headers=bearer("ada"))).json()
+    assert portfolio["balances"] == {"USDC": "25.500000"}
+
+
+@pytest.mark.system_settings(**FAST, intent_ttl_seconds=2)
+async def test_an_intent_expires_by_ttl(mpesa_system: MpesaSystem) -> None:
+    created = await create_intent(mpesa_system, "bea")
+    expired = await wait_intent(mpesa_system, "bea", created["intent_id"], "expired")
+    assert expired["end_reason"] == "ttl" and expired["checks"] >= 1
+    checks = expired["checks"]
+    await wait_rounds(mpesa_system, 2)
+    assert (await intent(mpesa_system, "bea", created["intent_id"]))["checks"] == checks  # stops when it ends
+
+
+@pytest.mark.system_settings(**FAST, intent_max_checks=3)
+async def test_an_intent_expires_by_max_checks_with_exact_checks(mpesa_system: MpesaSystem) -> None:
+    created = await create_intent(mpesa_system, "cy")
+    expired = await wait_intent(mpesa_system, "cy", created["intent_id"], "expired")
+    assert expired["end_reason"] == "max_checks" and expired["checks"] == 3
+
+
+@pytest.mark.system_settings(**FAST)
+async def test_unsolicited_and_two_in_one_block_are_credited_and_flagged(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    address = (await system.http.get("/api/v1/portfolio", headers=bearer("dan"))).json()["deposit_address"]
+    await rpc(system, "evm_setAutomine", False)
+    await mint_usdc_unmined(system, address, 1_000_000)
+    await mint_usdc_unmined(system, address, 2_000_000)
+    await rpc(system, "anvil_mine", 3)
+    await rpc(system, "evm_setAutomine", True)
+
+    async def credited() -> bool:
+        return await balance(system.pool, user_account("dan", "USDC")) == 3_000_000
+
+    async with asyncio.timeout(20):
+        while not await credited():
+            await asyncio.sleep(0.1)
+    rows = await system.pool.fetch("SELECT block_number, flags FROM chain_transfers WHERE user_id = 'dan'")
+    assert len(rows) == 2 and rows[0]["block_number"] == rows[1]["block_number"]
+    assert all(r["flags"] == ["unsolicited"] for r in rows)
+
+
+async def mint_usdc_unmined(system: MpesaSystem, to: str, amount: int) -> None:
+    data = "0x40c10f19" + to[2:].lower().rjust(64, "0") + f"{amount:064x}"
+    accounts = await system.w3.eth.accounts
+    await rpc(system, "eth_sendTransaction", {"from": accounts[0], "to": BASE_USDC_ADDRESS, "data": data})
+
+
+@pytest.mark.system_settings(**FAST)
+async def test_a_treasury_payout_to_an_address_with_an_open_intent_is_not_a_deposit(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    created = await create_intent(system, "eve")
+    body = (await system.initiate("eve", 1295)).json()
+    await system.wait_status("eve", body["deposit_id"], "completed")
+    await rpc(system, "anvil_mine", 3)
+    await wait_rounds(system, 2)
+    row = await system.pool.fetchrow("SELECT kind, status FROM chain_transfers WHERE user_id = 'eve'")
+    assert row is not None and row["kind"] == "treasury" and row["status"] == "seen"
+    assert (await intent(system, "eve", created["intent_id"]))["status"] == "awaiting_payment"
+    assert await balance(system.pool, user_account("eve", "USDC")) == 10_000_000  # the M-Pesa credit only
+
+
+@pytest.mark.system_settings(**FAST)
+async def test_another_token_is_never_credited_as_usdc(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    usdbc = "0xd9aAEc86B65D86f6A7B5B1b0c42FFA531710b6CA"
+    await install_usdc(system.w3, usdbc)
+    address = (await system.http.get("/api/v1/portfolio", headers=bearer("fox"))).json()["deposit_address"]
+    await mint_usdc(system.w3, usdbc, address, 5_000_000)
+    await rpc(system, "anvil_mine", 3)
+    await wait_rounds(system, 2)
+    assert await system.pool.fetchval("SELECT count(*) FROM chain_transfers") == 0
+    assert await balance(system.pool, user_account("fox", "USDC")) == 0
+
+
+@pytest.mark.system_settings(**FAST)
+async def test_a_payment_replaced_after_a_reorg_is_credited_once(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    created = await create_intent(system, "hal")
+    await mint_usdc(system.w3, BASE_USDC_ADDRESS, created["deposit_address"], 7_000_000)
+    await wait_intent(system, "hal", created["intent_id"], "confirming")
+    await system.stop_worker()
+    await rpc(system, "anvil_reorg", 1, [])  # the payment's block is replaced; the payer sends it again
+    await system.start_worker()
+    await mint_usdc(system.w3, BASE_USDC_ADDRESS, created["deposit_address"], 7_000_000)
+    await rpc(system, "anvil_mine", 4)
+    done = await wait_intent(system, "hal", created["intent_id"], "completed")
+    assert done["received_amount_usdc"] == "7.000000"
+    await wait_rounds(system, 2)
+    statuses = sorted(r["status"] for r in await system.pool.fetch("SELECT status FROM chain_transfers"))
+    assert statuses == ["credited", "orphaned"]
+    assert await balance(system.pool, user_account("hal", "USDC")) == 7_000_000
+
+
+@pytest.mark.system_settings(**FAST)
+@pytest.mark.parametrize("depth", [1, 2, 3])
+async def test_a_reorg_while_confirming_never_credits_an_orphan(mpesa_system: MpesaSystem, depth: int) -> None:
+    system = mpesa_system
+    created = await create_intent(system, "gus")
+    if depth > 1:
+        await rpc(system, "anvil_mine", depth - 1)
+    tx = await mint_usdc(system.w3, BASE_USDC_ADDRESS, created["deposit_address"], 7_000_000)
+    await wait_intent(system, "gus", created["intent_id"], "confirming")
+    await system.stop_worker()  # hold the rounds while the chain changes under us
+    await rpc(system, "anvil_reorg", depth, [])  # the transfer's block is replaced
+    await system.start_worker()
+    await rpc(system, "anvil_mine", 4)
+    await wait_rounds(system, 3)
+    receipt_block = None
+    try:
+        receipt_block = (await system.w3.eth.get_transaction_receipt(tx))["blockNumber"]
+    except Exception:
+        receipt_block = None
+    credited = await balance(system.pool, user_account("gus", "USDC"))
+    if receipt_block is None:
+        assert credited == 0
+        assert await system.pool.fetchval("SELECT status FROM chain_transfers") == "orphaned"
+    else:  # re-included: credited once, in its new block
+        assert credited == 7_000_000
+        row = await system.pool.fetchrow("SELECT status, block_number FROM chain_transfers")
+        assert row["status"] == "credited" and row["block_number"] == receipt_block
+
+
+async def test_rpc_calls_per_round_do_not_grow_with_addresses(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    await system.stop_worker()
+    reader = ChainReader(system.settings.base_rpc_url)
+    config = ScanConfig(8453, BASE_USDC_ADDRESS, system.treasury_address, 2, 120)
+    try:
+        await system.http.get("/api/v1/portfolio", headers=bearer("one"))
+        first = await scan_round(system.pool, reader, config)
+        for i in range(1000):
+            await system.http.post("/api/v1/deposit/intent/create", json={}, headers=bearer(f"many{i}"))
+        second = await scan_round(system.pool, reader, config)
+    finally:
+        await reader.aclose()
+    assert first is not None and second is not None
+    assert second.rpc_calls == first.rpc_calls == 2  # eth_blockNumber + one eth_getLogs
+    assert await system.pool.fetchval("SELECT min(checks) FROM deposit_intents") == 1
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        {"max_log_range": 3, "suggest_range": True},
+        {"max_log_range": 2, "suggest_range": False},
+        {"max_log_range": 2, "suggest_range": False, "range_error_http_status": 400},
+        {"rate_limit_every": 3},
+    ],
+    ids=["suggested-range", "plain-refusal", "http-400", "429"],
+)
+async def test_a_strict_provider_still_yields_every_transfer_once(
+    mpesa_system: MpesaSystem, rules: dict[str, Any]
+) -> None:
+    from kiota.dev.rpc_proxy import ProxyConfig, running_rpc_proxy
+
+    system = mpesa_system
+    await system.stop_worker()
+    users = [f"p{i}" for i in range(3)]
+    addresses = [
+        (await system.http.get("/api/v1/portfolio", headers=bearer(u))).json()["deposit_address"] for u in users
+    ]
+    reader = ChainReader(system.settings.base_rpc_url)
+    config = ScanConfig(8453, BASE_USDC_ADDRESS, system.treasury_address, 2, 120, rescan_blocks=20)
+    try:
+        await scan_round(system.pool, reader, config)  # the cursor starts here
+    finally:
+        await reader.aclose()
+    for n in range(12):  # twelve transfers over twelve blocks, to three users
+        await mint_usdc(system.w3, BASE_USDC_ADDRESS, addresses[n % 3], 1_000_000 + n)
+    await rpc(system, "anvil_mine", 2)
+    async with running_rpc_proxy(system.settings.base_rpc_url, ProxyConfig(**rules)) as proxy:
+        strict = ChainReader(proxy.url)
+        try:
+            report = await scan_round(system.pool, strict, config)
+            again = await scan_round(system.pool, strict, config)
+        finally:
+            await strict.aclose()
+        assert proxy.state.calls["eth_getLogs"] >= 2
+    assert report is not None and again is not None
+    assert report.matched == 12 and report.credited == 12 and again.credited == 0
+    assert await system.pool.fetchval("SELECT count(*) FROM chain_transfers WHERE status = 'credited'") == 12
+    for n, user in enumerate(users):
+        expected = sum(1_000_000 + k for k in range(12) if k % 3 == n)
+        assert await balance(system.pool, user_account(user, "USDC")) == expected
