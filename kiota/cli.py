@@ -100,6 +100,38 @@ def cmd_ops(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from kiota.db import create_pool
+    from kiota.ingester import ChainReader
+    from kiota.money import format_usdc
+    from kiota.reconcile import reconcile
+
+    class _Chain(_Stores):
+        base_rpc_url: str = Settings.model_fields["base_rpc_url"].default
+        base_usdc_address: str = Settings.model_fields["base_usdc_address"].default
+
+    config = _Chain()
+
+    async def run() -> int:
+        pool = await create_pool(config.database_url, min_size=1, max_size=2)
+        reader = ChainReader(config.base_rpc_url)
+        try:
+            differences, lines = await reconcile(pool, reader, config.base_usdc_address, args.treasury)
+        finally:
+            await reader.aclose()
+            await pool.close()
+        print("\n".join(lines))
+        for d in differences:
+            print(
+                f"DIFFERENCE {d.who} {d.address}: ledger {format_usdc(d.ledger_micro)}, "
+                f"chain {format_usdc(d.chain_micro)}, chain - ledger {format_usdc(d.chain_micro - d.ledger_micro)}"
+            )
+        print(f"{len(differences)} difference(s)")
+        return 1 if differences else 0
+
+    return asyncio.run(run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiota", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--database-url", default=defaults.database_url, help="recreated on every start")
     dev.add_argument("--redis-url", default=defaults.redis_url, help="flushed on every start")
     dev.set_defaults(func=cmd_dev)
+    rec = sub.add_parser("reconcile", help="compare ledger balances with on-chain USDC; exit 1 on differences")
+    rec.add_argument("--treasury", help="the treasury address, to report its on-chain USDC")
+    rec.set_defaults(func=cmd_reconcile)
     ops = sub.add_parser("ops", help="operator commands: find and retry stuck deposits, payout guards")
     ops_sub = ops.add_subparsers(dest="action", required=True)
     stuck = ops_sub.add_parser("stuck", help="deposits in review, or pending/processing for too long")

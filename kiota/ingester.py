@@ -97,6 +97,10 @@ class ChainReader:
     async def head(self) -> int:
         return int(await self.rpc("eth_blockNumber", []), 16)
 
+    async def usdc_balance(self, token: str, owner: str) -> int:
+        data = "0x70a08231" + owner.lower().removeprefix("0x").rjust(64, "0")  # balanceOf(address)
+        return int(await self.rpc("eth_call", [{"to": token, "data": data}, "latest"]) or "0x0", 16)
+
     async def transfer_logs(self, token: str, start: int, end: int, depth: int = 0) -> list[dict[str, Any]]:
         """All Transfer logs of `token` in [start, end], splitting the range when a provider refuses it."""
         try:
@@ -168,16 +172,30 @@ async def scan_round(pool: asyncpg.Pool, reader: ChainReader, config: ScanConfig
         await conn.execute(q.store_cursor, config.chain_id, end + 1)
         calls = reader.calls - calls_before
         await conn.execute(q.insert_round, config.chain_id, start, end, head, calls, len(transfers), started)
-    report = RoundReport(start, end, head, len(transfers), credited, len(orphaned), calls)
+    report = RoundReport(start, end, head, len(transfers), len(credited), len(orphaned), calls)
+    await _cache_balances(pool, reader, config, credited, head)
     if orphaned:
         log.warning("transfers orphaned by a reorg", count=len(orphaned), start=start, end=end)
     return report
 
 
-async def _credit(conn: Connection, config: ScanConfig, head: int, start: int) -> int:
+async def _cache_balances(
+    pool: asyncpg.Pool, reader: ChainReader, config: ScanConfig, users: list[tuple[str, str]], head: int
+) -> None:
+    """After a credit, the user's on-chain USDC is cached (best effort: it is only a cache)."""
+    for user_id, address in dict.fromkeys(users):
+        try:
+            amount = await reader.usdc_balance(config.token, address)
+        except ChainUnavailable:
+            continue
+        await pool.execute(load_queries().upsert_wallet_balance, user_id, amount, head)
+
+
+async def _credit(conn: Connection, config: ScanConfig, head: int, start: int) -> list[tuple[str, str]]:
     """Credit confirmed deposits seen in this round's canonical answer (block >= start), once each."""
     q = load_queries()
     due = await conn.fetch(q.transfers_to_credit, config.chain_id, head - config.confirmations_required + 1, start)
+    credited: list[tuple[str, str]] = []
     for row in due:
         amount = int(row["amount_micro"])
         await post_entry(
@@ -192,11 +210,12 @@ async def _credit(conn: Connection, config: ScanConfig, head: int, start: int) -
             late = await conn.fetchval(q.recently_expired_intent, row["user_id"])
             flags = ["late"] if late else ["unsolicited"]
         await conn.execute(q.transfer_credited, row["id"], intent["id"] if intent else None, flags)
+        credited.append((row["user_id"], row["to_address"]))
         log.info(
             "usdc deposit credited", user_id=row["user_id"], tx_hash=row["tx_hash"], log_index=row["log_index"],
             amount_micro=amount, flags=flags,
         )  # fmt: skip
-    return len(due)
+    return credited
 
 
 async def _advance_intents(conn: Connection, config: ScanConfig, head: int, started: datetime) -> None:

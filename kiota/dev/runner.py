@@ -36,6 +36,7 @@ from kiota.users import ensure_user
 
 TREASURY_ETH_WEI = 100 * 10**18
 TREASURY_USDC_MICRO = 1_000_000 * 10**6
+BLOCK_SECONDS = 1.0  # blocks keep coming, as on Base (every 2 s there), so deposits gain confirmations
 DEV_USER = "dev-user"
 ANVIL_ACCOUNT_0 = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"  # unlocked on every anvil
 DEV_TOKEN_TTL_SECONDS = 7 * 24 * 3600
@@ -176,13 +177,19 @@ curl -s $KIOTA/health/ready; echo
 # and the worker pays the USDC on-chain from the treasury to your deposit address:
 curl -s $KIOTA/api/v1/deposit/initiate -H "Authorization: Bearer $TOKEN" -H "Idempotency-Key: walk-$$" \\
   -H 'content-type: application/json' -d '{{"amount_kes": 1500, "phone": "0708374149"}}'; echo
-sleep 6
+sleep 8
 curl -s $KIOTA/api/v1/deposits -H "Authorization: Bearer $TOKEN"; echo
 curl -s $KIOTA/api/v1/portfolio -H "Authorization: Bearer $TOKEN"; echo
-# Send 25.50 USDC to your deposit address on the local chain (anvil's account 0 mints it);
-# crediting on-chain deposits arrives with the USDC ingester (not built yet):
+# A USDC deposit: say you are about to send 25.50 USDC (an intent), then send it to your deposit address
+# on the local chain (anvil's account 0 mints it). The ingester credits it after 2 confirmations:
+INTENT=$(curl -s $KIOTA/api/v1/deposit/intent/create -H "Authorization: Bearer $TOKEN" \\
+  -H 'content-type: application/json' -d '{{"expected_amount_usdc": "25.50"}}'); echo "$INTENT"
+INTENT_ID=$(echo "$INTENT" | sed -E 's/.*"intent_id":"([^"]+)".*/\\1/')
 curl -s $RPC -H 'content-type: application/json' -d '{{"jsonrpc":"2.0","id":1,"method":"eth_sendTransaction",\
   "params":[{{"from":"'$MINTER'","to":"'$USDC'","data":"'$MINT_DATA'"}}]}}'; echo
+sleep 12
+curl -s $KIOTA/api/v1/deposit/intents/$INTENT_ID -H "Authorization: Bearer $TOKEN"; echo
+curl -s $KIOTA/api/v1/portfolio -H "Authorization: Bearer $TOKEN"; echo
 {WALKTHROUGH_END}
 
 Ctrl-C stops everything.
@@ -207,7 +214,7 @@ async def run_dev(options: DevOptions, stop: asyncio.Event) -> None:
         await redis.aclose()
     _say(f"starting anvil on 127.0.0.1:{options.anvil_port} (chain id {BASE_CHAIN_ID})")
     async with (
-        start_anvil(options.anvil_port, BASE_CHAIN_ID) as node,
+        start_anvil(options.anvil_port, BASE_CHAIN_ID, block_time=BLOCK_SECONDS) as node,
         connect(node.rpc_url) as w3,
     ):
         await install_usdc(w3, BASE_USDC_ADDRESS)

@@ -29,7 +29,7 @@ WHERE t.chain_id = $1 AND t.block_number BETWEEN $2 AND $3 AND t.status = 'seen'
 RETURNING t.id;
 
 -- name: transfers_to_credit
-SELECT id, tx_hash, log_index, user_id, amount_micro, block_number
+SELECT id, tx_hash, log_index, user_id, amount_micro, block_number, to_address
 FROM chain_transfers
 WHERE chain_id = $1 AND status = 'seen' AND kind = 'deposit' AND block_number <= $2 AND block_number >= $3
 ORDER BY block_number, log_index
@@ -95,3 +95,8 @@ SELECT i.*, t.tx_hash, t.block_number,
 FROM deposit_intents i
 LEFT JOIN chain_transfers t ON t.id = i.transfer_id
 WHERE i.id = $1 AND i.user_id = $2;
+
+-- name: reconcile_users
+SELECT u.id, u.deposit_address, coalesce(b.balance, 0) AS ledger_micro
+FROM users u LEFT JOIN account_balances b ON b.user_id = u.id AND b.kind = 'user' AND b.asset = 'USDC'
+ORDER BY u.address_index;

@@ -80,13 +80,16 @@ async def test_kiota_dev_comes_up_and_its_walkthrough_works_as_printed(tmp_path:
         out, err = await asyncio.wait_for(run.communicate(), 60)
         assert run.returncode == 0, err.decode()
         answers = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
-        portfolio, ready, initiated, deposits, paid_portfolio, mint = answers
+        portfolio, ready, initiated, deposits, paid_portfolio, intent, mint, intent_done, final = answers
         assert portfolio["user_id"] == "dev-user"
         assert portfolio["balances"] == {"USDC": "0.000000"}
         assert initiated["status"] == "pending" and initiated["amount_usdc"] == "11.583011"
         (deposit,) = deposits["items"]
         assert deposit["status"] == "completed" and deposit["tx_hash"], deposit
         assert paid_portfolio["balances"] == {"USDC": "11.583011"}
+        assert intent["status"] == "awaiting_payment" and intent["deposit_address"] == portfolio["deposit_address"]
+        assert intent_done["status"] == "completed" and intent_done["received_amount_usdc"] == "25.500000"
+        assert final["balances"] == {"USDC": "37.083011"}
         assert f"Its deposit address: {portfolio['deposit_address']}" in output
         assert ready["status"] == "ok"
         assert mint["result"].startswith("0x") and len(mint["result"]) == 66

@@ -81,6 +81,7 @@ async def test_transfer_confirms_and_is_credited_once(mpesa_system: MpesaSystem)
     assert await balance(system.pool, user_account("ada", "USDC")) == 25_500_000
     portfolio = (await system.http.get("/api/v1/portfolio", headers=bearer("ada"))).json()
     assert portfolio["balances"] == {"USDC": "25.500000"}
+    assert await system.pool.fetchval("SELECT usdc_micro FROM wallet_balances WHERE user_id = 'ada'") == 25_500_000
 
 
 @pytest.mark.system_settings(**FAST, intent_ttl_seconds=2)
@@ -264,3 +265,30 @@ async def test_a_strict_provider_still_yields_every_transfer_once(
     for n, user in enumerate(users):
         expected = sum(1_000_000 + k for k in range(12) if k % 3 == n)
         assert await balance(system.pool, user_account(user, "USDC")) == expected
+
+
+async def test_reconcile_reports_what_the_ledger_does_not_know(mpesa_system: MpesaSystem) -> None:
+    import os
+    import sys
+
+    system = mpesa_system
+    body = (await system.initiate("ivy", 1295)).json()
+    await system.wait_status("ivy", body["deposit_id"], "completed")  # ledger and chain agree for ivy
+    stray = (await system.http.get("/api/v1/portfolio", headers=bearer("jay"))).json()["deposit_address"]
+    await system.stop_worker()  # no ingester: jay's USDC stays unknown to the ledger
+    await mint_usdc(system.w3, BASE_USDC_ADDRESS, stray, 3_000_000)
+    env = {
+        "PATH": os.environ["PATH"],
+        "DATABASE_URL": system.settings.database_url,
+        "BASE_RPC_URL": system.settings.base_rpc_url,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kiota.cli", "reconcile", "--treasury", system.treasury_address,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out = (await proc.communicate())[0].decode()
+    assert proc.returncode == 1, out
+    assert "1 difference(s)" in out
+    assert f"DIFFERENCE user jay {stray}: ledger 0.000000, chain 3.000000" in out
+    assert "user ivy" in out and "ledger 10.000000 chain 10.000000" in out
+    assert "paid out per ledger 10.000000" in out

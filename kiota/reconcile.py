@@ -1,0 +1,46 @@
+"""`kiota reconcile`: every user's ledger USDC against the USDC at their deposit address, and the treasury.
+
+Differences are reported, never corrected here: a person decides (an uncredited
+transfer, a reorg deeper than the confirmations, a payout that was never booked).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from kiota.ingester import ChainReader
+from kiota.ledger import TREASURY_USDC
+from kiota.ledger_store import balance
+from kiota.money import format_usdc
+from kiota.sql import load_queries
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    who: str
+    address: str
+    ledger_micro: int
+    chain_micro: int
+
+
+async def reconcile(
+    pool: asyncpg.Pool, reader: ChainReader, token: str, treasury: str | None
+) -> tuple[list[Difference], list[str]]:
+    differences: list[Difference] = []
+    lines: list[str] = []
+    for row in await pool.fetch(load_queries().reconcile_users):
+        chain = await reader.usdc_balance(token, row["deposit_address"])
+        ledger = int(row["ledger_micro"])
+        lines.append(
+            f"user {row['id']} {row['deposit_address']} ledger {format_usdc(ledger)} chain {format_usdc(chain)}"
+        )
+        if chain != ledger:
+            differences.append(Difference(f"user {row['id']}", row["deposit_address"], ledger, chain))
+    if treasury:
+        # The treasury's funding is not booked, so its ledger account holds only the payouts (negative).
+        paid_out = -await balance(pool, TREASURY_USDC)
+        chain = await reader.usdc_balance(token, treasury)
+        lines.append(f"treasury {treasury} on chain {format_usdc(chain)}; paid out per ledger {format_usdc(paid_out)}")
+    return differences, lines
