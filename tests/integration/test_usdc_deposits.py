@@ -292,3 +292,36 @@ async def test_reconcile_reports_what_the_ledger_does_not_know(mpesa_system: Mpe
     assert f"DIFFERENCE user jay {stray}: ledger 0.000000, chain 3.000000" in out
     assert "user ivy" in out and "ledger 10.000000 chain 10.000000" in out
     assert "paid out per ledger 10.000000" in out
+
+
+@pytest.mark.system_settings(**FAST, intent_ttl_seconds=1)
+async def test_a_late_ordinary_transfer_is_credited_and_flagged_late(mpesa_system: MpesaSystem) -> None:
+    from eth_account import Account
+
+    from kiota.dev.chain import fund_eth
+    from kiota.treasury import Treasury
+
+    system = mpesa_system
+    created = await create_intent(system, "kai", "5")
+    await wait_intent(system, "kai", created["intent_id"], "expired")
+    payer_key = Account.create()
+    payer = Treasury(system.settings.base_rpc_url, "0x" + bytes(payer_key.key).hex(), 8453, BASE_USDC_ADDRESS)
+    try:  # an ordinary wallet sends USDC (not a mint): from a real sender address
+        await fund_eth(system.w3, payer.address, 10**18)
+        await mint_usdc(system.w3, BASE_USDC_ADDRESS, payer.address, 9_000_000)
+        signed = payer.sign_transfer(created["deposit_address"], 5_000_000, await payer.pending_nonce(),
+                                     await payer.fee_quote())  # fmt: skip
+        await payer.broadcast(signed.raw_tx)
+    finally:
+        await payer.aclose()
+    await rpc(system, "anvil_mine", 2)
+
+    async def credited() -> bool:
+        return await balance(system.pool, user_account("kai", "USDC")) == 5_000_000
+
+    async with asyncio.timeout(20):
+        while not await credited():
+            await asyncio.sleep(0.1)
+    row = await system.pool.fetchrow("SELECT from_address, flags, intent_id FROM chain_transfers")
+    assert row["from_address"] == payer.address.lower() and row["flags"] == ["late"] and row["intent_id"] is None
+    assert (await intent(system, "kai", created["intent_id"]))["status"] == "expired"
