@@ -18,23 +18,24 @@ if TYPE_CHECKING:
     from api.app import Resources
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
 
 
+# Dependencies are `async def`: FastAPI runs a plain `def` dependency in a thread, per request.
 ResourcesDep = Annotated["Resources", Depends(get_resources)]
 
 
-def get_settings(resources: ResourcesDep) -> Settings:
+async def get_settings(resources: ResourcesDep) -> Settings:
     return resources.settings
 
 
-def get_pool(resources: ResourcesDep) -> asyncpg.Pool:
+async def get_pool(resources: ResourcesDep) -> asyncpg.Pool:
     return resources.pool
 
 
-def get_daraja(resources: ResourcesDep) -> DarajaClient:
+async def get_daraja(resources: ResourcesDep) -> DarajaClient:
     return resources.daraja
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import asyncpg
 
 from kiota.db import Connection
@@ -19,7 +21,11 @@ async def post_entry(conn: Connection, entry: Entry) -> tuple[int, bool]:
     entry commits with the state change it pays for.
     """
     q = load_queries()
-    async with conn.transaction():
+    # Inside the caller's transaction no savepoint is needed (an error aborts it all anyway);
+    # alone, the entry and its postings still commit together.
+    async with contextlib.AsyncExitStack() as stack:
+        if not conn.is_in_transaction():
+            await stack.enter_async_context(conn.transaction())
         entry_id = await conn.fetchval(q.insert_entry, entry.key, entry.kind, entry.memo)
         if entry_id is None:
             return await _existing(conn, entry), False
