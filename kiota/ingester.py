@@ -98,8 +98,28 @@ class ChainReader:
         return int(await self.rpc("eth_blockNumber", []), 16)
 
     async def usdc_balance(self, token: str, owner: str) -> int:
-        data = "0x70a08231" + owner.lower().removeprefix("0x").rjust(64, "0")  # balanceOf(address)
-        return int(await self.rpc("eth_call", [{"to": token, "data": data}, "latest"]) or "0x0", 16)
+        return (await self.usdc_balances(token, [owner]))[0]
+
+    async def usdc_balances(self, token: str, owners: list[str]) -> list[int]:
+        """balanceOf for many owners in one JSON-RPC batch (one HTTP request, one counted call)."""
+        if not owners:
+            return []
+        self.calls += 1
+        batch = [
+            {
+                "jsonrpc": "2.0",
+                "id": i,
+                "method": "eth_call",
+                "params": [{"to": token, "data": "0x70a08231" + o.lower().removeprefix("0x").rjust(64, "0")}, "latest"],
+            }
+            for i, o in enumerate(owners)
+        ]
+        try:
+            response = await self._http.post(self.rpc_url, json=batch)
+            answers = {item["id"]: item for item in response.json()}
+            return [int(answers[i]["result"] or "0x0", 16) for i in range(len(owners))]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise ChainUnavailable(f"balanceOf batch failed: {type(exc).__name__}") from exc
 
     async def transfer_logs(self, token: str, start: int, end: int, depth: int = 0) -> list[dict[str, Any]]:
         """All Transfer logs of `token` in [start, end], splitting the range when a provider refuses it."""
@@ -140,7 +160,23 @@ class RoundReport:
     rpc_calls: int
 
 
+def scanner_lock_key(chain_id: int) -> int:
+    return 0x6B696F7461_02 + chain_id
+
+
 async def scan_round(pool: asyncpg.Pool, reader: ChainReader, config: ScanConfig) -> RoundReport | None:
+    """One round; None when another round of this chain is running or the node lags."""
+    async with pool.acquire() as lock_conn:
+        key = scanner_lock_key(config.chain_id)
+        if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            return None
+        try:
+            return await _scan_round(pool, reader, config)
+        finally:
+            await lock_conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+
+async def _scan_round(pool: asyncpg.Pool, reader: ChainReader, config: ScanConfig) -> RoundReport | None:
     q = load_queries()
     started = datetime.now(UTC)
     calls_before = reader.calls
@@ -172,8 +208,8 @@ async def scan_round(pool: asyncpg.Pool, reader: ChainReader, config: ScanConfig
         await conn.execute(q.store_cursor, config.chain_id, end + 1)
         calls = reader.calls - calls_before
         await conn.execute(q.insert_round, config.chain_id, start, end, head, calls, len(transfers), started)
-    report = RoundReport(start, end, head, len(transfers), len(credited), len(orphaned), calls)
     await _cache_balances(pool, reader, config, credited, head)
+    report = RoundReport(start, end, head, len(transfers), len(credited), len(orphaned), reader.calls - calls_before)
     if orphaned:
         log.warning("transfers orphaned by a reorg", count=len(orphaned), start=start, end=end)
     return report
@@ -183,12 +219,15 @@ async def _cache_balances(
     pool: asyncpg.Pool, reader: ChainReader, config: ScanConfig, users: list[tuple[str, str]], head: int
 ) -> None:
     """After a credit, the user's on-chain USDC is cached (best effort: it is only a cache)."""
-    for user_id, address in dict.fromkeys(users):
-        try:
-            amount = await reader.usdc_balance(config.token, address)
-        except ChainUnavailable:
-            continue
-        await pool.execute(load_queries().upsert_wallet_balance, user_id, amount, head)
+    unique = list(dict.fromkeys(users))
+    try:
+        amounts = await reader.usdc_balances(config.token, [address for _, address in unique])
+    except ChainUnavailable:
+        return
+    await pool.executemany(
+        load_queries().upsert_wallet_balance,
+        [(user_id, amount, head) for (user_id, _), amount in zip(unique, amounts, strict=True)],
+    )
 
 
 async def _credit(conn: Connection, config: ScanConfig, head: int, start: int) -> list[tuple[str, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -23,8 +24,9 @@ TEST_CHILDREN = (
 )
 JWT_SECRET = "test-jwt-secret-that-is-long-enough-for-hs256"
 CALLBACK_TOKEN = "cb-token-0123456789abcdef"
-# anvil's well-known account 9; never a deposit address of the test xpub's first children.
-TREASURY_KEY = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6"
+# Not derived from the test mnemonic: the test xpub's children (deposit addresses) include anvil's
+# well-known accounts, so a treasury among them would be some user's deposit address.
+TREASURY_KEY = "0x" + hashlib.sha256(b"kiota test treasury").hexdigest()
 
 
 def base_env(database_url: str, redis_url: str = REDIS_TEST_URL) -> dict[str, str]:

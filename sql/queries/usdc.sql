@@ -77,8 +77,8 @@ UPDATE deposit_intents SET status = 'expired', end_reason = $2, ended_at = now()
 WHERE id = $1 AND status IN ('awaiting_payment', 'confirming');
 
 -- name: insert_round
-INSERT INTO scan_rounds (chain_id, from_block, to_block, head, rpc_calls, transfers, started_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7);
+INSERT INTO scan_rounds (chain_id, from_block, to_block, head, rpc_calls, transfers, started_at, finished_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp());
 
 -- name: insert_intent
 INSERT INTO deposit_intents (id, user_id, status, deposit_address, expected_amount_usdc, expires_at)
