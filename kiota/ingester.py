@@ -166,32 +166,32 @@ def scanner_lock_key(chain_id: int) -> int:
 
 async def scan_round(pool: asyncpg.Pool, reader: ChainReader, config: ScanConfig) -> RoundReport | None:
     """One round; None when another round of this chain is running or the node lags."""
-    async with pool.acquire() as lock_conn:
+    async with pool.acquire() as conn:  # one connection for the whole round: lock, reads, transaction
         key = scanner_lock_key(config.chain_id)
-        if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
             return None
         try:
-            return await _scan_round(pool, reader, config)
+            return await _scan_round(conn, reader, config)
         finally:
-            await lock_conn.execute("SELECT pg_advisory_unlock($1)", key)
+            await conn.execute("SELECT pg_advisory_unlock($1)", key)
 
 
-async def _scan_round(pool: asyncpg.Pool, reader: ChainReader, config: ScanConfig) -> RoundReport | None:
+async def _scan_round(conn: Connection, reader: ChainReader, config: ScanConfig) -> RoundReport | None:
     q = load_queries()
     started = datetime.now(UTC)
     calls_before = reader.calls
     head = await reader.head()
     rescan = max(config.rescan_blocks, config.confirmations_required + 2)
-    cursor = await pool.fetchval(q.chain_cursor, config.chain_id)
+    cursor = await conn.fetchval(q.chain_cursor, config.chain_id)
     next_block = max(0, head - rescan) if cursor is None else min(cursor, head + 1)
     start, end = max(0, next_block - rescan), head
     logs = await reader.transfer_logs(config.token.lower(), start, end)
     if not logs and await reader.head() < end:  # a lagging node answers "nothing" for blocks it lacks
         return None
-    addresses = {row["address"]: row["id"] for row in await pool.fetch(q.deposit_addresses)}
+    addresses = {row["address"]: row["id"] for row in await conn.fetch(q.deposit_addresses)}
     transfers = [t for t in map(decode_transfer, logs) if t is not None and t.recipient in addresses]
-    own = {r["tx_hash"] for r in await pool.fetch(q.own_payout_hashes, [t.tx_hash for t in transfers])}
-    async with pool.acquire() as conn, conn.transaction():
+    own = {r["tx_hash"] for r in await conn.fetch(q.own_payout_hashes, [t.tx_hash for t in transfers])}
+    async with conn.transaction():
         for transfer in transfers:
             kind = classify(transfer, config.treasury, own)
             await conn.execute(
@@ -208,7 +208,7 @@ async def _scan_round(pool: asyncpg.Pool, reader: ChainReader, config: ScanConfi
         await conn.execute(q.store_cursor, config.chain_id, end + 1)
         calls = reader.calls - calls_before
         await conn.execute(q.insert_round, config.chain_id, start, end, head, calls, len(transfers), started)
-    await _cache_balances(pool, reader, config, credited, head)
+    await _cache_balances(conn, reader, config, credited, head)
     report = RoundReport(start, end, head, len(transfers), len(credited), len(orphaned), reader.calls - calls_before)
     if orphaned:
         log.warning("transfers orphaned by a reorg", count=len(orphaned), start=start, end=end)
@@ -216,7 +216,7 @@ async def _scan_round(pool: asyncpg.Pool, reader: ChainReader, config: ScanConfi
 
 
 async def _cache_balances(
-    pool: asyncpg.Pool, reader: ChainReader, config: ScanConfig, users: list[tuple[str, str]], head: int
+    conn: Connection, reader: ChainReader, config: ScanConfig, users: list[tuple[str, str]], head: int
 ) -> None:
     """After a credit, the user's on-chain USDC is cached (best effort: it is only a cache)."""
     unique = list(dict.fromkeys(users))
@@ -224,7 +224,7 @@ async def _cache_balances(
         amounts = await reader.usdc_balances(config.token, [address for _, address in unique])
     except ChainUnavailable:
         return
-    await pool.executemany(
+    await conn.executemany(
         load_queries().upsert_wallet_balance,
         [(user_id, amount, head) for (user_id, _), amount in zip(unique, amounts, strict=True)],
     )
