@@ -23,7 +23,7 @@ from arq.worker import Worker, func
 
 from jobs.mpesa import complete_mpesa_deposit, query_mpesa_deposit, scan_chain_tick, sweep_tick
 from kiota.daraja import DarajaClient
-from kiota.db import close_pool, create_pool
+from kiota.db import close_pool, create_pool, try_advisory_lock
 from kiota.ingester import ChainReader, ScanConfig
 from kiota.logging import configure_logging
 from kiota.payouts import LaneConfig
@@ -100,7 +100,7 @@ async def ensure_liveness(ctx: dict[str, Any]) -> None:
             with contextlib.suppress(Exception):
                 await ctx["pool"].release(current)
         conn = await ctx["pool"].acquire()
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", worker_lock_key(ctx["worker_id"])):
+        if not await try_advisory_lock(conn, worker_lock_key(ctx["worker_id"])):
             await ctx["pool"].release(conn)
             raise RuntimeError("another session holds this worker's liveness lock")
         ctx["liveness"] = conn

@@ -53,3 +53,12 @@ async def close_pool(pool: asyncpg.Pool, seconds: float = 10.0) -> None:
         await asyncio.wait_for(pool.close(), seconds)
     except TimeoutError:
         pool.terminate()
+
+
+async def try_advisory_lock(conn: Connection, key: int) -> bool:
+    """A session-level advisory lock, freed by `advisory_unlock` or when the connection dies."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+
+
+async def advisory_unlock(conn: Connection, key: int) -> None:
+    await conn.execute("SELECT pg_advisory_unlock($1)", key)

@@ -219,7 +219,7 @@ async def _apply(conn: Connection, cb: StkCallback, raw: bytes, remote_addr: str
 
 
 async def _receipt_taken(conn: Connection, receipt: str | None) -> bool:
-    return receipt is not None and bool(await conn.fetchval("SELECT 1 FROM deposits WHERE mpesa_receipt = $1", receipt))
+    return receipt is not None and bool(await conn.fetchval(load_queries().receipt_taken, receipt))
 
 
 async def _to_review(

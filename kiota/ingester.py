@@ -21,7 +21,7 @@ import httpx
 import structlog
 
 from kiota import ledger
-from kiota.db import Connection
+from kiota.db import Connection, advisory_unlock, try_advisory_lock
 from kiota.errors import ChainUnavailable, KiotaError
 from kiota.ledger_store import post_entry
 from kiota.sql import load_queries
@@ -168,12 +168,12 @@ async def scan_round(pool: asyncpg.Pool, reader: ChainReader, config: ScanConfig
     """One round; None when another round of this chain is running or the node lags."""
     async with pool.acquire() as conn:  # one connection for the whole round: lock, reads, transaction
         key = scanner_lock_key(config.chain_id)
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+        if not await try_advisory_lock(conn, key):
             return None
         try:
             return await _scan_round(conn, reader, config)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+            await advisory_unlock(conn, key)
 
 
 async def _scan_round(conn: Connection, reader: ChainReader, config: ScanConfig) -> RoundReport | None:

@@ -30,7 +30,7 @@ import asyncpg
 import structlog
 
 from kiota import ledger
-from kiota.db import Connection
+from kiota.db import Connection, advisory_unlock, try_advisory_lock
 from kiota.errors import ChainUnavailable, KiotaError
 from kiota.ledger_store import post_entry
 from kiota.sql import load_queries
@@ -96,14 +96,14 @@ async def treasury_lane(pool: asyncpg.Pool, key: int, wait_seconds: float) -> As
     """Own the lane for the block. The lock lives on this connection: if the process dies, it is freed."""
     async with pool.acquire() as conn:
         deadline = time.monotonic() + wait_seconds
-        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+        while not await try_advisory_lock(conn, key):
             if time.monotonic() > deadline:
                 raise LaneBusy("the treasury lane is owned by another worker")
             await asyncio.sleep(0.02)
         try:
             yield conn
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+            await advisory_unlock(conn, key)
 
 
 async def pay_deposit(

@@ -22,6 +22,7 @@ import asyncpg
 import structlog
 from arq.connections import ArqRedis
 
+from kiota.db import advisory_unlock, try_advisory_lock
 from kiota.job_history import enqueue, record_job
 from kiota.sql import load_queries
 
@@ -53,8 +54,8 @@ class SweepReport:
 async def _worker_is_dead(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, worker_id: str) -> bool:
     """A live worker holds its lock on its own connection; if we can take it, the worker is gone."""
     key = worker_lock_key(worker_id)
-    if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
-        await conn.execute("SELECT pg_advisory_unlock($1)", key)
+    if await try_advisory_lock(conn, key):
+        await advisory_unlock(conn, key)
         return True
     return False
 

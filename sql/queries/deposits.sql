@@ -137,3 +137,6 @@ WHERE id = $1 AND status = 'pending';
 -- name: deposit_query_scheduled
 -- The query job is on its way: do not dispatch it again until it reschedules.
 UPDATE deposits SET next_query_at = now() + make_interval(secs => $2) WHERE id = $1 AND status = 'pending';
+
+-- name: receipt_taken
+SELECT 1 FROM deposits WHERE mpesa_receipt = $1;
