@@ -63,7 +63,7 @@ from kiota.logging import configure_logging
 from kiota.migrate import migrate
 from kiota.sql import load_queries
 from kiota.usdc import TRANSFER_TOPIC, decode_transfer
-from tests.support import ADMIN_DSN, TEST_XPUB, TREASURY_KEY, base_env
+from tests.support import ADMIN_DSN, TEST_XPUB, TREASURY_KEY, admin_execute, base_env, dsn_for
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "RESULTS-ingester.md"
@@ -112,19 +112,6 @@ def say(message: str) -> None:
 
 
 # --- databases ----------------------------------------------------------------------------------
-
-
-def dsn_for(name: str) -> str:
-    return ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
-
-
-async def admin_execute(*statements: str) -> None:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        for statement in statements:
-            await admin.execute(statement)
-    finally:
-        await admin.close()
 
 
 def _create(name: str, template: str | None = None) -> str:

@@ -11,16 +11,9 @@ from typing import Any
 
 from arq.worker import Worker, func
 
-from jobs.worker import (
-    JOB_COMPLETION_WAIT_SECONDS,
-    JOB_TIMEOUT_SECONDS,
-    MAX_JOBS,
-    POLL_DELAY_SECONDS,
-    on_job_end,
-    on_job_start,
-)
+from jobs.worker import on_job_end, on_job_start, queue_options
 from kiota.logging import configure_logging
-from kiota.queue import deserialize_job, redis_settings, serialize_job
+from kiota.queue import redis_settings
 
 READY_KEY = "bench:noop:ready"
 
@@ -40,13 +33,7 @@ def build() -> Worker:
         on_startup=startup,
         on_job_start=on_job_start,
         on_job_end=on_job_end,
-        job_serializer=serialize_job,
-        job_deserializer=deserialize_job,
-        job_timeout=JOB_TIMEOUT_SECONDS,
-        poll_delay=POLL_DELAY_SECONDS,
-        max_jobs=MAX_JOBS,
-        job_completion_wait=JOB_COMPLETION_WAIT_SECONDS,
-        keep_result=0,
+        **queue_options(),
     )
 
 

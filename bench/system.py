@@ -40,7 +40,7 @@ from kiota.hdwallet import ExtendedPublicKey
 from kiota.migrate import migrate
 from kiota.money import kes_to_usdc
 from kiota.users import ensure_user
-from tests.support import ADMIN_DSN, CALLBACK_TOKEN, TEST_XPUB, TREASURY_KEY, base_env, free_port
+from tests.support import ADMIN_DSN, CALLBACK_TOKEN, TEST_XPUB, TREASURY_KEY, base_env, dsn_for, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 REDIS_BENCH_URL = os.environ.get("KIOTA_BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
@@ -50,10 +50,6 @@ TREASURY_ETH_WEI = 100 * 10**18
 TREASURY_USDC_MICRO = 1_000_000 * 10**6
 CALLBACK_PATH = f"/api/v1/deposit/mpesa-callback/{CALLBACK_TOKEN}"
 STOP_GRACE_SECONDS = 15.0
-
-
-def dsn_for(database: str) -> str:
-    return ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
 
 
 async def _drop(admin: asyncpg.Connection, name: str) -> None:

@@ -158,6 +158,19 @@ CRON_JOBS = [
 ]
 
 
+def queue_options() -> dict[str, Any]:
+    """The arq settings that shape throughput and safety; the benchmark's no-op baseline uses them too."""
+    return {
+        "job_serializer": serialize_job,
+        "job_deserializer": deserialize_job,
+        "job_timeout": JOB_TIMEOUT_SECONDS,
+        "poll_delay": POLL_DELAY_SECONDS,
+        "max_jobs": MAX_JOBS,
+        "job_completion_wait": JOB_COMPLETION_WAIT_SECONDS,
+        "keep_result": 0,
+    }
+
+
 def build_worker(
     settings: WorkerSettings,
     *,
@@ -174,15 +187,9 @@ def build_worker(
         on_shutdown=shutdown,
         on_job_start=on_job_start,
         on_job_end=on_job_end,
-        job_serializer=serialize_job,
-        job_deserializer=deserialize_job,
-        job_timeout=JOB_TIMEOUT_SECONDS,
-        poll_delay=POLL_DELAY_SECONDS,
-        max_jobs=MAX_JOBS,
-        job_completion_wait=JOB_COMPLETION_WAIT_SECONDS,
         burst=burst,
         handle_signals=handle_signals,
-        keep_result=0,
+        **queue_options(),
         ctx={"settings": settings, **(ctx or {})},
     )
 

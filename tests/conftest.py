@@ -45,30 +45,17 @@ from kiota.payouts import LaneConfig
 from kiota.queue import create_queue
 from kiota.settings import Settings, WorkerSettings
 from tests.support import (
-    ADMIN_DSN,
     CALLBACK_TOKEN,
     REDIS_TEST_URL,
     TREASURY_KEY,
+    admin_execute,
     bearer,
+    dsn_for,
     free_port,
     settings_kwargs,
 )
 
 _counter = itertools.count()
-
-
-def dsn_for(database: str) -> str:
-    return ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
-
-
-async def admin_execute(*statements: str) -> None:
-    """Run statements on a fresh admin connection (a slow-tier test restarts PostgreSQL under us)."""
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        for statement in statements:
-            await admin.execute(statement)
-    finally:
-        await admin.close()
 
 
 def _drop(name: str) -> str:

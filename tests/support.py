@@ -29,6 +29,22 @@ CALLBACK_TOKEN = "cb-token-0123456789abcdef"
 TREASURY_KEY = "0x" + hashlib.sha256(b"kiota test treasury").hexdigest()
 
 
+def dsn_for(database: str) -> str:
+    return ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
+
+
+async def admin_execute(*statements: str) -> None:
+    """Run statements on a fresh admin connection (a slow-tier test restarts PostgreSQL under us)."""
+    import asyncpg
+
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        for statement in statements:
+            await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
 def base_env(database_url: str, redis_url: str = REDIS_TEST_URL) -> dict[str, str]:
     """A complete environment for `kiota api` (add TREASURY_PRIVATE_KEY for the worker)."""
     return {

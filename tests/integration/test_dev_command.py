@@ -14,8 +14,7 @@ import asyncpg
 import httpx
 
 from kiota.dev.runner import WALKTHROUGH_BEGIN, WALKTHROUGH_END
-from tests.conftest import dsn_for
-from tests.support import ADMIN_DSN, free_port
+from tests.support import ADMIN_DSN, dsn_for, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
