@@ -15,7 +15,7 @@ from kiota.errors import ChainUnavailable
 from kiota.ingester import scan_round
 from kiota.job_history import JobHistory, backoff_seconds, enqueue
 from kiota.lost_callbacks import query_deposit
-from kiota.payouts import Outcome, pay_deposit
+from kiota.payouts import Outcome, abandon, fill_abandoned_nonces, pay_deposit
 from kiota.sql import load_queries
 from kiota.sweeper import sweep
 
@@ -53,7 +53,7 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
             raise Retry(defer=retry_in) from exc
         if failures >= MAX_FAILURES or await _tried_too_long(pool, deposit_id):
             reason = f"payout failed {failures} times; last error: {error}"
-            await pool.execute(load_queries().deposit_to_review, uuid.UUID(deposit_id), reason[:1000])
+            await abandon(pool, uuid.UUID(deposit_id), reason)
             await history.gave_up(error)
             log.error("deposit moved to review after repeated payout failures", failures=failures, error=error)
             return "needs_review"
@@ -64,15 +64,13 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
         # A bug, not the weather: put the deposit where operators look, then let arq fail the job.
         error = f"{type(exc).__name__}: {exc}"
         await history.gave_up(error)
-        await pool.execute(
-            load_queries().deposit_to_review, uuid.UUID(deposit_id), f"payout job crashed: {error}"[:1000]
-        )
+        await abandon(pool, uuid.UUID(deposit_id), f"payout job crashed: {error}")
         log.exception("payout job crashed")
         raise
     if result.outcome is Outcome.WAITING:
         if await _tried_too_long(pool, deposit_id):  # e.g. a payout that never gets mined
             reason = f"payout not settled within 30 minutes: {result.detail}"
-            await pool.execute(load_queries().deposit_to_review, uuid.UUID(deposit_id), reason)
+            await abandon(pool, uuid.UUID(deposit_id), reason)
             await history.gave_up(reason)
             log.error("deposit moved to review: payout not settled in time", detail=result.detail)
             return "needs_review"
@@ -118,4 +116,8 @@ async def scan_chain_tick(ctx: dict[str, Any]) -> str:
 
 async def sweep_tick(ctx: dict[str, Any]) -> str:
     report = await sweep(ctx["pool"], ctx["redis"], ctx["settings"].sweep_seconds)
+    try:  # abandoned nonces are filled by the lane's next owner; this is for when no payout comes
+        await fill_abandoned_nonces(ctx["pool"], ctx["treasury"], ctx["lane_config"])
+    except ChainUnavailable as exc:
+        log.warning("nonce filler could not reach the chain; next sweep tries again", error=str(exc))
     return f"recovered={report.recovered} reenqueued={report.reenqueued} queries={report.queries}"

@@ -7,7 +7,10 @@ Exactly once rests on PostgreSQL, not on the queue:
 - the nonce is allocated in PostgreSQL, and every signed transaction is stored
   before it is broadcast, so a crash is always followed by re-sending or
   recognising the same transaction, never by signing a second payment;
-- a receipt for any attempt settles the payout; a reverted receipt is a failure.
+- a receipt for any attempt settles the payout; a reverted receipt is a failure;
+- a payout given up on keeps its nonce until the lane fills it with a zero-value send
+  to the treasury itself (or sees the payout mined after all, and settles it), so a
+  gap never strands the payouts signed after it.
 
 Guards (kill switch, lane pause, per-deposit maximum, hourly and daily caps) and
 the treasury's balances are checked before anything is signed.
@@ -126,26 +129,14 @@ async def pay_deposit(
         return stopped
     try:
         async with treasury_lane(pool, lane_key(treasury.chain_id, treasury.address), config.lock_wait_seconds) as conn:
-            payout = await _live_payout(conn, treasury, deposit)
-            attempts = await conn.fetch(q.attempts_of_payout, payout["id"])
-            if not attempts:
-                blocked = await _check_caps_and_funds(conn, treasury, guards, deposit["amount_usdc"])
-                if blocked is not None:
-                    return blocked
-                signed = await _sign_and_store(conn, treasury, payout)
-                await _broadcast_or_bump(conn, treasury, payout, signed)
-                failpoint("after_broadcast")
-            else:  # a later run, or after a crash: re-send the newest attempt (idempotent)
-                await _broadcast_or_bump(conn, treasury, payout, _stored(attempts[-1]))
-            receipt = await _watch(conn, treasury, payout, config)
-            if receipt is None:
-                return PayoutResult(Outcome.WAITING, "the payout is not mined yet")
-            failpoint("after_receipt")
-            if not receipt.succeeded:
-                return await _reverted(conn, payout["id"], deposit_id, receipt)
-            await _settle(conn, treasury, deposit, payout["id"], receipt)
-            bound.info("deposit paid and credited", tx_hash=receipt.tx_hash, block=receipt.block_number)
-            return PayoutResult(Outcome.COMPLETED, receipt.tx_hash)
+            await _resolve_abandoned(conn, treasury, config)
+            status = await conn.fetchval(q.deposit_status, deposit_id)
+            if status != "processing":  # settled above: its abandoned payout was mined after all
+                return PayoutResult(Outcome.COMPLETED if status == "completed" else Outcome.NOTHING_TO_DO, status)
+            result = await _pay_in_lane(conn, treasury, guards, deposit, config)
+            if result.outcome is Outcome.COMPLETED:
+                bound.info("deposit paid and credited", tx_hash=result.detail)
+            return result
     except LaneBusy as exc:
         return PayoutResult(Outcome.WAITING, str(exc))
     except NonceTaken as exc:
@@ -155,6 +146,32 @@ async def pay_deposit(
             await conn.execute(q.deposit_to_review, deposit_id, reason)
         log.error("payout nonce taken by another transaction", deposit_id=str(deposit_id), error=str(exc))
         return PayoutResult(Outcome.REVIEW, reason)
+
+
+async def _pay_in_lane(
+    conn: Connection, treasury: Treasury, guards: asyncpg.Record, deposit: asyncpg.Record, config: LaneConfig
+) -> PayoutResult:
+    payout = await _live_payout(conn, treasury, deposit)
+    if payout["status"] == "cancelling":
+        return PayoutResult(Outcome.WAITING, "the nonce of this deposit's abandoned payout is being filled")
+    attempts = await conn.fetch(load_queries().attempts_of_payout, payout["id"])
+    if not attempts:
+        blocked = await _check_caps_and_funds(conn, treasury, guards, deposit["amount_usdc"])
+        if blocked is not None:
+            return blocked
+        signed = await _sign_and_store(conn, treasury, payout)
+        await _broadcast_or_bump(conn, treasury, payout, signed)
+        failpoint("after_broadcast")
+    else:  # a later run, or after a crash: re-send the newest attempt (idempotent)
+        await _broadcast_or_bump(conn, treasury, payout, _stored(attempts[-1]))
+    receipt = await _watch(conn, treasury, payout, config)
+    if receipt is None:
+        return PayoutResult(Outcome.WAITING, "the payout is not mined yet")
+    failpoint("after_receipt")
+    if not receipt.succeeded:
+        return await _reverted(conn, payout["id"], deposit["id"], receipt)
+    await _settle(conn, treasury, deposit, payout["id"], receipt)
+    return PayoutResult(Outcome.COMPLETED, receipt.tx_hash)
 
 
 async def _guards_stop(pool: asyncpg.Pool, guards: asyncpg.Record, deposit: asyncpg.Record) -> PayoutResult | None:
@@ -222,7 +239,7 @@ async def _allocate_nonce(conn: Connection, treasury: Treasury) -> int:
     return int(nonce)
 
 
-async def _store_attempt(conn: Connection, payout_id: int, signed: SignedTx) -> None:
+async def _store_attempt(conn: Connection, payout_id: int, signed: SignedTx, kind: str = "payout") -> None:
     await conn.execute(
         load_queries().insert_attempt,
         payout_id,
@@ -232,6 +249,7 @@ async def _store_attempt(conn: Connection, payout_id: int, signed: SignedTx) -> 
         signed.fees.max_fee_per_gas,
         signed.fees.max_priority_fee_per_gas,
         signed.gas_limit,
+        kind,
     )
 
 
@@ -256,14 +274,24 @@ async def _broadcast(conn: Connection, treasury: Treasury, signed: SignedTx) -> 
     await conn.execute(load_queries().attempt_broadcast, signed.tx_hash, await treasury.head())
 
 
-async def _broadcast_or_bump(conn: Connection, treasury: Treasury, payout: asyncpg.Record, signed: SignedTx) -> None:
+async def _broadcast_or_bump(
+    conn: Connection, treasury: Treasury, payout: asyncpg.Record, signed: SignedTx, kind: str = "payout"
+) -> None:
     try:
         await _broadcast(conn, treasury, signed)
     except FeeTooLow:
-        await _replace(conn, treasury, payout, signed)
+        await _replace(conn, treasury, payout, signed, kind)
 
 
-async def _replace(conn: Connection, treasury: Treasury, payout: asyncpg.Record, latest: SignedTx) -> None:
+def _sign(treasury: Treasury, payout: asyncpg.Record, kind: str, nonce: int, fees: Fees) -> SignedTx:
+    if kind == "filler":
+        return treasury.sign_self_send(nonce, fees)
+    return treasury.sign_transfer(payout["to_address"], payout["amount_micro"], nonce, fees)
+
+
+async def _replace(
+    conn: Connection, treasury: Treasury, payout: asyncpg.Record, latest: SignedTx, kind: str = "payout"
+) -> None:
     """The same nonce, re-signed with fees raised at least 12.5%; stored before it is sent."""
     for _ in range(10):  # each refusal raises the offer again; the cap bounds it
         fees = latest.fees.bumped(await treasury.fee_quote())
@@ -271,10 +299,10 @@ async def _replace(conn: Connection, treasury: Treasury, payout: asyncpg.Record,
             log.error("payout fees at the cap and still unmined", payout_id=payout["id"], nonce=latest.nonce)
             await _broadcast(conn, treasury, latest)
             return
-        replacement = treasury.sign_transfer(payout["to_address"], payout["amount_micro"], latest.nonce, fees)
-        await _store_attempt(conn, payout["id"], replacement)
+        replacement = _sign(treasury, payout, kind, latest.nonce, fees)
+        await _store_attempt(conn, payout["id"], replacement, kind)
         log.warning(
-            "payout re-signed with higher fees",
+            f"{'nonce filler' if kind == 'filler' else 'payout'} re-signed with higher fees",
             payout_id=payout["id"],
             nonce=latest.nonce,
             tx_hash=replacement.tx_hash,
@@ -294,7 +322,7 @@ async def _watch(conn: Connection, treasury: Treasury, payout: asyncpg.Record, c
     payout_id = payout["id"]
     deadline = time.monotonic() + config.watch_seconds
     while True:
-        attempts = await conn.fetch(q.attempts_of_payout, payout_id)
+        attempts = [a for a in await conn.fetch(q.attempts_of_payout, payout_id) if a["kind"] == "payout"]
         for attempt in reversed(attempts):
             receipt = await treasury.receipt(attempt["tx_hash"])
             if receipt is not None:
@@ -348,3 +376,88 @@ async def _settle(
         await conn.execute(q.deposit_completed, deposit["id"], receipt.tx_hash)
         if balance is not None:
             await conn.execute(q.upsert_wallet_balance, deposit["user_id"], balance, head)
+
+
+async def abandon(pool: asyncpg.Pool, deposit_id: uuid.UUID, reason: str) -> None:
+    """Give up on a deposit's payout for now: the deposit goes to review and its payout, if it
+    holds a nonce, to 'cancelling' until the lane fills that nonce. An operator's retry then
+    pays it with a new payout and a new nonce."""
+    q = load_queries()
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(q.deposit_to_review, deposit_id, reason[:1000])
+        await conn.execute(q.payout_abandon, deposit_id, reason[:1000])
+
+
+async def fill_abandoned_nonces(pool: asyncpg.Pool, treasury: Treasury, config: LaneConfig | None = None) -> bool:
+    """The sweeper's turn at the nonce filler, for when no payout comes along to do it.
+    Returns False when the lane is busy (its owner fills the nonces in its own turn)."""
+    config = config or LaneConfig()
+    if not await pool.fetchval(load_queries().any_cancelling, treasury.chain_id, treasury.address):
+        return True
+    try:
+        async with treasury_lane(pool, lane_key(treasury.chain_id, treasury.address), 0) as conn:
+            await _resolve_abandoned(conn, treasury, config)
+    except LaneBusy:
+        return False
+    return True
+
+
+async def _resolve_abandoned(conn: Connection, treasury: Treasury, config: LaneConfig) -> None:
+    """For each payout being cancelled: if its nonce is used, record by what; else send (or bump) the filler.
+    Never waits for a receipt: the next turn looks again."""
+    q = load_queries()
+    payouts = await conn.fetch(q.cancelling_payouts, treasury.chain_id, treasury.address)
+    if not payouts:
+        return
+    mined = await treasury.mined_nonce()
+    for payout in payouts:
+        attempts = await conn.fetch(q.attempts_of_payout, payout["id"])
+        if mined > payout["nonce"]:
+            await _nonce_used(conn, treasury, payout, attempts)
+        else:
+            await _send_filler(conn, treasury, payout, attempts, config)
+
+
+async def _nonce_used(
+    conn: Connection, treasury: Treasury, payout: asyncpg.Record, attempts: list[asyncpg.Record]
+) -> None:
+    q = load_queries()
+    bound = log.bind(payout_id=payout["id"], deposit_id=str(payout["deposit_id"]), nonce=payout["nonce"])
+    for _ in range(2):  # look twice: an attempt may have landed between the nonce and the receipts
+        for attempt in reversed(attempts):
+            receipt = await treasury.receipt(attempt["tx_hash"])
+            if receipt is None:
+                continue
+            if attempt["kind"] == "filler":
+                await conn.execute(q.payout_filled, payout["id"], receipt.tx_hash, receipt.block_number)
+                bound.info("abandoned payout cancelled: its nonce was filled", tx_hash=receipt.tx_hash)
+            elif receipt.succeeded:  # the payout we gave up on was mined after all: the money moved
+                deposit = await conn.fetchrow(q.deposit_by_id, payout["deposit_id"])
+                assert deposit is not None  # payouts reference their deposit
+                await _settle(conn, treasury, deposit, payout["id"], receipt)
+                bound.warning("a payout given up on was mined after all: deposit paid and credited")
+            else:
+                await _reverted(conn, payout["id"], payout["deposit_id"], receipt)
+            return
+    await conn.execute(q.payout_filled, payout["id"], None, None)
+    bound.error("abandoned payout cancelled: its nonce was used by a transaction that is not ours")
+
+
+async def _send_filler(
+    conn: Connection, treasury: Treasury, payout: asyncpg.Record, attempts: list[asyncpg.Record], config: LaneConfig
+) -> None:
+    fillers = [a for a in attempts if a["kind"] == "filler"]
+    if fillers:  # sent before: re-send it, or bump it when it has waited too long
+        latest = fillers[-1]
+        stale = latest["broadcast_block"] is not None
+        if stale and await treasury.head() - latest["broadcast_block"] >= config.replace_after_blocks:
+            await _replace(conn, treasury, payout, _stored(latest), "filler")
+        else:
+            await _broadcast_or_bump(conn, treasury, payout, _stored(latest), "filler")
+        return
+    # Outbid every attempt of the payout, which may still sit in a node's pool.
+    offered = _stored(attempts[-1]).fees
+    filler = treasury.sign_self_send(payout["nonce"], offered.bumped(await treasury.fee_quote()))
+    await _store_attempt(conn, payout["id"], filler, "filler")
+    log.warning("filling an abandoned payout's nonce", payout_id=payout["id"], nonce=filler.nonce, tx=filler.tx_hash)
+    await _broadcast_or_bump(conn, treasury, payout, filler, "filler")

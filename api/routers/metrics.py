@@ -36,6 +36,11 @@ async def metrics(pool: PoolDep) -> Response:
     Gauge("kiota_payout_lane_paused", "1 when the payout lane is paused (alert on it)", registry=registry).set(
         int(snapshot["lane_paused"])
     )
+    Gauge(
+        "kiota_payouts_cancelling",
+        "Payouts given up on whose nonce is not filled yet (alert if it stays above 0)",
+        registry=registry,
+    ).set(snapshot["payouts_cancelling"])
     Gauge("kiota_workers_live", "Workers with a heartbeat in the last 90 s", registry=registry).set(
         snapshot["live_workers"]
     )

@@ -19,6 +19,8 @@ returned byte for byte, unless one of the rules in force applies:
   rate_limit_every   every Nth HTTP request is answered 429, `Retry-After: 1`, before anything is forwarded.
   fail_next          the next N HTTP requests are answered 503 (the rule counts itself down).
   refuse_all         every HTTP request is answered 503, as if the provider were down.
+  refuse_methods     an HTTP request with a call to one of these methods is answered 503 (e.g.
+                     ["eth_sendRawTransaction"]: a node that reads but never takes a transaction).
 
 A batch counts as one HTTP request for the 429/503 rules; its elements are judged one by one for the
 `eth_getLogs` rules, the refused ones answered here and the rest forwarded as a smaller batch.
@@ -93,6 +95,7 @@ class ProxyConfig:
     rate_limit_every: int | None = None
     fail_next: int = 0
     refuse_all: bool = False
+    refuse_methods: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("max_log_range", "max_topic_values", "rate_limit_every"):
@@ -117,6 +120,7 @@ class ProxyConfigUpdate(BaseModel):
     rate_limit_every: int | None = Field(default=None, ge=1)
     fail_next: int = Field(default=0, ge=0)
     refuse_all: bool = False
+    refuse_methods: tuple[str, ...] = ()
 
 
 @dataclass
@@ -148,10 +152,12 @@ class ProxyState:
             if log_filter is not None:
                 self.log_filters.append(log_filter)
 
-    def _gate(self) -> int | None:
+    def _gate(self, calls: Sequence[Any]) -> int | None:
         """The HTTP status that answers this request before anything is forwarded, if any."""
         config = self.config
         if config.refuse_all:
+            return 503
+        if any(isinstance(c, dict) and c.get("method") in config.refuse_methods for c in calls):
             return 503
         if config.fail_next > 0:
             self.config = dataclasses.replace(config, fail_next=config.fail_next - 1)
@@ -283,7 +289,7 @@ async def _proxy(state: ProxyState, upstream: _Upstream, body: bytes) -> Respons
         return await _forward(upstream, body)  # the node's own parse error is the honest answer
     calls: list[Any] = payload if isinstance(payload, list) else [payload]
     state._record(calls)
-    gate = state._gate()
+    gate = state._gate(calls)
     if gate is not None:
         return _gate_response(gate, payload)
     resolver = _BlockResolver(upstream)

@@ -56,7 +56,7 @@ SELECT * FROM deposits WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMI
 -- name: deposit_completed
 UPDATE deposits
 SET status = 'completed', tx_hash = $2, completed_at = now(), updated_at = now()
-WHERE id = $1 AND status = 'processing';
+WHERE id = $1 AND status IN ('processing', 'needs_review');  -- our payout was mined: it is paid, whatever we thought
 
 -- name: deposit_retry_from_review
 -- An operator's retry: back to processing, with a fresh 30-minute window. Only money
@@ -116,6 +116,7 @@ SELECT
     (SELECT count(*) FROM review_items WHERE status = 'open') AS open_reviews,
     (SELECT kill_switch FROM payout_guards) AS kill_switch,
     (SELECT lane_paused FROM payout_guards) AS lane_paused,
+    (SELECT count(*) FROM payouts WHERE status = 'cancelling') AS payouts_cancelling,
     (SELECT count(*) FROM worker_heartbeats WHERE seen_at > now() - interval '90 seconds') AS live_workers;
 
 -- name: deposits_due_for_query
@@ -140,3 +141,6 @@ UPDATE deposits SET next_query_at = now() + make_interval(secs => $2) WHERE id =
 
 -- name: receipt_taken
 SELECT 1 FROM deposits WHERE mpesa_receipt = $1;
+
+-- name: deposit_status
+SELECT status FROM deposits WHERE id = $1;

@@ -29,10 +29,11 @@ ON CONFLICT (deposit_id) WHERE status NOT IN ('reverted', 'cancelled') DO NOTHIN
 -- name: paid_out_since
 -- What left the treasury (or is on its way) in a window, for the hourly and daily caps.
 SELECT coalesce(sum(amount_micro), 0)::bigint FROM payouts
-WHERE status IN ('signed', 'confirmed') AND chain_id = $1 AND created_at > now() - make_interval(secs => $2);
+WHERE status IN ('signed', 'cancelling', 'confirmed') AND chain_id = $1 AND created_at > now() - make_interval(secs => $2);
 
 -- name: in_flight_micro
-SELECT coalesce(sum(amount_micro), 0)::bigint FROM payouts WHERE status = 'signed' AND chain_id = $1;
+-- Signed and not settled: a payout being cancelled may still be mined.
+SELECT coalesce(sum(amount_micro), 0)::bigint FROM payouts WHERE status IN ('signed', 'cancelling') AND chain_id = $1;
 
 -- name: lock_nonce
 SELECT next_nonce FROM treasury_nonces WHERE chain_id = $1 AND address = $2 FOR UPDATE;
@@ -45,8 +46,9 @@ ON CONFLICT (chain_id, address) DO UPDATE SET next_nonce = EXCLUDED.next_nonce;
 UPDATE payouts SET nonce = $2, status = 'signed', updated_at = now() WHERE id = $1 AND status = 'created';
 
 -- name: insert_attempt
-INSERT INTO payout_attempts (payout_id, nonce, tx_hash, raw_tx, max_fee_per_gas, max_priority_fee_per_gas, gas_limit)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO payout_attempts (payout_id, nonce, tx_hash, raw_tx, max_fee_per_gas, max_priority_fee_per_gas, gas_limit,
+                             kind)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (tx_hash) DO NOTHING;
 
 -- name: attempt_broadcast
@@ -58,11 +60,11 @@ SELECT * FROM payout_attempts WHERE payout_id = $1 ORDER BY id;
 
 -- name: payout_confirmed
 UPDATE payouts SET status = 'confirmed', tx_hash = $2, block_number = $3, settled_at = now(), updated_at = now()
-WHERE id = $1 AND status = 'signed';
+WHERE id = $1 AND status IN ('signed', 'cancelling');
 
 -- name: payout_reverted
 UPDATE payouts SET status = 'reverted', tx_hash = $2, block_number = $3, settled_at = now(), updated_at = now()
-WHERE id = $1 AND status = 'signed';
+WHERE id = $1 AND status IN ('signed', 'cancelling');
 
 -- name: upsert_wallet_balance
 INSERT INTO wallet_balances (user_id, usdc_micro, block_number) VALUES ($1, $2, $3)
@@ -73,3 +75,22 @@ WHERE wallet_balances.block_number <= EXCLUDED.block_number;
 -- name: payout_cancelled
 UPDATE payouts SET status = 'cancelled', updated_at = now(), settled_at = now()
 WHERE deposit_id = $1 AND status IN ('created', 'signed');
+
+-- name: payout_abandon
+-- The deposit's payout is given up on: one never signed is simply cancelled; a signed one
+-- holds a nonce, which the lane must fill (or see used) before it is cancelled.
+UPDATE payouts
+SET status = CASE WHEN nonce IS NULL THEN 'cancelled' ELSE 'cancelling' END,
+    settled_at = CASE WHEN nonce IS NULL THEN now() END,
+    cancel_reason = $2, updated_at = now()
+WHERE deposit_id = $1 AND status IN ('created', 'signed');
+
+-- name: cancelling_payouts
+SELECT * FROM payouts WHERE status = 'cancelling' AND chain_id = $1 AND from_address = $2 ORDER BY nonce;
+
+-- name: any_cancelling
+SELECT EXISTS (SELECT 1 FROM payouts WHERE status = 'cancelling' AND chain_id = $1 AND from_address = $2);
+
+-- name: payout_filled
+UPDATE payouts SET status = 'cancelled', tx_hash = $2, block_number = $3, settled_at = now(), updated_at = now()
+WHERE id = $1 AND status = 'cancelling';

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -420,6 +421,17 @@ async def test_refuse_all_answers_503_to_everything(proxy: RunningRpcProxy, http
     assert (await post(http, proxy.url, call("eth_chainId"))).status_code == 200
 
 
+async def test_refuse_methods_answers_503_only_to_requests_calling_them(
+    proxy: RunningRpcProxy, http: httpx.AsyncClient
+) -> None:
+    proxy.state.configure(refuse_methods=("eth_sendRawTransaction",))
+    send = await post(http, proxy.url, call("eth_sendRawTransaction", ["0x00"]))
+    batch = await post(http, proxy.url, [call("eth_chainId"), call("eth_sendRawTransaction", ["0x00"], call_id=2)])
+    read = await post(http, proxy.url, call("eth_chainId"))
+    assert (send.status_code, batch.status_code, read.status_code) == (503, 503, 200)
+    assert read.json()["result"] == hex(8453)
+
+
 # --- the control endpoint ------------------------------------------------------------------------
 
 
@@ -427,7 +439,8 @@ async def test_post_config_changes_only_the_fields_given(proxy: RunningRpcProxy,
     proxy.state.configure(max_topic_values=1000)
     answer = await http.post(f"{proxy.url}/_proxy/config", json={"max_log_range": 2, "suggest_range": False})
     assert answer.status_code == 200
-    expected = dataclasses.asdict(ProxyConfig(max_log_range=2, suggest_range=False, max_topic_values=1000))
+    config = ProxyConfig(max_log_range=2, suggest_range=False, max_topic_values=1000)
+    expected = json.loads(json.dumps(dataclasses.asdict(config)))  # as JSON: tuples are lists
     assert answer.json() == expected
     assert (await http.get(f"{proxy.url}/_proxy/config")).json() == expected
     refused = (await post(http, proxy.url, call("eth_getLogs", [usdc_logs(0, 5)]))).json()
