@@ -8,6 +8,11 @@ Exactly once rests on PostgreSQL, not on the queue:
   before it is broadcast, so a crash is always followed by re-sending or
   recognising the same transaction, never by signing a second payment;
 - a receipt for any attempt settles the payout; a reverted receipt is a failure;
+- the lane's owner also pays the other processing deposits that have no payout yet, in
+  the same turn (one fee quote, consecutive nonces, one commit for all their signed
+  transactions, then broadcast in nonce order): a lane that waits for one receipt per
+  deposit would pay one deposit per block at best. Their own jobs then find them paid,
+  or re-send their stored attempts if the owner died;
 - a payout given up on keeps its nonce until the lane fills it with a zero-value send
   to the treasury itself (or sees the payout mined after all, and settles it), so a
   gap never strands the payouts signed after it.
@@ -28,6 +33,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import asyncpg
 import structlog
@@ -42,6 +48,7 @@ from kiota.treasury import Fees, FeeTooLow, Receipt, SignedTx, Treasury
 log = structlog.get_logger(__name__)
 
 REPLACE_AFTER_BLOCKS = 3
+LANE_POLL_SECONDS = 0.05  # how often a job waiting for the lane tries it again
 HOUR, DAY = 3600.0, 86400.0
 
 
@@ -72,6 +79,7 @@ class LaneConfig:
     watch_seconds: float = 20.0  # how long one job run waits for a receipt before yielding
     lock_wait_seconds: float = 5.0
     replace_after_blocks: int = REPLACE_AFTER_BLOCKS
+    batch_size: int = 20  # deposits paid in one turn of the lane, the owner's own included
 
 
 class LaneBusy(KiotaError):
@@ -94,15 +102,27 @@ def failpoint(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class PaidMeanwhile(KiotaError):
+    """While this job waited for the lane, the lane's owner paid its deposit."""
+
+
 @asynccontextmanager
-async def treasury_lane(pool: asyncpg.Pool, key: int, wait_seconds: float) -> AsyncIterator[Connection]:
-    """Own the lane for the block. The lock lives on this connection: if the process dies, it is freed."""
+async def treasury_lane(
+    pool: asyncpg.Pool, key: int, wait_seconds: float, deposit_id: uuid.UUID | None = None
+) -> AsyncIterator[Connection]:
+    """Own the lane for the block. The lock lives on this connection: if the process dies, it is freed.
+    A job waiting for its deposit stops waiting (PaidMeanwhile) once the owner has paid it."""
     async with pool.acquire() as conn:
         deadline = time.monotonic() + wait_seconds
         while not await try_advisory_lock(conn, key):
             if time.monotonic() > deadline:
                 raise LaneBusy("the treasury lane is owned by another worker")
-            await asyncio.sleep(0.02)
+            # The owner pays every waiting deposit in its turn: look less often, and stop once paid.
+            await asyncio.sleep(LANE_POLL_SECONDS)
+            if deposit_id is not None:
+                status = await conn.fetchval(load_queries().deposit_status, deposit_id)
+                if status != "processing":
+                    raise PaidMeanwhile(str(status))
         try:
             yield conn
         finally:
@@ -121,57 +141,105 @@ async def pay_deposit(
         return PayoutResult(Outcome.COMPLETED, deposit["tx_hash"])
     if deposit["status"] != "processing":
         return PayoutResult(Outcome.NOTHING_TO_DO, f"deposit is {deposit['status']}")
-    bound = log.bind(deposit_id=str(deposit_id))
     guards = await pool.fetchrow(q.guards)
     assert guards is not None  # the migration inserts the one row
     stopped = await _guards_stop(pool, guards, deposit)
     if stopped is not None:
         return stopped
     try:
-        async with treasury_lane(pool, lane_key(treasury.chain_id, treasury.address), config.lock_wait_seconds) as conn:
+        key = lane_key(treasury.chain_id, treasury.address)
+        async with treasury_lane(pool, key, config.lock_wait_seconds, deposit_id) as conn:
             await _resolve_abandoned(conn, treasury, config)
             status = await conn.fetchval(q.deposit_status, deposit_id)
             if status != "processing":  # settled above: its abandoned payout was mined after all
                 return PayoutResult(Outcome.COMPLETED if status == "completed" else Outcome.NOTHING_TO_DO, status)
-            result = await _pay_in_lane(conn, treasury, guards, deposit, config)
-            if result.outcome is Outcome.COMPLETED:
-                bound.info("deposit paid and credited", tx_hash=result.detail)
-            return result
+            return await _pay_in_lane(conn, treasury, guards, deposit, config)
     except LaneBusy as exc:
         return PayoutResult(Outcome.WAITING, str(exc))
-    except NonceTaken as exc:
-        reason = f"{exc}: the treasury key was used elsewhere; check the treasury before retrying"
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(q.payout_cancelled, deposit_id)
-            await conn.execute(q.deposit_to_review, deposit_id, reason)
-        log.error("payout nonce taken by another transaction", deposit_id=str(deposit_id), error=str(exc))
-        return PayoutResult(Outcome.REVIEW, reason)
+    except PaidMeanwhile as exc:
+        status = str(exc)
+        return PayoutResult(Outcome.COMPLETED if status == "completed" else Outcome.NOTHING_TO_DO, status)
+
+
+# A payout in a turn of the lane: the deposit and its payout row.
+Pair = tuple[asyncpg.Record, asyncpg.Record]
 
 
 async def _pay_in_lane(
     conn: Connection, treasury: Treasury, guards: asyncpg.Record, deposit: asyncpg.Record, config: LaneConfig
 ) -> PayoutResult:
+    """One turn of the lane: re-send every signed, unsettled payout in nonce order (after a crash
+    some may never have left; a gap would hold back all above it), sign and send this deposit's
+    payout with the other deposits waiting for one, then settle whatever is mined."""
     payout = await _live_payout(conn, treasury, deposit)
     if payout["status"] == "cancelling":
         return PayoutResult(Outcome.WAITING, "the nonce of this deposit's abandoned payout is being filled")
-    attempts = await conn.fetch(load_queries().attempts_of_payout, payout["id"])
-    if not attempts:
-        blocked = await _check_caps_and_funds(conn, treasury, guards, deposit["amount_usdc"])
-        if blocked is not None:
-            return blocked
-        signed = await _sign_and_store(conn, treasury, payout)
-        await _broadcast_or_bump(conn, treasury, payout, signed)
-        failpoint("after_broadcast")
-    else:  # a later run, or after a crash: re-send the newest attempt (idempotent)
-        await _broadcast_or_bump(conn, treasury, payout, _stored(attempts[-1]))
-    receipt = await _watch(conn, treasury, payout, config)
-    if receipt is None:
-        return PayoutResult(Outcome.WAITING, "the payout is not mined yet")
-    failpoint("after_receipt")
-    if not receipt.succeeded:
-        return await _reverted(conn, payout["id"], deposit["id"], receipt)
-    await _settle(conn, treasury, deposit, payout["id"], receipt)
-    return PayoutResult(Outcome.COMPLETED, receipt.tx_hash)
+    batch: list[Any] = await _unsettled(conn, treasury, config.batch_size)
+    for _, p, attempt in batch:
+        await _broadcast_or_bump(conn, treasury, p, attempt)
+    blocked = None
+    if payout["status"] == "created":
+        fresh = [(deposit, payout), *await _companions(conn, treasury, guards, deposit["id"], config.batch_size - 1)]
+        blocked = await _check_caps_and_funds(conn, treasury, guards, fresh, alert=len(fresh) == 1)
+        if blocked is not None and len(fresh) > 1:  # the others wait for their own turn; this one may fit
+            fresh = fresh[:1]
+            blocked = await _check_caps_and_funds(conn, treasury, guards, fresh, alert=True)
+        if blocked is None:
+            signed = await _sign_and_store(conn, treasury, fresh)
+            await _broadcast_all(conn, treasury, signed)
+            failpoint("after_broadcast")
+            batch += signed
+    deadline = time.monotonic() + config.watch_seconds
+    results: dict[int, PayoutResult] = {}
+    mined: list[tuple[asyncpg.Record, int, Receipt]] = []
+    for d, p, _ in batch:  # nonce order
+        try:
+            receipt = await _watch(conn, treasury, p, config, deadline)
+        except NonceTaken as exc:
+            results[p["id"]] = await _nonce_taken(conn, d["id"], exc)
+            continue
+        if receipt is None:
+            results[p["id"]] = PayoutResult(Outcome.WAITING, "the payout is not mined yet")
+            continue
+        failpoint("after_receipt")
+        if receipt.succeeded:
+            mined.append((d, p["id"], receipt))
+            results[p["id"]] = PayoutResult(Outcome.COMPLETED, receipt.tx_hash)
+        else:
+            results[p["id"]] = await _reverted(conn, p["id"], d["id"], receipt)
+    await _settle(conn, treasury, mined)
+    return blocked or results.get(payout["id"], PayoutResult(Outcome.WAITING, "the payout was not signed"))
+
+
+async def _unsettled(conn: Connection, treasury: Treasury, limit: int) -> list[tuple[Any, Any, SignedTx]]:
+    """Signed payouts not yet settled, in nonce order, with their deposit and newest attempt."""
+    q = load_queries()
+    batch = []
+    for payout in await conn.fetch(q.unsettled_payouts, treasury.chain_id, treasury.address, limit):
+        deposit = await conn.fetchrow(q.deposit_by_id, payout["deposit_id"])
+        attempts = [a for a in await conn.fetch(q.attempts_of_payout, payout["id"]) if a["kind"] == "payout"]
+        batch.append((deposit, payout, _stored(attempts[-1])))
+    return batch
+
+
+async def _companions(
+    conn: Connection, treasury: Treasury, guards: asyncpg.Record, own: uuid.UUID, limit: int
+) -> list[Pair]:
+    """Other processing deposits that have no payout yet, oldest first, each given its payout row."""
+    if limit <= 0:
+        return []
+    rows = await conn.fetch(load_queries().deposits_awaiting_payout, own, guards["per_deposit_max_micro"], limit)
+    return [(row, await _live_payout(conn, treasury, row)) for row in rows]
+
+
+async def _nonce_taken(conn: Connection, deposit_id: uuid.UUID, exc: NonceTaken) -> PayoutResult:
+    q = load_queries()
+    reason = f"{exc}: the treasury key was used elsewhere; check the treasury before retrying"
+    async with conn.transaction():
+        await conn.execute(q.payout_cancelled, deposit_id)
+        await conn.execute(q.deposit_to_review, deposit_id, reason)
+    log.error("payout nonce taken by another transaction", deposit_id=str(deposit_id), error=str(exc))
+    return PayoutResult(Outcome.REVIEW, reason)
 
 
 async def _guards_stop(pool: asyncpg.Pool, guards: asyncpg.Record, deposit: asyncpg.Record) -> PayoutResult | None:
@@ -204,9 +272,11 @@ async def _live_payout(conn: Connection, treasury: Treasury, deposit: asyncpg.Re
 
 
 async def _check_caps_and_funds(
-    conn: Connection, treasury: Treasury, guards: asyncpg.Record, amount: int
+    conn: Connection, treasury: Treasury, guards: asyncpg.Record, batch: list[Pair], *, alert: bool
 ) -> PayoutResult | None:
+    """Whether the batch fits the caps and the treasury; with `alert`, a shortfall pauses the lane."""
     q = load_queries()
+    amount = sum(int(d["amount_usdc"]) for d, _ in batch)
     for window, cap_name in ((HOUR, "hourly_cap_micro"), (DAY, "daily_cap_micro")):
         spent = await conn.fetchval(q.paid_out_since, treasury.chain_id, window)
         if spent + amount > guards[cap_name]:
@@ -224,18 +294,21 @@ async def _check_caps_and_funds(
         shortfall = f"treasury ETH {eth} wei cannot pay for gas"
     if shortfall is None:
         return None
+    if not alert:
+        return PayoutResult(Outcome.BLOCKED, shortfall)
     await conn.execute(q.pause_lane, shortfall)
     # An alert: an error line here and the paused lane in /metrics and the dashboard.
     log.error("payout lane paused: treasury shortfall", reason=shortfall, treasury=treasury.address)
     return PayoutResult(Outcome.BLOCKED, f"the payout lane is paused: {shortfall}", GUARD_RECHECK_SECONDS)
 
 
-async def _allocate_nonce(conn: Connection, treasury: Treasury) -> int:
+async def _allocate_nonces(conn: Connection, treasury: Treasury, count: int) -> int:
+    """The first of `count` consecutive nonces; the rest follow it."""
     q = load_queries()
     stored = await conn.fetchval(q.lock_nonce, treasury.chain_id, treasury.address)
     chain = await treasury.pending_nonce()
     nonce = chain if stored is None else max(stored, chain)
-    await conn.execute(q.store_nonce, treasury.chain_id, treasury.address, nonce + 1)
+    await conn.execute(q.store_nonce, treasury.chain_id, treasury.address, nonce + count)
     return int(nonce)
 
 
@@ -253,13 +326,24 @@ async def _store_attempt(conn: Connection, payout_id: int, signed: SignedTx, kin
     )
 
 
-async def _sign_and_store(conn: Connection, treasury: Treasury, payout: asyncpg.Record) -> SignedTx:
+async def _sign_and_store(
+    conn: Connection, treasury: Treasury, batch: list[Pair]
+) -> list[tuple[asyncpg.Record, asyncpg.Record, SignedTx]]:
+    """Nonces allocated, transactions signed and stored: one transaction for the whole batch. A payout
+    given up on meanwhile (its deposit sent to review by its own job) is left out; the first one, the
+    caller's own, cannot be."""
     fees = await treasury.fee_quote()
+    signed = []
     async with conn.transaction():
-        nonce = await _allocate_nonce(conn, treasury)
-        signed = treasury.sign_transfer(payout["to_address"], payout["amount_micro"], nonce, fees)
-        await conn.execute(load_queries().payout_signed, payout["id"], nonce)
-        await _store_attempt(conn, payout["id"], signed)
+        nonce = await _allocate_nonces(conn, treasury, len(batch))
+        for deposit, payout in batch:
+            if await conn.fetchval(load_queries().payout_signed, payout["id"], nonce) is None:
+                continue
+            tx = treasury.sign_transfer(payout["to_address"], payout["amount_micro"], nonce, fees)
+            await _store_attempt(conn, payout["id"], tx)
+            signed.append((deposit, payout, tx))
+            nonce += 1
+        await conn.execute(load_queries().store_nonce, treasury.chain_id, treasury.address, nonce)
     failpoint("after_attempt_stored")
     return signed
 
@@ -267,6 +351,22 @@ async def _sign_and_store(conn: Connection, treasury: Treasury, payout: asyncpg.
 def _stored(attempt: asyncpg.Record) -> SignedTx:
     fees = Fees(int(attempt["max_fee_per_gas"]), int(attempt["max_priority_fee_per_gas"]))
     return SignedTx(attempt["tx_hash"], attempt["raw_tx"], attempt["nonce"], fees, attempt["gas_limit"])
+
+
+async def _broadcast_all(conn: Connection, treasury: Treasury, batch: list[tuple[Any, Any, SignedTx]]) -> None:
+    """Send a turn's new transactions in nonce order; one head read and one update record them."""
+    head = await treasury.head()  # read before sending: a replacement may come a block early, never late
+    sent: list[str] = []
+    try:
+        for _, payout, signed in batch:
+            try:
+                await treasury.broadcast(signed.raw_tx)
+                sent.append(signed.tx_hash)
+            except FeeTooLow:
+                await _replace(conn, treasury, payout, signed)
+    finally:
+        if sent:
+            await conn.execute(load_queries().attempts_broadcast, sent, head)
 
 
 async def _broadcast(conn: Connection, treasury: Treasury, signed: SignedTx) -> None:
@@ -316,11 +416,12 @@ async def _replace(
     raise ChainUnavailable("the node keeps refusing our fees")
 
 
-async def _watch(conn: Connection, treasury: Treasury, payout: asyncpg.Record, config: LaneConfig) -> Receipt | None:
+async def _watch(
+    conn: Connection, treasury: Treasury, payout: asyncpg.Record, config: LaneConfig, deadline: float
+) -> Receipt | None:
     """Wait for a receipt of any attempt; re-sign with higher fees when one sits unmined too long."""
     q = load_queries()
     payout_id = payout["id"]
-    deadline = time.monotonic() + config.watch_seconds
     while True:
         attempts = [a for a in await conn.fetch(q.attempts_of_payout, payout_id) if a["kind"] == "payout"]
         for attempt in reversed(attempts):
@@ -355,27 +456,32 @@ async def _reverted(conn: Connection, payout_id: int, deposit_id: uuid.UUID, rec
     return PayoutResult(Outcome.REVIEW, reason)
 
 
-async def _settle(
-    conn: Connection, treasury: Treasury, deposit: asyncpg.Record, payout_id: int, receipt: Receipt
-) -> None:
-    """The conversion and payout entry, the deposit completed, the payout confirmed: one transaction."""
+async def _settle(conn: Connection, treasury: Treasury, mined: list[tuple[asyncpg.Record, int, Receipt]]) -> None:
+    """For each deposit paid, in one transaction: the conversion and payout entry, the deposit
+    completed, the payout confirmed, the wallet balance cached."""
+    if not mined:
+        return
     q = load_queries()
+    balances: list[int] | None
     try:  # only a cache: read at "latest" (a pruned node has no old state) and never block settling
-        balance: int | None = await treasury.usdc_balance(deposit["deposit_address"])
+        balances = await treasury.usdc_balances([d["deposit_address"] for d, _, _ in mined])
         head = await treasury.head()
     except ChainUnavailable:
-        balance, head = None, receipt.block_number
+        balances, head = None, 0
     async with conn.transaction():
-        await post_entry(
-            conn,
-            ledger.mpesa_converted_and_paid(
-                str(deposit["id"]), deposit["user_id"], deposit["received_kes"], deposit["amount_usdc"]
-            ),
-        )
-        await conn.execute(q.payout_confirmed, payout_id, receipt.tx_hash, receipt.block_number)
-        await conn.execute(q.deposit_completed, deposit["id"], receipt.tx_hash)
-        if balance is not None:
-            await conn.execute(q.upsert_wallet_balance, deposit["user_id"], balance, head)
+        for i, (deposit, payout_id, receipt) in enumerate(mined):
+            await post_entry(
+                conn,
+                ledger.mpesa_converted_and_paid(
+                    str(deposit["id"]), deposit["user_id"], deposit["received_kes"], deposit["amount_usdc"]
+                ),
+            )
+            await conn.execute(q.payout_confirmed, payout_id, receipt.tx_hash, receipt.block_number)
+            await conn.execute(q.deposit_completed, deposit["id"], receipt.tx_hash)
+            if balances is not None:
+                await conn.execute(q.upsert_wallet_balance, deposit["user_id"], balances[i], head)
+    for deposit, _, receipt in mined:
+        log.info("deposit paid and credited", deposit_id=str(deposit["id"]), tx_hash=receipt.tx_hash)
 
 
 async def abandon(pool: asyncpg.Pool, deposit_id: uuid.UUID, reason: str) -> None:
@@ -434,7 +540,7 @@ async def _nonce_used(
             elif receipt.succeeded:  # the payout we gave up on was mined after all: the money moved
                 deposit = await conn.fetchrow(q.deposit_by_id, payout["deposit_id"])
                 assert deposit is not None  # payouts reference their deposit
-                await _settle(conn, treasury, deposit, payout["id"], receipt)
+                await _settle(conn, treasury, [(deposit, payout["id"], receipt)])
                 bound.warning("a payout given up on was mined after all: deposit paid and credited")
             else:
                 await _reverted(conn, payout["id"], payout["deposit_id"], receipt)

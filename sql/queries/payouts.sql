@@ -43,7 +43,8 @@ INSERT INTO treasury_nonces (chain_id, address, next_nonce) VALUES ($1, $2, $3)
 ON CONFLICT (chain_id, address) DO UPDATE SET next_nonce = EXCLUDED.next_nonce;
 
 -- name: payout_signed
-UPDATE payouts SET nonce = $2, status = 'signed', updated_at = now() WHERE id = $1 AND status = 'created';
+UPDATE payouts SET nonce = $2, status = 'signed', updated_at = now() WHERE id = $1 AND status = 'created'
+RETURNING id;
 
 -- name: insert_attempt
 INSERT INTO payout_attempts (payout_id, nonce, tx_hash, raw_tx, max_fee_per_gas, max_priority_fee_per_gas, gas_limit,
@@ -94,3 +95,20 @@ SELECT EXISTS (SELECT 1 FROM payouts WHERE status = 'cancelling' AND chain_id = 
 -- name: payout_filled
 UPDATE payouts SET status = 'cancelled', tx_hash = $2, block_number = $3, settled_at = now(), updated_at = now()
 WHERE id = $1 AND status = 'cancelling';
+
+-- name: deposits_awaiting_payout
+-- Processing deposits with no payout yet, for the lane's owner to pay in the same turn.
+SELECT d.*, u.deposit_address
+FROM deposits d JOIN users u ON u.id = d.user_id
+WHERE d.status = 'processing' AND d.id <> $1 AND d.amount_usdc <= $2
+  AND NOT EXISTS (SELECT 1 FROM payouts p WHERE p.deposit_id = d.id)
+ORDER BY d.processing_since
+LIMIT $3;
+
+-- name: attempts_broadcast
+UPDATE payout_attempts SET broadcast_at = coalesce(broadcast_at, now()), broadcast_block = coalesce(broadcast_block, $2)
+WHERE tx_hash = ANY($1::text[]);
+
+-- name: unsettled_payouts
+-- Signed and not settled: the lane's owner re-sends them in nonce order and settles what is mined.
+SELECT * FROM payouts WHERE status = 'signed' AND chain_id = $1 AND from_address = $2 ORDER BY nonce LIMIT $3;

@@ -146,6 +146,42 @@ async def test_a_worker_killed_at_each_payout_step_pays_once_after_restart(
     assert os.environ.get("KIOTA_FAILPOINT") is None
 
 
+@pytest.mark.no_worker
+@pytest.mark.parametrize("failpoint", ["after_attempt_stored", "after_broadcast", "after_receipt"])
+async def test_a_worker_killed_mid_batch_pays_every_deposit_once_after_restart(
+    mpesa_system: MpesaSystem, failpoint: str
+) -> None:
+    """The lane's owner pays every processing deposit in one turn; killed in the middle, nothing is paid twice."""
+    system = mpesa_system
+    users = [f"batch{i}" for i in range(4)]
+    ids = [(await system.initiate(user, 1295)).json()["deposit_id"] for user in users]
+
+    async def all_processing() -> bool:
+        return await statuses(system) == {"processing": 4}
+
+    await wait_until(all_processing)
+    doomed = await spawn_worker(system, failpoint)
+    out, _ = await asyncio.wait_for(doomed.communicate(), 30)
+    assert doomed.returncode == -signal.SIGKILL, out.decode()
+    # One turn signed all four (one transaction: the same now()), with consecutive nonces.
+    rows = await system.pool.fetch("SELECT nonce, created_at FROM payout_attempts ORDER BY nonce")
+    assert [r["nonce"] for r in rows] == list(range(rows[0]["nonce"], rows[0]["nonce"] + 4))
+    assert len({r["created_at"] for r in rows}) == 1
+
+    survivor = await spawn_worker(system)
+    try:
+        for user, deposit_id in zip(users, ids, strict=True):
+            await system.wait_status(user, deposit_id, "completed", seconds=30)
+    finally:
+        survivor.send_signal(signal.SIGTERM)
+        print((await asyncio.wait_for(survivor.communicate(), 60))[0].decode())  # the worker's log, on failure
+    assert len(await transfers_from(system, system.treasury_address)) == 4
+    assert await counts(system) == {"entries": 8, "payouts": 4, "attempts": 4}
+    for user in users:
+        assert await balance(system.pool, user_account(user, "USDC")) == 10_000_000
+    assert await system.pool.fetchval("SELECT sum(failures) FROM jobs") == 0
+
+
 async def test_an_rpc_refusing_for_a_while_then_completes(mpesa_system: MpesaSystem) -> None:
     from kiota.treasury import Treasury
     from tests.support import TREASURY_KEY, free_port
