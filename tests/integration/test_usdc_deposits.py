@@ -220,6 +220,15 @@ async def signed_payment(system: MpesaSystem, to: str, amount: int) -> SignedTx:
         await payer.aclose()
 
 
+async def receipt_of(system: MpesaSystem, tx_hash: str) -> dict[str, Any]:
+    """The receipt as the node answers it (anvil may answer a send before it has mined it)."""
+    async with asyncio.timeout(10):
+        while (receipt := await rpc(system, "eth_getTransactionReceipt", tx_hash)) is None:
+            await asyncio.sleep(0.02)
+    result: dict[str, Any] = receipt
+    return result
+
+
 async def transfer_rows(system: MpesaSystem) -> list[dict[str, Any]]:
     rows = await system.pool.fetch(
         "SELECT id, tx_hash, log_index, block_number, block_hash, status FROM chain_transfers ORDER BY id"
@@ -247,7 +256,7 @@ async def test_the_same_transaction_reincluded_after_a_reorg_is_credited_once(
     if depth > 1:
         await rpc(system, "anvil_mine", depth - 1)  # the reorg replaces these blocks and the payment's
     await rpc(system, "eth_sendRawTransaction", signed.raw_tx)
-    old_receipt = await rpc(system, "eth_getTransactionReceipt", signed.tx_hash)
+    old_receipt = await receipt_of(system, signed.tx_hash)
     await wait_intent(system, "lea", created["intent_id"], "confirming")
     [old] = await transfer_rows(system)
     assert (old["tx_hash"], old["block_hash"], old["status"]) == (signed.tx_hash, old_receipt["blockHash"], "seen")
@@ -268,7 +277,7 @@ async def test_the_same_transaction_reincluded_after_a_reorg_is_credited_once(
         first = [[stranger_mint, depth - 1]] if how == "behind-another-log" else []
         await rpc(system, "anvil_reorg", depth, [*first, [signed.raw_tx, depth - 1]])
         await system.start_worker()
-    receipt = await rpc(system, "eth_getTransactionReceipt", signed.tx_hash)
+    receipt = await receipt_of(system, signed.tx_hash)
     assert receipt["transactionHash"] == signed.tx_hash and receipt["blockHash"] != old_receipt["blockHash"]
     log_index = int(receipt["logs"][0]["logIndex"], 16)
     assert (log_index, int(receipt["blockNumber"], 16)) == {
