@@ -7,6 +7,12 @@ at 10 or 10,000 addresses). The last blocks are rescanned every round: a transfe
 whose log is gone is orphaned, one that reappears in another block is updated.
 A transfer is credited once it has the required confirmations and was seen in
 this round's canonical answer, in the same transaction that completes its intent.
+
+A round's writes are set-based: all its transfers in one statement; all its credits,
+after three reads, in two (the journal entries with their postings; the transfers with
+the intents they complete). Which intent a credit completes and how it is flagged is
+decided in Python (`usdc.decide_credits`). A catch-up round over a thousand transfers
+thus costs a couple of dozen round trips, not thousands.
 """
 
 from __future__ import annotations
@@ -23,15 +29,19 @@ import structlog
 from kiota import ledger
 from kiota.db import Connection, advisory_unlock, try_advisory_lock
 from kiota.errors import ChainUnavailable, KiotaError
-from kiota.ledger_store import post_entry
+from kiota.ledger_store import post_entries
 from kiota.sql import load_queries
 from kiota.usdc import (
     TRANSFER_TOPIC,
+    DueTransfer,
+    OpenIntent,
+    TransferLog,
     classify,
+    decide_credits,
     decode_transfer,
     intent_end,
+    latest_per_key,
     next_ranges,
-    payment_flags,
 )
 
 log = structlog.get_logger(__name__)
@@ -192,13 +202,7 @@ async def _scan_round(conn: Connection, reader: ChainReader, config: ScanConfig)
     transfers = [t for t in map(decode_transfer, logs) if t is not None and t.recipient in addresses]
     own = {r["tx_hash"] for r in await conn.fetch(q.own_payout_hashes, [t.tx_hash for t in transfers])}
     async with conn.transaction():
-        for transfer in transfers:
-            kind = classify(transfer, config.treasury, own)
-            await conn.execute(
-                q.upsert_transfer, config.chain_id, transfer.tx_hash, transfer.log_index, transfer.block_number,
-                transfer.block_hash, transfer.token, transfer.sender, transfer.recipient, transfer.amount,
-                addresses[transfer.recipient], kind,
-            )  # fmt: skip
+        await _upsert_transfers(conn, config, transfers, addresses, own)
         orphaned = await conn.fetch(
             q.orphan_missing, config.chain_id, start, end,
             [t.tx_hash for t in transfers], [t.log_index for t in transfers],
@@ -224,37 +228,51 @@ async def _cache_balances(
         amounts = await reader.usdc_balances(config.token, [address for _, address in unique])
     except ChainUnavailable:
         return
-    await conn.executemany(
-        load_queries().upsert_wallet_balance,
-        [(user_id, amount, head) for (user_id, _), amount in zip(unique, amounts, strict=True)],
-    )
+    await conn.execute(load_queries().upsert_wallet_balances, [user_id for user_id, _ in unique], amounts, head)
+
+
+async def _upsert_transfers(
+    conn: Connection, config: ScanConfig, transfers: list[TransferLog], addresses: dict[str, str], own: set[str]
+) -> None:
+    rows = latest_per_key(transfers)
+    await conn.execute(
+        load_queries().upsert_transfers, config.chain_id,
+        [t.tx_hash for t in rows], [t.log_index for t in rows], [t.block_number for t in rows],
+        [t.block_hash for t in rows], [t.token for t in rows], [t.sender for t in rows],
+        [t.recipient for t in rows], [t.amount for t in rows], [addresses[t.recipient] for t in rows],
+        [classify(t, config.treasury, own) for t in rows],
+    )  # fmt: skip
 
 
 async def _credit(conn: Connection, config: ScanConfig, head: int, start: int) -> list[tuple[str, str]]:
     """Credit confirmed deposits seen in this round's canonical answer (block >= start), once each."""
     q = load_queries()
-    due = await conn.fetch(q.transfers_to_credit, config.chain_id, head - config.confirmations_required + 1, start)
-    credited: list[tuple[str, str]] = []
-    for row in due:
-        amount = int(row["amount_micro"])
-        await post_entry(
-            conn, ledger.usdc_received(config.chain_id, row["tx_hash"], row["log_index"], row["user_id"], amount)
-        )
-        intent = await conn.fetchrow(q.open_intent_of_user, row["user_id"])
-        flags: list[str]
-        if intent is not None:
-            flags = payment_flags(intent["expected_amount_usdc"], amount)
-            await conn.execute(q.intent_confirmed, intent["id"], amount, row["id"], flags)
-        else:
-            late = await conn.fetchval(q.recently_expired_intent, row["user_id"])
-            flags = ["late"] if late else ["unsolicited"]
-        await conn.execute(q.transfer_credited, row["id"], intent["id"] if intent else None, flags)
-        credited.append((row["user_id"], row["to_address"]))
+    rows = await conn.fetch(q.transfers_to_credit, config.chain_id, head - config.confirmations_required + 1, start)
+    if not rows:
+        return []
+    due = [DueTransfer(r["id"], r["tx_hash"], r["log_index"], r["user_id"], int(r["amount_micro"])) for r in rows]
+    users = sorted({t.user_id for t in due})
+    intents = {
+        row["user_id"]: OpenIntent(row["id"], row["expected_amount_usdc"])
+        for row in await conn.fetch(q.open_intents_of_users, users)
+    }
+    late = {row["user_id"] for row in await conn.fetch(q.users_with_recently_expired_intent, users)}
+    credits = decide_credits(due, intents, late)
+    entries = [ledger.usdc_received(config.chain_id, t.tx_hash, t.log_index, t.user_id, t.amount) for t in due]
+    await post_entries(conn, entries)
+    await conn.execute(
+        q.credit_transfers,
+        [c.transfer.id for c in credits],
+        [c.intent_id for c in credits],
+        [c.transfer.amount for c in credits],
+        [",".join(c.flags) for c in credits],
+    )
+    for c in credits:
         log.info(
-            "usdc deposit credited", user_id=row["user_id"], tx_hash=row["tx_hash"], log_index=row["log_index"],
-            amount_micro=amount, flags=flags,
+            "usdc deposit credited", user_id=c.transfer.user_id, tx_hash=c.transfer.tx_hash,
+            log_index=c.transfer.log_index, amount_micro=c.transfer.amount, flags=list(c.flags),
         )  # fmt: skip
-    return credited
+    return [(row["user_id"], row["to_address"]) for row in rows]
 
 
 async def _advance_intents(conn: Connection, config: ScanConfig, head: int, started: datetime) -> None:
@@ -263,10 +281,11 @@ async def _advance_intents(conn: Connection, config: ScanConfig, head: int, star
     await conn.execute(q.intents_confirming, config.chain_id)
     await conn.execute(q.count_intent_checks, started)
     now = datetime.now(UTC)
-    for intent in await conn.fetch(q.open_intents):
-        end = intent_end(
-            credited=False, expires_at=intent["expires_at"], now=now, checks=intent["checks"],
-            max_checks=config.max_checks,
-        )  # fmt: skip
-        if end is not None:
-            await conn.execute(q.intent_expired, intent["id"], end)
+    ended = [
+        (intent["id"], end)
+        for intent in await conn.fetch(q.open_intents)
+        if (end := intent_end(credited=False, expires_at=intent["expires_at"], now=now, checks=intent["checks"],
+                              max_checks=config.max_checks)) is not None
+    ]  # fmt: skip
+    if ended:
+        await conn.execute(q.intents_expired, [i for i, _ in ended], [end for _, end in ended])

@@ -1,10 +1,12 @@
-"""USDC-on-Base rules, pure: log decoding, classification, confirmations, range splitting, intent ends."""
+"""USDC-on-Base rules, pure: log decoding, classification, confirmations, range splitting, credits, intent ends."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 INTENT_OPEN = ("awaiting_payment", "confirming")
@@ -55,6 +57,17 @@ def classify(transfer: TransferLog, treasury: str | None, own_tx_hashes: set[str
     return "deposit"
 
 
+def latest_per_key(transfers: Iterable[TransferLog]) -> list[TransferLog]:
+    """One transfer per (tx hash, log index), the last one seen, in first-seen order.
+
+    A provider should never answer a log twice, but one statement cannot upsert the same key twice.
+    """
+    latest: dict[tuple[str, int], TransferLog] = {}
+    for transfer in transfers:
+        latest[(transfer.tx_hash, transfer.log_index)] = transfer
+    return list(latest.values())
+
+
 def confirmations(head: int, block: int) -> int:
     return max(0, head - block + 1)
 
@@ -77,6 +90,51 @@ def payment_flags(expected: int | None, received: int) -> list[str]:
     if expected is None or expected == received:
         return []
     return ["underpaid"] if received < expected else ["overpaid"]
+
+
+@dataclass(frozen=True, slots=True)
+class DueTransfer:
+    """A confirmed deposit transfer, not yet credited."""
+
+    id: int
+    tx_hash: str
+    log_index: int
+    user_id: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenIntent:
+    id: UUID
+    expected: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    transfer: DueTransfer
+    intent_id: UUID | None  # the intent this credit completes
+    flags: tuple[str, ...]
+
+
+def decide_credits(
+    due: Sequence[DueTransfer], open_intents: Mapping[str, OpenIntent], recently_expired: Collection[str]
+) -> list[Credit]:
+    """What each due transfer's credit does, taken in chain order (block, log index).
+
+    A user's first transfer completes their open intent, flagged against its expected amount; any
+    other is credited without one: `late` when an intent of theirs expired in the last 24 h, else
+    `unsolicited`.
+    """
+    waiting = dict(open_intents)
+    credits = []
+    for transfer in due:
+        intent = waiting.pop(transfer.user_id, None)
+        if intent is not None:
+            flags = payment_flags(intent.expected, transfer.amount)
+        else:
+            flags = ["late"] if transfer.user_id in recently_expired else ["unsolicited"]
+        credits.append(Credit(transfer, intent.id if intent is not None else None, tuple(flags)))
+    return credits
 
 
 def intent_end(*, credited: bool, expires_at: datetime, now: datetime, checks: int, max_checks: int) -> str | None:

@@ -11,21 +11,30 @@ SELECT id, lower(deposit_address) AS address FROM users;
 -- name: own_payout_hashes
 SELECT tx_hash FROM payout_attempts WHERE tx_hash = ANY($1::text[]);
 
--- name: upsert_transfer
--- A transfer seen again in another block (a reorg re-included it) moves there and is live again.
+-- name: upsert_transfers
+-- Every transfer of a round in one statement (one row per key: the caller drops repeats).
+-- A transfer seen again in another block (a reorg re-included it) moves there and is live again;
+-- one seen where it was is left as it is.
 INSERT INTO chain_transfers (chain_id, tx_hash, log_index, block_number, block_hash, token_address,
                              from_address, to_address, amount_micro, user_id, kind)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+SELECT $1, t.*
+FROM unnest($2::text[], $3::int[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[],
+            $9::numeric[], $10::text[], $11::text[])
+     AS t (tx_hash, log_index, block_number, block_hash, token_address, from_address, to_address,
+           amount_micro, user_id, kind)
 ON CONFLICT (chain_id, tx_hash, log_index) DO UPDATE
 SET block_number = EXCLUDED.block_number, block_hash = EXCLUDED.block_hash,
-    status = CASE WHEN chain_transfers.status = 'orphaned' THEN 'seen' ELSE chain_transfers.status END;
+    status = CASE WHEN chain_transfers.status = 'orphaned' THEN 'seen' ELSE chain_transfers.status END
+WHERE chain_transfers.block_hash <> EXCLUDED.block_hash OR chain_transfers.block_number <> EXCLUDED.block_number
+   OR chain_transfers.status = 'orphaned';
 
 -- name: orphan_missing
--- Transfers in the rescanned range that the canonical chain no longer has.
+-- Transfers in the rescanned range that the canonical chain no longer has. NOT IN over a
+-- subquery is a hashed lookup (the arrays hold no NULL); a NOT EXISTS here was planned as a
+-- nested loop, a thousand logs times a thousand rows.
 UPDATE chain_transfers t SET status = 'orphaned'
 WHERE t.chain_id = $1 AND t.block_number BETWEEN $2 AND $3 AND t.status = 'seen'
-  AND NOT EXISTS (SELECT 1 FROM unnest($4::text[], $5::int[]) AS s (tx_hash, log_index)
-                  WHERE s.tx_hash = t.tx_hash AND s.log_index = t.log_index)
+  AND (t.tx_hash, t.log_index) NOT IN (SELECT * FROM unnest($4::text[], $5::int[]))
 RETURNING t.id;
 
 -- name: transfers_to_credit
@@ -35,35 +44,46 @@ WHERE chain_id = $1 AND status = 'seen' AND kind = 'deposit' AND block_number <=
 ORDER BY block_number, log_index
 FOR UPDATE;
 
--- name: transfer_credited
-UPDATE chain_transfers SET status = 'credited', credited_at = now(), intent_id = $2, flags = $3::text[]
-WHERE id = $1;
-
--- name: open_intent_of_user
-SELECT id, expected_amount_usdc FROM deposit_intents
-WHERE user_id = $1 AND status IN ('awaiting_payment', 'confirming')
+-- name: open_intents_of_users
+SELECT id, user_id, expected_amount_usdc FROM deposit_intents
+WHERE user_id = ANY($1::text[]) AND status IN ('awaiting_payment', 'confirming')
 FOR UPDATE;
 
--- name: recently_expired_intent
-SELECT 1 FROM deposit_intents
-WHERE user_id = $1 AND status = 'expired' AND ended_at > now() - interval '24 hours' LIMIT 1;
+-- name: users_with_recently_expired_intent
+SELECT DISTINCT user_id FROM deposit_intents
+WHERE user_id = ANY($1::text[]) AND status = 'expired' AND ended_at > now() - interval '24 hours';
 
--- name: intent_confirmed
-UPDATE deposit_intents
-SET status = 'completed', end_reason = 'confirmed', received_amount_usdc = $2, transfer_id = $3,
-    flags = $4::text[], ended_at = now()
-WHERE id = $1;
+-- name: credit_transfers
+-- A round's credits in one statement: each transfer credited with its flags, and each intent one
+-- of them completes (at most one per intent). A transfer's flags travel comma-separated in one
+-- text ('' for none): they are words of ours, and arrays of arrays must all be the same length.
+WITH c AS (
+    SELECT c.transfer_id, c.intent_id, c.amount, string_to_array(c.flags, ',') AS flags
+    FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::text[]) AS c (transfer_id, intent_id, amount, flags)
+), credited AS (
+    UPDATE chain_transfers t
+    SET status = 'credited', credited_at = now(), intent_id = c.intent_id, flags = c.flags
+    FROM c WHERE t.id = c.transfer_id
+    RETURNING t.id
+)
+UPDATE deposit_intents i
+SET status = 'completed', end_reason = 'confirmed', received_amount_usdc = c.amount, transfer_id = c.transfer_id,
+    flags = c.flags, ended_at = now()
+FROM c WHERE i.id = c.intent_id;
 
 -- name: intents_confirming
--- An open intent with a live, not yet credited deposit to its address is confirming; without one, awaiting.
+-- An open intent with a live, not yet credited deposit to its address is confirming (with the
+-- first such deposit in chain order); without one, awaiting. Rows already right are not rewritten.
 UPDATE deposit_intents i
-SET status = CASE WHEN t.id IS NULL THEN 'awaiting_payment' ELSE 'confirming' END, transfer_id = t.id
-FROM (SELECT i2.id AS intent_id,
-             (SELECT ct.id FROM chain_transfers ct
-              WHERE ct.chain_id = $1 AND ct.user_id = i2.user_id AND ct.kind = 'deposit' AND ct.status = 'seen'
-              ORDER BY ct.block_number, ct.log_index LIMIT 1) AS id
-      FROM deposit_intents i2 WHERE i2.status IN ('awaiting_payment', 'confirming')) AS t
-WHERE i.id = t.intent_id;
+SET status = w.status, transfer_id = w.transfer_id
+FROM (SELECT o.id, CASE WHEN t.id IS NULL THEN 'awaiting_payment' ELSE 'confirming' END AS status,
+             t.id AS transfer_id
+      FROM deposit_intents o
+      LEFT JOIN (SELECT DISTINCT ON (user_id) user_id, id FROM chain_transfers
+                 WHERE chain_id = $1 AND kind = 'deposit' AND status = 'seen'
+                 ORDER BY user_id, block_number, log_index) AS t ON t.user_id = o.user_id
+      WHERE o.status IN ('awaiting_payment', 'confirming')) AS w
+WHERE i.id = w.id AND (i.status, i.transfer_id) IS DISTINCT FROM (w.status, w.transfer_id);
 
 -- name: count_intent_checks
 UPDATE deposit_intents SET checks = checks + 1
@@ -72,9 +92,11 @@ WHERE status IN ('awaiting_payment', 'confirming') AND created_at <= $1;
 -- name: open_intents
 SELECT id, expires_at, checks FROM deposit_intents WHERE status IN ('awaiting_payment', 'confirming');
 
--- name: intent_expired
-UPDATE deposit_intents SET status = 'expired', end_reason = $2, ended_at = now(), transfer_id = NULL
-WHERE id = $1 AND status IN ('awaiting_payment', 'confirming');
+-- name: intents_expired
+-- Intents that ended without a credit, each with its reason, in one statement.
+UPDATE deposit_intents i SET status = 'expired', end_reason = e.end_reason, ended_at = now(), transfer_id = NULL
+FROM unnest($1::uuid[], $2::text[]) AS e (id, end_reason)
+WHERE i.id = e.id AND i.status IN ('awaiting_payment', 'confirming');
 
 -- name: insert_round
 INSERT INTO scan_rounds (chain_id, from_block, to_block, head, rpc_calls, transfers, started_at, finished_at)
@@ -95,6 +117,14 @@ SELECT i.*, t.tx_hash, t.block_number,
 FROM deposit_intents i
 LEFT JOIN chain_transfers t ON t.id = i.transfer_id
 WHERE i.id = $1 AND i.user_id = $2;
+
+-- name: upsert_wallet_balances
+-- payouts.sql's upsert_wallet_balance for a round's credited users at once (each user once).
+INSERT INTO wallet_balances (user_id, usdc_micro, block_number)
+SELECT user_id, usdc_micro, $3 FROM unnest($1::text[], $2::bigint[]) AS b (user_id, usdc_micro)
+ON CONFLICT (user_id) DO UPDATE SET usdc_micro = EXCLUDED.usdc_micro, block_number = EXCLUDED.block_number,
+    updated_at = now()
+WHERE wallet_balances.block_number <= EXCLUDED.block_number;
 
 -- name: reconcile_users
 SELECT u.id, u.deposit_address, coalesce(b.balance, 0) AS ledger_micro

@@ -12,7 +12,7 @@ from kiota import ledger
 from kiota.errors import LedgerError
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.ledger import Direction, Entry, Posting
-from kiota.ledger_store import balance, post_entry, user_balances
+from kiota.ledger_store import balance, post_entries, post_entry, user_balances
 from kiota.sql import load_queries
 from kiota.users import ensure_user
 from tests.support import TEST_XPUB
@@ -138,6 +138,73 @@ async def test_an_unknown_account_rolls_the_entry_back(pool: asyncpg.Pool) -> No
     async with pool.acquire() as conn:
         with pytest.raises(LedgerError, match="unknown account"):
             await post_entry(conn, entry)
+        assert await conn.fetchval("SELECT count(*) FROM journal_entries") == 0
+
+
+async def test_a_batch_posts_each_entry_once(pool: asyncpg.Pool) -> None:
+    users = [await ensure_user(pool, f"batch-{i}", ExtendedPublicKey.parse(TEST_XPUB)) for i in range(3)]
+    entries = [ledger.usdc_received(8453, f"0x{n:064x}", n % 2, users[n % 3].id, 1_000 + n) for n in range(10)]
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            first = await post_entries(conn, entries[:4])
+        assert [created for _, created in first] == [True] * 4
+        async with conn.transaction():  # a replay with new entries: only the new ones are created
+            second = await post_entries(conn, entries)
+        assert second[:4] == [(entry_id, False) for entry_id, _ in first]
+        assert [created for _, created in second[4:]] == [True] * 6
+        assert len({entry_id for entry_id, _ in second}) == 10
+        assert await conn.fetchval("SELECT count(*) FROM journal_entries") == 10
+        assert await conn.fetchval("SELECT count(*) FROM postings") == 20
+        for entry, (entry_id, _) in zip(entries, second, strict=True):
+            rows = await conn.fetch(load_queries().entry_by_key, entry.key)
+            assert {r["id"] for r in rows} == {entry_id}
+            assert sorted((r["account_code"], r["direction"], r["amount"]) for r in rows) == sorted(
+                (p.account, p.direction.value, p.amount) for p in entry.postings
+            )
+        for n, user in enumerate(users):
+            expected = sum(1_000 + k for k in range(10) if k % 3 == n)
+            assert await balance(conn, ledger.user_account(user.id, "USDC")) == expected
+        assert await balance(conn, ledger.CUSTODY_USDC) == sum(1_000 + k for k in range(10))
+        assert await post_entries(conn, []) == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        (ledger.mpesa_received("dep-b0", 101), "other postings"),  # its key was used for other postings
+        (Entry("k-unknown-b", "test", ledger.transfer("mpesa_float:KES", "nope:KES", "KES", 5)), "unknown account"),
+        (Entry("k-asset-b", "test", ledger.transfer("custody:USDC", "mpesa_float:KES", "USDC", 5)), "wrong asset"),
+        (ledger.mpesa_received("dep-b1", 5), "twice"),  # named twice in one batch
+    ],
+    ids=["other-postings", "unknown-account", "wrong-asset", "twice"],
+)
+async def test_a_batch_with_one_bad_entry_posts_nothing(pool: asyncpg.Pool, bad: Entry, error: str) -> None:
+    async with pool.acquire() as conn:
+        await post_entry(conn, ledger.mpesa_received("dep-b0", 100))
+        batch = [ledger.mpesa_received("dep-b1", 5), bad, ledger.mpesa_received("dep-b2", 7)]
+        with pytest.raises(LedgerError, match=error):
+            async with conn.transaction():
+                await post_entries(conn, batch)
+        assert await conn.fetchval("SELECT count(*) FROM journal_entries") == 1
+        assert await balance(conn, "mpesa_float:KES") == 100
+
+
+async def test_the_batch_statement_unbalanced_fails_in_postgres(pool: asyncpg.Pool) -> None:
+    """The balance trigger checks every entry of one batch statement at commit, not only the first."""
+    postings = [
+        ("t1", "mpesa_float:KES", "D", 5), ("t1", "customer_pending:KES", "C", 5),
+        ("t2", "mpesa_float:KES", "D", 9), ("t2", "customer_pending:KES", "C", 8),
+    ]  # fmt: skip
+    async with pool.acquire() as conn:
+        with pytest.raises(asyncpg.IntegrityConstraintViolationError) as caught:
+            async with conn.transaction():  # the statement itself, bypassing every Python check
+                await conn.execute(
+                    load_queries().insert_entries, ["t1", "t2"], ["raw", "raw"], [None, None],
+                    *([row[i] for row in postings] for i in range(2)), ["KES"] * 4,
+                    *([row[i] for row in postings] for i in range(2, 4)),
+                )  # fmt: skip
+        assert caught.value.constraint_name == "entry_balanced"  # type: ignore[attr-defined]
+        assert "does not balance" in str(caught.value)
         assert await conn.fetchval("SELECT count(*) FROM journal_entries") == 0
 
 

@@ -12,6 +12,7 @@ from kiota.dev.chain import BASE_USDC_ADDRESS, install_usdc, mint_usdc
 from kiota.ingester import ChainReader, ScanConfig, scan_round
 from kiota.ledger import user_account
 from kiota.ledger_store import balance
+from kiota.treasury import SignedTx
 from tests.conftest import MpesaSystem
 from tests.support import bearer
 
@@ -201,6 +202,111 @@ async def test_a_reorg_while_confirming_never_credits_an_orphan(mpesa_system: Mp
         assert credited == 7_000_000
         row = await system.pool.fetchrow("SELECT status, block_number FROM chain_transfers")
         assert row["status"] == "credited" and row["block_number"] == receipt_block
+
+
+async def signed_payment(system: MpesaSystem, to: str, amount: int) -> SignedTx:
+    """A USDC transfer from an ordinary funded wallet, signed and not yet sent: its raw bytes can be sent again."""
+    from eth_account import Account
+
+    from kiota.dev.chain import fund_eth
+    from kiota.treasury import Treasury
+
+    payer = Treasury(system.settings.base_rpc_url, "0x" + bytes(Account.create().key).hex(), 8453, BASE_USDC_ADDRESS)
+    try:
+        await fund_eth(system.w3, payer.address, 10**18)
+        await mint_usdc(system.w3, BASE_USDC_ADDRESS, payer.address, amount)
+        return payer.sign_transfer(to, amount, await payer.pending_nonce(), await payer.fee_quote())
+    finally:
+        await payer.aclose()
+
+
+async def receipt_of(system: MpesaSystem, tx_hash: str) -> dict[str, Any]:
+    """The receipt as the node answers it (anvil may answer a send before it has mined it)."""
+    async with asyncio.timeout(10):
+        while (receipt := await rpc(system, "eth_getTransactionReceipt", tx_hash)) is None:
+            await asyncio.sleep(0.02)
+    result: dict[str, Any] = receipt
+    return result
+
+
+async def transfer_rows(system: MpesaSystem) -> list[dict[str, Any]]:
+    rows = await system.pool.fetch(
+        "SELECT id, tx_hash, log_index, block_number, block_hash, status FROM chain_transfers ORDER BY id"
+    )
+    return [dict(r) for r in rows]
+
+
+@pytest.mark.system_settings(**FAST)
+@pytest.mark.parametrize("depth", [1, 3])
+@pytest.mark.parametrize("how", ["same-height", "resent-after-orphaned", "behind-another-log"])
+async def test_the_same_transaction_reincluded_after_a_reorg_is_credited_once(
+    mpesa_system: MpesaSystem, depth: int, how: str
+) -> None:
+    """The very same signed transaction (same hash) is mined, seen confirming, reorged out and mined again.
+
+    same-height: the reorg's new blocks carry it at its old height (new block hash, same log index), seen
+    by no round in between: its row moves in place. resent-after-orphaned: a round sees it gone (orphaned),
+    then the payer's wallet re-broadcasts the same bytes into a later block: its row comes back. behind-
+    another-log: re-mined at its old height after another transfer, so its log index (the key) changes:
+    the old key is orphaned and the new one credited.
+    """
+    system = mpesa_system
+    created = await create_intent(system, "lea", "7")
+    signed = await signed_payment(system, created["deposit_address"], 7_000_000)
+    if depth > 1:
+        await rpc(system, "anvil_mine", depth - 1)  # the reorg replaces these blocks and the payment's
+    await rpc(system, "eth_sendRawTransaction", signed.raw_tx)
+    old_receipt = await receipt_of(system, signed.tx_hash)
+    await wait_intent(system, "lea", created["intent_id"], "confirming")
+    [old] = await transfer_rows(system)
+    assert (old["tx_hash"], old["block_hash"], old["status"]) == (signed.tx_hash, old_receipt["blockHash"], "seen")
+    await system.stop_worker()  # hold the rounds while the chain changes under us
+
+    if how == "resent-after-orphaned":
+        await rpc(system, "anvil_reorg", depth, [])
+        assert await rpc(system, "eth_getTransactionReceipt", signed.tx_hash) is None
+        await system.start_worker()
+        await wait_intent(system, "lea", created["intent_id"], "awaiting_payment")
+        assert [r["status"] for r in await transfer_rows(system)] == ["orphaned"]
+        await rpc(system, "eth_sendRawTransaction", signed.raw_tx)  # the same bytes, so the same hash
+    else:
+        accounts = await system.w3.eth.accounts
+        stranger = "ab" * 20  # nobody's address: the mint's log only moves the payment's log index
+        stranger_mint = {"from": accounts[0], "to": BASE_USDC_ADDRESS, "gas": hex(100_000),
+                         "data": "0x40c10f19" + stranger.rjust(64, "0") + f"{1:064x}"}  # fmt: skip
+        first = [[stranger_mint, depth - 1]] if how == "behind-another-log" else []
+        await rpc(system, "anvil_reorg", depth, [*first, [signed.raw_tx, depth - 1]])
+        await system.start_worker()
+    receipt = await receipt_of(system, signed.tx_hash)
+    assert receipt["transactionHash"] == signed.tx_hash and receipt["blockHash"] != old_receipt["blockHash"]
+    log_index = int(receipt["logs"][0]["logIndex"], 16)
+    assert (log_index, int(receipt["blockNumber"], 16)) == {
+        "same-height": (old["log_index"], old["block_number"]),
+        "resent-after-orphaned": (old["log_index"], old["block_number"] + 1),
+        "behind-another-log": (old["log_index"] + 1, old["block_number"]),
+    }[how]
+
+    await rpc(system, "anvil_mine")  # its second confirmation
+    done = await wait_intent(system, "lea", created["intent_id"], "completed")
+    assert (done["end_reason"], done["tx_hash"]) == ("confirmed", signed.tx_hash)
+    assert done["received_amount_usdc"] == "7.000000"
+    await wait_rounds(system, 2)  # later rounds change nothing
+
+    rows = await transfer_rows(system)
+    credited = [r for r in rows if r["status"] == "credited"]
+    assert len(credited) == 1
+    [row] = credited
+    assert (row["tx_hash"], row["log_index"]) == (signed.tx_hash, log_index)
+    assert (row["block_number"], row["block_hash"]) == (int(receipt["blockNumber"], 16), receipt["blockHash"])
+    if how == "behind-another-log":  # the old key is another row, orphaned
+        assert [(r["id"], r["status"]) for r in rows] == [(old["id"], "orphaned"), (row["id"], "credited")]
+    else:  # the same key: the same row, moved
+        assert [r["id"] for r in rows] == [old["id"]]
+    entries = await system.pool.fetch("SELECT idempotency_key FROM journal_entries WHERE kind = 'usdc_received'")
+    assert [e["idempotency_key"] for e in entries] == [f"usdc:8453:{signed.tx_hash}:{log_index}"]
+    assert await balance(system.pool, user_account("lea", "USDC")) == 7_000_000
+    intents = await system.pool.fetch("SELECT status, transfer_id, flags FROM deposit_intents WHERE user_id = 'lea'")
+    assert [tuple(i) for i in intents] == [("completed", row["id"], [])]
 
 
 async def test_rpc_calls_per_round_do_not_grow_with_addresses(mpesa_system: MpesaSystem) -> None:

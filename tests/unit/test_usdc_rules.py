@@ -1,15 +1,21 @@
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import pytest
 
 from kiota.usdc import (
     TRANSFER_TOPIC,
+    DueTransfer,
+    OpenIntent,
     TransferLog,
     classify,
     confirmations,
+    decide_credits,
     decode_transfer,
     intent_end,
+    latest_per_key,
     next_ranges,
     payment_flags,
 )
@@ -93,3 +99,53 @@ def test_classify_and_confirmations() -> None:
     assert classify(transfer, "0x" + "cc" * 20, {"0xabc"}) == "own_payout"
     assert classify(transfer, None, set()) == "deposit"
     assert [confirmations(10, b) for b in (10, 9, 11)] == [1, 2, 0]
+
+
+I1, I2 = UUID(int=1), UUID(int=2)
+
+
+def _due(n: int, user: str, amount: int) -> DueTransfer:
+    return DueTransfer(n, f"0x{n:064x}", 0, user, amount)
+
+
+@pytest.mark.parametrize(
+    ("due", "intents", "recently_expired", "expected"),
+    [
+        # (user, amount) in chain order → (intent completed, flags)
+        ([("a", 5)], {"a": (I1, None)}, set(), [(I1, ())]),
+        ([("a", 5)], {"a": (I1, 5)}, set(), [(I1, ())]),
+        ([("a", 4)], {"a": (I1, 5)}, set(), [(I1, ("underpaid",))]),
+        ([("a", 6)], {"a": (I1, 5)}, set(), [(I1, ("overpaid",))]),
+        ([("a", 5)], {}, set(), [(None, ("unsolicited",))]),
+        ([("a", 5)], {}, {"a"}, [(None, ("late",))]),
+        ([("a", 5)], {"a": (I1, 5)}, {"a"}, [(I1, ())]),  # an open intent wins over an expired one
+        # a user's first transfer takes the intent; the next ones in the round are without one
+        ([("a", 5), ("a", 7)], {"a": (I1, 5)}, set(), [(I1, ()), (None, ("unsolicited",))]),
+        ([("a", 3), ("a", 7)], {"a": (I1, 5)}, {"a"}, [(I1, ("underpaid",)), (None, ("late",))]),
+        # users do not share intents
+        ([("a", 5), ("b", 5), ("c", 5)], {"a": (I1, 5), "b": (I2, 9)}, {"c"},
+         [(I1, ()), (I2, ("underpaid",)), (None, ("late",))]),
+        ([("b", 1), ("a", 2), ("b", 3)], {"b": (I2, None)}, set(),
+         [(I2, ()), (None, ("unsolicited",)), (None, ("unsolicited",))]),
+        ([], {"a": (I1, 5)}, {"a"}, []),
+    ],
+)  # fmt: skip
+def test_credits_are_decided_in_chain_order(
+    due: list[tuple[str, int]],
+    intents: dict[str, tuple[UUID, int | None]],
+    recently_expired: set[str],
+    expected: list[tuple[UUID | None, tuple[str, ...]]],
+) -> None:
+    transfers = [_due(n, user, amount) for n, (user, amount) in enumerate(due)]
+    credits = decide_credits(transfers, {u: OpenIntent(*i) for u, i in intents.items()}, recently_expired)
+    assert [c.transfer for c in credits] == transfers
+    assert [(c.intent_id, c.flags) for c in credits] == expected
+
+
+def test_one_row_per_transfer_key_the_last_seen() -> None:
+    first = decode_transfer(_log())
+    assert first is not None
+    moved = replace(first, block_number=17, block_hash="0xfed")
+    other = replace(first, log_index=4)
+    assert latest_per_key([first, other, moved]) == [moved, other]
+    assert latest_per_key([]) == []
