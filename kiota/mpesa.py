@@ -260,8 +260,22 @@ class DepositView:
     received_kes: int | None = None  # set once a success was booked (by a callback or the STK query)
 
 
-def decide(deposit: DepositView | None, callback: StkCallback) -> Decision:
-    """The one place that says what a callback does to a deposit."""
+RECEIPT_USED_ELSEWHERE = "this M-Pesa receipt was already used by another deposit"
+
+
+def decide(deposit: DepositView | None, callback: StkCallback, *, receipt_used_elsewhere: bool = False) -> Decision:
+    """The one place that says what a callback does to a deposit.
+
+    `receipt_used_elsewhere`: the callback's receipt is already on a deposit. Booking it
+    again (or attaching it) would spend one payment twice: a person looks instead.
+    """
+    decision = _decide(deposit, callback)
+    if receipt_used_elsewhere and decision.action in (Action.SUCCEED, Action.ATTACH_RECEIPT):
+        return Decision(Action.REVIEW, RECEIPT_USED_ELSEWHERE, "needs_review")
+    return decision
+
+
+def _decide(deposit: DepositView | None, callback: StkCallback) -> Decision:
     if deposit is None:
         if callback.succeeded:
             return Decision(Action.REVIEW, "a successful callback for an unknown CheckoutRequestID")

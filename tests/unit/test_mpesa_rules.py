@@ -1,4 +1,4 @@
-"""M-Pesa rules by table: the callback parser's fast paths read what the slow ones read."""
+"""M-Pesa rules by table: what a callback does to a deposit (decide), and the parser's fast paths."""
 
 from __future__ import annotations
 
@@ -11,10 +11,68 @@ import pytest
 from kiota.mpesa import (
     MAX_NESTING,
     NAIROBI,
+    RECEIPT_USED_ELSEWHERE,
+    Action,
+    DepositView,
     MalformedCallback,
+    StkCallback,
+    decide,
     parse_callback,
 )
 from tests.support import success_body
+
+PAID = StkCallback("m", "ws_CO_1", 0, "ok", amount_kes=1500, receipt="RCPT000001")
+PAID_LESS = StkCallback("m", "ws_CO_1", 0, "ok", amount_kes=1499, receipt="RCPT000001")
+PAID_OTHER_RECEIPT = StkCallback("m", "ws_CO_1", 0, "ok", amount_kes=1500, receipt="RCPT000002")
+CANCELLED = StkCallback("m", "ws_CO_1", 1032, "Request cancelled by user")
+EXPIRED = StkCallback("m", "ws_CO_1", 1019, "expired")
+
+PENDING = DepositView("pending", 1500, None, None)
+PROCESSING = DepositView("processing", 1500, "RCPT000001", None, 1500)
+COMPLETED = DepositView("completed", 1500, "RCPT000001", None, 1500)
+FAILED_1032 = DepositView("failed", 1500, None, "1032")
+QUERIED_PAID = DepositView("processing", 1500, None, None, 1500)  # the STK query booked it, no receipt
+REVIEW = DepositView("needs_review", 1500, None, None)
+
+
+@pytest.mark.parametrize(
+    ("deposit", "callback", "elsewhere", "action", "new_status"),
+    [
+        (None, PAID, False, Action.REVIEW, None),
+        (None, CANCELLED, False, Action.NOTE_FAILURE, None),
+        (PENDING, PAID, False, Action.SUCCEED, "processing"),
+        (PENDING, PAID_LESS, False, Action.REVIEW, "needs_review"),
+        (PENDING, CANCELLED, False, Action.FAIL, "failed"),
+        (PROCESSING, PAID, False, Action.DUPLICATE, None),
+        (COMPLETED, PAID, False, Action.DUPLICATE, None),
+        (PROCESSING, PAID_OTHER_RECEIPT, False, Action.REVIEW, None),
+        (PROCESSING, CANCELLED, False, Action.NOTE_FAILURE, None),
+        (FAILED_1032, CANCELLED, False, Action.DUPLICATE, None),
+        (FAILED_1032, EXPIRED, False, Action.NOTE_FAILURE, None),
+        (FAILED_1032, PAID, False, Action.REVIEW, "needs_review"),
+        (QUERIED_PAID, PAID, False, Action.ATTACH_RECEIPT, None),
+        (QUERIED_PAID, PAID_LESS, False, Action.REVIEW, None),
+        (REVIEW, PAID, False, Action.REVIEW, None),
+        # A receipt already on another deposit is never booked or attached again.
+        (PENDING, PAID, True, Action.REVIEW, "needs_review"),
+        (QUERIED_PAID, PAID, True, Action.REVIEW, "needs_review"),
+        # ... and changes nothing else.
+        (PROCESSING, PAID, True, Action.DUPLICATE, None),
+        (None, PAID, True, Action.REVIEW, None),
+        (PENDING, CANCELLED, True, Action.FAIL, "failed"),
+    ],
+)
+def test_decide(
+    deposit: DepositView | None,
+    callback: StkCallback,
+    elsewhere: bool,
+    action: Action,
+    new_status: str | None,
+) -> None:
+    decision = decide(deposit, callback, receipt_used_elsewhere=elsewhere)
+    assert (decision.action, decision.deposit_status) == (action, new_status)
+    if elsewhere and decide(deposit, callback).action in (Action.SUCCEED, Action.ATTACH_RECEIPT):
+        assert decision.reason == RECEIPT_USED_ELSEWHERE
 
 
 def _as_strptime_read_it(value: object) -> datetime | None:
