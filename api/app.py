@@ -75,10 +75,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
+    # Routes are matched in order: Safaricom's webhook, the busiest, first.
+    app.include_router(mpesa_callback.router, prefix="/api/v1")
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(portfolio.router, prefix="/api/v1")
     app.include_router(deposits.router, prefix="/api/v1")
     app.include_router(intents.router, prefix="/api/v1")
-    app.include_router(mpesa_callback.router, prefix="/api/v1")
     return app
