@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
 from api.routers import deposits, health, intents, metrics, mpesa_callback, portfolio
+from kiota.callbacks import CallbackGroups
 from kiota.daraja import DarajaClient
 from kiota.db import close_pool, create_pool
 from kiota.hdwallet import ExtendedPublicKey
@@ -32,6 +33,7 @@ class Resources:
     daraja: DarajaClient
     trusted_proxies: list[Network]
     callback_allowlist: list[Network]
+    callbacks: CallbackGroups
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -45,6 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = await create_pool(config.database_url, min_size=0, max_size=20)
         queue = create_queue(config.redis_url)
         daraja = DarajaClient.from_settings(config)
+        callbacks = CallbackGroups(pool, queue)
+        callbacks.start()
         app.state.resources = Resources(
             config,
             pool,
@@ -53,10 +57,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             daraja,
             parse_networks(config.trusted_proxy_ips),
             parse_networks(config.mpesa_callback_allowed_ips),
+            callbacks,
         )
         try:
             yield
         finally:
+            await callbacks.aclose()
             await daraja.aclose()
             await queue.aclose(close_connection_pool=True)
             await close_pool(pool)
@@ -69,10 +75,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
+    # Routes are matched in order: Safaricom's webhook, the busiest, first.
+    app.include_router(mpesa_callback.router, prefix="/api/v1")
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(portfolio.router, prefix="/api/v1")
     app.include_router(deposits.router, prefix="/api/v1")
     app.include_router(intents.router, prefix="/api/v1")
-    app.include_router(mpesa_callback.router, prefix="/api/v1")
     return app

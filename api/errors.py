@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from kiota.errors import AuthError, IdempotencyConflict, InvalidInput, KiotaError
+from kiota.errors import AuthError, CallbackNotRecorded, IdempotencyConflict, InvalidInput, KiotaError
 
 log = structlog.get_logger(__name__)
 
@@ -16,6 +16,7 @@ _STATUS: dict[type[KiotaError], int] = {
     InvalidInput: 422,
     AuthError: 401,
     IdempotencyConflict: 409,
+    CallbackNotRecorded: 503,  # not committed (or not surely): Daraja may send it again
 }
 
 
@@ -32,7 +33,8 @@ async def _kiota_error(request: Request, exc: Exception) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if status >= 500:
         log.error("request failed", error=type(exc).__name__, message=str(exc))
-        return JSONResponse({"detail": "internal error"}, status_code=status)
+        detail = "temporarily unavailable, try again" if status == 503 else "internal error"
+        return JSONResponse({"detail": detail}, status_code=status)
     log.info("request refused", status=status, error=type(exc).__name__, message=str(exc))
     return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 

@@ -84,6 +84,13 @@ def _line(run: dict[str, Any]) -> str:
     )
 
 
+def _per_request(run: dict[str, Any]) -> str:
+    spent = run["cpu_s"]
+    parts = [f"{role} {spent[role] / max(run['ok'], 1) * 1000:.3f}" for role in ("api", "postgres", "loadgen")
+             if spent.get(role)]  # fmt: skip
+    return ", ".join(parts) + " ms"
+
+
 def _cores(run: dict[str, Any]) -> str:
     from bench.procstat import cores
 
@@ -180,11 +187,15 @@ async def run_b1(stack: Stack, size: B1Size, profile_dir: Path | None) -> Result
         "generous to Kiota.)",
         f"Bare after: {_line(bare_second)}. CPU: {_cores(bare_second)}.",
         f"One connection: Kiota {_line(kiota_serial)}; bare {_line(bare_serial)}.",
+        f"CPU per request, {c} connections (less noisy than rates on a shared machine): Kiota {_per_request(kiota)}; "
+        f"bare {_per_request(bare_first)} before, {_per_request(bare_second)} after.",
         f"Closed loop: latency ≈ connections ÷ throughput (Little's law): {c} ÷ {kiota['rps']:.0f}/s = "
         f"{c / kiota['rps'] * 1000:.0f} ms mean, vs {kiota_serial['p50_ms']:.1f} ms of service time on one "
-        "connection; the rest is queueing for the CPU and for the 20-connection database pool.",
+        "connection; the rest is queueing for the API's one event loop and for the group being committed.",
         f"Applied for real: {applied} of {total} deposits in processing, {entries} journal entries, "
-        f"{queued} jobs queued in Redis (worker off); ≈{commits / max(total, 1):.1f} PostgreSQL commits per "
-        "callback (pg_stat_database xact_commit, including the pool's per-release reset).",
+        f"{queued} jobs queued in Redis (worker off); ≈{commits / max(total, 1):.2f} PostgreSQL commits per "
+        "callback (pg_stat_database xact_commit: a group of callbacks is two, its read and its apply, so "
+        f"≈{2 * total / max(commits, 1):.1f} callbacks per group on average, the one-connection run's groups "
+        "of one included).",
     ]
     return result

@@ -45,7 +45,8 @@ from bench.system import (
     python_child,
     xact_commits,
 )
-from kiota.deposits import COMPLETE_FUNCTION, ingest_callback
+from kiota.callbacks import ingest_callback
+from kiota.deposits import COMPLETE_FUNCTION
 from kiota.dev.chain import BASE_USDC_ADDRESS, connect, mint_usdc
 from kiota.job_history import enqueue
 from kiota.queue import create_queue

@@ -27,7 +27,7 @@ import structlog
 
 from bench.callbacks import AMOUNT_KES, success_callback
 from bench.system import Stack, bench_pool, bench_stack, insert_pending, make_users
-from kiota.deposits import ingest_callback
+from kiota.callbacks import ingest_callback
 from kiota.dev.chain import BASE_USDC_ADDRESS
 from kiota.payouts import LaneConfig, pay_deposit
 from kiota.treasury import Treasury

@@ -24,6 +24,11 @@ class IdempotencyConflict(KiotaError):
     """An Idempotency-Key was reused with another body, or while its first use is in flight."""
 
 
+class CallbackNotRecorded(KiotaError):
+    """An M-Pesa callback is not surely committed (the database is unreachable, or applying it
+    failed): it must not be answered as accepted, so that Daraja may send it again."""
+
+
 class LedgerError(KiotaError):
     """A journal entry was refused (unbalanced, non-positive, or a replay with other postings)."""
 

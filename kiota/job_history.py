@@ -8,12 +8,16 @@ can see and retry it without reading code or Redis.
 from __future__ import annotations
 
 import random
+import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 import structlog
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
 
 from kiota.db import Connection
 from kiota.sql import load_queries
@@ -45,6 +49,47 @@ async def enqueue(queue: ArqRedis, function: str, job_id: str, *args: Any) -> bo
         log.warning("enqueue failed; the sweeper will retry", job_id=job_id, error=f"{type(exc).__name__}: {exc}")
         return False
     return True
+
+
+# arq's enqueue rule for many jobs at once, atomically per job as arq's WATCH/MULTI/EXEC is:
+# a job id is refused while its job key or its result key exists. Otherwise the job is
+# stored (expiring like arq's) and queued at the given score.
+# KEYS: the queue, then per job its job key and result key. ARGV: score, expiry (ms), then per
+# job its id and serialized job.
+_ENQUEUE_MANY = """
+local enqueued = 0
+for i = 1, (#KEYS - 1) / 2 do
+    local job_key, result_key = KEYS[2 * i], KEYS[2 * i + 1]
+    if redis.call('exists', job_key, result_key) == 0 then
+        redis.call('psetex', job_key, ARGV[2], ARGV[2 * i + 2])
+        redis.call('zadd', KEYS[1], ARGV[1], ARGV[2 * i + 1])
+        enqueued = enqueued + 1
+    end
+end
+return enqueued
+"""
+
+
+async def enqueue_many(queue: ArqRedis, function: str, jobs: Sequence[tuple[str, tuple[Any, ...]]]) -> int:
+    """Tell Redis about jobs already recorded in PostgreSQL, in one round trip: `jobs` are
+    (job id, args). Returns how many were queued (a job id Redis holds is refused, as arq's
+    `enqueue_job` does). Failing loses nothing: the sweeper re-enqueues what Redis never heard of."""
+    enqueued_at = int(time.time() * 1000)
+    keys: list[str] = [queue.default_queue_name]
+    args: list[Any] = [enqueued_at, queue.expires_extra_ms]
+    for job_id, job_args in jobs:
+        keys += [job_key_prefix + job_id, result_key_prefix + job_id]
+        args += [job_id, serialize_job(function, job_args, {}, None, enqueued_at, serializer=queue.job_serializer)]
+    try:
+        enqueued: int = await queue.register_script(_ENQUEUE_MANY)(keys=keys, args=args)
+    except Exception as exc:
+        log.warning(
+            "enqueue failed; the sweeper will retry",
+            job_ids=[job_id for job_id, _ in jobs],
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return 0
+    return enqueued
 
 
 class JobHistory:

@@ -41,7 +41,9 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
+        # A process configures logging once, at its start: each module's logger is then built
+        # once, not at every call (tests that capture logs never call this).
+        cache_logger_on_first_use=True,
     )
     # Libraries that log through stdlib (uvicorn, arq) go to stderr at the same level;
     # uvicorn's own access log is off: ours redacts the callback path.

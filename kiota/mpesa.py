@@ -107,9 +107,12 @@ def _result_code(value: Any) -> int:
     raise MalformedCallback("ResultCode is not a number in range")
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def _storable(text: str) -> bool:
     """PostgreSQL text holds no NUL and no lone surrogate."""
-    return "\x00" not in text and not any("\ud800" <= char <= "\udfff" for char in text)
+    return _UNSTORABLE.search(text) is None
 
 
 def _text(container: dict[str, Any], name: str, max_length: int = 200) -> str:
@@ -136,20 +139,28 @@ def _whole_amount(value: Any) -> int:
     return amount
 
 
+_TRANSACTION_DATE = re.compile(r"(20[0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})")
+
+
 def _transaction_time(value: Any) -> datetime:
     text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
-    if not re.fullmatch(r"20[0-9]{12}", text):  # strptime alone accepts short or odd forms
+    match = _TRANSACTION_DATE.fullmatch(text)  # exactly 14 digits: strptime alone accepts short forms
+    if match is None:
         raise MalformedCallback("TransactionDate is not YYYYMMDDHHmmss")
-    try:
-        local = datetime.strptime(text, "%Y%m%d%H%M%S")
+    try:  # datetime() checks the ranges strptime would (month 13, hour 25, Feb 30, second 60 …)
+        year, month, day, hour, minute, second = (int(part) for part in match.groups())
+        local = datetime(year, month, day, hour, minute, second, tzinfo=NAIROBI)
     except ValueError:
         raise MalformedCallback("TransactionDate is not YYYYMMDDHHmmss") from None
-    return local.replace(tzinfo=NAIROBI).astimezone(UTC)
+    return local.astimezone(UTC)
 
 
-def _nesting(raw: bytes) -> int:
-    """How deep brackets nest, counted before parsing: a deep body must not reach json.loads's recursion."""
-    depth = deepest = 0
+def _too_deep(raw: bytes) -> bool:
+    """Brackets nest deeper than MAX_NESTING, counted before parsing: a deep body must not reach
+    json.loads's recursion."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_NESTING:  # cannot nest deeper than the brackets there are
+        return False
+    depth = 0
     in_string = escaped = False
     for byte in raw:
         if in_string:
@@ -163,15 +174,16 @@ def _nesting(raw: bytes) -> int:
             in_string = True
         elif byte in (0x5B, 0x7B):
             depth += 1
-            deepest = max(deepest, depth)
+            if depth > MAX_NESTING:
+                return True
         elif byte in (0x5D, 0x7D):
             depth -= 1
-    return deepest
+    return False
 
 
 def parse_callback(raw: bytes) -> StkCallback:
     """Strictly parse Daraja's STK callback; items are found by Name, never by position."""
-    if _nesting(raw) > MAX_NESTING:
+    if _too_deep(raw):
         raise MalformedCallback("body nests too deep")
     try:
         document = json.loads(raw)
@@ -248,8 +260,22 @@ class DepositView:
     received_kes: int | None = None  # set once a success was booked (by a callback or the STK query)
 
 
-def decide(deposit: DepositView | None, callback: StkCallback) -> Decision:
-    """The one place that says what a callback does to a deposit."""
+RECEIPT_USED_ELSEWHERE = "this M-Pesa receipt was already used by another deposit"
+
+
+def decide(deposit: DepositView | None, callback: StkCallback, *, receipt_used_elsewhere: bool = False) -> Decision:
+    """The one place that says what a callback does to a deposit.
+
+    `receipt_used_elsewhere`: the callback's receipt is already on a deposit. Booking it
+    again (or attaching it) would spend one payment twice: a person looks instead.
+    """
+    decision = _decide(deposit, callback)
+    if receipt_used_elsewhere and decision.action in (Action.SUCCEED, Action.ATTACH_RECEIPT):
+        return Decision(Action.REVIEW, RECEIPT_USED_ELSEWHERE, "needs_review")
+    return decision
+
+
+def _decide(deposit: DepositView | None, callback: StkCallback) -> Decision:
     if deposit is None:
         if callback.succeeded:
             return Decision(Action.REVIEW, "a successful callback for an unknown CheckoutRequestID")

@@ -13,6 +13,8 @@ def parse_networks(text: str) -> list[Network]:
 
 
 def _within(address: str, networks: Sequence[Network]) -> bool:
+    if not networks:  # nothing to be within (and no address to parse on every request)
+        return False
     try:
         ip = ipaddress.ip_address(address.strip())
     except ValueError:

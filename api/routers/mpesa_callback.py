@@ -1,29 +1,30 @@
 """Safaricom's STK callback webhook.
 
 A 200 means the raw callback is committed in PostgreSQL: the answer is sent only
-after the transaction that records and applies it. The secret token in the path
+after the transaction that records and applies it (kiota.callbacks: callbacks that
+arrive together share one transaction). The secret token in the path
 is compared in constant time and never logged (the access log redacts it).
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 
 import structlog
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from api.deps import ResourcesDep
-from kiota.deposits import COMPLETE_FUNCTION, ingest_callback
-from kiota.job_history import enqueue
-from kiota.mpesa import MalformedCallback
+from api.deps import get_resources
+from kiota.callbacks import Received, record_malformed
+from kiota.mpesa import MalformedCallback, parse_callback
 from kiota.netaddr import allowed, client_address
 
 router = APIRouter(tags=["webhooks"])
 log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
-ACCEPTED = {"ResultCode": 0, "ResultDesc": "Accepted"}
+ACCEPTED = json.dumps({"ResultCode": 0, "ResultDesc": "Accepted"}, separators=(",", ":")).encode()
 
 
 class BodyTooLarge(Exception):
@@ -52,11 +53,16 @@ def _token_matches(given: str, accepted: list[str]) -> bool:
 
 
 @router.post("/deposit/mpesa-callback/{token}", include_in_schema=False)
-async def mpesa_callback(token: str, request: Request, resources: ResourcesDep) -> JSONResponse:
+async def mpesa_callback(request: Request) -> Response:
+    # The busiest route takes the request alone: FastAPI then solves no parameter and no
+    # dependency per call (a tenth of the API's CPU per callback under load).
+    token: str = request.path_params["token"]
+    resources = await get_resources(request)
     settings = resources.settings
     address = client_address(
         request.client.host if request.client else None,
-        request.headers.get("x-forwarded-for"),
+        # Believed only from a trusted proxy: without any, not even read.
+        request.headers.get("x-forwarded-for") if resources.trusted_proxies else None,
         resources.trusted_proxies,
     )
     if not _token_matches(token, settings.callback_tokens):
@@ -71,10 +77,12 @@ async def mpesa_callback(token: str, request: Request, resources: ResourcesDep) 
         log.warning("mpesa callback body too large", client=address)
         return JSONResponse({"ResultCode": 1, "ResultDesc": "Rejected: body too large"}, status_code=413)
     try:
-        result = await ingest_callback(resources.pool, raw, address)
+        callback = parse_callback(raw)
     except MalformedCallback as exc:
+        await record_malformed(resources.pool, raw, address, str(exc))
         log.warning("malformed mpesa callback kept for audit", client=address, error=str(exc))
         return JSONResponse({"ResultCode": 1, "ResultDesc": f"Rejected: {exc}"}, status_code=400)
-    if result.enqueue_job_id:
-        await enqueue(resources.queue, COMPLETE_FUNCTION, result.enqueue_job_id, result.deposit_id)
-    return JSONResponse(ACCEPTED)
+    # Returns once the callback is committed (with others that arrived with it) and its job
+    # enqueued; CallbackNotRecorded (a 503) otherwise.
+    await resources.callbacks.submit(Received(callback, raw, address))
+    return Response(ACCEPTED, media_type="application/json")

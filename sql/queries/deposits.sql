@@ -18,11 +18,6 @@ UPDATE deposits
 SET status = 'needs_review', review_reason = $2, updated_at = now()
 WHERE id = $1 AND status IN ('pending', 'processing', 'failed');
 
--- name: deposit_for_update_by_checkout
-SELECT id, user_id, status, amount_kes, amount_usdc, mpesa_receipt, failure_code, received_kes
-FROM deposits WHERE checkout_request_id = $1
-FOR UPDATE;
-
 -- name: deposit_attach_receipt
 UPDATE deposits SET mpesa_receipt = $2, paid_at_mpesa = $3, updated_at = now()
 WHERE id = $1 AND mpesa_receipt IS NULL;
@@ -74,14 +69,6 @@ INSERT INTO mpesa_callbacks (
     amount_kes, mpesa_receipt, transaction_at, phone_masked, disposition, raw_bytes)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 RETURNING id;
-
--- name: callback_disposition
-UPDATE mpesa_callbacks SET disposition = $2, deposit_id = $3 WHERE id = $1;
-
--- name: insert_review_item
-INSERT INTO review_items (kind, dedupe_key, deposit_id, callback_id, amount_kes, reason)
-VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT (dedupe_key) DO NOTHING;
 
 -- name: open_review_items
 SELECT * FROM review_items WHERE status = 'open' ORDER BY created_at;
@@ -139,8 +126,23 @@ WHERE id = $1 AND status = 'pending';
 -- The query job is on its way: do not dispatch it again until it reschedules.
 UPDATE deposits SET next_query_at = now() + make_interval(secs => $2) WHERE id = $1 AND status = 'pending';
 
--- name: receipt_taken
-SELECT 1 FROM deposits WHERE mpesa_receipt = $1;
-
 -- name: deposit_status
 SELECT status FROM deposits WHERE id = $1;
+
+-- name: callback_views
+-- What each callback of a group needs decided: its deposit as it is now (none when the
+-- CheckoutRequestID is unknown), whether its receipt is already on a deposit, and the id
+-- its row will have. Nothing is locked: mpesa_apply_callbacks applies a decision only if
+-- all of this is still so, under the CheckoutRequestID's lock.
+SELECT i.ord, nextval('mpesa_callbacks_id_seq') AS callback_id,
+       d.id AS deposit_id, d.status, d.amount_kes, d.mpesa_receipt, d.failure_code, d.received_kes,
+       (i.receipt IS NOT NULL AND EXISTS (SELECT 1 FROM deposits r WHERE r.mpesa_receipt = i.receipt))
+           AS receipt_taken
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS i (checkout_request_id, receipt, ord)
+LEFT JOIN deposits d ON d.checkout_request_id = i.checkout_request_id
+ORDER BY i.ord;
+
+-- name: apply_callbacks
+-- One call, one transaction for a whole group (sql/migrations/0008): the ord of every callback
+-- applied; the others are stale (decide them again).
+SELECT mpesa_apply_callbacks($1::mpesa_callback_in[]);

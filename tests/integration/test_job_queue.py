@@ -1,0 +1,52 @@
+"""The queue edge against a real Redis: many jobs in one round trip, under arq's own rules."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from arq.worker import Worker, func
+
+from kiota.job_history import enqueue_many
+from kiota.queue import create_queue
+
+
+async def noop_job(ctx: dict[str, Any], deposit_id: str) -> str:
+    return deposit_id
+
+
+async def test_enqueue_many_keeps_arqs_rule_and_arq_runs_its_jobs(redis_url: str) -> None:
+    queue = create_queue(redis_url)
+    try:
+        await queue.enqueue_job("noop_job", "held", _job_id="noop_job:held")  # a job Redis holds
+        await queue.set("arq:result:noop_job:done", b"x")  # a result Redis keeps
+        enqueued = await enqueue_many(
+            queue,
+            "noop_job",
+            [("noop_job:held", ("again",)), ("noop_job:done", ("again",)), ("noop_job:new", ("new",))],
+        )
+        assert enqueued == 1  # refused while the job or its result exists, as arq's enqueue_job does
+        assert {m.decode() for m in await queue.zrange("arq:queue", 0, -1)} == {"noop_job:held", "noop_job:new"}
+        ours, arqs = await queue.get("arq:job:noop_job:new"), await queue.get("arq:job:noop_job:held")
+        assert ours is not None and arqs is not None
+        mine, theirs = json.loads(ours), json.loads(arqs)
+        assert set(mine) == set(theirs) and mine["f"] == "noop_job" and mine["a"] == ["new"] and mine["k"] == {}
+        assert 0 < await queue.pttl("arq:job:noop_job:new") <= queue.expires_extra_ms
+        worker = Worker(
+            functions=[func(noop_job, name="noop_job")],
+            redis_pool=create_queue(redis_url),
+            burst=True,
+            poll_delay=0,
+            keep_result=60,
+            job_serializer=queue.job_serializer,
+            job_deserializer=queue.job_deserializer,
+            handle_signals=False,
+        )
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+        assert worker.jobs_complete == 2 and worker.jobs_failed == 0
+        assert await queue.exists("arq:result:noop_job:new")
+    finally:
+        await queue.aclose(close_connection_pool=True)
