@@ -158,7 +158,6 @@ async def _payouts(stack: Stack, dsn: str, pool: asyncpg.Pool, size: B2Size, pro
         "wait_total_s": float(waits["total_s"] or 0),
         "wait_max_s": float(waits["max_s"] or 0),
         "commits": commits,
-        "lane_n": lane["n"],
         "turns": int(lane["turns"] or 0),
         "median_batch": float(lane["median_batch"] or 0),
         "max_batch": int(lane["max_batch"] or 0),
