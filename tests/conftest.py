@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -231,12 +232,20 @@ class MpesaSystem:
     async def stop_worker(self) -> None:
         if self.worker is None:
             return
-        await self.worker.close()
-        assert self._worker_task is not None
-        self._worker_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker_task
+        worker, task = self.worker, self._worker_task
         self.worker, self._worker_task = None, None
+        # arq's close() cancels the running jobs, then gathers them: a job cancelled while it
+        # fetches or finishes itself ends cancelled, the gather raises CancelledError out of
+        # close() and its shutdown never runs (a leaked worker, and every later test broken).
+        # So the jobs are cancelled and reaped here first; close() then finds none.
+        worker.handle_sig(signal.SIGUSR1)
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        worker.tasks.clear()
+        await worker.close()
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     def env(self, **extra: str) -> dict[str, str]:
         """This system's configuration as the environment of a `kiota worker` process."""
