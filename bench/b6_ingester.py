@@ -54,11 +54,12 @@ import structlog
 from eth_account import Account
 from redis.asyncio import Redis
 
+from kiota.chain_rpc import ChainReader
 from kiota.db import create_pool
 from kiota.dev.chain import BASE_USDC_ADDRESS, AnvilNode, anvil_binary, free_port, install_usdc, start_anvil
 from kiota.dev.chain import connect as connect_web3
 from kiota.hdwallet import ExtendedPublicKey
-from kiota.ingester import ChainReader, RoundReport, ScanConfig, scan_round
+from kiota.ingester import RoundReport, ScanConfig, scan_round
 from kiota.logging import configure_logging
 from kiota.migrate import migrate
 from kiota.sql import load_queries

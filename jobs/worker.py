@@ -22,9 +22,10 @@ from arq import cron
 from arq.worker import Worker, func
 
 from jobs.mpesa import complete_mpesa_deposit, query_mpesa_deposit, scan_chain_tick, sweep_tick
+from kiota.chain_rpc import ChainReader
 from kiota.daraja import DarajaClient
 from kiota.db import close_pool, create_pool, try_advisory_lock
-from kiota.ingester import ChainReader, ScanConfig
+from kiota.ingester import ScanConfig
 from kiota.logging import configure_logging
 from kiota.payouts import LaneConfig
 from kiota.queue import deserialize_job, redis_settings, serialize_job

@@ -101,8 +101,8 @@ def cmd_ops(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    from kiota.chain_rpc import ChainReader
     from kiota.db import create_pool
-    from kiota.ingester import ChainReader
     from kiota.money import format_usdc
     from kiota.reconcile import reconcile
 

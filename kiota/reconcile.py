@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from kiota.ingester import ChainReader
+from kiota.chain_rpc import ChainReader
 from kiota.ledger import TREASURY_USDC
 from kiota.ledger_store import balance
 from kiota.money import format_usdc

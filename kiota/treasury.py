@@ -17,8 +17,8 @@ from eth_account.signers.local import LocalAccount
 from eth_typing import HexStr
 from eth_utils.address import to_checksum_address
 
+from kiota.chain_rpc import ChainReader
 from kiota.errors import ChainUnavailable
-from kiota.ingester import ChainReader
 
 
 class FeeTooLow(ChainUnavailable):

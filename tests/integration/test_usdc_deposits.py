@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from web3.types import RPCEndpoint
 
+from kiota.chain_rpc import ChainReader
 from kiota.dev.chain import BASE_USDC_ADDRESS, install_usdc, mint_usdc
-from kiota.ingester import ChainReader, ScanConfig, scan_round
+from kiota.ingester import ScanConfig, scan_round
 from kiota.ledger import user_account
 from kiota.ledger_store import balance
 from kiota.treasury import SignedTx

@@ -1,0 +1,119 @@
+"""Our JSON-RPC client for Base: one keep-alive HTTP session, calls counted, providers' limits handled.
+
+The ingester reads logs and balances through it and the treasury sends its transactions
+through it (web3.py's provider opens a TCP connection per call). Failures that may pass
+become `ChainUnavailable`; a 429 waits (`Retry-After`) and tries again; an `eth_getLogs`
+range a provider refuses is split (the range it suggests, else halves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from kiota.errors import ChainUnavailable, KiotaError
+from kiota.usdc import TRANSFER_TOPIC, next_ranges
+
+MAX_429_RETRIES = 5
+MIN_RANGE_SPLITS = 64  # a provider refusing even one block is broken, not strict
+
+
+class RangeRefused(KiotaError):
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(str(error.get("message")))
+        self.error = error
+
+
+def _is_range_refusal(error: dict[str, Any]) -> bool:
+    message = str(error.get("message", "")).lower()
+    return error.get("code") == -32005 or any(
+        word in message for word in ("block range", "range", "exceed", "too many", "limit")
+    )
+
+
+class ChainReader:
+    """A JSON-RPC reader that counts its calls and handles providers' limits."""
+
+    def __init__(self, rpc_url: str, http: httpx.AsyncClient | None = None) -> None:
+        self.rpc_url = rpc_url
+        self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
+        self._owns_http = http is None
+        self.calls = 0
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def rpc(self, method: str, params: list[Any]) -> Any:
+        for attempt in range(MAX_429_RETRIES + 1):
+            self.calls += 1
+            try:
+                response = await self._http.post(
+                    self.rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+                )
+            except httpx.HTTPError as exc:
+                raise ChainUnavailable(f"{method}: {type(exc).__name__}: {exc}") from exc
+            if response.status_code == 429 and attempt < MAX_429_RETRIES:
+                retry_after = response.headers.get("retry-after", "")
+                await asyncio.sleep(float(retry_after) if retry_after.isdigit() else 0.2 * 2**attempt)
+                continue
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if not isinstance(body, dict) or (response.status_code >= 400 and "error" not in body):
+                raise ChainUnavailable(f"{method}: HTTP {response.status_code}")
+            # Some providers (Alchemy's free tier) refuse a wide range with HTTP 400 and an error body.
+            if "error" in body:
+                error: dict[str, Any] = body["error"]
+                if method == "eth_getLogs" and _is_range_refusal(error):
+                    raise RangeRefused(error)
+                raise ChainUnavailable(f"{method}: {error}")
+            return body.get("result")
+        raise ChainUnavailable(f"{method}: rate limited")  # pragma: no cover - the loop returns or raises
+
+    async def head(self) -> int:
+        return int(await self.rpc("eth_blockNumber", []), 16)
+
+    async def usdc_balance(self, token: str, owner: str) -> int:
+        return (await self.usdc_balances(token, [owner]))[0]
+
+    async def usdc_balances(self, token: str, owners: list[str]) -> list[int]:
+        """balanceOf for many owners in one JSON-RPC batch (one HTTP request, one counted call)."""
+        if not owners:
+            return []
+        self.calls += 1
+        batch = [
+            {
+                "jsonrpc": "2.0",
+                "id": i,
+                "method": "eth_call",
+                "params": [{"to": token, "data": "0x70a08231" + o.lower().removeprefix("0x").rjust(64, "0")}, "latest"],
+            }
+            for i, o in enumerate(owners)
+        ]
+        try:
+            response = await self._http.post(self.rpc_url, json=batch)
+            answers = {item["id"]: item for item in response.json()}
+            return [int(answers[i]["result"] or "0x0", 16) for i in range(len(owners))]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise ChainUnavailable(f"balanceOf batch failed: {type(exc).__name__}") from exc
+
+    async def transfer_logs(self, token: str, start: int, end: int, depth: int = 0) -> list[dict[str, Any]]:
+        """All Transfer logs of `token` in [start, end], splitting the range when a provider refuses it."""
+        try:
+            result: list[dict[str, Any]] = await self.rpc(
+                "eth_getLogs",
+                [{"fromBlock": hex(start), "toBlock": hex(end), "address": token, "topics": [TRANSFER_TOPIC]}],
+            )
+            return result
+        except RangeRefused as refusal:
+            if start >= end or depth > MIN_RANGE_SPLITS:
+                raise ChainUnavailable(f"provider refuses even blocks {start}-{end}: {refusal}") from refusal
+            first, second = next_ranges(start, end, refusal.error)
+            return [
+                *await self.transfer_logs(token, *first, depth=depth + 1),
+                *await self.transfer_logs(token, *second, depth=depth + 1),
+            ]
