@@ -48,6 +48,9 @@ from kiota.treasury import Fees, FeeTooLow, Receipt, SignedTx, Treasury
 log = structlog.get_logger(__name__)
 
 REPLACE_AFTER_BLOCKS = 3
+# A nonce used by a transaction none of whose receipts we can find is called "not ours" only after
+# this long: a load-balanced provider may answer the nonce from a node ahead of the receipt's.
+NOT_OURS_AFTER = 600.0
 LANE_POLL_SECONDS = 0.05  # how often a job waiting for the lane tries it again
 HOUR, DAY = 3600.0, 86400.0
 
@@ -149,7 +152,10 @@ async def pay_deposit(
     try:
         key = lane_key(treasury.chain_id, treasury.address)
         async with treasury_lane(pool, key, config.lock_wait_seconds, deposit_id) as conn:
-            await _resolve_abandoned(conn, treasury, config)
+            try:
+                await _resolve_abandoned(conn, treasury, config)
+            except ChainUnavailable as exc:  # the sweeper and later turns try the filler again
+                log.warning("nonce filler failed this turn", error=str(exc))
             status = await conn.fetchval(q.deposit_status, deposit_id)
             if status != "processing":  # settled above: its abandoned payout was mined after all
                 return PayoutResult(Outcome.COMPLETED if status == "completed" else Outcome.NOTHING_TO_DO, status)
@@ -186,9 +192,12 @@ async def _pay_in_lane(
             blocked = await _check_caps_and_funds(conn, treasury, guards, fresh, alert=True)
         if blocked is None:
             signed = await _sign_and_store(conn, treasury, fresh)
-            await _broadcast_all(conn, treasury, signed)
-            failpoint("after_broadcast")
-            batch += signed
+            if signed is None:
+                blocked = PayoutResult(Outcome.BLOCKED, "a payout guard was set while waiting", GUARD_RECHECK_SECONDS)
+            else:
+                await _broadcast_all(conn, treasury, signed)
+                failpoint("after_broadcast")
+                batch += signed
     deadline = time.monotonic() + config.watch_seconds
     results: dict[int, PayoutResult] = {}
     mined: list[tuple[asyncpg.Record, int, Receipt]] = []
@@ -233,11 +242,13 @@ async def _companions(
 
 
 async def _nonce_taken(conn: Connection, deposit_id: uuid.UUID, exc: NonceTaken) -> PayoutResult:
+    """The payout is given up on ('cancelling'), not cancelled: if a receipt of ours turns up after all, the
+    nonce filler's turn settles it; only when none has for NOT_OURS_AFTER is the payout cancelled."""
     q = load_queries()
-    reason = f"{exc}: the treasury key was used elsewhere; check the treasury before retrying"
+    reason = f"{exc}: the treasury key may have been used elsewhere; check the treasury before retrying"
     async with conn.transaction():
-        await conn.execute(q.payout_cancelled, deposit_id)
         await conn.execute(q.deposit_to_review, deposit_id, reason)
+        await conn.execute(q.payout_abandon, deposit_id, reason)
     log.error("payout nonce taken by another transaction", deposit_id=str(deposit_id), error=str(exc))
     return PayoutResult(Outcome.REVIEW, reason)
 
@@ -328,22 +339,30 @@ async def _store_attempt(conn: Connection, payout_id: int, signed: SignedTx, kin
 
 async def _sign_and_store(
     conn: Connection, treasury: Treasury, batch: list[Pair]
-) -> list[tuple[asyncpg.Record, asyncpg.Record, SignedTx]]:
-    """Nonces allocated, transactions signed and stored: one transaction for the whole batch. A payout
-    given up on meanwhile (its deposit sent to review by its own job) is left out; the first one, the
-    caller's own, cannot be."""
+) -> list[tuple[asyncpg.Record, asyncpg.Record, SignedTx]] | None:
+    """Nonces allocated, transactions signed and stored: one transaction for the whole batch. A deposit
+    that left 'processing' meanwhile (sent to review by its own job or a callback) is left out; the
+    first one, the caller's own, cannot have. None when a guard was set meanwhile: nothing signed."""
+    q = load_queries()
     fees = await treasury.fee_quote()
     signed = []
     async with conn.transaction():
+        guards = await conn.fetchrow(q.guards_for_share)  # an operator's kill switch waits for this commit
+        assert guards is not None
+        if guards["kill_switch"] or guards["lane_paused"]:
+            return None
         nonce = await _allocate_nonces(conn, treasury, len(batch))
         for deposit, payout in batch:
-            if await conn.fetchval(load_queries().payout_signed, payout["id"], nonce) is None:
+            # Deposit then payout, locked: one sent to review meanwhile (by its job, or a callback) is left out.
+            if not await conn.fetchval(q.deposit_still_processing, deposit["id"]):
+                continue
+            if await conn.fetchval(q.payout_signed, payout["id"], nonce) is None:
                 continue
             tx = treasury.sign_transfer(payout["to_address"], payout["amount_micro"], nonce, fees)
             await _store_attempt(conn, payout["id"], tx)
             signed.append((deposit, payout, tx))
             nonce += 1
-        await conn.execute(load_queries().store_nonce, treasury.chain_id, treasury.address, nonce)
+        await conn.execute(q.store_nonce, treasury.chain_id, treasury.address, nonce)
     failpoint("after_attempt_stored")
     return signed
 
@@ -429,17 +448,19 @@ async def _watch(
             if receipt is not None:
                 return receipt
         latest = attempts[-1]
-        if await treasury.mined_nonce() > latest["nonce"]:
+        mined = await treasury.mined_nonce()
+        if mined > latest["nonce"]:
             # Mined past our nonce: one of our attempts (look again: it may have just landed) or not ours.
             for attempt in reversed(attempts):
                 receipt = await treasury.receipt(attempt["tx_hash"])
                 if receipt is not None:
                     return receipt
             raise NonceTaken(f"nonce {latest['nonce']} was used by a transaction that is not this payout")
-        head = await treasury.head()
-        if latest["broadcast_block"] is not None and head - latest["broadcast_block"] >= config.replace_after_blocks:
-            await _replace(conn, treasury, payout, _stored(latest))
-            continue
+        # Re-sign only the next nonce to be mined: the ones above it wait for it, not for their fees.
+        if mined == latest["nonce"] and latest["broadcast_block"] is not None:
+            if await treasury.head() - latest["broadcast_block"] >= config.replace_after_blocks:
+                await _replace(conn, treasury, payout, _stored(latest))
+                continue
         if time.monotonic() > deadline:
             return None
         await asyncio.sleep(config.poll_seconds)
@@ -448,9 +469,9 @@ async def _watch(
 async def _reverted(conn: Connection, payout_id: int, deposit_id: uuid.UUID, receipt: Receipt) -> PayoutResult:
     q = load_queries()
     reason = f"the payout transaction {receipt.tx_hash} reverted"
-    async with conn.transaction():
-        await conn.execute(q.payout_reverted, payout_id, receipt.tx_hash, receipt.block_number)
+    async with conn.transaction():  # the deposit's row first, then the payout's, as everywhere
         await conn.execute(q.deposit_to_review, deposit_id, reason)
+        await conn.execute(q.payout_reverted, payout_id, receipt.tx_hash, receipt.block_number)
         await conn.execute(q.pause_lane, reason)
     log.error("payout reverted: lane paused", deposit_id=str(deposit_id), tx_hash=receipt.tx_hash)
     return PayoutResult(Outcome.REVIEW, reason)
@@ -476,8 +497,8 @@ async def _settle(conn: Connection, treasury: Treasury, mined: list[tuple[asyncp
                     str(deposit["id"]), deposit["user_id"], deposit["received_kes"], deposit["amount_usdc"]
                 ),
             )
-            await conn.execute(q.payout_confirmed, payout_id, receipt.tx_hash, receipt.block_number)
             await conn.execute(q.deposit_completed, deposit["id"], receipt.tx_hash)
+            await conn.execute(q.payout_confirmed, payout_id, receipt.tx_hash, receipt.block_number)
             if balances is not None:
                 await conn.execute(q.upsert_wallet_balance, deposit["user_id"], balances[i], head)
     for deposit, _, receipt in mined:
@@ -545,6 +566,9 @@ async def _nonce_used(
             else:
                 await _reverted(conn, payout["id"], payout["deposit_id"], receipt)
             return
+    if (await conn.fetchval(q.cancelling_for_seconds, payout["id"]) or 0) < NOT_OURS_AFTER:
+        bound.error("abandoned payout's nonce is used, but by no transaction of ours that we can see yet")
+        return
     await conn.execute(q.payout_filled, payout["id"], None, None)
     bound.error("abandoned payout cancelled: its nonce was used by a transaction that is not ours")
 

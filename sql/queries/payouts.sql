@@ -112,3 +112,12 @@ WHERE tx_hash = ANY($1::text[]);
 -- name: unsettled_payouts
 -- Signed and not settled: the lane's owner re-sends them in nonce order and settles what is mined.
 SELECT * FROM payouts WHERE status = 'signed' AND chain_id = $1 AND from_address = $2 ORDER BY nonce LIMIT $3;
+
+-- name: guards_for_share
+SELECT kill_switch, lane_paused FROM payout_guards FOR SHARE;
+
+-- name: deposit_still_processing
+SELECT true FROM deposits WHERE id = $1 AND status = 'processing' FOR SHARE;
+
+-- name: cancelling_for_seconds
+SELECT extract(epoch FROM now() - updated_at) FROM payouts WHERE id = $1 AND status = 'cancelling';
