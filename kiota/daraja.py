@@ -368,7 +368,13 @@ class DarajaClient:
         deadline = time.monotonic() + self._timings.query_budget
         fields = {"CheckoutRequestID": checkout_request_id}
         try:
-            answer = await self._call(QUERY_PATH, fields, deadline, _QUERY_POLICY)
+            try:
+                answer = await self._call(QUERY_PATH, fields, deadline, _QUERY_POLICY)
+            except _MaybeSent as exc:
+                # A query only reads: unlike a push, it may be repeated once after an answer was lost
+                # (e.g. a keep-alive connection the server closed as we sent on it).
+                query_log.info("daraja.retry", path=QUERY_PATH, reason=str(exc))
+                answer = await self._call(QUERY_PATH, fields, deadline, _QUERY_POLICY)
         except (_NotSent, _MaybeSent) as exc:
             query_log.warning("daraja.query.transient", reason=str(exc))
             raise DarajaTransient(f"STK query failed: {exc}") from exc
