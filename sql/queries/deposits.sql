@@ -18,10 +18,6 @@ UPDATE deposits
 SET status = 'needs_review', review_reason = $2, updated_at = now()
 WHERE id = $1 AND status IN ('pending', 'processing', 'failed');
 
--- name: deposit_attach_receipt
-UPDATE deposits SET mpesa_receipt = $2, paid_at_mpesa = $3, updated_at = now()
-WHERE id = $1 AND mpesa_receipt IS NULL;
-
 -- name: lock_checkout
 -- Serialises the push being recorded and its callback arriving early (same CheckoutRequestID).
 SELECT pg_advisory_xact_lock(hashtextextended($1, 0));

@@ -39,9 +39,6 @@ WHERE id = $1;
 -- name: job_gave_up
 UPDATE jobs SET status = 'failed', last_error = $2, finished_at = now(), updated_at = now() WHERE id = $1;
 
--- name: job_by_id
-SELECT * FROM jobs WHERE id = $1;
-
 -- name: blocked_jobs
 SELECT id, function, deposit_id FROM jobs WHERE status = 'blocked';
 

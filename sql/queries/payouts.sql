@@ -73,10 +73,6 @@ ON CONFLICT (user_id) DO UPDATE SET usdc_micro = EXCLUDED.usdc_micro, block_numb
     updated_at = now()
 WHERE wallet_balances.block_number <= EXCLUDED.block_number;
 
--- name: payout_cancelled
-UPDATE payouts SET status = 'cancelled', updated_at = now(), settled_at = now()
-WHERE deposit_id = $1 AND status IN ('created', 'signed');
-
 -- name: payout_abandon
 -- The deposit's payout is given up on: one never signed is simply cancelled; a signed one
 -- holds a nonce, which the lane must fill (or see used) before it is cancelled.
