@@ -276,6 +276,9 @@ async def test_the_same_transaction_reincluded_after_a_reorg_is_credited_once(
         stranger_mint = {"from": accounts[0], "to": BASE_USDC_ADDRESS, "gas": hex(100_000),
                          "data": "0x40c10f19" + stranger.rjust(64, "0") + f"{1:064x}"}  # fmt: skip
         first = [[stranger_mint, depth - 1]] if how == "behind-another-log" else []
+        # A block rebuilt with the same parent, transactions and second is the same block (same hash):
+        # let the clock move on so the reorg really replaces it.
+        await asyncio.sleep(1.1)
         await rpc(system, "anvil_reorg", depth, [*first, [signed.raw_tx, depth - 1]])
         await system.start_worker()
     receipt = await receipt_of(system, signed.tx_hash)
