@@ -275,11 +275,16 @@ async def test_the_same_transaction_reincluded_after_a_reorg_is_credited_once(
         stranger = "ab" * 20  # nobody's address: the mint's log only moves the payment's log index
         stranger_mint = {"from": accounts[0], "to": BASE_USDC_ADDRESS, "gas": hex(100_000),
                          "data": "0x40c10f19" + stranger.rjust(64, "0") + f"{1:064x}"}  # fmt: skip
-        first = [[stranger_mint, depth - 1]] if how == "behind-another-log" else []
-        # A block rebuilt with the same parent, transactions and second is the same block (same hash):
-        # let the clock move on so the reorg really replaces it.
-        await asyncio.sleep(1.1)
-        await rpc(system, "anvil_reorg", depth, [*first, [signed.raw_tx, depth - 1]])
+        # The mint before the payment moves its log index; after it, it only makes the rebuilt block differ
+        # (a block with the same parent, transactions and timestamp would be the same block, same hash).
+        before = how == "behind-another-log"
+        mint = [stranger_mint, depth - 1]
+        await rpc(
+            system,
+            "anvil_reorg",
+            depth,
+            [mint, [signed.raw_tx, depth - 1]] if before else [[signed.raw_tx, depth - 1], mint],
+        )
         await system.start_worker()
     receipt = await receipt_of(system, signed.tx_hash)
     assert receipt["transactionHash"] == signed.tx_hash and receipt["blockHash"] != old_receipt["blockHash"]
