@@ -46,33 +46,50 @@ class ChainReader:
         if self._owns_http:
             await self._http.aclose()
 
-    async def rpc(self, method: str, params: list[Any]) -> Any:
+    async def _post(self, what: str, payload: Any) -> tuple[int, Any]:
+        """One HTTP request (a 429 waits and tries again): the status and the decoded body, or None."""
         for attempt in range(MAX_429_RETRIES + 1):
             self.calls += 1
             try:
-                response = await self._http.post(
-                    self.rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-                )
+                response = await self._http.post(self.rpc_url, json=payload)
             except httpx.HTTPError as exc:
-                raise ChainUnavailable(f"{method}: {type(exc).__name__}: {exc}") from exc
+                raise ChainUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
             if response.status_code == 429 and attempt < MAX_429_RETRIES:
                 retry_after = response.headers.get("retry-after", "")
                 await asyncio.sleep(float(retry_after) if retry_after.isdigit() else 0.2 * 2**attempt)
                 continue
             try:
-                body = response.json()
+                return response.status_code, response.json()
             except ValueError:
-                body = None
-            if not isinstance(body, dict) or (response.status_code >= 400 and "error" not in body):
-                raise ChainUnavailable(f"{method}: HTTP {response.status_code}")
-            # Some providers (Alchemy's free tier) refuse a wide range with HTTP 400 and an error body.
-            if "error" in body:
-                error: dict[str, Any] = body["error"]
-                if method == "eth_getLogs" and _is_range_refusal(error):
-                    raise RangeRefused(error)
-                raise ChainUnavailable(f"{method}: {error}")
-            return body.get("result")
-        raise ChainUnavailable(f"{method}: rate limited")  # pragma: no cover - the loop returns or raises
+                return response.status_code, None
+        raise ChainUnavailable(f"{what}: rate limited")
+
+    async def rpc(self, method: str, params: list[Any]) -> Any:
+        status, body = await self._post(method, {"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        if not isinstance(body, dict) or (status >= 400 and "error" not in body):
+            raise ChainUnavailable(f"{method}: HTTP {status}")
+        # Some providers (Alchemy's free tier) refuse a wide range with HTTP 400 and an error body.
+        if "error" in body:
+            error: dict[str, Any] = body["error"]
+            if method == "eth_getLogs" and _is_range_refusal(error):
+                raise RangeRefused(error)
+            raise ChainUnavailable(f"{method}: {error}")
+        return body.get("result")
+
+    async def batch(self, method: str, params: list[list[Any]]) -> list[tuple[Any, dict[str, Any] | None]]:
+        """The same method for many parameter lists in one JSON-RPC batch (one HTTP request, one counted
+        call): each answer as (result, error), in the order asked. A transport failure or an answer
+        that is not a batch raises ChainUnavailable; an error in one item is that item's."""
+        if not params:
+            return []
+        payload = [{"jsonrpc": "2.0", "id": i, "method": method, "params": p} for i, p in enumerate(params)]
+        status, body = await self._post(f"{method} batch", payload)
+        if not isinstance(body, list):
+            raise ChainUnavailable(f"{method} batch: HTTP {status}, not a batch answer")
+        answers = {item.get("id"): item for item in body if isinstance(item, dict)}
+        if set(answers) != set(range(len(params))):
+            raise ChainUnavailable(f"{method} batch: {len(answers)} answers for {len(params)} calls")
+        return [(answers[i].get("result"), answers[i].get("error")) for i in range(len(params))]
 
     async def head(self) -> int:
         return int(await self.rpc("eth_blockNumber", []), 16)
@@ -82,24 +99,18 @@ class ChainReader:
 
     async def usdc_balances(self, token: str, owners: list[str]) -> list[int]:
         """balanceOf for many owners in one JSON-RPC batch (one HTTP request, one counted call)."""
-        if not owners:
-            return []
-        self.calls += 1
-        batch = [
-            {
-                "jsonrpc": "2.0",
-                "id": i,
-                "method": "eth_call",
-                "params": [{"to": token, "data": "0x70a08231" + o.lower().removeprefix("0x").rjust(64, "0")}, "latest"],
-            }
-            for i, o in enumerate(owners)
+        calls = [
+            [{"to": token, "data": "0x70a08231" + o.lower().removeprefix("0x").rjust(64, "0")}, "latest"]
+            for o in owners
         ]
+        answers = await self.batch("eth_call", calls)
+        errors = [error for _, error in answers if error is not None]
+        if errors:
+            raise ChainUnavailable(f"balanceOf batch failed: {errors[0]}")
         try:
-            response = await self._http.post(self.rpc_url, json=batch)
-            answers = {item["id"]: item for item in response.json()}
-            return [int(answers[i]["result"] or "0x0", 16) for i in range(len(owners))]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            raise ChainUnavailable(f"balanceOf batch failed: {type(exc).__name__}") from exc
+            return [int(result, 16) for result, _ in answers]
+        except (TypeError, ValueError) as exc:
+            raise ChainUnavailable(f"balanceOf batch: not a balance: {exc}") from exc
 
     async def transfer_logs(self, token: str, start: int, end: int, depth: int = 0) -> list[dict[str, Any]]:
         """All Transfer logs of `token` in [start, end], splitting the range when a provider refuses it."""

@@ -41,7 +41,7 @@ import structlog
 from kiota import ledger
 from kiota.db import Connection, advisory_unlock, try_advisory_lock
 from kiota.errors import ChainUnavailable, KiotaError
-from kiota.ledger_store import post_entry
+from kiota.ledger_store import post_entries
 from kiota.sql import load_queries
 from kiota.treasury import Fees, FeeTooLow, Receipt, SignedTx, Treasury
 
@@ -83,6 +83,7 @@ class LaneConfig:
     lock_wait_seconds: float = 5.0
     replace_after_blocks: int = REPLACE_AFTER_BLOCKS
     batch_size: int = 20  # deposits paid in one turn of the lane, the owner's own included
+    drain_seconds: float = 5.0  # after its own turn, the owner starts more turns for waiting deposits this long
 
 
 class LaneBusy(KiotaError):
@@ -174,36 +175,77 @@ Pair = tuple[asyncpg.Record, asyncpg.Record]
 async def _pay_in_lane(
     conn: Connection, treasury: Treasury, guards: asyncpg.Record, deposit: asyncpg.Record, config: LaneConfig
 ) -> PayoutResult:
-    """One turn of the lane: re-send every signed, unsettled payout in nonce order (after a crash
-    some may never have left; a gap would hold back all above it), sign and send this deposit's
-    payout with the other deposits waiting for one, then settle whatever is mined."""
-    payout = await _live_payout(conn, treasury, deposit)
+    """This deposit's turn of the lane, then, while the lane is ours and other deposits still wait
+    for a payout, more turns for them: handing the lane from job to job costs a turn's worth of time."""
+    (payout,) = await _live_payouts(conn, treasury, [deposit])
     if payout["status"] == "cancelling":
         return PayoutResult(Outcome.WAITING, "the nonce of this deposit's abandoned payout is being filled")
+    drain_until = time.monotonic() + config.drain_seconds
+    turn = await _turn(conn, treasury, guards, (deposit, payout), config)
+    result = turn.blocked or turn.results.get(payout["id"], PayoutResult(Outcome.WAITING, "the payout was not signed"))
+    while turn.all_paid and time.monotonic() < drain_until:
+        try:
+            guards = await conn.fetchrow(load_queries().guards) or guards
+            turn = await _turn(conn, treasury, guards, None, config)
+        except (ChainUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            # This job's own payout is settled: what failed is the others', stored for the next turn.
+            log.warning("the lane stopped paying other deposits after a failure", error=str(exc))
+            break
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _TurnOutcome:
+    results: dict[int, PayoutResult]  # by payout id
+    blocked: PayoutResult | None
+    signed: int  # new payouts signed in this turn
+
+    @property
+    def all_paid(self) -> bool:
+        """New payouts were signed and every payout of the turn settled: the lane may go on."""
+        return (
+            self.signed > 0
+            and self.blocked is None
+            and all(r.outcome is Outcome.COMPLETED for r in self.results.values())
+        )
+
+
+async def _turn(
+    conn: Connection, treasury: Treasury, guards: asyncpg.Record, own: Pair | None, config: LaneConfig
+) -> _TurnOutcome:
+    """One turn of the lane: re-send every signed, unsettled payout in nonce order (after a crash
+    some may never have left; a gap would hold back all above it), sign and send the owner's payout
+    (if it has none yet) with the other deposits waiting for one, then settle whatever is mined."""
     batch: list[Any] = await _unsettled(conn, treasury, config.batch_size)
     for _, p, attempt in batch:
         await _broadcast_or_bump(conn, treasury, p, attempt)
     blocked = None
-    if payout["status"] == "created":
-        fresh = [(deposit, payout), *await _companions(conn, treasury, guards, deposit["id"], config.batch_size - 1)]
-        blocked = await _check_caps_and_funds(conn, treasury, guards, fresh, alert=len(fresh) == 1)
-        if blocked is not None and len(fresh) > 1:  # the others wait for their own turn; this one may fit
-            fresh = fresh[:1]
+    signed: list[tuple[asyncpg.Record, asyncpg.Record, SignedTx]] = []
+    if own is None or own[1]["status"] == "created":
+        mine = [own] if own is not None else []
+        others = await _companions(conn, treasury, guards, own[0]["id"] if own else None, config.batch_size - len(mine))
+        fresh = mine + others
+        if fresh:  # a shortfall alerts (pauses the lane) only for the owner's own payout, alone
+            blocked = await _check_caps_and_funds(conn, treasury, guards, fresh, alert=not others)
+        if blocked is not None and mine and others:  # the others wait for their own turn; this one may fit
+            fresh = mine
             blocked = await _check_caps_and_funds(conn, treasury, guards, fresh, alert=True)
-        if blocked is None:
-            signed = await _sign_and_store(conn, treasury, fresh)
-            if signed is None:
+        if blocked is None and fresh:
+            stored = await _sign_and_store(conn, treasury, fresh)
+            if stored is None:
                 blocked = PayoutResult(Outcome.BLOCKED, "a payout guard was set while waiting", GUARD_RECHECK_SECONDS)
             else:
+                signed = stored
                 await _broadcast_all(conn, treasury, signed)
                 failpoint("after_broadcast")
                 batch += signed
     deadline = time.monotonic() + config.watch_seconds
     results: dict[int, PayoutResult] = {}
     mined: list[tuple[asyncpg.Record, int, Receipt]] = []
-    for d, p, _ in batch:  # nonce order
+    receipts = await _receipts_at_once(treasury, batch)
+    for (d, p, _), seen in zip(batch, receipts, strict=True):  # nonce order
         try:
-            receipt = await _watch(conn, treasury, p, config, deadline)
+            receipt = seen or await _watch(conn, treasury, p, config, deadline)
         except NonceTaken as exc:
             results[p["id"]] = await _nonce_taken(conn, d["id"], exc)
             continue
@@ -217,7 +259,16 @@ async def _pay_in_lane(
         else:
             results[p["id"]] = await _reverted(conn, p["id"], d["id"], receipt)
     await _settle(conn, treasury, mined)
-    return blocked or results.get(payout["id"], PayoutResult(Outcome.WAITING, "the payout was not signed"))
+    return _TurnOutcome(results, blocked, len(signed))
+
+
+async def _receipts_at_once(treasury: Treasury, batch: list[tuple[Any, Any, SignedTx]]) -> list[Receipt | None]:
+    """The receipts of the turn's latest attempts in one request; the ones missing are watched one by one
+    (older attempts, replacements, a nonce taken). A failed request just leaves them all to be watched."""
+    try:
+        return await treasury.receipts([signed.tx_hash for _, _, signed in batch])
+    except ChainUnavailable:
+        return [None] * len(batch)
 
 
 async def _unsettled(conn: Connection, treasury: Treasury, limit: int) -> list[tuple[Any, Any, SignedTx]]:
@@ -232,13 +283,13 @@ async def _unsettled(conn: Connection, treasury: Treasury, limit: int) -> list[t
 
 
 async def _companions(
-    conn: Connection, treasury: Treasury, guards: asyncpg.Record, own: uuid.UUID, limit: int
+    conn: Connection, treasury: Treasury, guards: asyncpg.Record, own: uuid.UUID | None, limit: int
 ) -> list[Pair]:
     """Other processing deposits that have no payout yet, oldest first, each given its payout row."""
     if limit <= 0:
         return []
     rows = await conn.fetch(load_queries().deposits_awaiting_payout, own, guards["per_deposit_max_micro"], limit)
-    return [(row, await _live_payout(conn, treasury, row)) for row in rows]
+    return list(zip(rows, await _live_payouts(conn, treasury, rows), strict=True))
 
 
 async def _nonce_taken(conn: Connection, deposit_id: uuid.UUID, exc: NonceTaken) -> PayoutResult:
@@ -266,20 +317,23 @@ async def _guards_stop(pool: asyncpg.Pool, guards: asyncpg.Record, deposit: asyn
     return None
 
 
-async def _live_payout(conn: Connection, treasury: Treasury, deposit: asyncpg.Record) -> asyncpg.Record:
+async def _live_payouts(conn: Connection, treasury: Treasury, deposits: list[asyncpg.Record]) -> list[asyncpg.Record]:
+    """Each deposit's live payout, created when it has none; in the deposits' order."""
+    if not deposits:
+        return []
     q = load_queries()
+    ids = [d["id"] for d in deposits]
     await conn.execute(
-        q.insert_payout,
-        deposit["id"],
+        q.insert_payouts,
+        ids,
+        [d["deposit_address"] for d in deposits],
+        [d["amount_usdc"] for d in deposits],
         treasury.chain_id,
         treasury.token_address,
         treasury.address,
-        deposit["deposit_address"],
-        deposit["amount_usdc"],
     )
-    payout = await conn.fetchrow(q.live_payout_for_deposit, deposit["id"])
-    assert payout is not None
-    return payout
+    payouts = {p["deposit_id"]: p for p in await conn.fetch(q.live_payouts_for_deposits, ids)}
+    return [payouts[deposit_id] for deposit_id in ids]
 
 
 async def _check_caps_and_funds(
@@ -323,17 +377,18 @@ async def _allocate_nonces(conn: Connection, treasury: Treasury, count: int) -> 
     return int(nonce)
 
 
-async def _store_attempt(conn: Connection, payout_id: int, signed: SignedTx, kind: str = "payout") -> None:
+async def _store_attempts(conn: Connection, attempts: list[tuple[int, SignedTx]], kind: str = "payout") -> None:
+    """Signed transactions stored (before they are sent): (payout id, transaction) each."""
     await conn.execute(
-        load_queries().insert_attempt,
-        payout_id,
-        signed.nonce,
-        signed.tx_hash,
-        signed.raw_tx,
-        signed.fees.max_fee_per_gas,
-        signed.fees.max_priority_fee_per_gas,
-        signed.gas_limit,
-        kind,
+        load_queries().insert_attempts,
+        [payout_id for payout_id, _ in attempts],
+        [tx.nonce for _, tx in attempts],
+        [tx.tx_hash for _, tx in attempts],
+        [tx.raw_tx for _, tx in attempts],
+        [tx.fees.max_fee_per_gas for _, tx in attempts],
+        [tx.fees.max_priority_fee_per_gas for _, tx in attempts],
+        [tx.gas_limit for _, tx in attempts],
+        [kind] * len(attempts),
     )
 
 
@@ -345,24 +400,25 @@ async def _sign_and_store(
     first one, the caller's own, cannot have. None when a guard was set meanwhile: nothing signed."""
     q = load_queries()
     fees = await treasury.fee_quote()
-    signed = []
     async with conn.transaction():
         guards = await conn.fetchrow(q.guards_for_share)  # an operator's kill switch waits for this commit
         assert guards is not None
         if guards["kill_switch"] or guards["lane_paused"]:
             return None
-        nonce = await _allocate_nonces(conn, treasury, len(batch))
-        for deposit, payout in batch:
-            # Deposit then payout, locked: one sent to review meanwhile (by its job, or a callback) is left out.
-            if not await conn.fetchval(q.deposit_still_processing, deposit["id"]):
-                continue
-            if await conn.fetchval(q.payout_signed, payout["id"], nonce) is None:
-                continue
-            tx = treasury.sign_transfer(payout["to_address"], payout["amount_micro"], nonce, fees)
-            await _store_attempt(conn, payout["id"], tx)
-            signed.append((deposit, payout, tx))
-            nonce += 1
-        await conn.execute(q.store_nonce, treasury.chain_id, treasury.address, nonce)
+        # Deposits then payouts, locked: one sent to review meanwhile (by its job, or a callback) is left out.
+        processing = {r["id"] for r in await conn.fetch(q.deposits_still_processing, [d["id"] for d, _ in batch])}
+        candidates = [p["id"] for d, p in batch if d["id"] in processing]
+        unsigned = {r["id"] for r in await conn.fetch(q.payouts_still_created, candidates)}
+        payable = [(d, p) for d, p in batch if d["id"] in processing and p["id"] in unsigned]
+        if not payable:
+            return []
+        nonce = await _allocate_nonces(conn, treasury, len(payable))
+        signed = [
+            (d, p, treasury.sign_transfer(p["to_address"], p["amount_micro"], nonce + i, fees))
+            for i, (d, p) in enumerate(payable)
+        ]
+        await conn.execute(q.payouts_signed, [p["id"] for _, p, _ in signed], [tx.nonce for _, _, tx in signed])
+        await _store_attempts(conn, [(p["id"], tx) for _, p, tx in signed])
     failpoint("after_attempt_stored")
     return signed
 
@@ -375,17 +431,16 @@ def _stored(attempt: asyncpg.Record) -> SignedTx:
 async def _broadcast_all(conn: Connection, treasury: Treasury, batch: list[tuple[Any, Any, SignedTx]]) -> None:
     """Send a turn's new transactions in nonce order; one head read and one update record them."""
     head = await treasury.head()  # read before sending: a replacement may come a block early, never late
-    sent: list[str] = []
-    try:
-        for _, payout, signed in batch:
-            try:
-                await treasury.broadcast(signed.raw_tx)
-                sent.append(signed.tx_hash)
-            except FeeTooLow:
-                await _replace(conn, treasury, payout, signed)
-    finally:
-        if sent:
-            await conn.execute(load_queries().attempts_broadcast, sent, head)
+    refusals = await treasury.broadcast_many([signed.raw_tx for _, _, signed in batch])
+    sent = [signed.tx_hash for (_, _, signed), refusal in zip(batch, refusals, strict=True) if refusal is None]
+    if sent:
+        await conn.execute(load_queries().attempts_broadcast, sent, head)
+    for (_, payout, signed), refusal in zip(batch, refusals, strict=True):
+        if isinstance(refusal, FeeTooLow):
+            await _replace(conn, treasury, payout, signed)
+    failed = [refusal for refusal in refusals if refusal is not None and not isinstance(refusal, FeeTooLow)]
+    if failed:  # stored, so the next turn sends them again in nonce order
+        raise failed[0]
 
 
 async def _broadcast(conn: Connection, treasury: Treasury, signed: SignedTx) -> None:
@@ -419,7 +474,7 @@ async def _replace(
             await _broadcast(conn, treasury, latest)
             return
         replacement = _sign(treasury, payout, kind, latest.nonce, fees)
-        await _store_attempt(conn, payout["id"], replacement, kind)
+        await _store_attempts(conn, [(payout["id"], replacement)], kind)
         log.warning(
             f"{'nonce filler' if kind == 'filler' else 'payout'} re-signed with higher fees",
             payout_id=payout["id"],
@@ -489,18 +544,22 @@ async def _settle(conn: Connection, treasury: Treasury, mined: list[tuple[asyncp
         head = await treasury.head()
     except ChainUnavailable:
         balances, head = None, 0
+    entries = [
+        ledger.mpesa_converted_and_paid(str(d["id"]), d["user_id"], d["received_kes"], d["amount_usdc"])
+        for d, _, _ in mined
+    ]
     async with conn.transaction():
-        for i, (deposit, payout_id, receipt) in enumerate(mined):
-            await post_entry(
-                conn,
-                ledger.mpesa_converted_and_paid(
-                    str(deposit["id"]), deposit["user_id"], deposit["received_kes"], deposit["amount_usdc"]
-                ),
-            )
-            await conn.execute(q.deposit_completed, deposit["id"], receipt.tx_hash)
-            await conn.execute(q.payout_confirmed, payout_id, receipt.tx_hash, receipt.block_number)
-            if balances is not None:
-                await conn.execute(q.upsert_wallet_balance, deposit["user_id"], balances[i], head)
+        await post_entries(conn, entries)
+        await conn.execute(q.deposits_completed, [d["id"] for d, _, _ in mined], [r.tx_hash for _, _, r in mined])
+        await conn.execute(
+            q.payouts_confirmed,
+            [payout_id for _, payout_id, _ in mined],
+            [r.tx_hash for _, _, r in mined],
+            [r.block_number for _, _, r in mined],
+        )
+        if balances is not None:  # one user paid twice in a turn: the same address, the same balance
+            cached = {d["user_id"]: balance for (d, _, _), balance in zip(mined, balances, strict=True)}
+            await conn.execute(q.upsert_wallet_balances, list(cached), list(cached.values()), head)
     for deposit, _, receipt in mined:
         log.info("deposit paid and credited", deposit_id=str(deposit["id"]), tx_hash=receipt.tx_hash)
 
@@ -588,6 +647,6 @@ async def _send_filler(
     # Outbid every attempt of the payout, which may still sit in a node's pool.
     offered = _stored(attempts[-1]).fees
     filler = treasury.sign_self_send(payout["nonce"], offered.bumped(await treasury.fee_quote()))
-    await _store_attempt(conn, payout["id"], filler, "filler")
+    await _store_attempts(conn, [(payout["id"], filler)], "filler")
     log.warning("filling an abandoned payout's nonce", payout_id=payout["id"], nonce=filler.nonce, tx=filler.tx_hash)
     await _broadcast_or_bump(conn, treasury, payout, filler, "filler")

@@ -162,15 +162,45 @@ class Treasury:
         try:
             await self._call("eth_sendRawTransaction", raw_tx)
         except ChainUnavailable as exc:
-            text = str(exc).lower()
-            if any(benign in text for benign in _BENIGN_BROADCAST):
-                return  # the node has it, or mined it: the receipts will tell
-            if any(low in text for low in _FEE_TOO_LOW):
-                raise FeeTooLow(f"broadcast refused: {exc}") from exc
-            raise ChainUnavailable(f"broadcast failed: {exc}") from exc
+            refusal = _broadcast_refusal(str(exc))
+            if refusal is not None:
+                raise refusal from exc
+
+    async def broadcast_many(self, raw_txs: list[str]) -> list[ChainUnavailable | None]:
+        """Send many transactions in one JSON-RPC batch; each one's refusal (None: the node has it).
+        A failure of the request itself raises ChainUnavailable: then none may have arrived."""
+        try:
+            answers = await self._rpc.batch("eth_sendRawTransaction", [[raw] for raw in raw_txs])
+        except ChainUnavailable as exc:
+            raise ChainUnavailable(f"RPC failed: {exc}") from exc
+        return [None if error is None else _broadcast_refusal(str(error)) for _, error in answers]
 
     async def receipt(self, tx_hash: str) -> Receipt | None:
-        found = await self._call("eth_getTransactionReceipt", tx_hash)
-        if not found:
-            return None
-        return Receipt(tx_hash, int(found["status"], 16) == 1, int(found["blockNumber"], 16))
+        return _receipt(tx_hash, await self._call("eth_getTransactionReceipt", tx_hash))
+
+    async def receipts(self, tx_hashes: list[str]) -> list[Receipt | None]:
+        """Receipts of many transactions in one JSON-RPC batch; None for one not mined (yet)."""
+        try:
+            answers = await self._rpc.batch("eth_getTransactionReceipt", [[tx_hash] for tx_hash in tx_hashes])
+        except ChainUnavailable as exc:
+            raise ChainUnavailable(f"RPC failed: {exc}") from exc
+        errors = [error for _, error in answers if error is not None]
+        if errors:
+            raise ChainUnavailable(f"eth_getTransactionReceipt: {errors[0]}")
+        return [_receipt(tx_hash, found) for tx_hash, (found, _) in zip(tx_hashes, answers, strict=True)]
+
+
+def _broadcast_refusal(text: str) -> ChainUnavailable | None:
+    """What a node's answer to eth_sendRawTransaction means: None when it has (or mined) the transaction."""
+    lowered = text.lower()
+    if any(benign in lowered for benign in _BENIGN_BROADCAST):
+        return None  # the node has it, or mined it: the receipts will tell
+    if any(low in lowered for low in _FEE_TOO_LOW):
+        return FeeTooLow(f"broadcast refused: {text}")
+    return ChainUnavailable(f"broadcast failed: {text}")
+
+
+def _receipt(tx_hash: str, found: Any) -> Receipt | None:
+    if not found:
+        return None
+    return Receipt(tx_hash, int(found["status"], 16) == 1, int(found["blockNumber"], 16))

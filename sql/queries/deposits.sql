@@ -44,10 +44,16 @@ SELECT * FROM deposits WHERE id = $1 AND user_id = $2;
 -- name: deposits_of_user
 SELECT * FROM deposits WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2;
 
--- name: deposit_completed
-UPDATE deposits
-SET status = 'completed', tx_hash = $2, completed_at = now(), updated_at = now()
-WHERE id = $1 AND status IN ('processing', 'needs_review');  -- our payout was mined: it is paid, whatever we thought
+-- name: deposits_completed
+-- Deposit ids and the tx hashes that paid them. Our payout was mined: it is paid, whatever we thought.
+-- Locked in id order first, as the callbacks' group function does, so the two never deadlock.
+WITH locked AS (
+    SELECT id FROM deposits WHERE id = ANY($1::uuid[]) AND status IN ('processing', 'needs_review') ORDER BY id FOR UPDATE
+)
+UPDATE deposits d
+SET status = 'completed', tx_hash = v.tx_hash, completed_at = now(), updated_at = now()
+FROM locked JOIN unnest($1::uuid[], $2::text[]) AS v (id, tx_hash) ON v.id = locked.id
+WHERE d.id = locked.id;
 
 -- name: deposit_retry_from_review
 -- An operator's retry: back to processing, with a fresh 30-minute window. Only money

@@ -18,12 +18,14 @@ SET per_deposit_max_micro = coalesce($1, per_deposit_max_micro),
     daily_cap_micro = coalesce($3, daily_cap_micro),
     updated_at = now(), updated_by = $4;
 
--- name: live_payout_for_deposit
-SELECT * FROM payouts WHERE deposit_id = $1 AND status NOT IN ('reverted', 'cancelled');
+-- name: live_payouts_for_deposits
+SELECT * FROM payouts WHERE deposit_id = ANY($1::uuid[]) AND status NOT IN ('reverted', 'cancelled');
 
--- name: insert_payout
+-- name: insert_payouts
+-- A 'created' payout for each deposit that has no live one: deposit ids, recipients, amounts.
 INSERT INTO payouts (deposit_id, chain_id, token_address, from_address, to_address, amount_micro, status)
-VALUES ($1, $2, $3, $4, $5, $6, 'created')
+SELECT v.deposit_id, $4, $5, $6, v.to_address, v.amount_micro, 'created'
+FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS v (deposit_id, to_address, amount_micro)
 ON CONFLICT (deposit_id) WHERE status NOT IN ('reverted', 'cancelled') DO NOTHING;
 
 -- name: paid_out_since
@@ -42,14 +44,20 @@ SELECT next_nonce FROM treasury_nonces WHERE chain_id = $1 AND address = $2 FOR 
 INSERT INTO treasury_nonces (chain_id, address, next_nonce) VALUES ($1, $2, $3)
 ON CONFLICT (chain_id, address) DO UPDATE SET next_nonce = EXCLUDED.next_nonce;
 
--- name: payout_signed
-UPDATE payouts SET nonce = $2, status = 'signed', updated_at = now() WHERE id = $1 AND status = 'created'
-RETURNING id;
+-- name: payouts_still_created
+-- Locked in id order (as every multi-row lock here), so two batches can never wait on each other in a circle.
+SELECT id FROM payouts WHERE id = ANY($1::bigint[]) AND status = 'created' ORDER BY id FOR UPDATE;
 
--- name: insert_attempt
+-- name: payouts_signed
+UPDATE payouts p SET nonce = v.nonce, status = 'signed', updated_at = now()
+FROM unnest($1::bigint[], $2::bigint[]) AS v (id, nonce)
+WHERE p.id = v.id AND p.status = 'created';
+
+-- name: insert_attempts
 INSERT INTO payout_attempts (payout_id, nonce, tx_hash, raw_tx, max_fee_per_gas, max_priority_fee_per_gas, gas_limit,
                              kind)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::numeric[], $6::numeric[], $7::bigint[],
+                     $8::text[])
 ON CONFLICT (tx_hash) DO NOTHING;
 
 -- name: attempt_broadcast
@@ -59,19 +67,16 @@ WHERE tx_hash = $1;
 -- name: attempts_of_payout
 SELECT * FROM payout_attempts WHERE payout_id = $1 ORDER BY id;
 
--- name: payout_confirmed
-UPDATE payouts SET status = 'confirmed', tx_hash = $2, block_number = $3, settled_at = now(), updated_at = now()
-WHERE id = $1 AND status IN ('signed', 'cancelling');
+-- name: payouts_confirmed
+-- Payout ids, tx hashes, block numbers: each mined payout settled. The caller has locked their deposits.
+UPDATE payouts p
+SET status = 'confirmed', tx_hash = v.tx_hash, block_number = v.block_number, settled_at = now(), updated_at = now()
+FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS v (id, tx_hash, block_number)
+WHERE p.id = v.id AND p.status IN ('signed', 'cancelling');
 
 -- name: payout_reverted
 UPDATE payouts SET status = 'reverted', tx_hash = $2, block_number = $3, settled_at = now(), updated_at = now()
 WHERE id = $1 AND status IN ('signed', 'cancelling');
-
--- name: upsert_wallet_balance
-INSERT INTO wallet_balances (user_id, usdc_micro, block_number) VALUES ($1, $2, $3)
-ON CONFLICT (user_id) DO UPDATE SET usdc_micro = EXCLUDED.usdc_micro, block_number = EXCLUDED.block_number,
-    updated_at = now()
-WHERE wallet_balances.block_number <= EXCLUDED.block_number;
 
 -- name: payout_abandon
 -- The deposit's payout is given up on: one never signed is simply cancelled; a signed one
@@ -96,7 +101,7 @@ WHERE id = $1 AND status = 'cancelling';
 -- Processing deposits with no payout yet, for the lane's owner to pay in the same turn.
 SELECT d.*, u.deposit_address
 FROM deposits d JOIN users u ON u.id = d.user_id
-WHERE d.status = 'processing' AND d.id <> $1 AND d.amount_usdc <= $2
+WHERE d.status = 'processing' AND d.id IS DISTINCT FROM $1::uuid AND d.amount_usdc <= $2
   AND NOT EXISTS (SELECT 1 FROM payouts p WHERE p.deposit_id = d.id)
 ORDER BY d.processing_since
 LIMIT $3;
@@ -112,8 +117,8 @@ SELECT * FROM payouts WHERE status = 'signed' AND chain_id = $1 AND from_address
 -- name: guards_for_share
 SELECT kill_switch, lane_paused FROM payout_guards FOR SHARE;
 
--- name: deposit_still_processing
-SELECT true FROM deposits WHERE id = $1 AND status = 'processing' FOR SHARE;
+-- name: deposits_still_processing
+SELECT id FROM deposits WHERE id = ANY($1::uuid[]) AND status = 'processing' ORDER BY id FOR SHARE;
 
 -- name: cancelling_for_seconds
 SELECT extract(epoch FROM now() - updated_at) FROM payouts WHERE id = $1 AND status = 'cancelling';

@@ -119,7 +119,7 @@ LEFT JOIN chain_transfers t ON t.id = i.transfer_id
 WHERE i.id = $1 AND i.user_id = $2;
 
 -- name: upsert_wallet_balances
--- payouts.sql's upsert_wallet_balance for a round's credited users at once (each user once).
+-- The on-chain USDC of users, read at block $3, cached (each user once in a call).
 INSERT INTO wallet_balances (user_id, usdc_micro, block_number)
 SELECT user_id, usdc_micro, $3 FROM unnest($1::text[], $2::bigint[]) AS b (user_id, usdc_micro)
 ON CONFLICT (user_id) DO UPDATE SET usdc_micro = EXCLUDED.usdc_micro, block_number = EXCLUDED.block_number,
