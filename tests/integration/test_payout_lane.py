@@ -12,9 +12,10 @@ from web3.types import RPCEndpoint
 
 from kiota import ops
 from kiota.dev.chain import BASE_USDC_ADDRESS, mint_usdc, usdc_balance
+from kiota.errors import ChainUnavailable
 from kiota.ledger import user_account
 from kiota.ledger_store import balance
-from kiota.payouts import pay_deposit
+from kiota.payouts import LaneConfig, pay_deposit
 from kiota.treasury import Fees, Treasury
 from tests.conftest import MpesaSystem
 from tests.integration.test_mpesa_flow import counts, transfers_from
@@ -296,3 +297,85 @@ async def test_a_nonce_taken_by_another_transaction_cancels_the_payout_for_revie
         await wait_for(cancelled)
     assert await transfers_from(system, system.treasury_address) == []
     assert await balance(system.pool, user_account("kim", "USDC")) == 0
+
+
+async def _processing_while_killed(system: MpesaSystem, users: list[str]) -> list[str]:
+    """Deposits brought to processing while the kill switch keeps the real worker from paying them."""
+    await ops.set_kill_switch(system.pool, system.queue, True, "test")
+    ids = [(await system.initiate(user, 1295)).json()["deposit_id"] for user in users]
+    for user, deposit_id in zip(users, ids, strict=True):
+        await system.wait_status(user, deposit_id, "processing")
+
+    async def all_blocked() -> bool:
+        return all([(await job_of(system, deposit_id)).get("status") == "blocked" for deposit_id in ids])
+
+    await wait_for(all_blocked)  # their jobs look again only in minutes: the test's calls are the only payers
+    await system.pool.execute("UPDATE payout_guards SET kill_switch = false")
+    return ids
+
+
+async def test_the_lane_owner_pays_every_waiting_deposit_in_further_turns(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    users = [f"drain{i}" for i in range(7)]
+    ids = await _processing_while_killed(system, users)
+    treasury = Treasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    try:
+        one_turn = await pay_deposit(
+            system.pool, treasury, uuid.UUID(ids[0]), LaneConfig(batch_size=2, drain_seconds=0)
+        )
+        assert one_turn.outcome.value == "completed"
+        assert len(await transfers_from(system, system.treasury_address)) == 2  # its own and one companion
+        result = await pay_deposit(system.pool, treasury, uuid.UUID(ids[2]), LaneConfig(batch_size=2))
+    finally:
+        await treasury.aclose()
+    assert result.outcome.value == "completed"
+    assert len(await transfers_from(system, system.treasury_address)) == 7  # 2 + 2 in its turn + 3 in two more
+    statuses = await system.pool.fetch("SELECT status FROM deposits WHERE id = ANY($1::uuid[])", ids)
+    assert [row["status"] for row in statuses] == ["completed"] * 7
+    nonces = [row["nonce"] for row in await system.pool.fetch("SELECT nonce FROM payouts ORDER BY nonce")]
+    assert nonces == list(range(nonces[0], nonces[0] + 7))
+    for user in users:
+        assert await balance(system.pool, user_account(user, "USDC")) == 10_000_000
+    assert await completions(system) == 7
+
+
+async def completions(system: MpesaSystem) -> int:
+    return int(await system.pool.fetchval("SELECT count(*) FROM journal_entries WHERE kind = 'mpesa_completed'"))
+
+
+class _SendsOnce(Treasury):
+    """A treasury whose node takes its first batch of transactions and then no more."""
+
+    batches = 0
+
+    async def broadcast_many(self, raw_txs: list[str]) -> list[ChainUnavailable | None]:
+        self.batches += 1
+        if self.batches > 1:
+            raise ChainUnavailable("RPC failed: the node went away")
+        return await super().broadcast_many(raw_txs)
+
+
+async def test_a_failure_in_a_further_turn_leaves_the_owner_paid_and_the_rest_for_the_next_turn(
+    mpesa_system: MpesaSystem,
+) -> None:
+    system = mpesa_system
+    users = [f"halt{i}" for i in range(5)]
+    ids = await _processing_while_killed(system, users)
+    flaky = _SendsOnce(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    healthy = Treasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    try:
+        result = await pay_deposit(system.pool, flaky, uuid.UUID(ids[0]), LaneConfig(batch_size=2))
+        assert result.outcome.value == "completed"  # its own payout settled before the failure
+        assert len(await transfers_from(system, system.treasury_address)) == 2
+        # The second turn's two payouts were signed and stored, never sent: the next turn sends them.
+        signed = await system.pool.fetchval("SELECT count(*) FROM payouts WHERE status = 'signed'")
+        assert signed == 2
+        result = await pay_deposit(system.pool, healthy, uuid.UUID(ids[4]), LaneConfig(batch_size=2))
+    finally:
+        await flaky.aclose()
+        await healthy.aclose()
+    assert result.outcome.value == "completed"
+    assert len(await transfers_from(system, system.treasury_address)) == 5
+    assert await completions(system) == 5
+    for user in users:
+        assert await balance(system.pool, user_account(user, "USDC")) == 10_000_000
