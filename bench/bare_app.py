@@ -6,13 +6,23 @@
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-app = FastAPI(title="bare")
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    gc.freeze()  # as api/app.py's lifespan does
+    yield
+
+
+app = FastAPI(title="bare", lifespan=lifespan)
 
 
 @app.post("/echo")

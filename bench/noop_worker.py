@@ -1,11 +1,12 @@
 """The baseline for B2: an arq worker whose only job does nothing, with `kiota worker`'s settings.
 
-`python -m bench.noop_worker` reads REDIS_URL; poll delay, max jobs, timeout, serializer, hooks and
-logging are the ones jobs/worker.py gives the real worker. It sets `bench:noop:ready` once started.
+`python -m bench.noop_worker` reads REDIS_URL; poll delay, max jobs, timeout, serializer, hooks,
+gc.freeze and logging are the ones jobs/worker.py gives the real worker. It sets `bench:noop:ready` once started.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -23,6 +24,7 @@ async def noop(ctx: dict[str, Any], deposit_id: str) -> str:
 
 
 async def startup(ctx: dict[str, Any]) -> None:
+    gc.freeze()  # as jobs/worker.py's start-up does
     await ctx["redis"].set(READY_KEY, str(os.getpid()))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import socket
 import sys
@@ -79,6 +80,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     await ensure_liveness(ctx)
     await heartbeat(ctx)
     report = await sweep(ctx["pool"], ctx["redis"], settings.sweep_seconds, force=True)
+    gc.freeze()  # what start-up built lives as long as the process: full collections skip it (api/app.py)
     log.info("worker started", worker_id=ctx["worker_id"], recovered=report.recovered, reenqueued=report.reenqueued)
 
 
