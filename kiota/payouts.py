@@ -11,8 +11,9 @@ Exactly once rests on PostgreSQL, not on the queue:
 - the lane's owner also pays the other processing deposits that have no payout yet, in
   the same turn (one fee quote, consecutive nonces, one commit for all their signed
   transactions, then broadcast in nonce order): a lane that waits for one receipt per
-  deposit would pay one deposit per block at best. Their own jobs then find them paid,
-  or re-send their stored attempts if the owner died;
+  deposit would pay one deposit per block at best. While deposits still wait, the owner
+  takes further turns (up to `LaneConfig.drain_seconds`) rather than hand the lane over.
+  Their own jobs then find them paid, or re-send their stored attempts if the owner died;
 - a payout given up on keeps its nonce until the lane fills it with a zero-value send
   to the treasury itself (or sees the payout mined after all, and settles it), so a
   gap never strands the payouts signed after it.
