@@ -6,23 +6,15 @@
 
 from __future__ import annotations
 
-import gc
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from kiota.process import freeze_what_lives_forever
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    gc.freeze()  # as api/app.py's lifespan does
-    yield
-
-
-app = FastAPI(title="bare", lifespan=lifespan)
+app = FastAPI(title="bare")
 
 
 @app.post("/echo")
@@ -38,6 +30,7 @@ async def ready() -> JSONResponse:
 
 def main() -> None:
     # The same server options as `kiota api` (kiota/cli.py): uvloop and httptools when installed.
+    freeze_what_lives_forever()
     uvicorn.run(
         app,
         host="127.0.0.1",

@@ -6,7 +6,6 @@ gc.freeze and logging are the ones jobs/worker.py gives the real worker. It sets
 
 from __future__ import annotations
 
-import gc
 import os
 from typing import Any
 
@@ -14,6 +13,7 @@ from arq.worker import Worker, func
 
 from jobs.worker import on_job_end, on_job_start, queue_options
 from kiota.logging import configure_logging
+from kiota.process import freeze_what_lives_forever
 from kiota.queue import redis_settings
 
 READY_KEY = "bench:noop:ready"
@@ -24,7 +24,6 @@ async def noop(ctx: dict[str, Any], deposit_id: str) -> str:
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    gc.freeze()  # as jobs/worker.py's start-up does
     await ctx["redis"].set(READY_KEY, str(os.getpid()))
 
 
@@ -41,4 +40,6 @@ def build() -> Worker:
 
 if __name__ == "__main__":
     configure_logging()
-    build().run()
+    worker = build()
+    freeze_what_lives_forever()  # as jobs/worker.py's run_worker does
+    worker.run()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import socket
 import sys
@@ -29,6 +28,7 @@ from kiota.db import close_pool, create_pool, try_advisory_lock
 from kiota.ingester import ScanConfig
 from kiota.logging import configure_logging
 from kiota.payouts import LaneConfig
+from kiota.process import freeze_what_lives_forever
 from kiota.queue import deserialize_job, redis_settings, serialize_job
 from kiota.settings import WorkerSettings, load_settings
 from kiota.sql import load_queries
@@ -80,7 +80,6 @@ async def startup(ctx: dict[str, Any]) -> None:
     await ensure_liveness(ctx)
     await heartbeat(ctx)
     report = await sweep(ctx["pool"], ctx["redis"], settings.sweep_seconds, force=True)
-    gc.freeze()  # what start-up built lives as long as the process: full collections skip it (api/app.py)
     log.info("worker started", worker_id=ctx["worker_id"], recovered=report.recovered, reenqueued=report.reenqueued)
 
 
@@ -202,4 +201,6 @@ def run_worker(settings: WorkerSettings) -> None:
     # deeply nested JSON answer could overflow the C stack instead of raising. Put it back.
     sys.setrecursionlimit(DEFAULT_RECURSION_LIMIT)
     configure_logging()
-    build_worker(settings).run()
+    worker = build_worker(settings)
+    freeze_what_lives_forever()
+    worker.run()

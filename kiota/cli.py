@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kiota.errors import ConfigError, KiotaError, MigrationError
 from kiota.logging import configure_logging
+from kiota.process import freeze_what_lives_forever
 from kiota.settings import Settings, WorkerSettings, load_settings
 
 if TYPE_CHECKING:
@@ -54,8 +55,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     configure_logging()
+    app = create_app(settings)
+    freeze_what_lives_forever()
     uvicorn.run(
-        create_app(settings),
+        app,
         host="0.0.0.0",  # noqa: S104 - Render routes to 0.0.0.0:$PORT
         port=settings.port,
         access_log=False,

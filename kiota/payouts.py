@@ -182,15 +182,18 @@ async def _pay_in_lane(
     if payout["status"] == "cancelling":
         return PayoutResult(Outcome.WAITING, "the nonce of this deposit's abandoned payout is being filled")
     drain_until = time.monotonic() + config.drain_seconds
-    turn = await _turn(conn, treasury, guards, (deposit, payout), config)
+    turn = await _turn(conn, treasury, guards, (deposit, payout), config, time.monotonic() + config.watch_seconds)
     result = turn.blocked or turn.results.get(payout["id"], PayoutResult(Outcome.WAITING, "the payout was not signed"))
     while turn.all_paid and time.monotonic() < drain_until:
+        # A further turn watches its receipts until drain_seconds after the drain's end at most, so the
+        # job stays well inside arq's timeout; what is not mined by then the next turn settles.
+        watch_until = min(time.monotonic() + config.watch_seconds, drain_until + config.drain_seconds)
         try:
             guards = await conn.fetchrow(load_queries().guards) or guards
-            turn = await _turn(conn, treasury, guards, None, config)
-        except (ChainUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            # This job's own payout is settled: what failed is the others', stored for the next turn.
-            log.warning("the lane stopped paying other deposits after a failure", error=str(exc))
+            turn = await _turn(conn, treasury, guards, None, config, watch_until, turn.settled_block)
+        except Exception:
+            # This job's own payout is settled: whatever failed is the others', stored for the next turn.
+            log.exception("the lane stopped paying other deposits after a failure")
             break
     return result
 
@@ -200,6 +203,7 @@ class _TurnOutcome:
     results: dict[int, PayoutResult]  # by payout id
     blocked: PayoutResult | None
     signed: int  # new payouts signed in this turn
+    settled_block: int | None  # the highest block of a receipt settled in this turn
 
     @property
     def all_paid(self) -> bool:
@@ -212,11 +216,19 @@ class _TurnOutcome:
 
 
 async def _turn(
-    conn: Connection, treasury: Treasury, guards: asyncpg.Record, own: Pair | None, config: LaneConfig
+    conn: Connection,
+    treasury: Treasury,
+    guards: asyncpg.Record,
+    own: Pair | None,
+    config: LaneConfig,
+    watch_until: float,
+    funds_at: int | None = None,
 ) -> _TurnOutcome:
     """One turn of the lane: re-send every signed, unsettled payout in nonce order (after a crash
     some may never have left; a gap would hold back all above it), sign and send the owner's payout
-    (if it has none yet) with the other deposits waiting for one, then settle whatever is mined."""
+    (if it has none yet) with the other deposits waiting for one, then settle whatever is mined.
+    `funds_at`: the treasury's USDC is read at that block (one this lane saw), so that a lagging node
+    behind a load balancer cannot show it from before the last turn's payouts."""
     batch: list[Any] = await _unsettled(conn, treasury, config.batch_size)
     for _, p, attempt in batch:
         await _broadcast_or_bump(conn, treasury, p, attempt)
@@ -227,26 +239,25 @@ async def _turn(
         others = await _companions(conn, treasury, guards, own[0]["id"] if own else None, config.batch_size - len(mine))
         fresh = mine + others
         if fresh:  # a shortfall alerts (pauses the lane) only for the owner's own payout, alone
-            blocked = await _check_caps_and_funds(conn, treasury, guards, fresh, alert=not others)
+            blocked = await _check_caps_and_funds(conn, treasury, guards, fresh, funds_at, alert=not others)
         if blocked is not None and mine and others:  # the others wait for their own turn; this one may fit
             fresh = mine
-            blocked = await _check_caps_and_funds(conn, treasury, guards, fresh, alert=True)
+            blocked = await _check_caps_and_funds(conn, treasury, guards, fresh, funds_at, alert=True)
         if blocked is None and fresh:
             stored = await _sign_and_store(conn, treasury, fresh)
             if stored is None:
                 blocked = PayoutResult(Outcome.BLOCKED, "a payout guard was set while waiting", GUARD_RECHECK_SECONDS)
-            else:
+            elif stored:
                 signed = stored
                 await _broadcast_all(conn, treasury, signed)
                 failpoint("after_broadcast")
                 batch += signed
-    deadline = time.monotonic() + config.watch_seconds
     results: dict[int, PayoutResult] = {}
     mined: list[tuple[asyncpg.Record, int, Receipt]] = []
     receipts = await _receipts_at_once(treasury, batch)
     for (d, p, _), seen in zip(batch, receipts, strict=True):  # nonce order
         try:
-            receipt = seen or await _watch(conn, treasury, p, config, deadline)
+            receipt = seen or await _watch(conn, treasury, p, config, watch_until)
         except NonceTaken as exc:
             results[p["id"]] = await _nonce_taken(conn, d["id"], exc)
             continue
@@ -260,7 +271,7 @@ async def _turn(
         else:
             results[p["id"]] = await _reverted(conn, p["id"], d["id"], receipt)
     await _settle(conn, treasury, mined)
-    return _TurnOutcome(results, blocked, len(signed))
+    return _TurnOutcome(results, blocked, len(signed), max((r.block_number for _, _, r in mined), default=None))
 
 
 async def _receipts_at_once(treasury: Treasury, batch: list[tuple[Any, Any, SignedTx]]) -> list[Receipt | None]:
@@ -338,7 +349,13 @@ async def _live_payouts(conn: Connection, treasury: Treasury, deposits: list[asy
 
 
 async def _check_caps_and_funds(
-    conn: Connection, treasury: Treasury, guards: asyncpg.Record, batch: list[Pair], *, alert: bool
+    conn: Connection,
+    treasury: Treasury,
+    guards: asyncpg.Record,
+    batch: list[Pair],
+    funds_at: int | None = None,
+    *,
+    alert: bool,
 ) -> PayoutResult | None:
     """Whether the batch fits the caps and the treasury; with `alert`, a shortfall pauses the lane."""
     q = load_queries()
@@ -350,7 +367,7 @@ async def _check_caps_and_funds(
                 Outcome.BLOCKED, f"the {cap_name.split('_')[0]} payout cap would be exceeded", CAP_RECHECK_SECONDS
             )
     in_flight = await conn.fetchval(q.in_flight_micro, treasury.chain_id)
-    usdc = await treasury.usdc_balance()
+    usdc = await treasury.usdc_balance(block="latest" if funds_at is None else funds_at)
     fees = await treasury.fee_quote()
     eth = await treasury.eth_balance()
     shortfall = None
@@ -368,11 +385,11 @@ async def _check_caps_and_funds(
     return PayoutResult(Outcome.BLOCKED, f"the payout lane is paused: {shortfall}", GUARD_RECHECK_SECONDS)
 
 
-async def _allocate_nonces(conn: Connection, treasury: Treasury, count: int) -> int:
-    """The first of `count` consecutive nonces; the rest follow it."""
+async def _allocate_nonces(conn: Connection, treasury: Treasury, count: int, chain: int) -> int:
+    """The first of `count` consecutive nonces (the rest follow it): the stored next nonce, or the
+    chain's pending one (`chain`, read before the caller's transaction) if that is higher."""
     q = load_queries()
     stored = await conn.fetchval(q.lock_nonce, treasury.chain_id, treasury.address)
-    chain = await treasury.pending_nonce()
     nonce = chain if stored is None else max(stored, chain)
     await conn.execute(q.store_nonce, treasury.chain_id, treasury.address, nonce + count)
     return int(nonce)
@@ -401,6 +418,7 @@ async def _sign_and_store(
     first one, the caller's own, cannot have. None when a guard was set meanwhile: nothing signed."""
     q = load_queries()
     fees = await treasury.fee_quote()
+    chain_nonce = await treasury.pending_nonce()  # no RPC while deposits are locked: callbacks may wait on them
     async with conn.transaction():
         guards = await conn.fetchrow(q.guards_for_share)  # an operator's kill switch waits for this commit
         assert guards is not None
@@ -413,7 +431,7 @@ async def _sign_and_store(
         payable = [(d, p) for d, p in batch if d["id"] in processing and p["id"] in unsigned]
         if not payable:
             return []
-        nonce = await _allocate_nonces(conn, treasury, len(payable))
+        nonce = await _allocate_nonces(conn, treasury, len(payable), chain_nonce)
         signed = [
             (d, p, treasury.sign_transfer(p["to_address"], p["amount_micro"], nonce + i, fees))
             for i, (d, p) in enumerate(payable)
@@ -432,16 +450,19 @@ def _stored(attempt: asyncpg.Record) -> SignedTx:
 async def _broadcast_all(conn: Connection, treasury: Treasury, batch: list[tuple[Any, Any, SignedTx]]) -> None:
     """Send a turn's new transactions in nonce order; one head read and one update record them."""
     head = await treasury.head()  # read before sending: a replacement may come a block early, never late
-    refusals = await treasury.broadcast_many([signed.raw_tx for _, _, signed in batch])
+    refusals: list[ChainUnavailable | None]
+    try:
+        refusals = await treasury.broadcast_many([signed.raw_tx for _, _, signed in batch])
+    except ChainUnavailable as exc:  # a provider that takes no batch (or not this one): one by one
+        refusals = [exc] * len(batch)
     sent = [signed.tx_hash for (_, _, signed), refusal in zip(batch, refusals, strict=True) if refusal is None]
     if sent:
         await conn.execute(load_queries().attempts_broadcast, sent, head)
-    for (_, payout, signed), refusal in zip(batch, refusals, strict=True):
+    for (_, payout, signed), refusal in zip(batch, refusals, strict=True):  # nonce order
         if isinstance(refusal, FeeTooLow):
             await _replace(conn, treasury, payout, signed)
-    failed = [refusal for refusal in refusals if refusal is not None and not isinstance(refusal, FeeTooLow)]
-    if failed:  # stored, so the next turn sends them again in nonce order
-        raise failed[0]
+        elif refusal is not None:  # e.g. a per-item rate limit: alone, once; if that fails too, it raises
+            await _broadcast_or_bump(conn, treasury, payout, signed)
 
 
 async def _broadcast(conn: Connection, treasury: Treasury, signed: SignedTx) -> None:

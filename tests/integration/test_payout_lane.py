@@ -344,7 +344,7 @@ async def completions(system: MpesaSystem) -> int:
 
 
 class _SendsOnce(Treasury):
-    """A treasury whose node takes its first batch of transactions and then no more."""
+    """A treasury whose node takes its first batch of transactions and then no more, batched or not."""
 
     batches = 0
 
@@ -353,6 +353,36 @@ class _SendsOnce(Treasury):
         if self.batches > 1:
             raise ChainUnavailable("RPC failed: the node went away")
         return await super().broadcast_many(raw_txs)
+
+    async def broadcast(self, raw_tx: str) -> None:
+        if self.batches > 1:
+            raise ChainUnavailable("RPC failed: the node went away")
+        await super().broadcast(raw_tx)
+
+
+class _NoBatches(Treasury):
+    """A provider that refuses JSON-RPC batches of transactions (some hosted ones do)."""
+
+    async def broadcast_many(self, raw_txs: list[str]) -> list[ChainUnavailable | None]:
+        raise ChainUnavailable("RPC failed: batch requests are not supported")
+
+
+async def test_a_provider_that_refuses_batches_gets_the_turn_one_transaction_at_a_time(
+    mpesa_system: MpesaSystem,
+) -> None:
+    system = mpesa_system
+    users = [f"single{i}" for i in range(3)]
+    ids = await _processing_while_killed(system, users)
+    treasury = _NoBatches(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    try:
+        result = await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), LaneConfig(batch_size=3))
+    finally:
+        await treasury.aclose()
+    assert result.outcome.value == "completed"
+    assert len(await transfers_from(system, system.treasury_address)) == 3
+    assert await completions(system) == 3
+    sent = await system.pool.fetchval("SELECT count(*) FROM payout_attempts WHERE broadcast_at IS NOT NULL")
+    assert sent == 3
 
 
 async def test_a_failure_in_a_further_turn_leaves_the_owner_paid_and_the_rest_for_the_next_turn(
