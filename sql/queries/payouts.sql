@@ -98,11 +98,12 @@ UPDATE payouts SET status = 'cancelled', tx_hash = $2, block_number = $3, settle
 WHERE id = $1 AND status = 'cancelling';
 
 -- name: deposits_awaiting_payout
--- Processing deposits with no payout yet, for the lane's owner to pay in the same turn.
+-- Processing deposits with no payout yet (or one never signed: a turn blocked by a cap created it), for the
+-- lane's owner to pay in the same turn. One retried after a failed payout is left to its own job.
 SELECT d.*, u.deposit_address
 FROM deposits d JOIN users u ON u.id = d.user_id
 WHERE d.status = 'processing' AND d.id IS DISTINCT FROM $1::uuid AND d.amount_usdc <= $2
-  AND NOT EXISTS (SELECT 1 FROM payouts p WHERE p.deposit_id = d.id)
+  AND NOT EXISTS (SELECT 1 FROM payouts p WHERE p.deposit_id = d.id AND p.status <> 'created')
 ORDER BY d.processing_since
 LIMIT $3;
 

@@ -409,3 +409,24 @@ async def test_a_failure_in_a_further_turn_leaves_the_owner_paid_and_the_rest_fo
     assert await completions(system) == 5
     for user in users:
         assert await balance(system.pool, user_account(user, "USDC")) == 10_000_000
+
+
+async def test_deposits_left_out_of_a_turn_by_a_cap_ride_in_a_later_turn(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    users = [f"capped{i}" for i in range(3)]
+    ids = await _processing_while_killed(system, users)
+    await system.pool.execute("UPDATE payout_guards SET hourly_cap_micro = 15000000")  # one payout of 10 USDC fits
+    treasury = Treasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    try:
+        first = await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), LaneConfig(batch_size=3))
+        assert first.outcome.value == "completed"
+        assert len(await transfers_from(system, system.treasury_address)) == 1  # the others got payout rows only
+        assert await system.pool.fetchval("SELECT count(*) FROM payouts WHERE status = 'created'") == 2
+        await system.pool.execute("UPDATE payout_guards SET hourly_cap_micro = 100000000")
+        one_turn = LaneConfig(batch_size=3, drain_seconds=0)
+        second = await pay_deposit(system.pool, treasury, uuid.UUID(ids[1]), one_turn)
+    finally:
+        await treasury.aclose()
+    assert second.outcome.value == "completed"
+    assert len(await transfers_from(system, system.treasury_address)) == 3  # its own and the third, in one turn
+    assert await completions(system) == 3
