@@ -299,6 +299,11 @@ async def test_a_nonce_taken_by_another_transaction_cancels_the_payout_for_revie
     assert await balance(system.pool, user_account("kim", "USDC")) == 0
 
 
+def treasury_for(system: MpesaSystem, kind: type[Treasury] = Treasury) -> Treasury:
+    """A treasury of the test's own (the worker keeps its own), on the system's chain."""
+    return kind(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+
+
 async def _processing_while_killed(system: MpesaSystem, users: list[str]) -> list[str]:
     """Deposits brought to processing while the kill switch keeps the real worker from paying them."""
     await ops.set_kill_switch(system.pool, system.queue, True, "test")
@@ -318,7 +323,7 @@ async def test_the_lane_owner_pays_every_waiting_deposit_in_further_turns(mpesa_
     system = mpesa_system
     users = [f"drain{i}" for i in range(7)]
     ids = await _processing_while_killed(system, users)
-    treasury = Treasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    treasury = treasury_for(system)
     try:
         one_turn = await pay_deposit(
             system.pool, treasury, uuid.UUID(ids[0]), LaneConfig(batch_size=2, drain_seconds=0)
@@ -373,7 +378,7 @@ async def test_a_provider_that_refuses_batches_gets_the_turn_one_transaction_at_
     system = mpesa_system
     users = [f"single{i}" for i in range(3)]
     ids = await _processing_while_killed(system, users)
-    treasury = _NoBatches(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    treasury = treasury_for(system, _NoBatches)
     try:
         result = await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), LaneConfig(batch_size=3))
     finally:
@@ -391,8 +396,8 @@ async def test_a_failure_in_a_further_turn_leaves_the_owner_paid_and_the_rest_fo
     system = mpesa_system
     users = [f"halt{i}" for i in range(5)]
     ids = await _processing_while_killed(system, users)
-    flaky = _SendsOnce(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
-    healthy = Treasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    flaky = treasury_for(system, _SendsOnce)
+    healthy = treasury_for(system)
     try:
         result = await pay_deposit(system.pool, flaky, uuid.UUID(ids[0]), LaneConfig(batch_size=2))
         assert result.outcome.value == "completed"  # its own payout settled before the failure
@@ -416,7 +421,7 @@ async def test_deposits_left_out_of_a_turn_by_a_cap_ride_in_a_later_turn(mpesa_s
     users = [f"capped{i}" for i in range(3)]
     ids = await _processing_while_killed(system, users)
     await system.pool.execute("UPDATE payout_guards SET hourly_cap_micro = 15000000")  # one payout of 10 USDC fits
-    treasury = Treasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    treasury = treasury_for(system)
     try:
         first = await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), LaneConfig(batch_size=3))
         assert first.outcome.value == "completed"
