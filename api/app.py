@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # PostgreSQL is down, instead of crash-looping.
         pool = await create_pool(config.database_url, min_size=0, max_size=20)
         queue = create_queue(config.redis_url)
-        daraja = DarajaClient.from_settings(config)
+        daraja = DarajaClient.from_settings(config, redis=queue)  # the token is shared with the workers
         callbacks = CallbackGroups(pool, queue)
         callbacks.start()
         app.state.resources = Resources(

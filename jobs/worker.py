@@ -61,7 +61,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         settings.base_chain_id,
         settings.base_usdc_address,
     )
-    ctx["daraja"] = DarajaClient.from_settings(settings)
+    ctx["daraja"] = DarajaClient.from_settings(settings, redis=ctx["redis"])  # one token for the app
     ctx["chain_reader"] = ChainReader(settings.base_rpc_url)
     ctx["scan_config"] = ScanConfig(
         chain_id=settings.base_chain_id,

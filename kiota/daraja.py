@@ -4,6 +4,8 @@ It is an adapter at the edge: it turns Daraja's answers into `PushAccepted`, `Qu
 typed errors of `kiota.errors`, and knows nothing about deposits. One `DarajaClient` is built per process
 (API lifespan, worker startup) and shared, because Daraja keeps ONE valid token per app: fetching a new
 token voids the previous one, so the token is cached, refreshed early, and never fetched twice at once.
+Across processes (the API pushes, every worker queries) the token is kept in Redis (`SharedToken`): one
+process refreshes it at a time and the others take its token, instead of voiding one another's.
 
 The retry rule of the push, and why
 -----------------------------------
@@ -35,8 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import re
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -45,6 +49,8 @@ from typing import Any, Final, Literal
 
 import httpx
 import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from kiota.errors import DarajaRefused, DarajaTransient, DarajaUncertain, DarajaUnreachable
 from kiota.mpesa import mask_phone
@@ -105,6 +111,7 @@ class DarajaTimings:
     push_budget: float = 8.0  # total time of one stk_push, token and retries included
     query_budget: float = 15.0  # total time of one stk_query (nobody is waiting on it)
     token_refresh_margin: float = 60.0  # refresh this long before the token expires
+    shared_refresh_wait: float = 3.0  # how long to wait for another process's refresh before fetching our own
     connect_backoff: float = 0.2  # first pause after a connect error; doubles, capped at 1 s
     busy_retry_delay: float = 1.0  # pause before the one repeat of a push refused as busy
 
@@ -248,6 +255,40 @@ class _Token:
     refresh_at: float  # time.monotonic()
 
 
+# Deletes the refresh lock only if this process still holds it (it may have expired and passed on).
+_RELEASE_IF_OURS: Final = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+class SharedToken:
+    """The app's one valid token in Redis, for every process of the app. Only a cache: lost (a Redis
+    restart), it is fetched again. It expires from Redis when it is due for refresh; then one process
+    (a lock key) fetches the new one and the others wait for it. A Redis failure is never a failed
+    Daraja call: the client then falls back to its own process's token."""
+
+    def __init__(self, redis: Redis, consumer_key: str) -> None:
+        digest = hashlib.sha256(consumer_key.encode()).hexdigest()[:16]  # one token per Daraja app
+        self._redis = redis
+        self._key = f"kiota:daraja:token:{digest}"
+        self._lock_key = f"{self._key}:refreshing"
+
+    async def get(self) -> str | None:
+        value = await self._redis.get(self._key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def put(self, value: str, ttl_seconds: float) -> None:
+        if ttl_seconds > 0:
+            await self._redis.set(self._key, value, px=max(int(ttl_seconds * 1000), 1))
+
+    async def lock(self, seconds: float) -> str | None:
+        """Take the refresh lock for `seconds` at most; its owner id, or None when another holds it."""
+        owner = uuid.uuid4().hex
+        taken = await self._redis.set(self._lock_key, owner, nx=True, px=max(int(seconds * 1000), 1))
+        return owner if taken else None
+
+    async def unlock(self, owner: str) -> None:
+        await self._redis.eval(_RELEASE_IF_OURS, 1, self._lock_key, owner)  # type: ignore[misc]
+
+
 @dataclass(frozen=True)
 class _RetryPolicy:
     connect_retries: int | None  # None: until the budget runs out
@@ -277,6 +318,7 @@ class DarajaClient:
         party_b: str | None = None,
         now: Callable[[], datetime] = _utc_now,
         timings: DarajaTimings | None = None,
+        shared: SharedToken | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._basic = "Basic " + base64.b64encode(f"{consumer_key}:{consumer_secret}".encode()).decode("ascii")
@@ -291,19 +333,28 @@ class DarajaClient:
         self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(self._timings.read_timeout))
         self._token: _Token | None = None
         self._token_lock = asyncio.Lock()
+        self._shared = shared
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, http: httpx.AsyncClient | None = None, timings: DarajaTimings | None = None
+        cls,
+        settings: Settings,
+        *,
+        redis: Redis | None = None,
+        http: httpx.AsyncClient | None = None,
+        timings: DarajaTimings | None = None,
     ) -> DarajaClient:
+        """The process's client; with `redis`, its token is shared with the app's other processes."""
+        consumer_key = settings.mpesa_consumer_key.get_secret_value()
         return cls(
             settings.mpesa_base_url,
-            settings.mpesa_consumer_key.get_secret_value(),
+            consumer_key,
             settings.mpesa_consumer_secret.get_secret_value(),
             settings.mpesa_shortcode,
             settings.mpesa_passkey.get_secret_value(),
             http=http,
             timings=timings,
+            shared=None if redis is None else SharedToken(redis, consumer_key),
         )
 
     async def aclose(self) -> None:
@@ -466,7 +517,50 @@ class DarajaClient:
     # ---- the token
 
     async def _current_token(self, deadline: float, stale: str | None) -> str:
-        """The cached token, or a new one; `stale` is a token Daraja just refused.
+        """The app's shared token when there is one (see `SharedToken`), else this process's own."""
+        if self._shared is not None:
+            try:
+                return await self._shared_token(self._shared, deadline, stale)
+            except (RedisError, OSError) as exc:
+                log.warning("daraja.token.shared_unavailable", error=type(exc).__name__)
+        return await self._own_token(deadline, stale)
+
+    async def _shared_token(self, shared: SharedToken, deadline: float, stale: str | None) -> str:
+        """The token in Redis unless it is `stale`; else one process fetches a new one and puts it there
+        (this process's lock first, so its concurrent callers make one attempt), the others wait for it."""
+        value = await shared.get()
+        if value and value != stale:
+            return value
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                await self._token_lock.acquire()
+        except TimeoutError:
+            raise _NotSent("out of time waiting for the token refresh") from None
+        try:
+            value = await shared.get()
+            if value and value != stale:
+                return value
+            owner = await shared.lock(self._timings.shared_refresh_wait)
+            if owner is None:  # another process is fetching it: wait for its token
+                wait_until = min(deadline, time.monotonic() + self._timings.shared_refresh_wait)
+                while time.monotonic() < wait_until:
+                    await asyncio.sleep(0.05)
+                    value = await shared.get()
+                    if value and value != stale:
+                        return value
+                log.warning("daraja.token.shared_refresh_late")  # fetch our own; theirs recovers once
+            try:
+                token = await self._fetch_token(deadline)
+                await shared.put(token.value, token.refresh_at - time.monotonic())
+                return token.value
+            finally:
+                if owner is not None:
+                    await shared.unlock(owner)
+        finally:
+            self._token_lock.release()
+
+    async def _own_token(self, deadline: float, stale: str | None) -> str:
+        """This process's cached token, or a new one; `stale` is a token Daraja just refused.
 
         Under the lock a waiter re-reads the cache, so N concurrent callers (or N callers whose token was
         voided) cause ONE refresh: a second parallel fetch would void the first caller's fresh token.

@@ -20,12 +20,14 @@ from typing import Any, Literal
 import httpx
 import pytest
 import pytest_asyncio
+from redis.asyncio import Redis
 
 from kiota.daraja import (
     NAIROBI,
     DarajaClient,
     DarajaTimings,
     PushAccepted,
+    SharedToken,
     mask_phone,
     nairobi_timestamp,
     parse_expires_in,
@@ -440,6 +442,59 @@ async def test_a_query_survives_a_voided_token(daraja: Harness) -> None:
 
     assert result.status == "pending"
     assert daraja.oauth_calls == 2
+
+
+@pytest_asyncio.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def two_processes(make_harness: MakeHarness, redis: Redis) -> tuple[Harness, Harness]:
+    """The API's client and a worker's: the same Daraja app, each its own process, one Redis."""
+    api = await make_harness(shared=SharedToken(redis, KEY))
+    assert api.running is not None
+    worker = await make_harness(base_url=api.running.base_url, shared=SharedToken(redis, KEY))
+    return api, worker
+
+
+async def test_processes_sharing_the_token_fetch_it_once_and_never_void_each_other(
+    make_harness: MakeHarness, redis: Redis
+) -> None:
+    api, worker = await two_processes(make_harness, redis)
+    first = await api.push()
+    await worker.client.stk_query(first.checkout_request_id)
+    await asyncio.gather(*(api.push() for _ in range(5)), *(worker.push() for _ in range(5)))
+    await worker.client.stk_query(first.checkout_request_id)
+
+    assert api.oauth_calls + worker.oauth_calls == 1
+    assert api.pushes_received == 11  # none refused with a voided token and sent again
+    assert len(api.sent) + len(worker.sent) == 1 + 11 + 2
+
+
+async def test_a_voided_shared_token_is_refreshed_once_for_every_process(
+    make_harness: MakeHarness, redis: Redis
+) -> None:
+    api, worker = await two_processes(make_harness, redis)
+    await api.push()
+    assert api.running is not None
+    api.running.simulator.void_token()
+
+    await asyncio.gather(*(api.push() for _ in range(4)), *(worker.push() for _ in range(4)))
+
+    assert api.oauth_calls + worker.oauth_calls == 2
+
+
+async def test_without_redis_each_process_keeps_its_own_token(make_harness: MakeHarness) -> None:
+    down = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+    harness = await make_harness(shared=SharedToken(down, KEY))
+    try:
+        await harness.push()
+        await harness.push()
+    finally:
+        await down.aclose()
+    assert harness.oauth_calls == 1 and harness.pushes_received == 2
 
 
 async def test_an_unreachable_query_is_transient_after_one_retry(make_harness: MakeHarness) -> None:
