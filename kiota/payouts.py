@@ -44,7 +44,7 @@ from kiota.db import Connection, advisory_unlock, try_advisory_lock
 from kiota.errors import ChainUnavailable, KiotaError
 from kiota.ledger_store import post_entries
 from kiota.sql import load_queries
-from kiota.treasury import Fees, FeeTooLow, Receipt, SignedTx, Treasury
+from kiota.treasury import TRANSFER_GAS_LIMIT, Fees, FeeTooLow, Receipt, SignedTx, Treasury
 
 log = structlog.get_logger(__name__)
 
@@ -373,7 +373,7 @@ async def _check_caps_and_funds(
     shortfall = None
     if usdc - in_flight < amount:
         shortfall = f"treasury USDC {usdc} (in flight {in_flight}) is below the payout {amount}"
-    elif eth < fees.max_fee_per_gas * 100_000 * 2:
+    elif eth < fees.max_fee_per_gas * TRANSFER_GAS_LIMIT * (len(batch) + 1):  # the batch, and a replacement
         shortfall = f"treasury ETH {eth} wei cannot pay for gas"
     if shortfall is None:
         return None

@@ -435,3 +435,23 @@ async def test_deposits_left_out_of_a_turn_by_a_cap_ride_in_a_later_turn(mpesa_s
     assert second.outcome.value == "completed"
     assert len(await transfers_from(system, system.treasury_address)) == 3  # its own and the third, in one turn
     assert await completions(system) == 3
+
+
+async def test_a_batch_the_treasurys_eth_cannot_cover_shrinks_to_the_owners_payout(mpesa_system: MpesaSystem) -> None:
+    # anvil checks each transaction's gas against the balance on its own; geth (and so Base's op-geth) refuses
+    # a pending transaction whose cost, with the account's others, would overdraw it ("overdraft").
+    system = mpesa_system
+    users = [f"gas{i}" for i in range(5)]
+    ids = await _processing_while_killed(system, users)
+    treasury = treasury_for(system)
+    try:
+        fees = await treasury.fee_quote()
+        # Gas for one payout and its replacement at today's fees, not for a batch of five.
+        await rpc(system, "anvil_setBalance", system.treasury_address, hex(fees.max_fee_per_gas * 100_000 * 3))
+        result = await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), LaneConfig(batch_size=5, drain_seconds=0))
+    finally:
+        await treasury.aclose()
+    assert result.outcome.value == "completed"
+    assert len(await transfers_from(system, system.treasury_address)) == 1
+    assert await system.pool.fetchval("SELECT count(*) FROM payouts WHERE status = 'signed'") == 0
+    assert not await system.pool.fetchval("SELECT lane_paused FROM payout_guards")  # one payout fit: no alert
