@@ -41,7 +41,8 @@ import hashlib
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from types import TracebackType
@@ -531,12 +532,7 @@ class DarajaClient:
         value = await shared.get()
         if value and value != stale:
             return value
-        try:
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-                await self._token_lock.acquire()
-        except TimeoutError:
-            raise _NotSent("out of time waiting for the token refresh") from None
-        try:
+        async with self._refreshing(deadline):
             value = await shared.get()
             if value and value != stale:
                 return value
@@ -556,8 +552,6 @@ class DarajaClient:
             finally:
                 if owner is not None:
                     await shared.unlock(owner)
-        finally:
-            self._token_lock.release()
 
     async def _own_token(self, deadline: float, stale: str | None) -> str:
         """This process's cached token, or a new one; `stale` is a token Daraja just refused.
@@ -568,17 +562,23 @@ class DarajaClient:
         cached = self._token
         if cached is not None and cached.value != stale and time.monotonic() < cached.refresh_at:
             return cached.value
+        async with self._refreshing(deadline):
+            cached = self._token
+            if cached is not None and cached.value != stale and time.monotonic() < cached.refresh_at:
+                return cached.value
+            self._token = await self._fetch_token(deadline)
+            return self._token.value
+
+    @asynccontextmanager
+    async def _refreshing(self, deadline: float) -> AsyncIterator[None]:
+        """This process's token lock, waited for until `deadline` at most: one refresh at a time."""
         try:
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
                 await self._token_lock.acquire()
         except TimeoutError:
             raise _NotSent("out of time waiting for the token refresh") from None
         try:
-            cached = self._token
-            if cached is not None and cached.value != stale and time.monotonic() < cached.refresh_at:
-                return cached.value
-            self._token = await self._fetch_token(deadline)
-            return self._token.value
+            yield
         finally:
             self._token_lock.release()
 
