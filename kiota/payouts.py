@@ -238,13 +238,14 @@ async def _turn(
         mine = [own] if own is not None else []
         others = await _companions(conn, treasury, guards, own[0]["id"] if own else None, config.batch_size - len(mine))
         fresh = mine + others
-        if fresh:  # a shortfall alerts (pauses the lane) only for the owner's own payout, alone
-            blocked = await _check_caps_and_funds(conn, treasury, guards, fresh, funds_at, alert=not others)
-        if blocked is not None and mine and others:  # the others wait for their own turn; this one may fit
+        fees = await treasury.fee_quote() if fresh else None  # one quote for the turn's checks and signing
+        if fees is not None:  # a shortfall alerts (pauses the lane) only for the owner's own payout, alone
+            blocked = await _check_caps_and_funds(conn, treasury, guards, fresh, fees, funds_at, alert=not others)
+        if blocked is not None and fees is not None and mine and others:  # the others wait; this one may fit
             fresh = mine
-            blocked = await _check_caps_and_funds(conn, treasury, guards, fresh, funds_at, alert=True)
-        if blocked is None and fresh:
-            stored = await _sign_and_store(conn, treasury, fresh)
+            blocked = await _check_caps_and_funds(conn, treasury, guards, fresh, fees, funds_at, alert=True)
+        if blocked is None and fees is not None:
+            stored = await _sign_and_store(conn, treasury, fresh, fees)
             if stored is None:
                 blocked = PayoutResult(Outcome.BLOCKED, "a payout guard was set while waiting", GUARD_RECHECK_SECONDS)
             elif stored:
@@ -353,6 +354,7 @@ async def _check_caps_and_funds(
     treasury: Treasury,
     guards: asyncpg.Record,
     batch: list[Pair],
+    fees: Fees,
     funds_at: int | None = None,
     *,
     alert: bool,
@@ -368,7 +370,6 @@ async def _check_caps_and_funds(
             )
     in_flight = await conn.fetchval(q.in_flight_micro, treasury.chain_id)
     usdc = await treasury.usdc_balance(block="latest" if funds_at is None else funds_at)
-    fees = await treasury.fee_quote()
     eth = await treasury.eth_balance()
     shortfall = None
     if usdc - in_flight < amount:
@@ -411,13 +412,12 @@ async def _store_attempts(conn: Connection, attempts: list[tuple[int, SignedTx]]
 
 
 async def _sign_and_store(
-    conn: Connection, treasury: Treasury, batch: list[Pair]
+    conn: Connection, treasury: Treasury, batch: list[Pair], fees: Fees
 ) -> list[tuple[asyncpg.Record, asyncpg.Record, SignedTx]] | None:
     """Nonces allocated, transactions signed and stored: one transaction for the whole batch. A deposit
     that left 'processing' meanwhile (sent to review by its own job or a callback) is left out; the
     first one, the caller's own, cannot have. None when a guard was set meanwhile: nothing signed."""
     q = load_queries()
-    fees = await treasury.fee_quote()
     chain_nonce = await treasury.pending_nonce()  # no RPC while deposits are locked: callbacks may wait on them
     async with conn.transaction():
         guards = await conn.fetchrow(q.guards_for_share)  # an operator's kill switch waits for this commit
