@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from kiota.callbacks import ingest_callback
 from kiota.dev.chain import BASE_USDC_ADDRESS, usdc_balance
 from kiota.dev.daraja_sim import Scenario
 from kiota.ledger import user_account
 from kiota.ledger_store import balance
 from kiota.lost_callbacks import query_deposit
 from tests.conftest import MpesaSystem
+from tests.integration.test_callback_groups import paid
 from tests.integration.test_mpesa_flow import counts, transfers_from
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,6 +56,28 @@ async def test_redis_flushed_after_callbacks_were_accepted_every_deposit_complet
         await system.wait_status(f"user{i}", deposit_id, "completed")
     assert len(await transfers_from(system, system.treasury_address)) == 5
     assert await counts(system) == {"entries": 10, "payouts": 5, "attempts": 5}
+
+
+@pytest.mark.system_settings(sweep_seconds=1)
+async def test_a_callback_committed_but_never_enqueued_is_enqueued_by_the_running_sweeper(
+    mpesa_system: MpesaSystem,
+) -> None:
+    # A crash between the callback's commit and its enqueue, while the worker runs: PostgreSQL has the
+    # deposit in processing and its job queued, Redis has nothing. The sweeper's tick (not a start-up) finds it.
+    system = mpesa_system
+    system.simulator.set_scenario(Scenario(outcome="success", lose_callback=True), next_push=True)
+    body = (await system.initiate("nia", 1295)).json()
+    checkout = await system.pool.fetchval("SELECT checkout_request_id FROM deposits WHERE id = $1", body["deposit_id"])
+    applied = await ingest_callback(system.pool, paid(checkout, 1295), None)  # committed; nothing enqueued
+    assert applied.disposition == "succeeded" and applied.enqueue_job_id
+    redis = Redis.from_url(system.settings.redis_url)
+    try:
+        assert not await redis.exists(f"arq:job:{applied.enqueue_job_id}")
+    finally:
+        await redis.aclose()
+    await system.wait_status("nia", body["deposit_id"], "completed", seconds=30)
+    assert len(await transfers_from(system, system.treasury_address)) == 1
+    assert await balance(system.pool, user_account("nia", "USDC")) == 10_000_000
 
 
 @pytest.mark.system_settings(mpesa_query_after_seconds=1)
