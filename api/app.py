@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from arq.connections import ArqRedis
@@ -17,7 +17,7 @@ from kiota.callbacks import CallbackGroups
 from kiota.daraja import DarajaClient
 from kiota.db import close_pool, create_pool
 from kiota.hdwallet import ExtendedPublicKey
-from kiota.netaddr import Network, parse_networks
+from kiota.netaddr import FirstSeen, Network, parse_networks
 from kiota.queue import create_queue
 from kiota.settings import Settings, load_settings
 
@@ -34,6 +34,7 @@ class Resources:
     trusted_proxies: list[Network]
     callback_allowlist: list[Network]
     callbacks: CallbackGroups
+    refused_callers: FirstSeen = field(default_factory=FirstSeen)  # callers the allowlist refused, logged once
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -56,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             config.deposit_key,
             daraja,
             parse_networks(config.trusted_proxy_ips),
-            parse_networks(config.mpesa_callback_allowed_ips),
+            parse_networks(config.callback_allowlist),
             callbacks,
         )
         try:

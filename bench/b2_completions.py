@@ -119,7 +119,9 @@ async def _wait(condition: Any, deadline: float, alive: Any) -> None:
 
 async def _payouts(stack: Stack, dsn: str, pool: asyncpg.Pool, size: B2Size, profile: Path | None) -> dict[str, Any]:
     users = await make_users(pool, 8)
-    deposits = await insert_pending(pool, users, f"B2X{stack.tag}", size.deposits, AMOUNT_KES)
+    deposits = await insert_pending(
+        pool, users, f"B2X{stack.tag}", size.deposits, AMOUNT_KES, simulator=stack.simulator
+    )
     job_ids = await _apply_callbacks(pool, deposits)
     ids = {str(d.id) for d in deposits}
     await flush_redis(stack.redis_url)

@@ -53,7 +53,10 @@ async def run_b4(stack: Stack, size: B4Size) -> Result:
         pool = await bench_pool(dsn)
         try:
             users = await make_users(pool, 4)
-            deposits = await insert_pending(pool, users, f"B4X{stack.tag}", size.warmup + size.deposits, AMOUNT_KES)
+            count = size.warmup + size.deposits
+            deposits = await insert_pending(
+                pool, users, f"B4X{stack.tag}", count, AMOUNT_KES, simulator=stack.simulator
+            )
             async with (
                 kiota_api(stack, dsn) as (api, url),
                 kiota_worker(stack, dsn, pool) as worker,

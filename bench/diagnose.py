@@ -28,6 +28,7 @@ import structlog
 from bench.callbacks import AMOUNT_KES, success_callback
 from bench.system import Stack, bench_pool, bench_stack, insert_pending, make_users
 from kiota.callbacks import ingest_callback
+from kiota.confirm import confirm_success
 from kiota.dev.chain import BASE_USDC_ADDRESS
 from kiota.payouts import LaneConfig, pay_deposit
 from kiota.treasury import Treasury
@@ -119,6 +120,8 @@ async def payout(stack: Stack, meter: Meter) -> str:
             deposits = await insert_pending(pool, users, "DIAGP", WARMUP + MEASURED, AMOUNT_KES)
             for d in deposits:
                 await ingest_callback(pool, success_callback(d.checkout_request_id, d.amount_kes, d.receipt), None)
+                # The lane pays confirmed successes only; the STK query's cost is not this diagnosis's.
+                await confirm_success(pool, None, d.id, required=False)
 
             async def one(i: int) -> None:
                 if i == WARMUP:

@@ -5,8 +5,9 @@ chain helpers, the same treasury funding) with one difference that matters when 
 `kiota api` and `kiota worker` run as separate processes, started exactly as in production, so
 that neither shares an interpreter with the load generator or with this harness.
 
-No Daraja simulator: the benchmarks deliver callbacks themselves, and neither the callback
-path nor the payout job calls Daraja.
+The benchmarks deliver callbacks themselves. The payout job asks Daraja's STK query to confirm each
+success before it pays (kiota/confirm.py), so the stack serves the Daraja simulator in this process,
+and `insert_pending` seeds it with each deposit's push, paid: the query is in the measured path.
 
 Everything started here is stopped here: databases `kiota_bench_<pid>_*` (a migrated template,
 then a fresh copy per benchmark), Redis db 7 (flushed before and after), one anvil, and the
@@ -36,6 +37,7 @@ from redis.asyncio import Redis
 from bench.callbacks import checkout_id, receipt_no
 from kiota.db import create_pool
 from kiota.dev.chain import BASE_USDC_ADDRESS, AnvilNode, connect, fund_eth, install_usdc, mint_usdc, start_anvil
+from kiota.dev.daraja_sim import DarajaSimulator, SimulatorConfig, running_simulator
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.migrate import migrate
 from kiota.money import kes_to_usdc
@@ -90,6 +92,8 @@ class Stack:
     anvil: AnvilNode
     anvil_log: Path
     treasury_address: str
+    simulator: DarajaSimulator
+    simulator_url: str
     # A diagnosis only (`--synchronous-commit off`): set on each benchmark database, never on the server.
     synchronous_commit: str | None = None
 
@@ -123,6 +127,7 @@ class Stack:
             **base_env(database_url, self.redis_url),
             "BASE_RPC_URL": self.anvil.rpc_url,
             "BASE_USDC_ADDRESS": BASE_USDC_ADDRESS,
+            "MPESA_BASE_URL": self.simulator_url,
             "KIOTA_LOG_FORMAT": "json",
         }
         if port is not None:
@@ -170,11 +175,17 @@ async def bench_stack(run_dir: Path) -> AsyncIterator[Stack]:
         await migrate(dsn_for(template))
         await flush_redis(REDIS_BENCH_URL)
         treasury = Account.from_key(TREASURY_KEY).address
-        async with start_anvil(free_port(), log_path=anvil_log) as node, connect(node.rpc_url) as w3:
+        daraja = base_env(dsn_for(template))  # the simulator takes the credentials the processes present
+        sim_config = SimulatorConfig(daraja["MPESA_CONSUMER_KEY"], daraja["MPESA_CONSUMER_SECRET"])
+        async with (
+            start_anvil(free_port(), log_path=anvil_log) as node,
+            connect(node.rpc_url) as w3,
+            running_simulator(sim_config) as sim,
+        ):
             await install_usdc(w3, BASE_USDC_ADDRESS)
             await fund_eth(w3, treasury, TREASURY_ETH_WEI)
             await mint_usdc(w3, BASE_USDC_ADDRESS, treasury, TREASURY_USDC_MICRO)
-            yield Stack(run_dir, tag, template, REDIS_BENCH_URL, node, anvil_log, treasury)
+            yield Stack(run_dir, tag, template, REDIS_BENCH_URL, node, anvil_log, treasury, sim.simulator, sim.base_url)
     finally:
         await flush_redis(REDIS_BENCH_URL)
         admin = await asyncpg.connect(ADMIN_DSN)
@@ -365,9 +376,16 @@ FROM unnest($1::uuid[], $2::text[], $6::text[]) AS d (id, user_id, checkout)
 
 
 async def insert_pending(
-    pool: asyncpg.Pool, users: list[str], prefix: str, count: int, amount_kes: int, start: int = 0
+    pool: asyncpg.Pool,
+    users: list[str],
+    prefix: str,
+    count: int,
+    amount_kes: int,
+    start: int = 0,
+    simulator: DarajaSimulator | None = None,
 ) -> list[PendingDeposit]:
-    """`count` deposits as `initiate` leaves them after an accepted push, in one statement."""
+    """`count` deposits as `initiate` leaves them after an accepted push, in one statement; with
+    `simulator`, their pushes are known to it as paid, so the STK query confirms their successes."""
     deposits = [
         PendingDeposit(uuid.uuid4(), i, checkout_id(prefix, i), receipt_no(i), amount_kes)
         for i in range(start, start + count)
@@ -382,6 +400,8 @@ async def insert_pending(
         quote.amount_usdc_micro,
         [d.checkout_request_id for d in deposits],
     )
+    for d in deposits if simulator is not None else []:
+        simulator.seed_push(d.checkout_request_id, amount_kes)
     return deposits
 
 

@@ -10,6 +10,7 @@ import asyncpg
 import structlog
 from arq import Retry
 
+from kiota.confirm import Verdict, confirm_success
 from kiota.deposits import COMPLETE_FUNCTION
 from kiota.errors import ChainUnavailable
 from kiota.ingester import scan_round
@@ -42,7 +43,17 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
     structlog.contextvars.bind_contextvars(deposit_id=deposit_id)
     try:
         await history.started()
-        result = await pay_deposit(pool, ctx["treasury"], uuid.UUID(deposit_id), ctx["lane_config"])
+        # M-Pesa confirms the success first (kiota/confirm.py); the lane signs only confirmed deposits.
+        confirmation = await confirm_success(
+            pool,
+            ctx["daraja"],
+            uuid.UUID(deposit_id),
+            required=ctx["settings"].mpesa_confirm_success == "on",
+            timing=ctx["confirm_timing"],
+        )
+        result = None
+        if confirmation.verdict in (Verdict.CONFIRMED, Verdict.NOT_NEEDED):
+            result = await pay_deposit(pool, ctx["treasury"], uuid.UUID(deposit_id), ctx["lane_config"])
     except TRANSIENT as exc:
         error = f"{type(exc).__name__}: {exc}"
         retry_in = backoff_seconds(1, ctx["backoff_base_seconds"])
@@ -67,6 +78,13 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
         await abandon(pool, uuid.UUID(deposit_id), f"payout job crashed: {error}")
         log.exception("payout job crashed")
         raise
+    if confirmation.verdict is Verdict.WAIT:  # "still processing", or Daraja unreachable: not a failure
+        await history.waiting(confirmation.retry_in)
+        raise Retry(defer=confirmation.retry_in)
+    if confirmation.verdict is Verdict.REVIEW:
+        await history.gave_up(confirmation.detail)
+        return "needs_review"
+    assert result is not None
     if result.outcome is Outcome.WAITING:
         if await _tried_too_long(pool, deposit_id):  # e.g. a payout that never gets mined
             reason = f"payout not settled within 30 minutes: {result.detail}"

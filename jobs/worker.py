@@ -23,6 +23,7 @@ from arq.worker import Worker, func
 
 from jobs.mpesa import complete_mpesa_deposit, query_mpesa_deposit, scan_chain_tick, sweep_tick
 from kiota.chain_rpc import ChainReader
+from kiota.confirm import ConfirmTiming
 from kiota.daraja import DarajaClient
 from kiota.db import close_pool, create_pool, try_advisory_lock
 from kiota.ingester import ScanConfig
@@ -73,6 +74,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx.setdefault("lane_config", LaneConfig())
     ctx.setdefault("backoff_base_seconds", 1.0)
     ctx.setdefault("query_backoff_seconds", 30.0)
+    ctx.setdefault("confirm_timing", ConfirmTiming())
     ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     ctx["started_at"] = datetime.now(UTC)
     # Liveness: a session lock held for the worker's whole life. When the process dies,

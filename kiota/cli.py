@@ -159,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     ops_sub.add_parser("review", help="open review items (money whose owner or amount is unclear)")
     retry = ops_sub.add_parser("retry", help="run a deposit's completion again")
     retry.add_argument("deposit_id")
+    confirm = ops_sub.add_parser(
+        "confirm", help="confirm by hand an M-Pesa payment found on the statement (recorded), then complete it"
+    )
+    confirm.add_argument("deposit_id")
+    confirm.add_argument("--by", required=True, help="who checked the M-Pesa statement (recorded)")
+    confirm.add_argument("--note", help="what was seen, e.g. the receipt on the statement (recorded)")
     switch = ops_sub.add_parser("kill-switch", help="stop (on) or allow (off) every payout")
     switch.add_argument("state", choices=["on", "off"])
     ops_sub.add_parser("resume-lane", help="resume the payout lane after a pause (e.g. a treasury refill)")

@@ -8,7 +8,9 @@ sweeper re-enqueues whatever it never heard of.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -16,15 +18,19 @@ from typing import Any
 import asyncpg
 import structlog
 
-from kiota.daraja import DarajaClient
+from kiota.daraja import DarajaClient, PushAccepted
 from kiota.errors import DarajaRefused, DarajaUncertain
 from kiota.money import format_rate, format_usdc, kes_to_usdc
-from kiota.mpesa import mask_phone
+from kiota.mpesa import mask_phone, user_failure_reason
 from kiota.sql import load_queries
 
 log = structlog.get_logger(__name__)
 
 COMPLETE_FUNCTION = "complete_mpesa_deposit"
+PUSH_CANCELLED_REASON = (
+    "the request was cancelled before M-Pesa answered the STK push; a payment prompt may still reach the phone: "
+    "match this deposit with the success callbacks listed for review (kiota ops review) before crediting it"
+)
 ACCOUNT_REFERENCE = "Kiota"
 TRANSACTION_DESC = "Kiota savings"
 
@@ -76,19 +82,19 @@ async def initiate(
         await pool.execute(q.deposit_to_review, deposit_id, reason)
         bound.warning("stk push outcome unknown", error=exc.message)
         return InitiateResult(504, {"detail": reason, "deposit_id": str(deposit_id)})
+    except asyncio.CancelledError:
+        # The request ended while the push was out (a client gone, a server stopping): it may have reached
+        # the phone. Say so before the cancellation goes on; the sweeper catches what this cannot write.
+        await _finish_despite_cancel(pool.execute(q.deposit_to_review, deposit_id, PUSH_CANCELLED_REASON))
+        bound.warning("stk push outcome unknown: the request was cancelled")
+        raise
     try:
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(q.lock_checkout, accepted.checkout_request_id)
-            await conn.execute(
-                q.deposit_pushed,
-                deposit_id,
-                accepted.checkout_request_id,
-                accepted.merchant_request_id,
-                float(query_after_seconds),
-            )
-            # A callback faster than this answer found no deposit and went to review; never guess.
-            if await conn.fetchval(q.early_callbacks, accepted.checkout_request_id):
-                await conn.execute(q.deposit_to_review, deposit_id, "a callback arrived before the push was recorded")
+        await _record_push(pool, deposit_id, accepted, query_after_seconds)
+    except asyncio.CancelledError:
+        # Accepted, so its callback will come: record it (shielded) so that the callback finds its deposit.
+        await _finish_despite_cancel(_record_push(pool, deposit_id, accepted, query_after_seconds))
+        bound.warning("request cancelled after the stk push was accepted", checkout=accepted.checkout_request_id)
+        raise
     except Exception as exc:
         # The push reached the phone but we could not record it: answer "unknown" (kept for the
         # Idempotency-Key), so a retry never pushes twice; its callback goes to review.
@@ -119,6 +125,35 @@ async def initiate(
     )
 
 
+async def _record_push(
+    pool: asyncpg.Pool, deposit_id: uuid.UUID, accepted: PushAccepted, query_after_seconds: int
+) -> None:
+    q = load_queries()
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(q.lock_checkout, accepted.checkout_request_id)
+        await conn.execute(
+            q.deposit_pushed,
+            deposit_id,
+            accepted.checkout_request_id,
+            accepted.merchant_request_id,
+            float(query_after_seconds),
+        )
+        # A callback faster than this answer found no deposit and went to review; never guess.
+        if await conn.fetchval(q.early_callbacks, accepted.checkout_request_id):
+            await conn.execute(q.deposit_to_review, deposit_id, "a callback arrived before the push was recorded")
+
+
+async def _finish_despite_cancel(work: Coroutine[Any, Any, object]) -> None:
+    """Run `work` to its end although the caller is being cancelled (a second cancellation leaves it
+    running on its own). A failure is logged, not raised: the cancellation is what the caller re-raises."""
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        pass
+    except Exception as exc:
+        log.error("could not record a cancelled push; the sweeper will", error=f"{type(exc).__name__}: {exc}")
+
+
 def deposit_out(row: asyncpg.Record) -> dict[str, Any]:
     """A deposit row in the contract's shape."""
     return {
@@ -130,8 +165,8 @@ def deposit_out(row: asyncpg.Record) -> dict[str, Any]:
         "kes_per_usd": format_rate(row["kes_per_usd"]),
         "mpesa_receipt": row["mpesa_receipt"],
         "tx_hash": row["tx_hash"],
-        # In review, the reason a person must look; otherwise why it failed (None when it did not).
-        "failure_reason": row["review_reason"] if row["status"] == "needs_review" else row["failure_reason"],
+        # Written for the user; the operators' reasons stay in review_reason / failure_reason.
+        "failure_reason": user_failure_reason(row["status"], row["failure_code"]),
         "created_at": row["created_at"].isoformat(),
         "completed_at": row["completed_at"].isoformat() if row["completed_at"] else None,
     }

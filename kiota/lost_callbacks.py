@@ -17,6 +17,7 @@ import asyncpg
 import structlog
 
 from kiota import ledger
+from kiota.confirm import CONFIRMED_BY_QUERY
 from kiota.daraja import DarajaClient, QueryResult
 from kiota.deposits import COMPLETE_FUNCTION, complete_job_id
 from kiota.errors import DarajaError, DarajaRefused
@@ -71,6 +72,8 @@ async def query_deposit(
             decision = decide(view, callback)
             if decision.action is Action.SUCCEED:
                 await conn.execute(q.deposit_succeeded, deposit_id, None, locked["amount_kes"], None)
+                # The STK query's 0 is the confirmation itself (kiota/confirm.py): not asked twice.
+                await conn.execute(q.deposit_confirmed, deposit_id, CONFIRMED_BY_QUERY, answer, 0)
                 await post_entry(conn, ledger.mpesa_received(str(deposit_id), locked["amount_kes"]))
                 await record_job(conn, complete_job_id(deposit_id), COMPLETE_FUNCTION, deposit_id)
                 bound.info("lost callback recovered by query: paid")

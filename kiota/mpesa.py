@@ -77,6 +77,28 @@ def reason_for(code: int, description: str | None) -> str:
     return RESULT_REASONS.get(code) or (description or f"M-Pesa result code {code}")
 
 
+# What the app shows for a deposit that is not going well. Operators' reasons (RPC errors, key
+# warnings, the callback's own text, which anyone holding the URL can write) stay in review_reason
+# and failure_reason, read with `kiota ops stuck` and `kiota ops review`.
+USER_CHECKING = "We are checking this payment. No action is needed."
+USER_PROMPT_NOT_SENT = "M-Pesa could not send the payment prompt. Please try again later."
+USER_NOT_PAID = "The M-Pesa payment did not go through."
+
+
+def user_failure_reason(status: str, failure_code: str | None) -> str | None:
+    """`failure_reason` as the app shows it: one of our own sentences, never a stored reason."""
+    if status == "needs_review":
+        return USER_CHECKING
+    if status != "failed":
+        return None
+    if failure_code and "." in failure_code:  # Daraja refused the push itself (an errorCode: 500.001.1001)
+        return USER_PROMPT_NOT_SENT
+    try:  # a ResultCode, from a callback or the STK query
+        return RESULT_REASONS.get(int(failure_code or ""), USER_NOT_PAID)
+    except ValueError:
+        return USER_NOT_PAID
+
+
 class MalformedCallback(InvalidInput):
     """A callback body that is not Daraja's STK callback shape."""
 

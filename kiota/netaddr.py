@@ -42,3 +42,18 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted_proxies:
 def allowed(address: str | None, allowlist: Sequence[Network]) -> bool:
     """An empty allowlist allows everyone (the token is the control; the list is defence in depth)."""
     return not allowlist or (address is not None and _within(address, allowlist))
+
+
+class FirstSeen:
+    """Says True the first time it sees a key, for a log line once per address. It remembers at most
+    `limit` keys, so a caller spraying addresses cannot grow it without end."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._seen: set[str] = set()
+        self._limit = limit
+
+    def first(self, key: str) -> bool:
+        if key in self._seen or len(self._seen) >= self._limit:
+            return False
+        self._seen.add(key)
+        return True

@@ -12,6 +12,7 @@ import asyncpg
 import structlog
 from arq.connections import ArqRedis
 
+from kiota.db import Connection
 from kiota.deposits import COMPLETE_FUNCTION, complete_job_id
 from kiota.errors import KiotaError
 from kiota.job_history import enqueue, record_job
@@ -29,11 +30,14 @@ class RetryResult:
     deposit_id: str
     job_id: str
     enqueued: bool
+    confirmed: bool = True  # False: its M-Pesa success is not confirmed, and the STK query is asked again
 
 
 async def retry_deposit(pool: asyncpg.Pool, queue: ArqRedis, deposit_id: uuid.UUID, by: str) -> RetryResult:
     """Run a deposit's completion again: one in review goes back to processing (with a fresh
-    count of failures and a fresh 30-minute window); one still processing is re-enqueued."""
+    count of failures and a fresh 30-minute window); one still processing is re-enqueued.
+    A success M-Pesa has not confirmed is never paid by a retry: its job asks the STK query
+    again (with a fresh bound) and sends it back to review if the answer is still not 0."""
     q = load_queries()
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(q.deposit_for_retry, deposit_id)
@@ -44,11 +48,46 @@ async def retry_deposit(pool: asyncpg.Pool, queue: ArqRedis, deposit_id: uuid.UU
                 raise CannotRetry("only a paid deposit (with an M-Pesa receipt) that was not paid out can be retried")
         elif row["status"] != "processing":
             raise CannotRetry(f"the deposit is {row['status']}; there is nothing to retry")
-        job_id = complete_job_id(deposit_id)
-        await record_job(conn, job_id, COMPLETE_FUNCTION, deposit_id, reset=True)
+        job_id = await _restart_job(conn, deposit_id)
     enqueued = await enqueue(queue, COMPLETE_FUNCTION, job_id, str(deposit_id))
     log.info("operator retried a deposit", deposit_id=str(deposit_id), by=by)
+    return RetryResult(str(deposit_id), job_id, enqueued, row["confirmed_at"] is not None)
+
+
+async def confirm_deposit(
+    pool: asyncpg.Pool, queue: ArqRedis, deposit_id: uuid.UUID, by: str, note: str = ""
+) -> RetryResult:
+    """An operator found the payment on the M-Pesa statement: the deposit's success is confirmed by them
+    (recorded with their name and note, in place of the STK query's 0), and its completion runs again,
+    from review if it was there. Only money received for this deposit and never paid out, once."""
+    q = load_queries()
+    who = f"operator:{by}"
+    said = f"checked on the M-Pesa statement by {by}" + (f": {note}" if note else "")
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(q.deposit_for_retry, deposit_id)
+        if row is None:
+            raise CannotRetry(f"no deposit {deposit_id}")
+        if row["confirmed_at"] is not None:
+            raise CannotRetry("the deposit is confirmed already; `kiota ops retry` runs its completion again")
+        status = await conn.fetchval(q.deposit_confirmed_by_operator, deposit_id, who, said[:500])
+        if status is None:
+            raise CannotRetry(
+                f"the deposit is {row['status']}: only a success received for it (processing or in review) "
+                "and never paid out can be confirmed"
+            )
+        if status == "needs_review" and await conn.fetchval(q.deposit_retry_from_review, deposit_id) is None:
+            raise CannotRetry("the deposit has an open review of its callbacks (kiota ops review): resolve that first")
+        await conn.execute(q.resolve_unconfirmed_review, deposit_id, f"confirmed by operator {by}: {note}"[:1000])
+        job_id = await _restart_job(conn, deposit_id)
+    enqueued = await enqueue(queue, COMPLETE_FUNCTION, job_id, str(deposit_id))
+    log.warning("operator confirmed an M-Pesa payment by hand", deposit_id=str(deposit_id), by=by, note=note)
     return RetryResult(str(deposit_id), job_id, enqueued)
+
+
+async def _restart_job(conn: Connection, deposit_id: uuid.UUID) -> str:
+    job_id = complete_job_id(deposit_id)
+    await record_job(conn, job_id, COMPLETE_FUNCTION, deposit_id, reset=True)
+    return job_id
 
 
 async def release_blocked(pool: asyncpg.Pool, queue: ArqRedis) -> int:

@@ -24,6 +24,13 @@ def _print_rows(rows: list[asyncpg.Record], columns: list[str]) -> None:
         print("  ".join(f"{name}={row[name]}" for name in columns if row[name] is not None))
 
 
+def _deposit_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise InvalidInput(f"not a deposit id: {text}") from None
+
+
 async def run_ops(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
     pool = await create_pool(database_url, min_size=1, max_size=2)
     queue = create_queue(redis_url)
@@ -46,6 +53,8 @@ async def _dispatch(args: argparse.Namespace, pool: asyncpg.Pool, queue: ArqRedi
                 "amount_kes",
                 "mpesa_receipt",
                 "review_reason",
+                "confirmed_by",
+                "confirm_answer",
                 "job_status",
                 "failures",
                 "last_error",
@@ -59,13 +68,20 @@ async def _dispatch(args: argparse.Namespace, pool: asyncpg.Pool, queue: ArqRedi
             ["id", "kind", "deposit_id", "callback_id", "amount_kes", "reason", "created_at"],
         )
     elif args.action == "retry":
-        try:
-            deposit_id = uuid.UUID(args.deposit_id)
-        except ValueError:
-            raise InvalidInput(f"not a deposit id: {args.deposit_id}") from None
-        result = await ops.retry_deposit(pool, queue, deposit_id, args.by)
+        result = await ops.retry_deposit(pool, queue, _deposit_id(args.deposit_id), args.by)
         print(
             f"retrying {result.deposit_id} as job {result.job_id}"
+            + ("" if result.enqueued else " (Redis unavailable: the sweeper will enqueue it)")
+        )
+        if not result.confirmed:
+            print(
+                "its M-Pesa success is not confirmed: the STK query is asked again, and it returns to review "
+                "unless M-Pesa answers 0; if the M-Pesa statement shows it paid: kiota ops confirm <id> --by NAME"
+            )
+    elif args.action == "confirm":
+        result = await ops.confirm_deposit(pool, queue, _deposit_id(args.deposit_id), args.by, args.note or "")
+        print(
+            f"confirmed {result.deposit_id} by {args.by}; completing it as job {result.job_id}"
             + ("" if result.enqueued else " (Redis unavailable: the sweeper will enqueue it)")
         )
     elif args.action == "kill-switch":

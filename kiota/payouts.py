@@ -8,6 +8,8 @@ Exactly once rests on PostgreSQL, not on the queue:
   before it is broadcast, so a crash is always followed by re-sending or
   recognising the same transaction, never by signing a second payment;
 - a receipt for any attempt settles the payout; a reverted receipt is a failure;
+- only a deposit whose M-Pesa success is confirmed (`kiota.confirm`) is ever signed for: the
+  caller's own, and every companion below;
 - the lane's owner also pays the other processing deposits that have no payout yet, in
   the same turn (one fee quote, consecutive nonces, one commit for all their signed
   transactions, then broadcast in nonce order): a lane that waits for one receipt per
@@ -146,6 +148,8 @@ async def pay_deposit(
         return PayoutResult(Outcome.COMPLETED, deposit["tx_hash"])
     if deposit["status"] != "processing":
         return PayoutResult(Outcome.NOTHING_TO_DO, f"deposit is {deposit['status']}")
+    if deposit["confirmed_at"] is None:  # kiota/confirm.py comes first; a turn signs confirmed deposits only
+        return PayoutResult(Outcome.NOTHING_TO_DO, "the M-Pesa payment is not confirmed")
     guards = await pool.fetchrow(q.guards)
     assert guards is not None  # the migration inserts the one row
     stopped = await _guards_stop(pool, guards, deposit)
@@ -298,7 +302,8 @@ async def _unsettled(conn: Connection, treasury: Treasury, limit: int) -> list[t
 async def _companions(
     conn: Connection, treasury: Treasury, guards: asyncpg.Record, own: uuid.UUID | None, limit: int
 ) -> list[Pair]:
-    """Other processing deposits that have no payout yet, oldest first, each given its payout row."""
+    """Other processing deposits that have no payout yet and whose M-Pesa success is confirmed (a forged
+    callback never rides in another deposit's turn), oldest first, each given its payout row."""
     if limit <= 0:
         return []
     rows = await conn.fetch(load_queries().deposits_awaiting_payout, own, guards["per_deposit_max_micro"], limit)
@@ -416,7 +421,8 @@ async def _sign_and_store(
 ) -> list[tuple[asyncpg.Record, asyncpg.Record, SignedTx]] | None:
     """Nonces allocated, transactions signed and stored: one transaction for the whole batch. A deposit
     that left 'processing' meanwhile (sent to review by its own job or a callback) is left out; the
-    first one, the caller's own, cannot have. None when a guard was set meanwhile: nothing signed."""
+    first one, the caller's own, cannot have. Only confirmed deposits are signed for (the lock's query says
+    so too). None when a guard was set meanwhile: nothing signed."""
     q = load_queries()
     chain_nonce = await treasury.pending_nonce()  # no RPC while deposits are locked: callbacks may wait on them
     async with conn.transaction():

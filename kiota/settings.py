@@ -10,7 +10,7 @@ uses `WorkerSettings`, which requires it.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -24,6 +24,23 @@ SANDBOX_DARAJA_HOST = "sandbox.safaricom.co.ke"
 PRODUCTION_DARAJA_HOST = "api.safaricom.co.ke"
 BASE_MAINNET_CHAIN_ID = 8453
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})  # noqa: S104 - a host name, not a bind
+# Where Safaricom's production callbacks come from (integrators' published lists, not an official API):
+# the callback allowlist with production Daraja when MPESA_CALLBACK_ALLOWED_IPS is not set. The one
+# place this list lives; a refusal by it is logged once per address, so a change at Safaricom shows.
+SAFARICOM_CALLBACK_IPS = (
+    "196.201.214.200",
+    "196.201.214.206",
+    "196.201.213.114",
+    "196.201.214.207",
+    "196.201.214.208",
+    "196.201.213.44",
+    "196.201.212.127",
+    "196.201.212.138",
+    "196.201.212.129",
+    "196.201.212.136",
+    "196.201.212.74",
+    "196.201.212.69",
+)
 
 
 class Settings(BaseSettings):
@@ -46,8 +63,8 @@ class Settings(BaseSettings):
     mpesa_shortcode: str
     mpesa_passkey: SecretStr
     mpesa_callback_token: SecretStr
-    # Optional, not in the contract: comma-separated CIDRs allowed to POST callbacks
-    # (empty: any), and the proxies whose X-Forwarded-For is believed (Render's).
+    # Comma-separated CIDRs allowed to POST callbacks (empty: any, but Safaricom's addresses with
+    # production Daraja: `callback_allowlist`), and the proxies whose X-Forwarded-For is believed (Render's).
     mpesa_callback_allowed_ips: str = ""
     trusted_proxy_ips: str = ""
     mpesa_min_kes: int = Field(default=10, ge=1, le=250_000)
@@ -64,6 +81,10 @@ class Settings(BaseSettings):
     intent_max_checks: int = Field(default=120, ge=1)
     sweep_seconds: int = Field(default=120, ge=1)
     mpesa_query_after_seconds: int = Field(default=120, ge=1)
+
+    # A success callback is confirmed by Daraja's STK query before its payout is signed (kiota/confirm.py);
+    # `off` is refused with production Daraja (`_confirm_success_with_production`).
+    mpesa_confirm_success: Literal["on", "off"] = "on"
 
     @field_validator("kes_per_usd", mode="before")
     @classmethod
@@ -110,6 +131,32 @@ class Settings(BaseSettings):
                 "would take real shillings for test tokens"
             )
         return self
+
+    @field_validator("mpesa_confirm_success", mode="before")
+    @classmethod
+    def _on_or_off(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _confirm_success_with_production(self) -> Settings:
+        if self.mpesa_confirm_success == "off" and urlsplit(self.mpesa_base_url).hostname == PRODUCTION_DARAJA_HOST:
+            raise ValueError(
+                "MPESA_CONFIRM_SUCCESS=off is refused with production Daraja: a forged success callback "
+                "would be paid; every success must be confirmed by the STK query"
+            )
+        return self
+
+    @property
+    def production_daraja(self) -> bool:
+        return urlsplit(self.mpesa_base_url).hostname == PRODUCTION_DARAJA_HOST
+
+    @property
+    def callback_allowlist(self) -> str:
+        """Who may POST callbacks: MPESA_CALLBACK_ALLOWED_IPS when set; with production Daraja and no
+        setting, Safaricom's published callback addresses; otherwise empty (anyone: the token is the control)."""
+        if self.mpesa_callback_allowed_ips.strip():
+            return self.mpesa_callback_allowed_ips
+        return ",".join(SAFARICOM_CALLBACK_IPS) if self.production_daraja else ""
 
     @property
     def callback_tokens(self) -> list[str]:

@@ -7,7 +7,10 @@ Each tick (a unique arq cron, and once at every worker start):
 2. every `SWEEP_SECONDS`, jobs recorded as queued or retrying whose time has come
    and that Redis does not hold (a flush, a restart, a crash between commit and
    enqueue) are enqueued again;
-3. pending deposits whose callback has not come are dispatched to the STK query.
+3. pending deposits whose callback has not come are dispatched to the STK query;
+4. pending deposits whose push never got a CheckoutRequestID (the request ended between the
+   insert and Daraja's answer) go to review after `UNKNOWN_PUSH_AFTER_SECONDS`: nothing can be
+   asked about them, and they are never pending forever.
 
 arq refuses a job id while the job or its result exists; results are not kept
 (keep_result=0), so only a job Redis still holds is refused, which is the point.
@@ -32,6 +35,14 @@ QUERY_FUNCTION = "query_mpesa_deposit"
 JOB_KEY_PREFIX = "arq:job:"
 IN_PROGRESS_KEY_PREFIX = "arq:in-progress:"
 ORPHAN_GRACE_SECONDS = 2.0  # a job committed this recently may still be on its way to Redis
+# A push gets Daraja's answer within its 8 s budget (the API answers within 10 s): a pending deposit
+# without a CheckoutRequestID after two minutes lost its push's answer for good.
+UNKNOWN_PUSH_AFTER_SECONDS = 120.0
+UNKNOWN_PUSH_REASON = (
+    "the STK push's outcome is unknown: the request ended (cancelled, or its process died) before M-Pesa "
+    "answered, so there is no CheckoutRequestID to ask about. A payment prompt may have reached the phone: "
+    "match this deposit with the success callbacks listed for review (kiota ops review) before crediting it"
+)
 BATCH = 500
 
 
@@ -49,6 +60,7 @@ class SweepReport:
     recovered: int = 0
     reenqueued: int = 0
     queries: int = 0
+    unknown_pushes: int = 0
 
 
 async def _worker_is_dead(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, worker_id: str) -> bool:
@@ -106,4 +118,13 @@ async def sweep(pool: asyncpg.Pool, queue: ArqRedis, sweep_seconds: float, *, fo
     due = force or await pool.fetchval(load_queries().maintenance_due, "reenqueue_orphans", sweep_seconds)
     reenqueued = await reenqueue_orphans(pool, queue, 0 if force else ORPHAN_GRACE_SECONDS) if due else 0
     queries = await dispatch_queries(pool, queue, job_wait_seconds=60)
-    return SweepReport(recovered, reenqueued, queries)
+    unknown = await review_unknown_pushes(pool)
+    return SweepReport(recovered, reenqueued, queries, unknown)
+
+
+async def review_unknown_pushes(pool: asyncpg.Pool, after_seconds: float = UNKNOWN_PUSH_AFTER_SECONDS) -> int:
+    """Pending deposits whose push has no CheckoutRequestID after `after_seconds`: to review."""
+    rows = await pool.fetch(load_queries().unknown_pushes_to_review, after_seconds, UNKNOWN_PUSH_REASON)
+    for row in rows:
+        log.warning("deposit sent to review: its push's outcome is unknown", deposit_id=str(row["id"]))
+    return len(rows)

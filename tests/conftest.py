@@ -27,6 +27,7 @@ from web3.types import RPCEndpoint
 
 from api.app import create_app
 from jobs.worker import build_worker
+from kiota.confirm import ConfirmTiming
 from kiota.db import create_pool
 from kiota.dev.chain import (
     BASE_USDC_ADDRESS,
@@ -210,6 +211,11 @@ class MpesaSystem:
                 raise AssertionError(f"deposit stayed {body['status']}, wanted {statuses}: {body}")
             await asyncio.sleep(0.05)
 
+    async def review_reason(self, deposit_id: str) -> str:
+        """Why a deposit is in review, as operators read it (the app is shown a sentence for users)."""
+        reason = await self.pool.fetchval("SELECT review_reason FROM deposits WHERE id = $1::uuid", deposit_id)
+        return str(reason)
+
     async def start_worker(self) -> Worker:
         """A real arq worker in this process (its lane waits and backoffs shortened for tests)."""
         assert self.worker is None
@@ -220,6 +226,7 @@ class MpesaSystem:
                 "lane_config": LaneConfig(poll_seconds=0.02, watch_seconds=3),
                 "backoff_base_seconds": 0.05,
                 "query_backoff_seconds": 0.5,
+                "confirm_timing": ConfirmTiming(backoff_base_seconds=0.1, backoff_max_seconds=0.5),
             },
         )
         self._worker_task = asyncio.create_task(self.worker.async_run())

@@ -69,7 +69,9 @@ async def mpesa_callback(request: Request) -> Response:
         log.warning("mpesa callback with a wrong token", client=address)
         return JSONResponse({"detail": "not found"}, status_code=404)
     if not allowed(address, resources.callback_allowlist):
-        log.warning("mpesa callback from an address outside the allowlist", client=address)
+        # Once per address: a new Safaricom address shows in the logs, a flood does not fill them.
+        if resources.refused_callers.first(str(address)):
+            log.warning("mpesa callback refused: address outside the callback allowlist (logged once)", client=address)
         return JSONResponse({"detail": "forbidden"}, status_code=403)
     try:
         raw = await _read_capped(request)

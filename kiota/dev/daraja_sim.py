@@ -21,6 +21,9 @@ may call directly (`simulator_of(app)`):
     GET  /_sim/pushes      every push received (accepted or refused), its callbacks and their answers
     GET  /_sim/pushes/{checkout_request_id}
     POST /_sim/callbacks/{checkout_request_id}/send   {} or {"outcome": 0|<code>, "amount_override": 900}
+    POST /_sim/pushes/seed {"checkout_request_id": "ws_CO_…", "amount": 1295, "outcome": 0}: a push accepted
+                           earlier and already resolved (no callback is sent): benchmarks that deliver their
+                           own callbacks make the STK query know their pushes this way
     POST /_sim/tokens/void
     POST /_sim/reset       forget pushes and scenarios, cancel pending callbacks (the token survives)
 
@@ -31,6 +34,8 @@ Scenario fields (all optional; `null` = inherit from the less specific level):
   contradict_with      a second, contradicting callback ("success" or a code) after the first
   amount_override      the success callback reports this Amount instead of the pushed one
   lose_callback        resolved (the query shows it) but the callback is never delivered
+  query_pending_seconds  after the resolution (and its callback), the STK query still answers "being
+                       processed" for this long, as Daraja's may right after a callback; then the result
   push_error           {"errorCode", "errorMessage"?, "http_status"?, "times"?}: the push itself is refused,
                        `times` pushes in a row (every push when absent), then pushes are accepted again
   push_delay_seconds   the push answer is slow; the push is already accepted and its callback scheduled
@@ -216,6 +221,7 @@ class Scenario:
     lose_callback: bool | None = None
     push_error: PushError | None = None
     push_delay_seconds: float | None = None
+    query_pending_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +234,7 @@ class CallbackPlan:
     contradict_with: int | Literal["success"] | None
     amount_override: int | None
     lose_callback: bool
+    query_pending_seconds: float = 0.0
 
 
 # ------------------------------------------------------------------------------------------- records
@@ -262,6 +269,7 @@ class PushRecord:
     mpesa_receipt: str | None = None
     transaction_date: int | None = None
     resolved_at: str | None = None
+    query_pending_until: float | None = None  # time.monotonic(): the query says "being processed" until then
     callback_body: JsonObject | None = None  # the callback of the first resolution, resent as is
     callbacks: list[CallbackAttempt] = field(default_factory=list)
 
@@ -605,6 +613,7 @@ class DarajaSimulator:
             contradict_with=_first((layer.contradict_with for layer in layers), None),
             amount_override=_first((layer.amount_override for layer in layers), None),
             lose_callback=_first((layer.lose_callback for layer in layers), False),
+            query_pending_seconds=_first((layer.query_pending_seconds for layer in layers), 0.0),
         )
 
     # ---- pushes
@@ -621,6 +630,29 @@ class DarajaSimulator:
             return self._by_checkout[checkout_request_id]
         except KeyError:
             raise UnknownPushError(checkout_request_id) from None
+
+    def seed_push(
+        self, checkout_request_id: str, amount: int, phone: str = "254708374149", outcome: int = 0
+    ) -> PushRecord:
+        """A push accepted earlier and already resolved with `outcome`, no callback sent: the STK query
+        answers for it. For benchmarks that write their own deposits and deliver their own callbacks."""
+        if checkout_request_id in self._by_checkout:
+            raise ValueError(f"{checkout_request_id} is known already")
+        record = PushRecord(
+            received_at=_utc_iso(),
+            request=None,
+            http_status=200,
+            response={},
+            merchant_request_id=_request_id(),
+            checkout_request_id=checkout_request_id,
+            phone=phone,
+            amount=amount,
+            plan=self._plan((Scenario(outcome="success" if outcome == 0 else outcome, lose_callback=True),)),
+        )
+        self._resolve(record, outcome, None)
+        self._pushes.append(record)
+        self._by_checkout[checkout_request_id] = record
+        return record
 
     async def stk_push(self, body: Any) -> tuple[int, JsonObject]:
         """Handle one authenticated processrequest body; returns (HTTP status, JSON answer)."""
@@ -705,10 +737,13 @@ class DarajaSimulator:
                 raise DarajaRefusal.bad_request("CheckoutRequestID")
         except DarajaRefusal as refusal:
             return refusal.http_status, refusal.body
-        if record.result_code is None and self.config.pending_query_style == "error":
+        still_pending = record.result_code is None or (
+            record.query_pending_until is not None and time.monotonic() < record.query_pending_until
+        )
+        if still_pending and self.config.pending_query_style == "error":
             pending = DarajaRefusal(500, "500.001.1001", PENDING_MESSAGE)
             return pending.http_status, pending.body
-        if record.result_code is None:
+        if still_pending:
             result_code, result_desc = "4999", PENDING_4999_DESCRIPTION
         else:
             result_code, result_desc = str(record.result_code), record.result_desc or ""
@@ -760,6 +795,8 @@ class DarajaSimulator:
         record.result_desc = result_description(code)
         record.resolved_at = _utc_iso()
         record.callback_body = body
+        if record.plan is not None and record.plan.query_pending_seconds > 0:
+            record.query_pending_until = time.monotonic() + record.plan.query_pending_seconds
         if code == 0:
             metadata = body["Body"]["stkCallback"]["CallbackMetadata"]["Item"]
             values = {item["Name"]: item.get("Value") for item in metadata}
@@ -925,6 +962,7 @@ class ScenarioIn(BaseModel):
     lose_callback: bool | None = None
     push_error: PushErrorIn | None = None
     push_delay_seconds: float | None = Field(default=None, ge=0)
+    query_pending_seconds: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def one_target(self) -> ScenarioIn:
@@ -951,7 +989,17 @@ class ScenarioIn(BaseModel):
             lose_callback=self.lose_callback,
             push_error=push_error,
             push_delay_seconds=self.push_delay_seconds,
+            query_pending_seconds=self.query_pending_seconds,
         )
+
+
+class SeedPushIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkout_request_id: str = Field(min_length=1, max_length=64)
+    amount: int = Field(ge=1, le=MAX_AMOUNT)
+    phone: str = "254708374149"
+    outcome: int = 0
 
 
 class SendCallbackIn(BaseModel):
@@ -1050,6 +1098,20 @@ def _add_control_routes(app: FastAPI, simulator: DarajaSimulator) -> None:
     async def get_scenarios() -> JsonObject:
         return simulator.scenarios()
 
+    _add_push_routes(app, simulator)
+
+    @app.post("/_sim/tokens/void")
+    async def void_token() -> JsonObject:
+        simulator.void_token()
+        return {"voided": True}
+
+    @app.post("/_sim/reset")
+    async def reset() -> JsonObject:
+        await simulator.reset()
+        return {"reset": True}
+
+
+def _add_push_routes(app: FastAPI, simulator: DarajaSimulator) -> None:
     @app.get("/_sim/pushes")
     async def list_pushes() -> JsonObject:
         return {"pushes": [push.to_json() for push in simulator.pushes]}
@@ -1061,6 +1123,14 @@ def _add_control_routes(app: FastAPI, simulator: DarajaSimulator) -> None:
         except UnknownPushError:
             raise HTTPException(404, f"no accepted push {checkout_request_id}") from None
 
+    @app.post("/_sim/pushes/seed")
+    async def seed_push(spec: SeedPushIn) -> JsonObject:
+        try:
+            record = simulator.seed_push(spec.checkout_request_id, spec.amount, spec.phone, spec.outcome)
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return record.to_json()
+
     @app.post("/_sim/callbacks/{checkout_request_id}/send")
     async def send_callback(checkout_request_id: str, spec: SendCallbackIn | None = None) -> JsonObject:
         spec = spec or SendCallbackIn()
@@ -1069,16 +1139,6 @@ def _add_control_routes(app: FastAPI, simulator: DarajaSimulator) -> None:
         except UnknownPushError:
             raise HTTPException(404, f"no accepted push {checkout_request_id}") from None
         return asdict(attempt)
-
-    @app.post("/_sim/tokens/void")
-    async def void_token() -> JsonObject:
-        simulator.void_token()
-        return {"voided": True}
-
-    @app.post("/_sim/reset")
-    async def reset() -> JsonObject:
-        await simulator.reset()
-        return {"reset": True}
 
 
 # ------------------------------------------------------------------------------------------- serving

@@ -58,8 +58,11 @@ WHERE d.id = locked.id;
 -- name: deposit_retry_from_review
 -- An operator's retry: back to processing, with a fresh 30-minute window. Only money
 -- we received for this deposit (received_kes) and never paid out can be retried.
+-- A success M-Pesa has not confirmed is asked about again, with a fresh bound (kiota/confirm.py).
 UPDATE deposits
-SET status = 'processing', review_reason = NULL, processing_since = now(), updated_at = now()
+SET status = 'processing', review_reason = NULL, processing_since = now(), updated_at = now(),
+    confirm_started_at = CASE WHEN confirmed_at IS NULL THEN NULL ELSE confirm_started_at END,
+    confirm_attempts = CASE WHEN confirmed_at IS NULL THEN 0 ELSE confirm_attempts END
 WHERE id = $1 AND status = 'needs_review' AND received_kes IS NOT NULL AND tx_hash IS NULL
   AND NOT EXISTS (SELECT 1 FROM review_items r WHERE r.deposit_id = $1 AND r.kind = 'mpesa_callback'
                   AND r.status = 'open')
@@ -84,7 +87,7 @@ SELECT processing_since FROM deposits WHERE id = $1;
 -- name: stuck_deposits
 -- Deposits an operator should look at: in review, or not finished after a while.
 SELECT d.id, d.user_id, d.status, d.amount_kes, d.amount_usdc, d.mpesa_receipt, d.checkout_request_id,
-       d.failure_reason, d.review_reason, d.created_at, d.updated_at,
+       d.failure_reason, d.review_reason, d.confirmed_by, d.confirm_answer, d.created_at, d.updated_at,
        j.id AS job_id, j.status AS job_status, j.failures, j.last_error, j.blocked_reason
 FROM deposits d
 LEFT JOIN jobs j ON j.deposit_id = d.id
@@ -93,7 +96,7 @@ WHERE d.status = 'needs_review'
 ORDER BY d.created_at;
 
 -- name: deposit_for_retry
-SELECT status, mpesa_receipt, tx_hash FROM deposits WHERE id = $1 FOR UPDATE;
+SELECT status, mpesa_receipt, tx_hash, confirmed_at FROM deposits WHERE id = $1 FOR UPDATE;
 
 -- name: metrics_snapshot
 -- Everything /metrics reports, in one round trip.
@@ -148,3 +151,74 @@ ORDER BY i.ord;
 -- One call, one transaction for a whole group (sql/migrations/0008): the ord of every callback
 -- applied; the others are stale (decide them again).
 SELECT mpesa_apply_callbacks($1::mpesa_callback_in[]);
+
+-- name: confirm_claim
+-- A confirmation attempt begins (kiota/confirm.py): only a processing deposit not yet confirmed comes
+-- back. Its bound runs from the first attempt; the time waited is the database's, as every clock here.
+UPDATE deposits d
+SET confirm_started_at = coalesce(d.confirm_started_at, now())
+WHERE d.id = $1 AND d.status = 'processing' AND d.confirmed_at IS NULL
+RETURNING d.checkout_request_id, d.confirm_attempts, d.received_kes,
+          extract(epoch FROM now() - d.confirm_started_at)::float8 AS waited_seconds,
+          EXISTS (SELECT 1 FROM review_items r WHERE r.dedupe_key = 'unconfirmed:' || d.id::text AND r.status = 'open')
+              AS under_review;
+
+-- name: deposit_confirmed
+-- id, confirmed_by, the answer, attempts to count. Once: a confirmation is never replaced.
+UPDATE deposits
+SET confirmed_at = now(), confirmed_by = $2, confirm_answer = $3, confirm_attempts = confirm_attempts + $4,
+    updated_at = now()
+WHERE id = $1 AND status = 'processing' AND confirmed_at IS NULL
+RETURNING id;
+
+-- name: deposit_confirm_again
+-- Not confirmed yet ("still processing", or Daraja unreachable): the answer kept, asked again later.
+UPDATE deposits
+SET confirm_attempts = confirm_attempts + 1, confirm_answer = $2, updated_at = now()
+WHERE id = $1 AND status = 'processing' AND confirmed_at IS NULL
+RETURNING confirm_attempts;
+
+-- name: deposit_unconfirmed_to_review
+-- M-Pesa did not confirm the success: review, unpaid; the callback's answer and the query's kept.
+UPDATE deposits
+SET status = 'needs_review', review_reason = $2, confirm_answer = $3, confirm_attempts = confirm_attempts + 1,
+    updated_at = now()
+WHERE id = $1 AND status = 'processing' AND confirmed_at IS NULL
+RETURNING id;
+
+-- name: success_callbacks_of_checkout
+-- What the success callbacks said about a push: for the review of a success M-Pesa did not confirm.
+SELECT id, received_at, remote_addr, result_code, result_desc, amount_kes, mpesa_receipt
+FROM mpesa_callbacks
+WHERE checkout_request_id = $1 AND disposition = 'succeeded'
+ORDER BY id;
+
+-- name: open_unconfirmed_review
+-- deposit id, amount (KES), reason. Listed once per deposit; opened again if a retry is refused again.
+INSERT INTO review_items (kind, dedupe_key, deposit_id, amount_kes, reason)
+VALUES ('unconfirmed_success', 'unconfirmed:' || $1::uuid::text, $1::uuid, $2, $3)
+ON CONFLICT (dedupe_key) DO UPDATE
+SET status = 'open', reason = EXCLUDED.reason, amount_kes = EXCLUDED.amount_kes, resolved_at = NULL,
+    resolution = NULL;
+
+-- name: resolve_unconfirmed_review
+UPDATE review_items SET status = 'resolved', resolved_at = now(), resolution = $2
+WHERE dedupe_key = 'unconfirmed:' || $1::uuid::text AND status = 'open';
+
+-- name: deposit_confirmed_by_operator
+-- An operator checked the M-Pesa statement: id, confirmed_by, what they wrote. Only money received for this
+-- deposit (received_kes) and never paid out, and only once.
+UPDATE deposits
+SET confirmed_at = now(), confirmed_by = $2, confirm_answer = $3, updated_at = now()
+WHERE id = $1 AND confirmed_at IS NULL AND status IN ('processing', 'needs_review')
+  AND received_kes IS NOT NULL AND tx_hash IS NULL
+RETURNING status;
+
+-- name: unknown_pushes_to_review
+-- Pending deposits whose push has no CheckoutRequestID this long after they were recorded: the request
+-- died between the insert and Daraja's answer (cancelled, or the process killed). Without the id there is
+-- nothing to query: a person matches it with the callback, which went to review as unknown.
+UPDATE deposits
+SET status = 'needs_review', review_reason = $2, updated_at = now()
+WHERE status = 'pending' AND checkout_request_id IS NULL AND created_at < now() - make_interval(secs => $1)
+RETURNING id;

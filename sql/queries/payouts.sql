@@ -29,9 +29,11 @@ FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS v (deposit_id, to_address, 
 ON CONFLICT (deposit_id) WHERE status NOT IN ('reverted', 'cancelled') DO NOTHING;
 
 -- name: paid_out_since
--- What left the treasury (or is on its way) in a window, for the hourly and daily caps.
+-- What left the treasury (or is on its way) in a window, for the hourly and daily caps: counted from
+-- when each payout was signed (stamped by the database, sql/migrations/0010), not when its row was
+-- created, so payouts created long ago and signed now count now.
 SELECT coalesce(sum(amount_micro), 0)::bigint FROM payouts
-WHERE status IN ('signed', 'cancelling', 'confirmed') AND chain_id = $1 AND created_at > now() - make_interval(secs => $2);
+WHERE status IN ('signed', 'cancelling', 'confirmed') AND chain_id = $1 AND signed_at > now() - make_interval(secs => $2);
 
 -- name: in_flight_micro
 -- Signed and not settled: a payout being cancelled may still be mined.
@@ -99,10 +101,12 @@ WHERE id = $1 AND status = 'cancelling';
 
 -- name: deposits_awaiting_payout
 -- Processing deposits with no payout yet (or one never signed: a turn blocked by a cap created it), for the
--- lane's owner to pay in the same turn. One retried after a failed payout is left to its own job.
+-- lane's owner to pay in the same turn. One retried after a failed payout is left to its own job. Only
+-- confirmed ones (kiota/confirm.py): a success callback that M-Pesa has not confirmed never rides along.
 SELECT d.*, u.deposit_address
 FROM deposits d JOIN users u ON u.id = d.user_id
-WHERE d.status = 'processing' AND d.id IS DISTINCT FROM $1::uuid AND d.amount_usdc <= $2
+WHERE d.status = 'processing' AND d.confirmed_at IS NOT NULL AND d.id IS DISTINCT FROM $1::uuid
+  AND d.amount_usdc <= $2
   AND NOT EXISTS (SELECT 1 FROM payouts p WHERE p.deposit_id = d.id AND p.status <> 'created')
 ORDER BY d.processing_since
 LIMIT $3;
@@ -119,7 +123,9 @@ SELECT * FROM payouts WHERE status = 'signed' AND chain_id = $1 AND from_address
 SELECT kill_switch, lane_paused FROM payout_guards FOR SHARE;
 
 -- name: deposits_still_processing
-SELECT id FROM deposits WHERE id = ANY($1::uuid[]) AND status = 'processing' ORDER BY id FOR SHARE;
+-- The deposits a turn may sign for, locked: still processing, and confirmed with M-Pesa.
+SELECT id FROM deposits WHERE id = ANY($1::uuid[]) AND status = 'processing' AND confirmed_at IS NOT NULL
+ORDER BY id FOR SHARE;
 
 -- name: cancelling_for_seconds
 SELECT extract(epoch FROM now() - updated_at) FROM payouts WHERE id = $1 AND status = 'cancelling';

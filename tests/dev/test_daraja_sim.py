@@ -539,6 +539,36 @@ async def test_query_once_resolved_reports_a_string_result_code(daraja: Daraja, 
     }
 
 
+@pytest.mark.parametrize("style", ["error", "result_code_4999"])
+async def test_query_still_processing_for_a_while_after_the_callback(
+    make_daraja: MakeDaraja, receiver: Receiver, style: str
+) -> None:
+    daraja = await make_daraja(pending_query_style=style)
+    await daraja.scenario(next=True, outcome=1032, query_pending_seconds=0.4)
+    name, url = receiver.new_url()
+    checkout_request_id = await daraja.push_ok(push_body(url))
+    [callback] = await receiver.wait(name)  # the callback is out...
+    assert callback["Body"]["stkCallback"]["ResultCode"] == 1032
+    pending = await daraja.query(checkout_request_id)  # ...and the query still says "being processed"
+    if style == "error":
+        assert error_of(pending) == (500, "500.001.1001", "The transaction is being processed")
+    else:
+        assert pending.json()["ResultCode"] == "4999"
+    await asyncio.sleep(0.5)
+    assert (await daraja.query(checkout_request_id)).json()["ResultCode"] == "1032"  # then the truth
+
+
+async def test_a_seeded_push_is_known_to_the_query_and_sends_no_callback(daraja: Daraja) -> None:
+    seeded = await daraja.http.post("/_sim/pushes/seed", json={"checkout_request_id": "ws_CO_bench_1", "amount": 1295})
+    assert seeded.status_code == 200, seeded.text
+    assert seeded.json()["result_code"] == 0 and seeded.json()["callbacks"] == []
+    assert (await daraja.query("ws_CO_bench_1")).json()["ResultCode"] == "0"
+    daraja.sim.seed_push("ws_CO_bench_2", 700, outcome=1032)
+    assert (await daraja.query("ws_CO_bench_2")).json()["ResultCode"] == "1032"
+    again = await daraja.http.post("/_sim/pushes/seed", json={"checkout_request_id": "ws_CO_bench_1", "amount": 1})
+    assert again.status_code == 409
+
+
 async def test_query_refusals(daraja: Daraja) -> None:
     assert error_of(await daraja.query("ws_CO_0101202400000000000000000")) == (
         400,

@@ -53,9 +53,10 @@ async def _no_server_error(response: httpx.Response) -> None:
 
 @pytest.fixture
 async def system(mpesa_system: MpesaSystem) -> MpesaSystem:
-    """The M-Pesa system with pushes never resolved by the simulator (tests deliver callbacks themselves)
-    and every response of its client checked for 5xx."""
-    mpesa_system.simulator.set_scenario(Scenario(outcome="none"), default=True)
+    """The M-Pesa system with pushes the simulator counts as paid at once but never calls back for (tests
+    deliver callbacks themselves; the STK query confirms their successes) and every response of its client
+    checked for 5xx."""
+    mpesa_system.simulator.set_scenario(Scenario(outcome="success", lose_callback=True, delay_seconds=0), default=True)
     mpesa_system.http.event_hooks = {"request": [], "response": [_no_server_error]}
     return mpesa_system
 
@@ -426,7 +427,7 @@ async def test_bodies_over_64_kib_are_413_and_recorded_nowhere(system: MpesaSyst
 
 async def test_the_callback_token_never_reaches_a_log_line(system: MpesaSystem, http: httpx.AsyncClient) -> None:
     wrong = "wrong-token-fedcba9876543210"
-    system.simulator.set_scenario(Scenario(outcome="success", delay_seconds=0.05), next_push=True)
+    system.simulator.set_scenario(Scenario(outcome="success", delay_seconds=0.05, lose_callback=False), next_push=True)
     with capture_logs() as events:
         # A whole paid deposit: the push carries the token in its CallBackURL, the simulator calls back.
         deposit = await _pending_deposit(http, "erin", 1295)

@@ -14,7 +14,7 @@ from kiota.dev.daraja_sim import PushError, Scenario
 from kiota.ledger import user_account
 from kiota.ledger_store import balance
 from kiota.money import format_usdc, kes_to_usdc
-from kiota.mpesa import RESULT_REASONS
+from kiota.mpesa import RESULT_REASONS, USER_CHECKING
 from tests.conftest import MpesaSystem
 from tests.support import bearer, success_body
 
@@ -101,7 +101,8 @@ async def test_every_failure_code_fails_the_deposit_with_its_reason(mpesa_system
 
 async def test_the_same_callback_ten_times_at_once_pays_once(mpesa_system: MpesaSystem) -> None:
     system = mpesa_system
-    system.simulator.set_scenario(Scenario(outcome="none"), next_push=True)  # we deliver it ourselves
+    # Paid (the STK query says so), and its callback is ours to deliver.
+    system.simulator.set_scenario(Scenario(outcome="success", lose_callback=True, delay_seconds=0), next_push=True)
     body = (await system.initiate("carol", 2590)).json()
     payload = success_body(body["checkout_request_id"], 2590.0)
     async with httpx.AsyncClient(timeout=15) as http:
@@ -150,7 +151,8 @@ async def test_a_success_after_a_failure_is_money_for_review(mpesa_system: Mpesa
     system.simulator.set_scenario(Scenario(outcome=1032, contradict_with="success", delay_seconds=0.3), next_push=True)
     body = (await system.initiate("erin", 500)).json()
     review = await system.wait_status("erin", body["deposit_id"], "needs_review", seconds=10)
-    assert "after the deposit had failed" in review["failure_reason"]
+    assert review["failure_reason"] == USER_CHECKING
+    assert "after the deposit had failed" in await system.review_reason(body["deposit_id"])
     assert await balance(system.pool, "suspense:KES") == 500
     assert await balance(system.pool, user_account("erin", "USDC")) == 0
     assert await transfers_from(system, system.treasury_address) == []
@@ -161,7 +163,8 @@ async def test_an_amount_mismatch_goes_to_review_uncredited(mpesa_system: MpesaS
     system.simulator.set_scenario(Scenario(outcome="success", amount_override=1, delay_seconds=0.3), next_push=True)
     body = (await system.initiate("frank", 1500)).json()
     review = await system.wait_status("frank", body["deposit_id"], "needs_review", seconds=10)
-    assert "amount mismatch" in review["failure_reason"]
+    assert review["failure_reason"] == USER_CHECKING
+    assert "amount mismatch" in await system.review_reason(body["deposit_id"])
     assert await balance(system.pool, "suspense:KES") == 1
     assert await balance(system.pool, user_account("frank", "USDC")) == 0
     assert await transfers_from(system, system.treasury_address) == []

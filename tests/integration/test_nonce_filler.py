@@ -15,6 +15,7 @@ from kiota.dev.chain import BASE_USDC_ADDRESS
 from kiota.dev.rpc_proxy import ProxyState, running_rpc_proxy
 from kiota.ledger import user_account
 from kiota.ledger_store import balance
+from kiota.mpesa import USER_CHECKING
 from kiota.treasury import Treasury
 from tests.conftest import MpesaSystem
 from tests.integration.test_mpesa_flow import transfers_from
@@ -66,7 +67,8 @@ async def test_a_payout_never_sent_is_filled_and_later_payouts_are_not_stuck(mpe
         proxy.configure(refuse_methods=(SEND,))
         first = (await system.initiate("amy", 1295)).json()
         review = await system.wait_status("amy", first["deposit_id"], "needs_review", seconds=30)
-        assert "failed 5 times" in review["failure_reason"]
+        assert review["failure_reason"] == USER_CHECKING
+        assert "failed 5 times" in await system.review_reason(first["deposit_id"])
         abandoned = await payout_of(system, first["deposit_id"])
         assert abandoned["status"] == "cancelling"
         nonce = abandoned["nonce"]
@@ -106,7 +108,8 @@ async def test_after_30_minutes_unmined_the_payout_is_replaced_by_a_filler(mpesa
     await wait_for(lambda: _broadcast(system, "payout"))
     await system.pool.execute("UPDATE deposits SET processing_since = now() - interval '31 minutes'")
     review = await system.wait_status("cat", body["deposit_id"], "needs_review")
-    assert "not settled within 30 minutes" in review["failure_reason"]
+    assert review["failure_reason"] == USER_CHECKING
+    assert "not settled within 30 minutes" in await system.review_reason(body["deposit_id"])
     assert (await payout_of(system, body["deposit_id"]))["status"] == "cancelling"
 
     # No other payout comes along: the sweeper sends the filler, outbidding the payout in the pool.

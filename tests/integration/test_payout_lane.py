@@ -15,6 +15,7 @@ from kiota.dev.chain import BASE_USDC_ADDRESS, mint_usdc, usdc_balance
 from kiota.errors import ChainUnavailable
 from kiota.ledger import user_account
 from kiota.ledger_store import balance
+from kiota.mpesa import USER_CHECKING
 from kiota.payouts import LaneConfig, pay_deposit
 from kiota.treasury import Fees, Treasury
 from tests.conftest import MpesaSystem
@@ -129,7 +130,8 @@ async def test_a_reverted_transfer_is_a_failure_that_pauses_the_lane(mpesa_syste
     system.worker.ctx["treasury"] = BlindTreasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
     body = (await system.initiate("carl", 1295)).json()
     review = await system.wait_status("carl", body["deposit_id"], "needs_review")
-    assert "reverted" in review["failure_reason"]
+    assert review["failure_reason"] == USER_CHECKING
+    assert "reverted" in await system.review_reason(body["deposit_id"])
     payout = await system.pool.fetchrow("SELECT * FROM payouts")
     assert payout["status"] == "reverted"
     assert (await system.w3.eth.get_transaction_receipt(payout["tx_hash"]))["status"] == 0
@@ -178,7 +180,8 @@ async def test_a_deposit_above_the_per_deposit_maximum_goes_to_review(mpesa_syst
     await system.pool.execute("UPDATE payout_guards SET per_deposit_max_micro = 5000000")
     body = (await system.initiate("eve", 1295)).json()
     review = await system.wait_status("eve", body["deposit_id"], "needs_review")
-    assert "maximum" in review["failure_reason"]
+    assert review["failure_reason"] == USER_CHECKING
+    assert "maximum" in await system.review_reason(body["deposit_id"])
     await system.pool.execute("UPDATE payout_guards SET per_deposit_max_micro = 2000000000")
     await ops.retry_deposit(system.pool, system.queue, uuid.UUID(body["deposit_id"]), "test")
     await system.wait_status("eve", body["deposit_id"], "completed")
@@ -207,7 +210,8 @@ async def test_an_rpc_down_for_good_ends_in_review_and_an_operator_retry_complet
     system.worker.ctx["treasury"] = dead
     body = (await system.initiate("gil", 1295)).json()
     review = await system.wait_status("gil", body["deposit_id"], "needs_review", seconds=30)
-    assert "failed 5 times" in review["failure_reason"]
+    assert review["failure_reason"] == USER_CHECKING
+    assert "failed 5 times" in await system.review_reason(body["deposit_id"])
     job = await job_of(system, body["deposit_id"])
     assert job["failures"] == 5 and job["status"] == "failed" and "RPC" in str(job["last_error"])
     await dead.aclose()
@@ -222,10 +226,10 @@ async def test_two_workers_racing_for_one_deposit_pay_it_once(mpesa_system: Mpes
     await ops.set_kill_switch(system.pool, system.queue, True, "test")  # keep the real worker out of it
     body = (await system.initiate("hal", 1295)).json()
 
-    async def processing() -> bool:
-        return (await system.deposit("hal", body["deposit_id"]))["status"] == "processing"
+    async def blocked() -> bool:  # its job confirmed the success with M-Pesa, then met the kill switch
+        return (await job_of(system, body["deposit_id"])).get("status") == "blocked"
 
-    await wait_for(processing)
+    await wait_for(blocked)
     await system.pool.execute("UPDATE payout_guards SET kill_switch = false")
     treasuries = [Treasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS) for _ in range(4)]
     try:
@@ -285,7 +289,8 @@ async def test_a_nonce_taken_by_another_transaction_cancels_the_payout_for_revie
         await other.aclose()
     async with mining(system):
         review = await system.wait_status("kim", body["deposit_id"], "needs_review")
-    assert "not this payout" in review["failure_reason"]
+    assert review["failure_reason"] == USER_CHECKING
+    assert "not this payout" in await system.review_reason(body["deposit_id"])
     # Not cancelled at once: a lagging node may yet show our receipt. Ten minutes later it is.
     assert await system.pool.fetchval("SELECT status FROM payouts") == "cancelling"
     await system.pool.execute("UPDATE payouts SET updated_at = now() - interval '11 minutes'")

@@ -18,6 +18,7 @@ from kiota.dev.daraja_sim import Scenario
 from kiota.ledger import user_account
 from kiota.ledger_store import balance
 from kiota.lost_callbacks import query_deposit
+from kiota.mpesa import USER_CHECKING
 from tests.conftest import MpesaSystem
 from tests.integration.test_callback_groups import paid
 from tests.integration.test_mpesa_flow import counts, transfers_from
@@ -119,7 +120,8 @@ async def test_still_processing_waits_and_24_hours_of_silence_goes_to_review(mpe
         "UPDATE deposits SET pushed_at = now() - interval '25 hours', next_query_at = now() - interval '1 second'"
     )
     review = await system.wait_status("nia", body["deposit_id"], "needs_review", seconds=30)
-    assert "24 hours" in review["failure_reason"]
+    assert review["failure_reason"] == USER_CHECKING
+    assert "24 hours" in await system.review_reason(body["deposit_id"])
 
 
 async def test_a_query_never_downgrades_a_callbacks_success(mpesa_system: MpesaSystem) -> None:
