@@ -148,3 +148,11 @@ ORDER BY i.ord;
 -- One call, one transaction for a whole group (sql/migrations/0008): the ord of every callback
 -- applied; the others are stale (decide them again).
 SELECT mpesa_apply_callbacks($1::mpesa_callback_in[]);
+
+-- name: lock_user_deposits
+-- Serialises one user's initiates, so that two at once cannot both pass the pending cap.
+-- NO KEY UPDATE: it does not block rows that merely reference the user (foreign keys).
+SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE;
+
+-- name: pending_deposits_of_user
+SELECT count(*) FROM deposits WHERE user_id = $1 AND status = 'pending';
