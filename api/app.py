@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -10,15 +11,21 @@ import asyncpg
 from arq.connections import ArqRedis
 from fastapi import FastAPI
 
+from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
+from api.ratelimit import ClientRateLimitMiddleware
 from api.routers import deposits, health, intents, metrics, mpesa_callback, portfolio
+from api.routers.metrics import SnapshotCache
 from kiota.callbacks import CallbackGroups
 from kiota.daraja import DarajaClient
 from kiota.db import close_pool, create_pool
+from kiota.errors import ConfigError
 from kiota.hdwallet import ExtendedPublicKey
+from kiota.limiter import Limiter
 from kiota.netaddr import FirstSeen, Network, parse_networks
 from kiota.queue import create_queue
+from kiota.ratelimits import Policy
 from kiota.settings import Settings, load_settings
 
 
@@ -34,6 +41,9 @@ class Resources:
     trusted_proxies: list[Network]
     callback_allowlist: list[Network]
     callbacks: CallbackGroups
+    limiter: Limiter
+    limit_policy: Policy
+    metrics_cache: SnapshotCache
     refused_callers: FirstSeen = field(default_factory=FirstSeen)  # callers the allowlist refused, logged once
 
 
@@ -43,6 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         config = settings or load_settings(Settings)
+        jwt_secret = config.jwt_secret.get_secret_value()
+        if not jwt_secret:  # WorkerSettings have none: they must never serve the API
+            raise ConfigError("missing required setting JWT_SECRET")
         # min_size=0: the process starts (and /health/ready answers 503) while
         # PostgreSQL is down, instead of crash-looping.
         pool = await create_pool(config.database_url, min_size=0, max_size=20)
@@ -50,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         daraja = DarajaClient.from_settings(config, redis=queue)  # the token is shared with the workers
         callbacks = CallbackGroups(pool, queue)
         callbacks.start()
+        limiter = Limiter(config.redis_url)
         app.state.resources = Resources(
             config,
             pool,
@@ -59,10 +73,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             parse_networks(config.trusted_proxy_ips),
             parse_networks(config.callback_allowlist),
             callbacks,
+            limiter=limiter,
+            limit_policy=Policy.parse(
+                initiate_per_user=config.limit_initiate_per_user,
+                initiate_per_phone=config.limit_initiate_per_phone,
+                intents_per_user=config.limit_intents_per_user,
+                per_ip=config.limit_per_ip,
+                pepper=hashlib.sha256(b"kiota rate limits:" + jwt_secret.encode()).digest(),
+            ),
+            metrics_cache=SnapshotCache(),
         )
         try:
             yield
         finally:
+            await limiter.aclose()
             await callbacks.aclose()
             await daraja.aclose()
             await queue.aclose(close_connection_pool=True)
@@ -74,6 +98,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="M-Pesa and USDC-on-Base deposits into a savings portfolio.",
         lifespan=lifespan,
     )
+    # The last added runs first: the access log sees every answer, then the per-address limit
+    # refuses a flood before a byte of its body is read, then the body limit.
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(ClientRateLimitMiddleware)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     # Routes are matched in order: Safaricom's webhook, the busiest, first.

@@ -52,7 +52,13 @@ async def get_current_user(
 ) -> User:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthError("missing bearer token")
-    subject = verify_token(credentials.credentials, resources.settings.jwt_secret.get_secret_value())
+    settings = resources.settings
+    subject = verify_token(
+        credentials.credentials,
+        settings.jwt_secret.get_secret_value(),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
     return await ensure_user(resources.pool, subject, resources.deposit_key)
 
 

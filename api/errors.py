@@ -8,7 +8,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from kiota.errors import AuthError, CallbackNotRecorded, IdempotencyConflict, InvalidInput, KiotaError
+from kiota.errors import (
+    AuthError,
+    CallbackNotRecorded,
+    IdempotencyConflict,
+    InvalidInput,
+    KiotaError,
+    LimiterUnavailable,
+    RateLimited,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -17,6 +25,8 @@ _STATUS: dict[type[KiotaError], int] = {
     AuthError: 401,
     IdempotencyConflict: 409,
     CallbackNotRecorded: 503,  # not committed (or not surely): Daraja may send it again
+    RateLimited: 429,
+    LimiterUnavailable: 503,  # the limits cannot be checked: nothing that needs them is done
 }
 
 
@@ -31,6 +41,8 @@ async def _kiota_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, KiotaError)
     status = status_for(exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after_seconds)}
     if status >= 500:
         log.error("request failed", error=type(exc).__name__, message=str(exc))
         detail = "temporarily unavailable, try again" if status == 503 else "internal error"

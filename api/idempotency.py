@@ -8,6 +8,11 @@ releases the key so that a retry can run; 2xx and 4xx answers are kept, and so
 is a 504: it means "the outcome is unknown" (e.g. an STK push that may have
 reached the phone), and a retry must never repeat what may have happened.
 
+A claim whose process died mid-request would hold its key "in flight" for ever: after
+`IN_FLIGHT_EXPIRY_SECONDS` (well beyond the longest request: initiate answers within 10 s)
+a retry with the same body takes it over and runs. The claim's time is its token, so a
+request that outlived its claim can neither complete nor release its successor's.
+
 Usage in a router:
 
     async def create(body: Body, user: CurrentUser, idem: IdempotencyDep) -> Response:
@@ -30,6 +35,7 @@ from kiota.errors import IdempotencyConflict, InvalidInput
 from kiota.sql import load_queries
 
 MAX_KEY_LENGTH = 255
+IN_FLIGHT_EXPIRY_SECONDS = 60
 KEEP_UNKNOWN_OUTCOME = 504
 Answer = tuple[int, Any]
 
@@ -55,18 +61,20 @@ class Idempotency:
             status, body = await handler()
             return JSONResponse(body, status_code=status)
         q = load_queries()
-        claimed = await self._pool.fetchval(q.claim_idempotency_key, *self._scope, self._hash)
+        claimed = await self._pool.fetchval(
+            q.claim_idempotency_key, *self._scope, self._hash, float(IN_FLIGHT_EXPIRY_SECONDS)
+        )
         if claimed is None:
             return await self._replay()
         try:
             status, body = await handler()
         except BaseException:
-            await self._pool.execute(q.release_idempotency_key, *self._scope)
+            await self._pool.execute(q.release_idempotency_key, *self._scope, claimed)
             raise
         if status >= 500 and status != KEEP_UNKNOWN_OUTCOME:
-            await self._pool.execute(q.release_idempotency_key, *self._scope)
+            await self._pool.execute(q.release_idempotency_key, *self._scope, claimed)
         else:
-            await self._pool.execute(q.complete_idempotency_key, *self._scope, status, body)
+            await self._pool.execute(q.complete_idempotency_key, *self._scope, status, body, claimed)
         return JSONResponse(body, status_code=status)
 
     async def _replay(self) -> Response:
@@ -76,7 +84,10 @@ class Idempotency:
         if row["request_hash"] != self._hash:
             raise IdempotencyConflict("this Idempotency-Key was used with another request body")
         if row["response_status"] is None:
-            raise IdempotencyConflict("a request with this Idempotency-Key is still in flight")
+            raise IdempotencyConflict(
+                "a request with this Idempotency-Key is still in flight "
+                f"(if it died, the key is free again {IN_FLIGHT_EXPIRY_SECONDS} s after it started)"
+            )
         return JSONResponse(
             row["response_body"],
             status_code=row["response_status"],

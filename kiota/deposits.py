@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -19,9 +19,10 @@ import asyncpg
 import structlog
 
 from kiota.daraja import DarajaClient, PushAccepted
-from kiota.errors import DarajaRefused, DarajaUncertain
+from kiota.errors import DarajaRefused, DarajaUncertain, RateLimited
 from kiota.money import format_rate, format_usdc, kes_to_usdc
 from kiota.mpesa import mask_phone, user_failure_reason
+from kiota.ratelimits import PENDING_DEPOSITS_PER_USER, PENDING_RETRY_AFTER_SECONDS
 from kiota.sql import load_queries
 
 log = structlog.get_logger(__name__)
@@ -37,6 +38,10 @@ TRANSACTION_DESC = "Kiota savings"
 
 def complete_job_id(deposit_id: uuid.UUID | str) -> str:
     return f"{COMPLETE_FUNCTION}:{deposit_id}"
+
+
+class TooManyPending(RateLimited):
+    """The user already has the most deposits waiting for M-Pesa that one may have."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,14 +60,30 @@ async def initiate(
     kes_per_usd: Decimal,
     callback_url: str,
     query_after_seconds: int,
+    admit: Callable[[], Awaitable[None]],
 ) -> InitiateResult:
-    """Record the deposit with its quote, then push. `phone` and `amount_kes` are already valid."""
+    """Record the deposit with its quote, then push. `phone` and `amount_kes` are already valid.
+
+    `admit` counts the push against the request limits (or raises): it runs after the pending
+    cap is checked and before the deposit is recorded, so a refused request leaves no row and
+    pushes nothing, and a request refused by the cap is not counted.
+    """
     q = load_queries()
     quote = kes_to_usdc(amount_kes, kes_per_usd)
     deposit_id = uuid.uuid4()
-    await pool.execute(
-        q.insert_deposit, deposit_id, user_id, amount_kes, kes_per_usd, quote.amount_usdc_micro, mask_phone(phone)
-    )
+    async with pool.acquire() as conn, conn.transaction():
+        # The user's row lock makes two concurrent initiates count one after the other.
+        await conn.execute(q.lock_user_deposits, user_id)
+        if await conn.fetchval(q.pending_deposits_of_user, user_id) >= PENDING_DEPOSITS_PER_USER:
+            raise TooManyPending(
+                f"at most {PENDING_DEPOSITS_PER_USER} deposits may wait for M-Pesa at once; "
+                "complete or cancel one on your phone first",
+                PENDING_RETRY_AFTER_SECONDS,
+            )
+        await admit()
+        await conn.execute(
+            q.insert_deposit, deposit_id, user_id, amount_kes, kes_per_usd, quote.amount_usdc_micro, mask_phone(phone)
+        )
     bound = log.bind(deposit_id=str(deposit_id), phone=mask_phone(phone), amount_kes=amount_kes)
     try:
         accepted = await daraja.stk_push(

@@ -76,3 +76,15 @@ class ChainUnavailable(KiotaError):
 
 class TreasuryShortfall(KiotaError):
     """The treasury lacks the ETH for gas or the USDC for a payout: the lane pauses until an operator acts."""
+
+
+class RateLimited(KiotaError):
+    """A request is over one of the abuse limits; `retry_after_seconds` says when there is room again."""
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class LimiterUnavailable(KiotaError):
+    """The abuse limits cannot be checked (Redis is unreachable) for a request that must not go unlimited."""

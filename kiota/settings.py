@@ -19,10 +19,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from kiota.errors import ConfigError, InvalidInput
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.money import parse_rate
+from kiota.ratelimits import parse_limit
 
 SANDBOX_DARAJA_HOST = "sandbox.safaricom.co.ke"
 PRODUCTION_DARAJA_HOST = "api.safaricom.co.ke"
 BASE_MAINNET_CHAIN_ID = 8453
+MIN_JWT_SECRET_BYTES = 32
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})  # noqa: S104 - a host name, not a bind
 # Where Safaricom's production callbacks come from (integrators' published lists, not an official API):
 # the callback allowlist with production Daraja when MPESA_CALLBACK_ALLOWED_IPS is not set. The one
@@ -85,6 +87,19 @@ class Settings(BaseSettings):
     # A success callback is confirmed by Daraja's STK query before its payout is signed (kiota/confirm.py);
     # `off` is refused with production Daraja (`_confirm_success_with_production`).
     mpesa_confirm_success: Literal["on", "off"] = "on"
+    # --- issue 11, the edge: abuse limits, token claims, the rate's sanity band ---
+    # Request limits in the `limits` library's notation ("5/minute", "10 per hour", "1/second;10/hour"),
+    # counted in Redis so that every API process shares them (kiota.ratelimits says which apply where).
+    limit_initiate_per_user: str = "10/hour"
+    limit_initiate_per_phone: str = "5/hour"
+    limit_intents_per_user: str = "30/hour"
+    limit_per_ip: str = "600/minute"
+    # Checked when set: a token must then carry this `iss` / `aud`.
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    # KES_PER_USD must lie in this band: a misplaced decimal point must not pay 100x too much.
+    kes_per_usd_min: Decimal = Decimal(50)
+    kes_per_usd_max: Decimal = Decimal(500)
 
     @field_validator("kes_per_usd", mode="before")
     @classmethod
@@ -97,6 +112,47 @@ class Settings(BaseSettings):
             return parse_rate(str(value))
         except InvalidInput as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("kes_per_usd_min", "kes_per_usd_max", mode="before")
+    @classmethod
+    def _band_is_a_decimal_string(cls, value: Any) -> Decimal:
+        if isinstance(value, float):
+            raise ValueError("must be a decimal string such as 500, never a float")
+        try:
+            return parse_rate(str(value))
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _secret_is_long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().encode()) < MIN_JWT_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_JWT_SECRET_BYTES} bytes")
+        return value
+
+    @field_validator("limit_initiate_per_user", "limit_initiate_per_phone", "limit_intents_per_user", "limit_per_ip")
+    @classmethod
+    def _limit_parses(cls, value: str) -> str:
+        parse_limit(value)
+        return value
+
+    @field_validator("jwt_issuer", "jwt_audience")
+    @classmethod
+    def _claim_or_none(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _rate_within_band(self) -> Settings:
+        if not self.kes_per_usd_min < self.kes_per_usd_max:
+            raise ValueError("KES_PER_USD_MIN must be below KES_PER_USD_MAX")
+        if not self.kes_per_usd_min <= self.kes_per_usd <= self.kes_per_usd_max:
+            raise ValueError(
+                f"KES_PER_USD is outside its sanity band {self.kes_per_usd_min}-{self.kes_per_usd_max} "
+                "(KES_PER_USD_MIN, KES_PER_USD_MAX): a misplaced decimal point?"
+            )
+        return self
 
     @field_validator("deposit_xpub")
     @classmethod
@@ -180,6 +236,9 @@ class WorkerSettings(Settings):
     """The worker alone signs payouts, so only it needs the treasury key."""
 
     treasury_private_key: SecretStr
+    # The worker verifies no bearer token: JWT_SECRET lives with the web service only (render.yaml).
+    # Empty unless given (and then checked like the API's); `api.app` refuses to serve with an empty one.
+    jwt_secret: SecretStr = Field(default=SecretStr(""), validate_default=False)
 
     @field_validator("treasury_private_key")
     @classmethod

@@ -8,6 +8,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from kiota.errors import InvalidInput
+from kiota.money import parse_usdc
+
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 INTENT_OPEN = ("awaiting_payment", "confirming")
 
@@ -146,3 +149,20 @@ def intent_end(*, credited: bool, expires_at: datetime, now: datetime, checks: i
     if checks >= max_checks:
         return "max_checks"
     return None
+
+
+MAX_EXPECTED_USDC_MICRO = 1_000_000 * 10**6
+
+
+def expected_amount(text: str | None) -> int | None:
+    """An intent's optional expected amount in micro-units: absent, or > 0 and ≤ 1,000,000 USDC.
+
+    Zero is refused, not taken as "absent"; an amount beyond the bound is refused before it can
+    reach a bigint column.
+    """
+    if text is None:
+        return None
+    micro = parse_usdc(text)
+    if not 0 < micro <= MAX_EXPECTED_USDC_MICRO:
+        raise InvalidInput("expected_amount_usdc must be more than 0 and at most 1000000")
+    return micro

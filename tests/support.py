@@ -24,6 +24,15 @@ TEST_CHILDREN = (
 )
 JWT_SECRET = "test-jwt-secret-that-is-long-enough-for-hs256"
 CALLBACK_TOKEN = "cb-token-0123456789abcdef"
+ADMIN_AUTH = ("ops-admin", "test-admin-password-0123456789")
+# The abuse limits of the test system: far above what any test sends, so that only the tests of
+# the limits (which set their own) ever meet one. The defaults are the contract's.
+TEST_LIMITS = {
+    "LIMIT_INITIATE_PER_USER": "10000/hour",
+    "LIMIT_INITIATE_PER_PHONE": "10000/hour",
+    "LIMIT_INTENTS_PER_USER": "10000/hour",
+    "LIMIT_PER_IP": "100000/minute",
+}
 # Not derived from the test mnemonic: the test xpub's children (deposit addresses) include anvil's
 # well-known accounts, so a treasury among them would be some user's deposit address.
 TREASURY_KEY = "0x" + hashlib.sha256(b"kiota test treasury").hexdigest()
@@ -60,6 +69,9 @@ def base_env(database_url: str, redis_url: str = REDIS_TEST_URL) -> dict[str, st
         "KES_PER_USD": "129.50",
         "BASE_RPC_URL": "http://127.0.0.1:8545",
         "DEPOSIT_XPUB": TEST_XPUB,
+        "ADMIN_USERNAME": ADMIN_AUTH[0],
+        "ADMIN_PASSWORD": ADMIN_AUTH[1],
+        **TEST_LIMITS,
     }
 
 

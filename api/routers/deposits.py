@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from api.deps import CurrentUser, DarajaDep, PoolDep, SettingsDep
 from api.idempotency import IdempotencyDep
+from api.ratelimit import RouteLimitsDep
 from kiota.deposits import deposit_out, initiate
 from kiota.mpesa import normalise_phone, validate_amount_kes
 from kiota.sql import load_queries
@@ -28,7 +29,13 @@ class InitiateIn(BaseModel):
 
 @router.post("/deposit/initiate", status_code=202)
 async def initiate_deposit(
-    body: InitiateIn, user: CurrentUser, pool: PoolDep, settings: SettingsDep, daraja: DarajaDep, idem: IdempotencyDep
+    body: InitiateIn,
+    user: CurrentUser,
+    pool: PoolDep,
+    settings: SettingsDep,
+    daraja: DarajaDep,
+    idem: IdempotencyDep,
+    limits: RouteLimitsDep,
 ) -> Response:
     amount = validate_amount_kes(body.amount_kes, settings.mpesa_min_kes)
     phone = normalise_phone(body.phone)
@@ -43,6 +50,7 @@ async def initiate_deposit(
             kes_per_usd=settings.kes_per_usd,
             callback_url=f"{settings.public_url}/api/v1{CALLBACK_PATH}/{settings.callback_tokens[0]}",
             query_after_seconds=settings.mpesa_query_after_seconds,
+            admit=limits.initiate(user.id, phone),
         )
         return result.status_code, result.body
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from api.deps import CurrentUser, PoolDep, SettingsDep
 from api.idempotency import IdempotencyDep
+from api.ratelimit import RouteLimitsDep
 from kiota.intents import create_or_open, intent_out
-from kiota.money import parse_usdc
 from kiota.sql import load_queries
+from kiota.usdc import expected_amount
 
 router = APIRouter(tags=["deposits"])
 
@@ -21,18 +22,23 @@ router = APIRouter(tags=["deposits"])
 class IntentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    expected_amount_usdc: StrictStr | None = None
+    # "1000000.000000" is 14 characters: anything much longer is not an amount.
+    expected_amount_usdc: Annotated[StrictStr, Field(max_length=32, examples=["25.50"])] | None = None
 
 
 @router.post("/deposit/intent/create", status_code=201)
 async def create_intent(
-    body: IntentIn, user: CurrentUser, pool: PoolDep, settings: SettingsDep, idem: IdempotencyDep
+    body: IntentIn,
+    user: CurrentUser,
+    pool: PoolDep,
+    settings: SettingsDep,
+    idem: IdempotencyDep,
+    limits: RouteLimitsDep,
 ) -> Response:
-    expected = parse_usdc(body.expected_amount_usdc) if body.expected_amount_usdc is not None else None
-    if expected == 0:
-        expected = None
+    expected = expected_amount(body.expected_amount_usdc)
 
     async def handler() -> tuple[int, Any]:
+        await limits.intent(user.id)
         return await create_or_open(pool, settings, user, expected)
 
     return await idem.run(handler)

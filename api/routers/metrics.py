@@ -1,25 +1,57 @@
-"""Prometheus metrics, read from PostgreSQL so every process reports the same truth."""
+"""Prometheus metrics, read from PostgreSQL so every process reports the same truth.
+
+Admin only (HTTP Basic, `api.admin_auth`). The database snapshot is kept for `SNAPSHOT_TTL_SECONDS`
+per process and refreshed by one request at a time, so however often (and however many at once)
+scrapers ask, they cost at most one query per process per 15 s: they cannot starve the pool that
+Safaricom's webhook needs.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import asyncpg
 from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from api.deps import PoolDep
+from api.admin_auth import AdminUser
+from api.deps import PoolDep, ResourcesDep
 from kiota.sql import load_queries
 
 router = APIRouter(tags=["operations"])
 
 DEPOSIT_STATUSES = ("pending", "processing", "completed", "failed", "needs_review")
 JOB_STATUSES = ("queued", "running", "retrying", "blocked", "succeeded", "failed")
+SNAPSHOT_TTL_SECONDS = 15.0
+
+
+class SnapshotCache:
+    """The last database snapshot and when it was read; one refresh at a time (per process)."""
+
+    def __init__(self, ttl_seconds: float = SNAPSHOT_TTL_SECONDS) -> None:
+        self.ttl_seconds = ttl_seconds
+        self._row: asyncpg.Record | None = None
+        self._read_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def get(self, pool: asyncpg.Pool) -> asyncpg.Record:
+        if self._row is not None and time.monotonic() - self._read_at < self.ttl_seconds:
+            return self._row
+        async with self._lock:  # the scrapes waiting here take the snapshot the first one read
+            if self._row is None or time.monotonic() - self._read_at >= self.ttl_seconds:
+                started = time.monotonic()  # the data is at most as old as the query's start
+                row = await pool.fetchrow(load_queries().metrics_snapshot)
+                assert row is not None
+                self._row, self._read_at = row, started
+            return self._row
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(pool: PoolDep) -> Response:
-    snapshot = await pool.fetchrow(load_queries().metrics_snapshot)
-    assert snapshot is not None
+async def metrics(pool: PoolDep, resources: ResourcesDep, admin: AdminUser) -> Response:
+    snapshot = await resources.metrics_cache.get(pool)
     registry = CollectorRegistry()
     deposits = Gauge("kiota_deposits", "Deposits by status", ["kind", "status"], registry=registry)
     for status in DEPOSIT_STATUSES:

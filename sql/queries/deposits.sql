@@ -222,3 +222,10 @@ UPDATE deposits
 SET status = 'needs_review', review_reason = $2, updated_at = now()
 WHERE status = 'pending' AND checkout_request_id IS NULL AND created_at < now() - make_interval(secs => $1)
 RETURNING id;
+-- name: lock_user_deposits
+-- Serialises one user's initiates, so that two at once cannot both pass the pending cap.
+-- NO KEY UPDATE: it does not block rows that merely reference the user (foreign keys).
+SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE;
+
+-- name: pending_deposits_of_user
+SELECT count(*) FROM deposits WHERE user_id = $1 AND status = 'pending';

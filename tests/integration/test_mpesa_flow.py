@@ -87,11 +87,12 @@ async def test_every_failure_code_fails_the_deposit_with_its_reason(mpesa_system
     deposits: dict[int, str] = {}
     for code in RESULT_REASONS:
         system.simulator.set_scenario(Scenario(outcome=code, delay_seconds=0.3), next_push=True)
-        response = await system.initiate("bob", 100)
+        # One user per push: a user may have at most 3 deposits pending at once.
+        response = await system.initiate(f"bob-{code}", 100)
         assert response.status_code == 202, response.text
         deposits[code] = response.json()["deposit_id"]
     for code, deposit_id in deposits.items():
-        failed = await system.wait_status("bob", deposit_id, "failed", "completed", "processing")
+        failed = await system.wait_status(f"bob-{code}", deposit_id, "failed", "completed", "processing")
         assert failed["status"] == "failed", (code, failed)
         assert failed["failure_reason"] == RESULT_REASONS[code]
         assert failed["tx_hash"] is None and failed["mpesa_receipt"] is None

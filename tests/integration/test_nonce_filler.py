@@ -20,7 +20,7 @@ from kiota.treasury import Treasury
 from tests.conftest import MpesaSystem
 from tests.integration.test_mpesa_flow import transfers_from
 from tests.integration.test_payout_lane import rpc, wait_for
-from tests.support import TREASURY_KEY
+from tests.support import ADMIN_AUTH, TREASURY_KEY
 
 SEND = "eth_sendRawTransaction"
 
@@ -74,7 +74,7 @@ async def test_a_payout_never_sent_is_filled_and_later_payouts_are_not_stuck(mpe
         nonce = abandoned["nonce"]
         assert await system.w3.eth.get_transaction_count(system.treasury_address) == nonce  # nothing was sent
         assert await system.pool.fetchval("SELECT next_nonce FROM treasury_nonces") == nonce + 1  # type: ignore[operator]
-        assert "kiota_payouts_cancelling 1.0" in (await system.http.get("/metrics")).text
+        assert "kiota_payouts_cancelling 1.0" in (await system.http.get("/metrics", auth=ADMIN_AUTH)).text
 
         # The node takes transactions again. The next payout is signed at nonce + 1: it is only
         # mined if something fills the abandoned nonce first.

@@ -20,7 +20,7 @@ from kiota.payouts import LaneConfig, pay_deposit
 from kiota.treasury import Fees, Treasury
 from tests.conftest import MpesaSystem
 from tests.integration.test_mpesa_flow import counts, transfers_from
-from tests.support import TREASURY_KEY, free_port
+from tests.support import ADMIN_AUTH, TREASURY_KEY, free_port
 
 
 async def rpc(system: MpesaSystem, method: str, *params: object) -> object:
@@ -264,7 +264,7 @@ async def test_metrics_show_the_paused_lane_and_deposits(mpesa_system: MpesaSyst
         return (await job_of(system, body["deposit_id"])).get("status") == "blocked"
 
     await wait_for(blocked)
-    text = (await system.http.get("/metrics")).text
+    text = (await system.http.get("/metrics", auth=ADMIN_AUTH)).text
     assert "kiota_payout_lane_paused 1.0" in text
     assert 'kiota_deposits{kind="mpesa",status="processing"} 1.0' in text
     assert 'kiota_jobs{status="blocked"} 1.0' in text

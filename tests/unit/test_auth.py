@@ -47,3 +47,40 @@ def test_bad_tokens_are_refused(claims: dict[str, object], key: str, algorithm: 
 def test_garbage_is_refused() -> None:
     with pytest.raises(AuthError):
         verify_token("not.a.jwt", SECRET)
+
+
+ISSUER = "https://id.kiota.example"
+AUDIENCE = "kiota-app"
+
+
+@pytest.mark.parametrize(
+    ("extra", "issuer", "audience", "accepted"),
+    [
+        ({}, None, None, True),
+        ({"iss": "anyone"}, None, None, True),  # no JWT_ISSUER: `iss` is not checked
+        ({"aud": "someone-else"}, None, None, False),  # minted for another audience
+        ({"iss": ISSUER}, ISSUER, None, True),
+        ({}, ISSUER, None, False),  # JWT_ISSUER set: `iss` is required
+        ({"iss": "https://evil.example"}, ISSUER, None, False),
+        ({"aud": AUDIENCE}, None, AUDIENCE, True),
+        ({"aud": ["other", AUDIENCE]}, None, AUDIENCE, True),  # a list that names us
+        ({}, None, AUDIENCE, False),  # JWT_AUDIENCE set: `aud` is required
+        ({"aud": "someone-else"}, None, AUDIENCE, False),
+        ({"iss": ISSUER, "aud": AUDIENCE}, ISSUER, AUDIENCE, True),
+        ({"iss": ISSUER, "aud": "someone-else"}, ISSUER, AUDIENCE, False),
+    ],
+)
+def test_issuer_and_audience_are_checked_when_set(
+    extra: dict[str, object], issuer: str | None, audience: str | None, accepted: bool
+) -> None:
+    token = jwt.encode({"sub": "u", "exp": FAR_FUTURE, **extra}, SECRET, algorithm="HS256")
+    if accepted:
+        assert verify_token(token, SECRET, issuer=issuer, audience=audience) == "u"
+    else:
+        with pytest.raises(AuthError, match="invalid token"):
+            verify_token(token, SECRET, issuer=issuer, audience=audience)
+
+
+def test_issued_tokens_carry_the_claims_asked_for() -> None:
+    token = issue_token("u", SECRET, 60, int(time.time()), issuer=ISSUER, audience=AUDIENCE)
+    assert verify_token(token, SECRET, issuer=ISSUER, audience=AUDIENCE) == "u"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,22 @@ def test_queue_store_and_shutdown_are_safe_for_money() -> None:
         for var in _vars(service):
             if var["key"] in secrets:
                 assert var == {"key": var["key"], "sync": False}
+
+
+def test_the_database_is_private() -> None:
+    (database,) = blueprint()["databases"]
+    assert database["ipAllowList"] == []  # reachable from Render's private network only
+
+
+def test_the_jwt_secret_goes_to_the_web_service_only() -> None:
+    assert "JWT_SECRET" in _keys(_service("web"))
+    assert "JWT_SECRET" not in _keys(_service("worker"))
+    assert not WorkerSettings.model_fields["jwt_secret"].is_required()  # the worker starts without it
+
+
+def test_python_is_a_patch_release_of_the_minor_we_test_on() -> None:
+    (version,) = [v["value"] for v in _vars(_service("web")) if v["key"] == "PYTHON_VERSION"]
+    assert [v["value"] for v in _vars(_service("worker")) if v["key"] == "PYTHON_VERSION"] == [version]
+    major, minor, patch = (int(part) for part in str(version).split("."))  # fully qualified: X.Y.Z
+    assert (major, minor) == sys.version_info[:2]
+    assert patch >= sys.version_info.micro  # never older than what the tests ran on

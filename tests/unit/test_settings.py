@@ -105,3 +105,103 @@ def test_a_private_xpub_is_refused() -> None:
     )
     with pytest.raises(ConfigError, match="PRIVATE"):
         load_settings(Settings, **kwargs(deposit_xpub=xprv))
+
+
+# --- issue 11, the edge: the JWT secret's length, token claims, the rate's band, the abuse limits ---
+
+
+@pytest.mark.parametrize(
+    ("secret", "refused"),
+    [
+        ("x" * 31, True),
+        ("x" * 32, False),
+        ("é" * 16, False),  # 32 bytes in UTF-8: bytes count, not characters
+        ("é" * 15 + "x", True),  # 31 bytes
+        ("", True),
+    ],
+)
+def test_a_jwt_secret_shorter_than_32_bytes_is_refused(secret: str, refused: bool) -> None:
+    if refused:
+        with pytest.raises(ConfigError) as caught:
+            load_settings(Settings, **kwargs(jwt_secret=secret))
+        assert "JWT_SECRET" in str(caught.value) and "32 bytes" in str(caught.value)
+        if secret:
+            assert secret not in str(caught.value)
+    else:
+        load_settings(Settings, **kwargs(jwt_secret=secret))
+
+
+def test_the_worker_needs_no_jwt_secret_but_refuses_a_short_one() -> None:
+    worker = load_settings(WorkerSettings, **kwargs(jwt_secret=None, treasury_private_key=TREASURY_KEY))
+    assert worker.jwt_secret.get_secret_value() == ""
+    with pytest.raises(ConfigError, match="JWT_SECRET"):
+        load_settings(WorkerSettings, **kwargs(jwt_secret="short", treasury_private_key=TREASURY_KEY))
+
+
+def test_the_token_claims_are_optional_and_blank_means_unset() -> None:
+    settings = load_settings(Settings, **kwargs())
+    assert (settings.jwt_issuer, settings.jwt_audience) == (None, None)
+    settings = load_settings(Settings, **kwargs(jwt_issuer=" https://id.kiota.example ", jwt_audience="kiota-app"))
+    assert (settings.jwt_issuer, settings.jwt_audience) == ("https://id.kiota.example", "kiota-app")
+    assert load_settings(Settings, **kwargs(jwt_issuer="  ")).jwt_issuer is None
+
+
+@pytest.mark.parametrize(
+    ("rate", "band", "refused"),
+    [
+        ("129.50", {}, False),
+        ("50", {}, False),  # the band's ends are inside it
+        ("500", {}, False),
+        ("49.99", {}, True),
+        ("500.01", {}, True),
+        ("12950", {}, True),  # the decimal point dropped: 100x too many shillings per dollar
+        ("1.2950", {}, True),  # moved the other way: 100x too many dollars per shilling
+        ("12950", {"kes_per_usd_max": "20000"}, False),  # an operator may widen the band on purpose
+        ("129.50", {"kes_per_usd_min": "130"}, True),
+        ("129.50", {"kes_per_usd_min": "200", "kes_per_usd_max": "100"}, True),  # an empty band
+    ],
+)
+def test_kes_per_usd_outside_its_sanity_band_is_refused(rate: str, band: dict[str, str], refused: bool) -> None:
+    if refused:
+        with pytest.raises(ConfigError, match="KES_PER_USD"):
+            load_settings(Settings, **kwargs(kes_per_usd=rate, **band))
+    else:
+        assert str(load_settings(Settings, **kwargs(kes_per_usd=rate, **band)).kes_per_usd) == rate
+
+
+@pytest.mark.parametrize("bound", ["abc", "-5", "0", 500.0])
+def test_a_malformed_band_is_refused(bound: object) -> None:
+    with pytest.raises(ConfigError, match="KES_PER_USD_MAX"):
+        load_settings(Settings, **kwargs(kes_per_usd_max=bound))
+
+
+def test_the_abuse_limits_default_to_the_contract() -> None:
+    values = {k: v for k, v in kwargs().items() if not k.startswith("limit_")}
+    settings = load_settings(Settings, **values)
+    assert (
+        settings.limit_initiate_per_user,
+        settings.limit_initiate_per_phone,
+        settings.limit_intents_per_user,
+        settings.limit_per_ip,
+    ) == ("10/hour", "5/hour", "30/hour", "600/minute")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "refused"),
+    [
+        ("limit_initiate_per_user", "5/minute", False),
+        ("limit_initiate_per_phone", "10 per hour", False),
+        ("limit_intents_per_user", "1/second;30/hour", False),
+        ("limit_per_ip", "600/minute", False),
+        ("limit_per_ip", "lots", True),
+        ("limit_initiate_per_user", "10/fortnight", True),
+        ("limit_initiate_per_phone", "0/hour", True),  # would refuse every push: a typo, not a policy
+        ("limit_intents_per_user", "", True),
+    ],
+)
+def test_a_limit_must_be_in_the_limits_notation(name: str, value: str, refused: bool) -> None:
+    if refused:
+        with pytest.raises(ConfigError, match=name.upper()):
+            load_settings(Settings, **kwargs(**{name: value}))
+    else:
+        load_settings(Settings, **kwargs(**{name: value}))
