@@ -319,6 +319,10 @@ async def test_users_are_never_shown_daraja_or_callback_text(mpesa_system: Mpesa
 # ------------------------------------------------------------------- a push whose outcome is unknown
 
 
+async def _admitted() -> None:
+    """The request limits let this push through (they are not what this test is about)."""
+
+
 async def test_a_push_cancelled_before_daraja_answers_goes_to_review(mpesa_system: MpesaSystem) -> None:
     system = mpesa_system
     await ensure_user(system.pool, "pat", ExtendedPublicKey.parse(TEST_XPUB))
@@ -329,6 +333,7 @@ async def test_a_push_cancelled_before_daraja_answers_goes_to_review(mpesa_syste
             initiate(
                 system.pool, daraja, user_id="pat", amount_kes=800, phone="254708374149",
                 kes_per_usd=Decimal("129.50"), callback_url=system.callback_url, query_after_seconds=3600,
+                admit=_admitted,
             )
         )  # fmt: skip
         async with asyncio.timeout(5):
