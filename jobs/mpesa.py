@@ -16,7 +16,7 @@ from kiota.errors import ChainUnavailable
 from kiota.ingester import scan_round
 from kiota.job_history import JobHistory, backoff_seconds, enqueue
 from kiota.lost_callbacks import query_deposit
-from kiota.payouts import Outcome, abandon, fill_abandoned_nonces, pay_deposit
+from kiota.payouts import Outcome, abandon, fill_abandoned_nonces, pay_deposit, recheck_settled_payouts
 from kiota.sql import load_queries
 from kiota.sweeper import sweep
 
@@ -138,4 +138,8 @@ async def sweep_tick(ctx: dict[str, Any]) -> str:
         await fill_abandoned_nonces(ctx["pool"], ctx["treasury"], ctx["lane_config"])
     except ChainUnavailable as exc:
         log.warning("nonce filler could not reach the chain; next sweep tries again", error=str(exc))
+    try:  # settled payouts are re-checked by the lane's turns too; this is for when none comes
+        await recheck_settled_payouts(ctx["pool"], ctx["treasury"], ctx["lane_config"])
+    except ChainUnavailable as exc:
+        log.warning("settled payouts could not be re-checked; next sweep tries again", error=str(exc))
     return f"recovered={report.recovered} reenqueued={report.reenqueued} queries={report.queries}"

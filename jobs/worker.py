@@ -72,6 +72,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         max_checks=settings.intent_max_checks,
     )
     ctx.setdefault("lane_config", LaneConfig())
+    ctx["lane_config"].confirmations_required = settings.deposit_confirmations_required  # a payout's finality
     ctx.setdefault("backoff_base_seconds", 1.0)
     ctx.setdefault("query_backoff_seconds", 30.0)
     ctx.setdefault("confirm_timing", ConfirmTiming())

@@ -13,6 +13,16 @@ after three reads, in two (the journal entries with their postings; the transfer
 the intents they complete). Which intent a credit completes and how it is flagged is
 decided in Python (`usdc.decide_credits`). A catch-up round over a thousand transfers
 thus costs a couple of dozen round trips, not thousands.
+
+No log can stop the round. Every log to a deposit address is recorded with its kind
+(`usdc.classify`): only deposits are credited; a log that adds nothing or that the token
+contract did not emit is kept with that reason; one too large for the ledger is listed for
+review. The round's credits are written in a savepoint; if that fails, they are written
+again one by one, each in its own savepoint, and a transfer whose credit fails goes to
+review with its reason while the round, the cursor, the intents and the other credits go
+on. A credited deposit whose log a reorg removed (deeper than the confirmations, within
+the rescanned blocks) is reversed into `suspense:USDC` and listed for review; if its log
+comes back it stays there for a person (a second review item says so): never credited twice.
 """
 
 from __future__ import annotations
@@ -30,17 +40,33 @@ from kiota.errors import ChainUnavailable
 from kiota.ledger_store import post_entries
 from kiota.sql import load_queries
 from kiota.usdc import (
+    MAX_CREDIT_MICRO,
+    TOO_LARGE,
+    Credit,
     DueTransfer,
     OpenIntent,
     TransferLog,
     classify,
+    confirmations,
+    decide_credit,
     decide_credits,
     decode_transfer,
     intent_end,
     latest_per_key,
+    log_still_in_receipt,
 )
 
 log = structlog.get_logger(__name__)
+
+# Failures of the connection or the server, not of one transfer: the round fails and the next one tries again.
+_NOT_A_TRANSFERS_FAULT = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TransactionRollbackError,
+    OSError,
+    TimeoutError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +88,8 @@ class RoundReport:
     credited: int
     orphaned: int
     rpc_calls: int
+    review: int = 0  # transfers sent to review in this round (too large, or their credit failed)
+    reversed: int = 0  # credited transfers whose log a reorg removed, reversed into suspense
 
 
 def scanner_lock_key(chain_id: int) -> int:
@@ -93,21 +121,31 @@ async def _scan_round(conn: Connection, reader: ChainReader, config: ScanConfig)
     if not logs and await reader.head() < end:  # a lagging node answers "nothing" for blocks it lacks
         return None
     addresses = {row["address"]: row["id"] for row in await conn.fetch(q.deposit_addresses)}
-    transfers = [t for t in map(decode_transfer, logs) if t is not None and t.recipient in addresses]
+    decoded = [t for t in map(decode_transfer, logs) if t is not None]
+    foreign = sum(1 for t in decoded if t.token != config.token.lower())
+    if foreign:  # recorded below when they name a deposit address; never credited
+        log.warning("the provider answered logs of other contracts", count=foreign, start=start, end=end)
+    transfers = [t for t in decoded if t.recipient in addresses]
     own = {r["tx_hash"] for r in await conn.fetch(q.own_payout_hashes, [t.tx_hash for t in transfers])}
+    keys = ([t.tx_hash for t in transfers], [t.log_index for t in transfers])
+    looked_at = await conn.fetch(q.credited_gone_or_reversed_back, config.chain_id, start, end, *keys)
+    gone = await _gone_from_chain(reader, config, [r for r in looked_at if r["what"] == "gone"])
     async with conn.transaction():
         await _upsert_transfers(conn, config, transfers, addresses, own)
-        orphaned = await conn.fetch(
-            q.orphan_missing, config.chain_id, start, end,
-            [t.tx_hash for t in transfers], [t.log_index for t in transfers],
-        )  # fmt: skip
-        credited = await _credit(conn, config, head, start)
+        orphaned = await conn.fetch(q.orphan_missing, config.chain_id, start, end, *keys)
+        reversed_ = await _reverse(conn, config, gone)
+        back = [r for r in looked_at if r["what"] == "back"]
+        await _reversed_back(conn, config, transfers, back, head)
+        credited, review = await _credit(conn, config, head, start)
         await _advance_intents(conn, config, head, started)
         await conn.execute(q.store_cursor, config.chain_id, end + 1)
         calls = reader.calls - calls_before
         await conn.execute(q.insert_round, config.chain_id, start, end, head, calls, len(transfers), started)
     await _cache_balances(conn, reader, config, credited, head)
-    report = RoundReport(start, end, head, len(transfers), len(credited), len(orphaned), reader.calls - calls_before)
+    report = RoundReport(
+        start, end, head, len(transfers), len(credited), len(orphaned), reader.calls - calls_before,
+        review=review, reversed=reversed_,
+    )  # fmt: skip
     if orphaned:
         log.warning("transfers orphaned by a reorg", count=len(orphaned), start=start, end=end)
     return report
@@ -134,16 +172,24 @@ async def _upsert_transfers(
         [t.tx_hash for t in rows], [t.log_index for t in rows], [t.block_number for t in rows],
         [t.block_hash for t in rows], [t.token for t in rows], [t.sender for t in rows],
         [t.recipient for t in rows], [t.amount for t in rows], [addresses[t.recipient] for t in rows],
-        [classify(t, config.treasury, own) for t in rows],
+        [classify(t, config.token, config.treasury, own) for t in rows],
     )  # fmt: skip
 
 
-async def _credit(conn: Connection, config: ScanConfig, head: int, start: int) -> list[tuple[str, str]]:
-    """Credit confirmed deposits seen in this round's canonical answer (block >= start), once each."""
+async def _credit(conn: Connection, config: ScanConfig, head: int, start: int) -> tuple[list[tuple[str, str]], int]:
+    """Credit confirmed deposits seen in this round's canonical answer (block >= start), once each.
+
+    Returns the (user, address) of each credit and how many transfers went to review instead: those too
+    large to credit, and those whose credit failed (see `_post_credits_isolated`).
+    """
     q = load_queries()
     rows = await conn.fetch(q.transfers_to_credit, config.chain_id, head - config.confirmations_required + 1, start)
+    too_large = [r for r in rows if r["kind"] == TOO_LARGE]
+    rows = [r for r in rows if r["kind"] != TOO_LARGE]
+    if too_large:
+        await _to_review(conn, [(r, "usdc_too_large", _too_large_reason(r)) for r in too_large])
     if not rows:
-        return []
+        return [], len(too_large)
     due = [DueTransfer(r["id"], r["tx_hash"], r["log_index"], r["user_id"], int(r["amount_micro"])) for r in rows]
     users = sorted({t.user_id for t in due})
     intents = {
@@ -152,7 +198,33 @@ async def _credit(conn: Connection, config: ScanConfig, head: int, start: int) -
     }
     late = {row["user_id"] for row in await conn.fetch(q.users_with_recently_expired_intent, users)}
     credits = decide_credits(due, intents, late)
-    entries = [ledger.usdc_received(config.chain_id, t.tx_hash, t.log_index, t.user_id, t.amount) for t in due]
+    try:
+        async with conn.transaction():  # a savepoint: the round's credits at once, the fast way
+            await _post_credits(conn, config, credits)
+    except _NOT_A_TRANSFERS_FAULT:
+        raise
+    except Exception as exc:
+        log.warning("the round's credits failed together; crediting them one by one", error=_error(exc))
+        credits = await _post_credits_isolated(conn, config, due, intents, late, rows)
+    for c in credits:
+        log.info(
+            "usdc deposit credited", user_id=c.transfer.user_id, tx_hash=c.transfer.tx_hash,
+            log_index=c.transfer.log_index, amount_micro=c.transfer.amount, flags=list(c.flags),
+        )  # fmt: skip
+    address = {r["id"]: r["to_address"] for r in rows}
+    failed = len(rows) - len(credits)
+    return [(c.transfer.user_id, address[c.transfer.id]) for c in credits], len(too_large) + failed
+
+
+async def _post_credits(conn: Connection, config: ScanConfig, credits: list[Credit]) -> None:
+    """Credits' journal entries and the transfers (and intents) they credit, with the ledger's checks run
+    now: inside the caller's savepoint, so that whatever refuses them fails there and not at commit."""
+    q = load_queries()
+    entries = [
+        ledger.usdc_received(config.chain_id, c.transfer.tx_hash, c.transfer.log_index, c.transfer.user_id,
+                             c.transfer.amount)
+        for c in credits
+    ]  # fmt: skip
     await post_entries(conn, entries)
     await conn.execute(
         q.credit_transfers,
@@ -161,12 +233,161 @@ async def _credit(conn: Connection, config: ScanConfig, head: int, start: int) -
         [c.transfer.amount for c in credits],
         [",".join(c.flags) for c in credits],
     )
-    for c in credits:
-        log.info(
-            "usdc deposit credited", user_id=c.transfer.user_id, tx_hash=c.transfer.tx_hash,
-            log_index=c.transfer.log_index, amount_micro=c.transfer.amount, flags=list(c.flags),
+    await conn.execute(q.check_ledger_now)
+
+
+async def _post_credits_isolated(
+    conn: Connection,
+    config: ScanConfig,
+    due: list[DueTransfer],
+    intents: dict[str, OpenIntent],
+    late: set[str],
+    rows: list[asyncpg.Record],
+) -> list[Credit]:
+    """Each credit in its own savepoint, in chain order. One that fails goes to review with its reason;
+    the user's open intent then waits for their next transfer, as if the failed one had not come."""
+    waiting = dict(intents)
+    credited: list[Credit] = []
+    failed: list[tuple[asyncpg.Record, str, str]] = []
+    by_id = {r["id"]: r for r in rows}
+    for transfer in due:
+        credit = decide_credit(transfer, waiting.get(transfer.user_id), late)
+        try:
+            async with conn.transaction():
+                await _post_credits(conn, config, [credit])
+        except _NOT_A_TRANSFERS_FAULT:
+            raise
+        except Exception as exc:
+            log.error(
+                "usdc deposit could not be credited: sent to review", user_id=transfer.user_id,
+                tx_hash=transfer.tx_hash, log_index=transfer.log_index, error=_error(exc),
+            )  # fmt: skip
+            reason = f"{_describe(by_id[transfer.id])} could not be credited: {_error(exc)}"
+            failed.append((by_id[transfer.id], "usdc_credit_failed", reason))
+            continue
+        if credit.intent_id is not None:
+            waiting.pop(transfer.user_id, None)
+        credited.append(credit)
+    await _to_review(conn, failed)
+    return credited
+
+
+async def _to_review(conn: Connection, items: list[tuple[asyncpg.Record, str, str]]) -> None:
+    """Transfers never credited automatically now, each listed for review: (row, review kind, reason)."""
+    if not items:
+        return
+    q = load_queries()
+    await conn.execute(q.transfers_to_review, [row["id"] for row, _, _ in items])
+    await _review_items(conn, items)
+
+
+async def _review_items(conn: Connection, items: list[tuple[asyncpg.Record, str, str]]) -> None:
+    created = await conn.fetch(
+        load_queries().insert_usdc_review_items,
+        [row["id"] for row, _, _ in items], [kind for _, kind, _ in items], [reason[:1000] for _, _, reason in items],
+    )  # fmt: skip
+    for item in created:
+        log.warning("usdc transfer listed for review", transfer_id=item["chain_transfer_id"], kind=item["kind"])
+
+
+async def _gone_from_chain(reader: ChainReader, config: ScanConfig, rows: list[asyncpg.Record]) -> list[asyncpg.Record]:
+    """Of the credited transfers missing from this round's answer, those whose receipt agrees they are gone.
+
+    A provider's incomplete answer must not reverse a credit: the receipts (one batch) must lack the log too.
+    If they cannot be read, nothing is reversed this round (a later round asks again) and crediting goes on.
+    """
+    if not rows:
+        return []
+    hashes = list(dict.fromkeys(r["tx_hash"] for r in rows))
+    try:
+        answers = await reader.batch("eth_getTransactionReceipt", [[h] for h in hashes])
+    except ChainUnavailable as exc:
+        log.warning("credited transfers missing from the logs; their receipts could not be read", error=str(exc))
+        return []
+    receipts = dict(zip(hashes, answers, strict=True))
+    gone = []
+    for row in rows:
+        receipt, error = receipts[row["tx_hash"]]
+        if error is not None:
+            log.warning("a receipt could not be read; not reversing this round", tx_hash=row["tx_hash"], error=error)
+        elif log_still_in_receipt(receipt, config.token, row["log_index"], row["to_address"], int(row["amount_micro"])):
+            log.warning("the provider's logs lack a credited transfer its receipt still has; not reversed",
+                        tx_hash=row["tx_hash"], log_index=row["log_index"])  # fmt: skip
+        else:
+            gone.append(row)
+    return gone
+
+
+async def _reverse(conn: Connection, config: ScanConfig, gone: list[asyncpg.Record]) -> int:
+    """Credited deposits whose log is gone: each credit taken back into suspense and listed for review, in
+    a savepoint. If that fails they stay credited for now and the next round tries again (logged)."""
+    if not gone:
+        return 0
+    q = load_queries()
+    try:
+        async with conn.transaction():
+            rows = await conn.fetch(q.transfers_reversed, [r["id"] for r in gone])
+            entries = [
+                ledger.usdc_reversed(config.chain_id, r["tx_hash"], r["log_index"], r["user_id"],
+                                     int(r["amount_micro"]))
+                for r in rows
+            ]  # fmt: skip
+            await post_entries(conn, entries)
+            await _review_items(conn, [(r, "usdc_reversed", _reversed_reason(r)) for r in rows])
+            await conn.execute(q.check_ledger_now)
+    except _NOT_A_TRANSFERS_FAULT:
+        raise
+    except Exception as exc:
+        log.error("credited transfers whose log is gone could not be reversed", count=len(gone), error=_error(exc))
+        return 0
+    for r in rows:
+        log.error(
+            "a credited usdc deposit's log is gone: credit reversed into suspense for review", user_id=r["user_id"],
+            tx_hash=r["tx_hash"], log_index=r["log_index"], amount_micro=int(r["amount_micro"]),
         )  # fmt: skip
-    return [(row["user_id"], row["to_address"]) for row in rows]
+    return len(rows)
+
+
+async def _reversed_back(
+    conn: Connection, config: ScanConfig, transfers: list[TransferLog], back: list[asyncpg.Record], head: int
+) -> None:
+    """A reversed deposit whose log is on chain again, with its confirmations: a second review item says
+    so. Its amount stays in suspense for a person: it is never credited twice automatically."""
+    if not back:
+        return
+    blocks = {(t.tx_hash, t.log_index): t.block_number for t in transfers}
+    confirmed = [
+        (row, blocks[(row["tx_hash"], row["log_index"])])
+        for row in back
+        if confirmations(head, blocks[(row["tx_hash"], row["log_index"])]) >= config.confirmations_required
+    ]
+    await _review_items(conn, [(row, "usdc_reappeared", _reappeared_reason(row, block)) for row, block in confirmed])
+
+
+def _describe(row: asyncpg.Record) -> str:
+    return (
+        f"USDC transfer {row['tx_hash']} log {row['log_index']} to user {row['user_id']} "
+        f"({int(row['amount_micro'])} micro-USDC)"
+    )
+
+
+def _too_large_reason(row: asyncpg.Record) -> str:
+    return f"{_describe(row)} is above {MAX_CREDIT_MICRO} micro-USDC, the most credited automatically"
+
+
+def _reversed_reason(row: asyncpg.Record) -> str:
+    return f"{_describe(row)} was credited, then a reorg removed its log: the credit was moved to suspense:USDC"
+
+
+def _reappeared_reason(row: asyncpg.Record, block: int) -> str:
+    return (
+        f"{_describe(row)} was reversed and is on chain again (block {block}): its amount stays in "
+        "suspense:USDC until a person credits it (never automatically)"
+    )
+
+
+def _error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def _advance_intents(conn: Connection, config: ScanConfig, head: int, started: datetime) -> None:

@@ -28,6 +28,7 @@ CUSTOMER_PENDING_KES = "customer_pending:KES"
 FX_KES = "fx:KES"
 FX_USDC = "fx:USDC"
 SUSPENSE_KES = "suspense:KES"
+SUSPENSE_USDC = "suspense:USDC"
 
 
 class Direction(StrEnum):
@@ -124,4 +125,17 @@ def usdc_received(chain_id: int, tx_hash: str, log_index: int, user_id: str, amo
         key=f"usdc:{chain_id}:{tx_hash.lower()}:{log_index}",
         kind="usdc_received",
         postings=transfer(CUSTODY_USDC, user_account(user_id, "USDC"), "USDC", amount_micro),
+    )
+
+
+def usdc_reversed(chain_id: int, tx_hash: str, log_index: int, user_id: str, amount_micro: int) -> Entry:
+    """A credited USDC deposit whose log a reorg removed: the user's credit is taken back into suspense.
+
+    Custody keeps the debit of the first entry: whether the USDC comes back (its log may reappear) or is
+    written off is for a person to decide, moving it out of suspense with an entry of their own.
+    """
+    return Entry(
+        key=f"usdc:{chain_id}:{tx_hash.lower()}:{log_index}:reversed",
+        kind="usdc_reversed",
+        postings=transfer(user_account(user_id, "USDC"), SUSPENSE_USDC, "USDC", amount_micro),
     )

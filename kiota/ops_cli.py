@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import uuid
+from decimal import Decimal
 
 import asyncpg
 from arq.connections import ArqRedis
@@ -21,7 +22,14 @@ def _print_rows(rows: list[asyncpg.Record], columns: list[str]) -> None:
         print("(none)")
         return
     for row in rows:
-        print("  ".join(f"{name}={row[name]}" for name in columns if row[name] is not None))
+        print("  ".join(f"{name}={_plain(row[name])}" for name in columns if row[name] is not None))
+
+
+def _plain(value: object) -> object:
+    """A whole number from a numeric column as digits (the driver may give Decimal('3.00E+6'))."""
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return int(value)
+    return value
 
 
 def _deposit_id(text: str) -> uuid.UUID:
@@ -65,7 +73,17 @@ async def _dispatch(args: argparse.Namespace, pool: asyncpg.Pool, queue: ArqRedi
     elif args.action == "review":
         _print_rows(
             list(await pool.fetch(q.open_review_items)),
-            ["id", "kind", "deposit_id", "callback_id", "amount_kes", "reason", "created_at"],
+            [
+                "id",
+                "kind",
+                "deposit_id",
+                "callback_id",
+                "chain_transfer_id",
+                "amount_kes",
+                "amount_usdc_micro",
+                "reason",
+                "created_at",
+            ],
         )
     elif args.action == "retry":
         result = await ops.retry_deposit(pool, queue, _deposit_id(args.deposit_id), args.by)

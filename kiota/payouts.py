@@ -18,7 +18,13 @@ Exactly once rests on PostgreSQL, not on the queue:
   Their own jobs then find them paid, or re-send their stored attempts if the owner died;
 - a payout given up on keeps its nonce until the lane fills it with a zero-value send
   to the treasury itself (or sees the payout mined after all, and settles it), so a
-  gap never strands the payouts signed after it.
+  gap never strands the payouts signed after it;
+- a payout is settled at its receipt (deposit completed, entry booked) but final only when
+  its block has `LaneConfig.confirmations_required` confirmations. Until then the lane's
+  turns, and the sweeper when no turn comes, look at its receipts again: when a reorg
+  removed its block, the same stored signed bytes are sent again (same nonce, same hash:
+  still one transfer, and the entry is not touched); when it is mined again, maybe in
+  another block, that block is recorded.
 
 Guards (kill switch, lane pause, per-deposit maximum, hourly and daily caps) and
 the treasury's balances are checked before anything is signed.
@@ -47,6 +53,7 @@ from kiota.errors import ChainUnavailable, KiotaError
 from kiota.ledger_store import post_entries
 from kiota.sql import load_queries
 from kiota.treasury import TRANSFER_GAS_LIMIT, Fees, FeeTooLow, Receipt, SignedTx, Treasury
+from kiota.usdc import PAYOUT_FINAL, PAYOUT_GONE, PAYOUT_REVERTED, PAYOUT_WAITING, payout_finality
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +94,7 @@ class LaneConfig:
     replace_after_blocks: int = REPLACE_AFTER_BLOCKS
     batch_size: int = 20  # deposits paid in one turn of the lane, the owner's own included
     drain_seconds: float = 5.0  # after its own turn, the owner starts more turns for waiting deposits this long
+    confirmations_required: int = 2  # a settled payout is final at this many (DEPOSIT_CONFIRMATIONS_REQUIRED)
 
 
 class LaneBusy(KiotaError):
@@ -233,6 +241,7 @@ async def _turn(
     (if it has none yet) with the other deposits waiting for one, then settle whatever is mined.
     `funds_at`: the treasury's USDC is read at that block (one this lane saw), so that a lagging node
     behind a load balancer cannot show it from before the last turn's payouts."""
+    await _recheck_settled_or_log(conn, treasury, config)  # first: a payout a reorg removed holds the nonces above it
     batch: list[Any] = await _unsettled(conn, treasury, config.batch_size)
     for _, p, attempt in batch:
         await _broadcast_or_bump(conn, treasury, p, attempt)
@@ -678,3 +687,136 @@ async def _send_filler(
     await _store_attempts(conn, [(payout["id"], filler)], "filler")
     log.warning("filling an abandoned payout's nonce", payout_id=payout["id"], nonce=filler.nonce, tx=filler.tx_hash)
     await _broadcast_or_bump(conn, treasury, payout, filler, "filler")
+
+
+# Settled payouts looked at again in one check, at most.
+RECHECK_BATCH = 100
+
+
+async def recheck_settled_payouts(pool: asyncpg.Pool, treasury: Treasury, config: LaneConfig | None = None) -> bool:
+    """The sweeper's turn at the finality re-check, for when no payout comes along to do it.
+    Returns False when the lane is busy (its owner re-checks in its own turns)."""
+    config = config or LaneConfig()
+    if not await pool.fetchval(load_queries().any_unfinal_payout, treasury.chain_id, treasury.address):
+        return True
+    try:
+        async with treasury_lane(pool, lane_key(treasury.chain_id, treasury.address), 0) as conn:
+            await _recheck_settled(conn, treasury, config)
+    except LaneBusy:
+        return False
+    return True
+
+
+async def _recheck_settled_or_log(conn: Connection, treasury: Treasury, config: LaneConfig) -> None:
+    try:
+        await _recheck_settled(conn, treasury, config)
+    except ChainUnavailable as exc:  # the next turn, or the sweeper, looks again
+        log.warning("settled payouts could not be re-checked this turn", error=str(exc))
+
+
+async def _recheck_settled(conn: Connection, treasury: Treasury, config: LaneConfig) -> None:
+    """Settled payouts that are not final yet, in nonce order: final at the required confirmations; moved
+    when mined again elsewhere; sent again, the same signed bytes, when a reorg removed them; for review
+    when the chain now says the money did not move. Every turn does it (one query when none waits; else
+    two RPC calls more): a payout that a reorg removed holds back every nonce above it."""
+    q = load_queries()
+    payouts = await conn.fetch(q.unfinal_payouts, treasury.chain_id, treasury.address, RECHECK_BATCH)
+    if not payouts:
+        return
+    attempts = await conn.fetch(q.attempts_of_payouts, [p["id"] for p in payouts])
+    head = await treasury.head()
+    receipts = dict(zip([a["tx_hash"] for a in attempts], await treasury.receipts([a["tx_hash"] for a in attempts]),
+                        strict=True))  # fmt: skip
+    mined_nonce: int | None = None
+    updates: list[tuple[asyncpg.Record, Receipt, bool]] = []  # (payout, receipt, final)
+    for payout in payouts:
+        own = [a for a in attempts if a["payout_id"] == payout["id"]]
+        receipt = next((receipts[a["tx_hash"]] for a in own if a["kind"] == "payout" and receipts[a["tx_hash"]]), None)
+        if receipt is None and mined_nonce is None:
+            mined_nonce = await treasury.mined_nonce()
+        state = payout_finality(
+            receipt_block=receipt.block_number if receipt else None,
+            succeeded=receipt is not None and receipt.succeeded,
+            nonce_used=mined_nonce is not None and mined_nonce > payout["nonce"],
+            head=head,
+            required=config.confirmations_required,
+        )
+        if state in (PAYOUT_FINAL, PAYOUT_WAITING):
+            assert receipt is not None
+            moved = (receipt.tx_hash, receipt.block_number) != (payout["tx_hash"], payout["block_number"])
+            if state == PAYOUT_FINAL or moved:
+                updates.append((payout, receipt, state == PAYOUT_FINAL))
+        elif state == PAYOUT_GONE:
+            await _send_settled_again(conn, treasury, payout, own)
+        elif state == PAYOUT_REVERTED:
+            assert receipt is not None
+            await _lost(conn, payout, f"its transaction {receipt.tx_hash} was mined again after a reorg and reverted")
+        else:
+            await _nonce_taken_after_reorg(conn, payout, own, receipts)
+    if updates:
+        await conn.execute(
+            q.payouts_rechecked,
+            [p["id"] for p, _, _ in updates], [r.tx_hash for _, r, _ in updates],
+            [r.block_number for _, r, _ in updates], [final for _, _, final in updates],
+        )  # fmt: skip
+    for payout, receipt, final in updates:
+        if receipt.block_number != payout["block_number"]:
+            log.warning("settled payout mined again after a reorg", payout_id=payout["id"],
+                        tx_hash=receipt.tx_hash, block=receipt.block_number, was=payout["block_number"])  # fmt: skip
+        if final:
+            log.info("payout final", payout_id=payout["id"], tx_hash=receipt.tx_hash, block=receipt.block_number)
+
+
+async def _send_settled_again(
+    conn: Connection, treasury: Treasury, payout: asyncpg.Record, attempts: list[asyncpg.Record]
+) -> None:
+    """A reorg removed a settled payout's block and its nonce is free: the same stored signed transaction
+    (the one that was mined) is sent again; only a node refusing its fees makes it re-signed, at the same
+    nonce. One transfer either way, and the deposit's entry stands."""
+    payout_attempts = [a for a in attempts if a["kind"] == "payout"]
+    settled = next((a for a in payout_attempts if a["tx_hash"] == payout["tx_hash"]), payout_attempts[-1])
+    if payout["block_number"] is not None:
+        await conn.execute(load_queries().payout_out_of_chain, payout["id"])
+        log.warning(
+            "a reorg removed a settled payout's block: sending the same transaction again",
+            payout_id=payout["id"], deposit_id=str(payout["deposit_id"]), nonce=payout["nonce"],
+            tx_hash=settled["tx_hash"], block=payout["block_number"],
+        )  # fmt: skip
+    await _broadcast_or_bump(conn, treasury, payout, _stored(settled))
+
+
+async def _nonce_taken_after_reorg(
+    conn: Connection, payout: asyncpg.Record, attempts: list[asyncpg.Record], receipts: dict[str, Receipt | None]
+) -> None:
+    """A settled payout in no block, its nonce used by another transaction: our nonce filler (the money did
+    not move), or one that is not ours, which is believed only after NOT_OURS_AFTER (a node behind a load
+    balancer may show the nonce before the receipt)."""
+    q = load_queries()
+    filler = next((receipts[a["tx_hash"]] for a in attempts if a["kind"] == "filler" and receipts[a["tx_hash"]]), None)
+    if filler is not None:
+        await _lost(conn, payout, f"the nonce filler {filler.tx_hash} was mined in its place after a reorg")
+        return
+    if payout["block_number"] is not None:
+        await conn.execute(q.payout_out_of_chain, payout["id"])
+    missing_for = await conn.fetchval(q.payout_out_of_chain_for_seconds, payout["id"]) or 0
+    if missing_for < NOT_OURS_AFTER:
+        log.error("a settled payout is in no block and its nonce is used by a transaction we cannot see yet",
+                  payout_id=payout["id"], nonce=payout["nonce"])  # fmt: skip
+        return
+    await _lost(conn, payout, f"its nonce {payout['nonce']} was used by a transaction that is not ours after a reorg")
+
+
+async def _lost(conn: Connection, payout: asyncpg.Record, what: str) -> None:
+    """The chain now says a settled payout did not move the money. Its deposit stays completed and booked
+    (the user paid, and is owed the USDC): a person pays it or books it back. The lane pauses."""
+    q = load_queries()
+    reason = (
+        f"payout {payout['id']} of deposit {payout['deposit_id']} was settled, but {what}: "
+        "the user's USDC is booked and not on chain; pay it by hand or book it back"
+    )
+    async with conn.transaction():
+        await conn.execute(q.payout_lost, payout["id"])
+        await conn.execute(q.insert_payout_review_item, payout["id"], payout["deposit_id"], reason[:1000])
+        await conn.execute(q.pause_lane, reason[:1000])
+    log.error("a settled payout was lost after a reorg: lane paused, listed for review", payout_id=payout["id"],
+              deposit_id=str(payout["deposit_id"]), reason=what)  # fmt: skip

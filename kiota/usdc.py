@@ -1,4 +1,12 @@
-"""USDC-on-Base rules, pure: log decoding, classification, confirmations, range splitting, credits, intent ends."""
+"""USDC-on-Base rules, pure: log decoding, classification, confirmations, range splitting, credits, intent ends.
+
+What a Transfer log to a deposit address is (`classify`) decides whether it is ever credited. Credited, as
+USDC arriving at the address: an ordinary transfer, a mint (from the zero address) and a `transferFrom` by
+a third party (the log names the owner as `from`; who sent the transaction does not matter). Recorded and
+never credited: our own money moving (treasury, own_payout), a zero-value log and a self-transfer (they
+add nothing), and a log not emitted by the token contract (the RPC query filters by address, but the
+provider's answer is not trusted). An amount above `MAX_CREDIT_MICRO` is recorded and sent to review.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,22 @@ from kiota.money import parse_usdc
 
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 INTENT_OPEN = ("awaiting_payment", "confirming")
+ZERO_ADDRESS = "0x" + "00" * 20
+
+# The largest transfer credited automatically: 10^15 micro-units, one billion USDC. Postings are bigint
+# (at most about 9.2 × 10^18), so a credit must fit with room to spare for balances summed from many of
+# them; no real deposit comes near it (all the USDC on Base is a few billion). A larger log is recorded
+# and listed for review, never credited and never allowed to fail the round.
+MAX_CREDIT_MICRO = 10**15
+
+# Kinds of transfer log. Only DEPOSIT is credited; the others are recorded with the kind as their reason.
+DEPOSIT = "deposit"
+TREASURY = "treasury"  # from our treasury: an M-Pesa payout, already booked
+OWN_PAYOUT = "own_payout"  # a transaction of our payout lane
+ZERO_VALUE = "zero_value"  # anyone can send 0 to any address: it adds nothing
+SELF_TRANSFER = "self_transfer"  # from the deposit address to itself: it adds nothing
+FOREIGN_CONTRACT = "foreign_contract"  # not emitted by the token contract: another contract's look-alike
+TOO_LARGE = "too_large"  # above MAX_CREDIT_MICRO: listed for review at its confirmations
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,33 +55,54 @@ def _address(topic: str) -> str:
     return "0x" + topic[-40:].lower()
 
 
-def decode_transfer(log: dict[str, Any]) -> TransferLog | None:
-    """A Transfer log as ours, or None when it is not a well-formed ERC-20 Transfer."""
+def decode_transfer(log: Any) -> TransferLog | None:
+    """A Transfer log as ours, or None when it is not a well-formed ERC-20 Transfer.
+
+    The provider's answer is not trusted: anything malformed (a field missing, not hex) is None, never
+    an exception that would stop the round.
+    """
+    if not isinstance(log, dict):
+        return None
     topics = log.get("topics") or []
-    if len(topics) != 3 or str(topics[0]).lower() != TRANSFER_TOPIC or log.get("removed"):
+    if not isinstance(topics, list) or len(topics) != 3 or str(topics[0]).lower() != TRANSFER_TOPIC:
         return None
     data = str(log.get("data") or "0x")
-    if len(data) != 66:
+    if log.get("removed") or len(data) != 66:
         return None
-    return TransferLog(
-        tx_hash=str(log["transactionHash"]).lower(),
-        log_index=int(log["logIndex"], 16),
-        block_number=int(log["blockNumber"], 16),
-        block_hash=str(log["blockHash"]).lower(),
-        token=str(log["address"]).lower(),
-        sender=_address(str(topics[1])),
-        recipient=_address(str(topics[2])),
-        amount=int(data, 16),
-    )
+    try:
+        return TransferLog(
+            tx_hash=str(log["transactionHash"]).lower(),
+            log_index=int(log["logIndex"], 16),
+            block_number=int(log["blockNumber"], 16),
+            block_hash=str(log["blockHash"]).lower(),
+            token=str(log["address"]).lower(),
+            sender=_address(str(topics[1])),
+            recipient=_address(str(topics[2])),
+            amount=int(data, 16),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
-def classify(transfer: TransferLog, treasury: str | None, own_tx_hashes: set[str]) -> str:
-    """Our own money moving (a treasury payout) is never a deposit."""
+def classify(transfer: TransferLog, token: str, treasury: str | None, own_tx_hashes: set[str]) -> str:
+    """What a log to a deposit address is; only DEPOSIT is ever credited (the module docstring says why).
+
+    The first that applies wins: a foreign contract's log is not USDC at all; a log that adds nothing is
+    ignored whoever sent it; our own money moving is never a deposit; then the amount's bound.
+    """
+    if transfer.token != token.lower():
+        return FOREIGN_CONTRACT
+    if transfer.amount == 0:
+        return ZERO_VALUE
+    if transfer.sender == transfer.recipient:
+        return SELF_TRANSFER
     if treasury is not None and transfer.sender == treasury.lower():
-        return "treasury"
+        return TREASURY
     if transfer.tx_hash in own_tx_hashes:
-        return "own_payout"
-    return "deposit"
+        return OWN_PAYOUT
+    if transfer.amount > MAX_CREDIT_MICRO:
+        return TOO_LARGE
+    return DEPOSIT
 
 
 def latest_per_key(transfers: Iterable[TransferLog]) -> list[TransferLog]:
@@ -129,15 +174,16 @@ def decide_credits(
     `unsolicited`.
     """
     waiting = dict(open_intents)
-    credits = []
-    for transfer in due:
-        intent = waiting.pop(transfer.user_id, None)
-        if intent is not None:
-            flags = payment_flags(intent.expected, transfer.amount)
-        else:
-            flags = ["late"] if transfer.user_id in recently_expired else ["unsolicited"]
-        credits.append(Credit(transfer, intent.id if intent is not None else None, tuple(flags)))
-    return credits
+    return [decide_credit(t, waiting.pop(t.user_id, None), recently_expired) for t in due]
+
+
+def decide_credit(transfer: DueTransfer, intent: OpenIntent | None, recently_expired: Collection[str]) -> Credit:
+    """One transfer's credit: it completes `intent` (the user's open one, if still waiting), else flagged."""
+    if intent is not None:
+        flags = payment_flags(intent.expected, transfer.amount)
+    else:
+        flags = ["late"] if transfer.user_id in recently_expired else ["unsolicited"]
+    return Credit(transfer, intent.id if intent is not None else None, tuple(flags))
 
 
 def intent_end(*, credited: bool, expires_at: datetime, now: datetime, checks: int, max_checks: int) -> str | None:
@@ -166,3 +212,40 @@ def expected_amount(text: str | None) -> int | None:
     if not 0 < micro <= MAX_EXPECTED_USDC_MICRO:
         raise InvalidInput("expected_amount_usdc must be more than 0 and at most 1000000")
     return micro
+
+
+def log_still_in_receipt(receipt: Any, token: str, log_index: int, recipient: str, amount: int) -> bool:
+    """Whether a transaction's receipt (as a node answers it) still holds this transfer's log: same index,
+    emitted by the token, same recipient and amount. A credited log missing from a round's answer is
+    reversed only when its receipt agrees that it is gone: a provider's incomplete answer reverses nothing."""
+    if not isinstance(receipt, dict) or not isinstance(receipt.get("logs"), list):
+        return False
+    for raw in receipt["logs"]:
+        found = decode_transfer(raw)
+        if (
+            found is not None
+            and found.log_index == log_index
+            and found.token == token.lower()
+            and found.recipient == recipient.lower()
+            and found.amount == amount
+        ):
+            return True
+    return False
+
+
+# What a settled payout's re-check finds (`payout_finality`).
+PAYOUT_FINAL = "final"  # mined, successful, with the required confirmations
+PAYOUT_WAITING = "waiting"  # mined, successful, not yet enough confirmations (its block may have moved)
+PAYOUT_GONE = "gone"  # in no block, and its nonce is free: send the same signed bytes again
+PAYOUT_REVERTED = "reverted"  # mined again after a reorg, but reverted: the money did not move
+PAYOUT_NONCE_TAKEN = "nonce_taken"  # in no block, and its nonce is used by another transaction
+
+
+def payout_finality(*, receipt_block: int | None, succeeded: bool, nonce_used: bool, head: int, required: int) -> str:
+    """A settled payout looked at again: `receipt_block` is the block of a receipt of any of its attempts
+    (None: none has one); `nonce_used` whether the treasury's mined nonce is past the payout's."""
+    if receipt_block is not None:
+        if not succeeded:
+            return PAYOUT_REVERTED
+        return PAYOUT_FINAL if confirmations(head, receipt_block) >= required else PAYOUT_WAITING
+    return PAYOUT_NONCE_TAKEN if nonce_used else PAYOUT_GONE

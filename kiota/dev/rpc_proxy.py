@@ -21,6 +21,8 @@ returned byte for byte, unless one of the rules in force applies:
   refuse_all         every HTTP request is answered 503, as if the provider were down.
   refuse_methods     an HTTP request with a call to one of these methods is answered 503 (e.g.
                      ["eth_sendRawTransaction"]: a node that reads but never takes a transaction).
+  ignore_log_address an `eth_getLogs` is forwarded without its `address` filter, so the answer holds the
+                     matching logs of every contract (a provider that must not be trusted to filter).
 
 A batch counts as one HTTP request for the 429/503 rules; its elements are judged one by one for the
 `eth_getLogs` rules, the refused ones answered here and the rest forwarded as a smaller batch.
@@ -96,6 +98,7 @@ class ProxyConfig:
     fail_next: int = 0
     refuse_all: bool = False
     refuse_methods: tuple[str, ...] = ()
+    ignore_log_address: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_log_range", "max_topic_values", "rate_limit_every"):
@@ -121,6 +124,7 @@ class ProxyConfigUpdate(BaseModel):
     fail_next: int = Field(default=0, ge=0)
     refuse_all: bool = False
     refuse_methods: tuple[str, ...] = ()
+    ignore_log_address: bool = False
 
 
 @dataclass
@@ -292,6 +296,10 @@ async def _proxy(state: ProxyState, upstream: _Upstream, body: bytes) -> Respons
     gate = state._gate(calls)
     if gate is not None:
         return _gate_response(gate, payload)
+    if state.config.ignore_log_address and any(_log_filter(call) is not None for call in calls):
+        calls = [_without_address(call) for call in calls]
+        payload = calls if isinstance(payload, list) else calls[0]
+        body = json.dumps(payload).encode()
     resolver = _BlockResolver(upstream)
     refusals = [await _refusal_for(call, state.config, resolver) for call in calls]
     if isinstance(payload, list) and any(refusals):
@@ -379,6 +387,14 @@ def _log_filter(call: Any) -> dict[str, Any] | None:
     if isinstance(params, list) and params and isinstance(params[0], dict):
         return params[0]
     return None
+
+
+def _without_address(call: Any) -> Any:
+    """An `eth_getLogs` call with its address filter dropped (a copy); any other call as it is."""
+    log_filter = _log_filter(call)
+    if log_filter is None:
+        return call
+    return {**call, "params": [{k: v for k, v in log_filter.items() if k != "address"}, *call["params"][1:]]}
 
 
 def _gate_response(status: int, payload: Any) -> JSONResponse:

@@ -129,3 +129,48 @@ ORDER BY id FOR SHARE;
 
 -- name: cancelling_for_seconds
 SELECT extract(epoch FROM now() - updated_at) FROM payouts WHERE id = $1 AND status = 'cancelling';
+
+-- name: unfinal_payouts
+-- Settled payouts that are not final yet, lowest nonces first.
+SELECT * FROM payouts
+WHERE status = 'confirmed' AND final_at IS NULL AND chain_id = $1 AND from_address = $2
+ORDER BY nonce LIMIT $3;
+
+-- name: any_unfinal_payout
+SELECT EXISTS (SELECT 1 FROM payouts WHERE status = 'confirmed' AND final_at IS NULL AND chain_id = $1 AND from_address = $2);
+
+-- name: attempts_of_payouts
+SELECT * FROM payout_attempts WHERE payout_id = ANY($1::bigint[]) ORDER BY id;
+
+-- name: payouts_rechecked
+-- Payout ids, tx hashes, blocks, finals: where each settled payout is mined now, and whether that is final.
+-- A deposit shows the transaction that is mined (another attempt at the same nonce may have replaced it).
+WITH v AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::boolean[]) AS v (id, tx_hash, block_number, final)
+), p AS (
+    UPDATE payouts p
+    SET tx_hash = v.tx_hash, block_number = v.block_number, final_at = CASE WHEN v.final THEN now() END,
+        updated_at = now()
+    FROM v WHERE p.id = v.id AND p.status = 'confirmed' AND p.final_at IS NULL
+    RETURNING p.deposit_id, p.tx_hash
+)
+UPDATE deposits d SET tx_hash = p.tx_hash, updated_at = now()
+FROM p WHERE d.id = p.deposit_id AND d.tx_hash IS DISTINCT FROM p.tx_hash;
+
+-- name: payout_out_of_chain
+-- A settled payout whose block a reorg removed: in no block for now (updated_at says since when).
+UPDATE payouts SET block_number = NULL, updated_at = now()
+WHERE id = $1 AND status = 'confirmed' AND final_at IS NULL AND block_number IS NOT NULL;
+
+-- name: payout_out_of_chain_for_seconds
+SELECT extract(epoch FROM now() - updated_at) FROM payouts WHERE id = $1 AND block_number IS NULL;
+
+-- name: payout_lost
+-- A settled payout that the chain now says did not move the money: no longer live, never final.
+UPDATE payouts SET status = 'reverted', updated_at = now()
+WHERE id = $1 AND status = 'confirmed' AND final_at IS NULL;
+
+-- name: insert_payout_review_item
+INSERT INTO review_items (kind, dedupe_key, deposit_id, reason)
+VALUES ('payout_lost', 'payout:' || $1::bigint || ':lost', $2, $3)
+ON CONFLICT (dedupe_key) DO NOTHING;

@@ -38,11 +38,54 @@ WHERE t.chain_id = $1 AND t.block_number BETWEEN $2 AND $3 AND t.status = 'seen'
 RETURNING t.id;
 
 -- name: transfers_to_credit
-SELECT id, tx_hash, log_index, user_id, amount_micro, block_number, to_address
+-- Confirmed transfers seen in this round's answer: deposits to credit, and those too large to credit
+-- (the caller sends them to review).
+SELECT id, tx_hash, log_index, user_id, amount_micro, block_number, to_address, kind
 FROM chain_transfers
-WHERE chain_id = $1 AND status = 'seen' AND kind = 'deposit' AND block_number <= $2 AND block_number >= $3
+WHERE chain_id = $1 AND status = 'seen' AND kind IN ('deposit', 'too_large') AND block_number <= $2
+  AND block_number >= $3
 ORDER BY block_number, log_index
 FOR UPDATE;
+
+-- name: credited_gone_or_reversed_back
+-- 'gone': credited transfers in the rescanned range that this round's answer no longer has (a reorg deeper
+-- than the confirmations, or a provider's incomplete answer: the caller asks the receipts which).
+-- 'back': reversed transfers that are in this round's answer again.
+SELECT 'gone' AS what, t.id, t.tx_hash, t.log_index, t.user_id, t.amount_micro, t.to_address
+FROM chain_transfers t
+WHERE t.chain_id = $1 AND t.block_number BETWEEN $2 AND $3 AND t.status = 'credited'
+  AND (t.tx_hash, t.log_index) NOT IN (SELECT * FROM unnest($4::text[], $5::int[]))
+UNION ALL
+SELECT 'back', t.id, t.tx_hash, t.log_index, t.user_id, t.amount_micro, t.to_address
+FROM chain_transfers t
+WHERE t.chain_id = $1 AND t.status = 'reversed'
+  AND (t.tx_hash, t.log_index) IN (SELECT * FROM unnest($4::text[], $5::int[]));
+
+-- name: transfers_reversed
+UPDATE chain_transfers SET status = 'reversed', reversed_at = now()
+WHERE id = ANY($1::bigint[]) AND status = 'credited'
+RETURNING id, tx_hash, log_index, user_id, amount_micro;
+
+-- name: transfers_to_review
+-- Not credited, and never credited automatically now: a person looks (review_items says why).
+UPDATE chain_transfers SET status = 'review' WHERE id = ANY($1::bigint[]) AND status = 'seen';
+
+-- name: insert_usdc_review_items
+-- One review item per (transfer, kind): transfer ids, kinds, reasons. Returns the items created.
+INSERT INTO review_items (kind, dedupe_key, chain_transfer_id, amount_usdc_micro, reason)
+SELECT r.kind, 'usdc:' || t.chain_id || ':' || t.tx_hash || ':' || t.log_index || ':' || r.kind, t.id,
+       t.amount_micro, r.reason
+FROM unnest($1::bigint[], $2::text[], $3::text[]) AS r (transfer_id, kind, reason)
+JOIN chain_transfers t ON t.id = r.transfer_id
+ORDER BY t.id
+ON CONFLICT (dedupe_key) DO NOTHING
+RETURNING chain_transfer_id, kind;
+
+-- name: check_ledger_now
+-- The ledger's deferred checks (0001), run now rather than at commit, so that a refused entry fails
+-- inside the savepoint that wrote it; then deferred again for the rest of the transaction.
+SET CONSTRAINTS postings_balanced, journal_entries_have_postings IMMEDIATE;
+SET CONSTRAINTS postings_balanced, journal_entries_have_postings DEFERRED;
 
 -- name: open_intents_of_users
 SELECT id, user_id, expected_amount_usdc FROM deposit_intents

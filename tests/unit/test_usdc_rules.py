@@ -6,18 +6,23 @@ from uuid import UUID
 import pytest
 
 from kiota.usdc import (
+    MAX_CREDIT_MICRO,
     TRANSFER_TOPIC,
+    ZERO_ADDRESS,
     DueTransfer,
     OpenIntent,
     TransferLog,
     classify,
     confirmations,
+    decide_credit,
     decide_credits,
     decode_transfer,
     intent_end,
     latest_per_key,
+    log_still_in_receipt,
     next_ranges,
     payment_flags,
+    payout_finality,
 )
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -86,19 +91,126 @@ def test_decode_transfer() -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"topics": [TRANSFER_TOPIC]}, {"topics": ["0x" + "11" * 32, "0x0", "0x0"]}, {"data": "0x"}, {"removed": True}],
+    [
+        {"topics": [TRANSFER_TOPIC]},
+        {"topics": ["0x" + "11" * 32, "0x0", "0x0"]},
+        {"data": "0x"},
+        {"removed": True},
+        # a provider's answer is not trusted: malformed fields are no transfer, never an exception
+        {"data": "0x" + "zz" * 32},
+        {"logIndex": None},
+        {"logIndex": "three"},
+        {"blockNumber": 16},
+        {"topics": "not a list"},
+        {"topics": None, "data": None},
+    ],
 )
 def test_decode_refuses_what_is_not_a_transfer(changes: dict[str, Any]) -> None:
     assert decode_transfer(_log(**changes)) is None
 
 
-def test_classify_and_confirmations() -> None:
-    transfer = decode_transfer(_log())
-    assert transfer is not None
-    assert classify(transfer, "0x" + "AA" * 20, set()) == "treasury"
-    assert classify(transfer, "0x" + "cc" * 20, {"0xabc"}) == "own_payout"
-    assert classify(transfer, None, set()) == "deposit"
+@pytest.mark.parametrize("log", [None, [], "0x", 7, {}])
+def test_decode_refuses_what_is_not_a_log(log: Any) -> None:
+    assert decode_transfer(log) is None
+
+
+def test_decode_refuses_a_log_without_a_field() -> None:
+    for field in ("transactionHash", "logIndex", "blockNumber", "blockHash", "address"):
+        log = _log()
+        del log[field]
+        assert decode_transfer(log) is None, field
+
+
+USDC = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
+TREASURY = "0x" + "AA" * 20
+DEPOSIT_ADDRESS = "0x" + "bb" * 20
+
+
+def _transfer(**changes: Any) -> TransferLog:
+    base = TransferLog("0xabc", 3, 16, "0xdef", USDC.lower(), "0x" + "cc" * 20, DEPOSIT_ADDRESS, 25_500_000)
+    return replace(base, **changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "own", "kind"),
+    [
+        ({}, set(), "deposit"),
+        ({"sender": ZERO_ADDRESS}, set(), "deposit"),  # a mint is USDC arriving at the address
+        # a transferFrom by a third party logs the owner as sender: the same as any transfer
+        ({"sender": "0x" + "dd" * 20}, set(), "deposit"),
+        ({"amount": MAX_CREDIT_MICRO}, set(), "deposit"),
+        ({"amount": MAX_CREDIT_MICRO + 1}, set(), "too_large"),
+        ({"amount": 2**256 - 1}, set(), "too_large"),
+        ({"amount": 0}, set(), "zero_value"),
+        ({"amount": 0, "sender": ZERO_ADDRESS}, set(), "zero_value"),  # a zero mint adds nothing either
+        ({"sender": DEPOSIT_ADDRESS}, set(), "self_transfer"),
+        ({"token": "0x" + "ee" * 20}, set(), "foreign_contract"),
+        ({"token": "0x" + "ee" * 20, "amount": 0}, set(), "foreign_contract"),  # not ours, whatever it says
+        ({"token": "0x" + "ee" * 20, "sender": TREASURY.lower()}, set(), "foreign_contract"),
+        ({"sender": TREASURY.lower()}, set(), "treasury"),
+        ({"sender": TREASURY.lower(), "amount": 0}, set(), "zero_value"),
+        ({}, {"0xabc"}, "own_payout"),
+        ({"amount": MAX_CREDIT_MICRO + 1}, {"0xabc"}, "own_payout"),
+    ],
+)
+def test_what_a_log_to_a_deposit_address_is(changes: dict[str, Any], own: set[str], kind: str) -> None:
+    assert classify(_transfer(**changes), USDC, TREASURY, own) == kind
+
+
+def test_classify_without_a_treasury_and_confirmations() -> None:
+    assert classify(_transfer(sender=TREASURY.lower()), USDC, None, set()) == "deposit"
     assert [confirmations(10, b) for b in (10, 9, 11)] == [1, 2, 0]
+
+
+def test_the_bound_fits_the_ledger_with_room_for_balances() -> None:
+    bigint = 2**63 - 1
+    assert MAX_CREDIT_MICRO * 9000 < bigint  # nine thousand of the largest credits still sum in a bigint
+    assert MAX_CREDIT_MICRO >= 10**6 * 10**6 * 1000  # a thousand times the largest intent (1,000,000 USDC)
+
+
+def _receipt_log(**changes: Any) -> dict[str, Any]:
+    return _log(**{"topics": [TRANSFER_TOPIC, "0x" + "00" * 12 + "cc" * 20, "0x" + "00" * 12 + "bb" * 20],
+                   **changes})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("receipt", "still"),
+    [
+        ({"logs": [_receipt_log()]}, True),
+        ({"logs": [_receipt_log(logIndex="0x1"), _receipt_log()]}, True),
+        (None, False),  # no receipt: the transaction is in no block
+        ({}, False),
+        ({"logs": []}, False),
+        ({"logs": [_receipt_log(logIndex="0x4")]}, False),  # mined again behind another log: another key
+        ({"logs": [_receipt_log(address="0x" + "ee" * 20)]}, False),
+        ({"logs": [_receipt_log(data="0x" + f"{1:064x}")]}, False),
+        ({"logs": [_receipt_log(topics=[TRANSFER_TOPIC, "0x" + "00" * 32, "0x" + "00" * 12 + "cd" * 20])]}, False),
+        ({"logs": ["garbage", None]}, False),
+    ],
+)
+def test_a_credited_log_is_gone_only_when_its_receipt_agrees(receipt: Any, still: bool) -> None:
+    assert log_still_in_receipt(receipt, USDC, 3, DEPOSIT_ADDRESS, 25_500_000) is still
+
+
+@pytest.mark.parametrize(
+    ("receipt_block", "succeeded", "nonce_used", "head", "expected"),
+    [
+        (10, True, True, 10, "waiting"),  # one confirmation
+        (10, True, True, 11, "final"),  # two
+        (10, True, True, 30, "final"),
+        (12, True, True, 11, "waiting"),  # a node behind the receipt's block: not final
+        (10, False, True, 30, "reverted"),  # mined again after a reorg, and reverted this time
+        (None, False, False, 30, "gone"),  # in no block, nonce free: send the same bytes again
+        (None, False, True, 30, "nonce_taken"),
+    ],
+)
+def test_a_settled_payout_is_final_at_the_required_confirmations(
+    receipt_block: int | None, succeeded: bool, nonce_used: bool, head: int, expected: str
+) -> None:
+    state = payout_finality(
+        receipt_block=receipt_block, succeeded=succeeded, nonce_used=nonce_used, head=head, required=2
+    )
+    assert state == expected
 
 
 I1, I2 = UUID(int=1), UUID(int=2)
@@ -149,3 +261,24 @@ def test_one_row_per_transfer_key_the_last_seen() -> None:
     other = replace(first, log_index=4)
     assert latest_per_key([first, other, moved]) == [moved, other]
     assert latest_per_key([]) == []
+
+
+def test_one_credit_decided_alone_matches_the_round() -> None:
+    transfer = _due(0, "a", 4)
+    assert decide_credit(transfer, OpenIntent(I1, 5), set()).flags == ("underpaid",)
+    assert decide_credit(transfer, None, {"a"}).intent_id is None
+    assert decide_credits([transfer], {"a": OpenIntent(I1, 5)}, set()) == [
+        decide_credit(transfer, OpenIntent(I1, 5), set())
+    ]
+
+
+def test_a_reversal_takes_the_users_credit_back_into_suspense() -> None:
+    from kiota.ledger import SUSPENSE_USDC, Direction, usdc_received, usdc_reversed, user_account
+
+    credit = usdc_received(8453, "0xABC", 3, "u1", 7)
+    reversal = usdc_reversed(8453, "0xABC", 3, "u1", 7)
+    assert reversal.key == credit.key + ":reversed" == "usdc:8453:0xabc:3:reversed"
+    assert {(p.account, p.direction, p.amount) for p in reversal.postings} == {
+        (user_account("u1", "USDC"), Direction.DEBIT, 7),
+        (SUSPENSE_USDC, Direction.CREDIT, 7),
+    }
