@@ -321,7 +321,11 @@ async def _processing_while_killed(system: MpesaSystem, users: list[str]) -> lis
 
     await wait_for(all_blocked)  # their jobs look again only in minutes: the test's calls are the only payers
     await system.pool.execute("UPDATE payout_guards SET kill_switch = false")
-    return ids
+    # In the order the lane takes companions (their callbacks may have come in any order).
+    rows = await system.pool.fetch(
+        "SELECT id::text FROM deposits WHERE id = ANY($1::uuid[]) ORDER BY processing_since", ids
+    )
+    return [row["id"] for row in rows]
 
 
 async def test_the_lane_owner_pays_every_waiting_deposit_in_further_turns(mpesa_system: MpesaSystem) -> None:
