@@ -20,23 +20,13 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.client_address import scope_client_address
 from api.deps import ResourcesDep
 from kiota.errors import RateLimited
-from kiota.netaddr import Network, client_address
 from kiota.ratelimits import initiate_checks, intent_checks, request_checks
 
 if TYPE_CHECKING:
     from api.app import Resources
-
-
-def scope_client_address(scope: Scope, trusted_proxies: list[Network]) -> str | None:
-    client = scope.get("client")
-    forwarded: str | None = None
-    if trusted_proxies:  # believed only from a trusted proxy: without any, not even read
-        for name, value in scope.get("headers", []):
-            if name == b"x-forwarded-for":
-                forwarded = value.decode("latin-1")
-    return client_address(client[0] if client else None, forwarded, trusted_proxies)
 
 
 class ClientRateLimitMiddleware:

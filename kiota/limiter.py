@@ -73,14 +73,14 @@ class Limiter:
         pairs = [(check, item) for check in checks for item in check.items]
         if len(pairs) > 1:  # test all first: a request refused by one limit is counted by none
             for check, item in pairs:
-                if not await self._window.test(item, check.identity):
+                if not await self._window.test(item, check.counter):
                     await self._refuse(check, item)
         for check, item in pairs:
-            if not await self._window.hit(item, check.identity):
+            if not await self._window.hit(item, check.counter):
                 await self._refuse(check, item)
 
     async def _refuse(self, check: Check, item: RateLimitItem) -> None:
-        stats = await self._window.get_window_stats(item, check.identity)
+        stats = await self._window.get_window_stats(item, check.counter)
         retry_after = retry_after_seconds(stats.reset_time, time.time())
         log.info("rate limited", check=check.name, limit=str(item), retry_after=retry_after)
         raise RateLimited(f"too many requests ({check.name.replace('_', ' ')}: {item})", retry_after)

@@ -45,6 +45,12 @@ class Check:
     identity: str
     on_outage: OnOutage
 
+    @property
+    def counter(self) -> str:
+        """The counter's key: the check's name is part of it, so two checks with the same rate and
+        identity (a user's initiates and intents both at 10/hour) never share a counter."""
+        return f"{self.name}:{self.identity}"
+
 
 @dataclass(frozen=True, slots=True)
 class Policy:

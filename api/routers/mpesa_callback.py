@@ -17,10 +17,11 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from api.client_address import scope_client_address
 from api.deps import get_resources
 from kiota.callbacks import Received, record_malformed
 from kiota.mpesa import MalformedCallback, parse_callback
-from kiota.netaddr import allowed, client_address
+from kiota.netaddr import allowed
 
 router = APIRouter(tags=["webhooks"])
 log = structlog.get_logger(__name__)
@@ -42,12 +43,7 @@ async def mpesa_callback(request: Request) -> Response:
     token: str = request.path_params["token"]
     resources = await get_resources(request)
     settings = resources.settings
-    address = client_address(
-        request.client.host if request.client else None,
-        # Believed only from a trusted proxy: without any, not even read.
-        request.headers.get("x-forwarded-for") if resources.trusted_proxies else None,
-        resources.trusted_proxies,
-    )
+    address = scope_client_address(request.scope, resources.trusted_proxies)
     if not _token_matches(token, settings.callback_tokens):
         log.warning("mpesa callback with a wrong token", client=address)
         return JSONResponse({"detail": "not found"}, status_code=404)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -453,6 +454,13 @@ async def test_with_production_daraja_only_safaricoms_addresses_may_call_back(
             headers={"X-Forwarded-For": "196.201.214.200, 6.6.6.6"},
         )
         assert leftmost.status_code == 403
+        # The same, with our proxy's hop on a header line of its own: every line is read, in order.
+        two_lines = await http.post(
+            CALLBACK,
+            content=json.dumps(unknown_failure("ws_CO_two_lines")),
+            headers=[("X-Forwarded-For", "196.201.214.200"), ("X-Forwarded-For", "6.6.6.6")],
+        )
+        assert two_lines.status_code == 403
     rows = await pool.fetch("SELECT checkout_request_id, remote_addr FROM mpesa_callbacks")
     assert [(r["checkout_request_id"], r["remote_addr"]) for r in rows] == [("ws_CO_via_proxy", "196.201.214.200")]
 

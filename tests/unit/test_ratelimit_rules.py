@@ -108,3 +108,13 @@ def test_malformed_limits_are_refused(text: str) -> None:
 )
 def test_retry_after_is_whole_seconds_and_at_least_one(reset_at: float, now: float, seconds: int) -> None:
     assert retry_after_seconds(reset_at, now) == seconds
+
+
+def test_a_users_initiates_and_intents_never_share_a_counter_even_at_the_same_rate() -> None:
+    same = Policy.parse(
+        initiate_per_user="10/hour", initiate_per_phone="5/hour", intents_per_user="10/hour", per_ip="600/minute",
+        pepper=b"p",
+    )  # fmt: skip
+    pushes, intents = initiate_checks(same, "alice", "254708374149")[0], intent_checks(same, "alice")[0]
+    assert pushes.identity == intents.identity == "user:alice"
+    assert pushes.counter != intents.counter
