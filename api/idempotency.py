@@ -56,6 +56,11 @@ class Idempotency:
         self._key = key
         self._hash = body_hash
 
+    @property
+    def key(self) -> str | None:
+        """The request's Idempotency-Key (a service may save it with what the request creates)."""
+        return self._key
+
     async def run(self, handler: Callable[[], Awaitable[Answer]]) -> Response:
         if self._key is None:
             status, body = await handler()

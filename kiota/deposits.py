@@ -32,6 +32,10 @@ PUSH_CANCELLED_REASON = (
     "the request was cancelled before M-Pesa answered the STK push; a payment prompt may still reach the phone: "
     "match this deposit with the success callbacks listed for review (kiota ops review) before crediting it"
 )
+PUSH_OUTCOME_UNKNOWN = (
+    "a payment prompt for this request may already have reached the phone, so it is not sent again; "
+    "the payment will be reviewed"
+)
 ACCOUNT_REFERENCE = "Kiota"
 TRANSACTION_DESC = "Kiota savings"
 
@@ -61,12 +65,17 @@ async def initiate(
     callback_url: str,
     query_after_seconds: int,
     admit: Callable[[], Awaitable[None]],
+    request_key: str | None = None,
 ) -> InitiateResult:
     """Record the deposit with its quote, then push. `phone` and `amount_kes` are already valid.
 
     `admit` counts the push against the request limits (or raises): it runs after the pending
     cap is checked and before the deposit is recorded, so a refused request leaves no row and
     pushes nothing, and a request refused by the cap is not counted.
+
+    `request_key` is the app's Idempotency-Key, saved with the deposit before the push: a request
+    with a key that already made a deposit answers from that deposit and never pushes again (its
+    first process may have died after the push); only a push Daraja refused may be tried again.
     """
     q = load_queries()
     quote = kes_to_usdc(amount_kes, kes_per_usd)
@@ -74,6 +83,10 @@ async def initiate(
     async with pool.acquire() as conn, conn.transaction():
         # The user's row lock makes two concurrent initiates count one after the other.
         await conn.execute(q.lock_user_deposits, user_id)
+        if request_key is not None:
+            earlier = await conn.fetchrow(q.deposit_of_request, user_id, request_key)
+            if earlier is not None and not await conn.fetchval(q.forget_request_key, earlier["id"]):
+                return _answer_again(earlier)
         if await conn.fetchval(q.pending_deposits_of_user, user_id) >= PENDING_DEPOSITS_PER_USER:
             raise TooManyPending(
                 f"at most {PENDING_DEPOSITS_PER_USER} deposits may wait for M-Pesa at once; "
@@ -82,8 +95,9 @@ async def initiate(
             )
         await admit()
         await conn.execute(
-            q.insert_deposit, deposit_id, user_id, amount_kes, kes_per_usd, quote.amount_usdc_micro, mask_phone(phone)
-        )
+            q.insert_deposit,
+            deposit_id, user_id, amount_kes, kes_per_usd, quote.amount_usdc_micro, mask_phone(phone), request_key,
+        )  # fmt: skip
     bound = log.bind(deposit_id=str(deposit_id), phone=mask_phone(phone), amount_kes=amount_kes)
     try:
         accepted = await daraja.stk_push(
@@ -142,6 +156,23 @@ async def initiate(
             "customer_message": accepted.customer_message,
             "kes_per_usd": format_rate(kes_per_usd),
             "amount_usdc": format_usdc(quote.amount_usdc_micro),
+        },
+    )
+
+
+def _answer_again(earlier: asyncpg.Record) -> InitiateResult:
+    """The answer for a request whose Idempotency-Key already made this deposit: never a second push."""
+    if earlier["checkout_request_id"] is None:  # the push's outcome was never recorded: it may have gone out
+        return InitiateResult(504, {"detail": PUSH_OUTCOME_UNKNOWN, "deposit_id": str(earlier["id"])})
+    return InitiateResult(
+        202,
+        {
+            "deposit_id": str(earlier["id"]),
+            "status": earlier["status"],
+            "checkout_request_id": earlier["checkout_request_id"],
+            "customer_message": "The payment prompt was already sent to your phone.",
+            "kes_per_usd": format_rate(earlier["kes_per_usd"]),
+            "amount_usdc": format_usdc(earlier["amount_usdc"]),
         },
     )
 

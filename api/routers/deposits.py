@@ -51,6 +51,7 @@ async def initiate_deposit(
             callback_url=f"{settings.public_url}/api/v1{CALLBACK_PATH}/{settings.callback_tokens[0]}",
             query_after_seconds=settings.mpesa_query_after_seconds,
             admit=limits.initiate(user.id, phone),
+            request_key=idem.key,
         )
         return result.status_code, result.body
 

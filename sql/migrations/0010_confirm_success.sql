@@ -10,11 +10,16 @@
 -- Deposits already `processing` when this runs are left unconfirmed on purpose: most were
 -- made processing by a callback, which proves nothing by itself, so the new release's
 -- completion job confirms each with the STK query before paying it (one query each; a
--- deposit the query had recovered answers 0 again). Payouts already signed are not touched:
--- their nonces are spent and the lane keeps re-sending them.
+-- deposit the query had recovered answers 0 again). A processing deposit whose payout was
+-- already signed is the exception: its transaction is out (the lane keeps re-sending it), so
+-- asking now could only send paid money to review; it is marked `signed_before_confirmation`.
 --
--- Expand only: the previous release neither reads nor writes these columns. Its workers,
--- still running for a minute during a deploy, sign without confirming; they stop with it.
+-- The database itself refuses to sign (give a nonce to) a payout whose deposit is not
+-- confirmed, whichever release asks: the previous release's workers, still running for a
+-- minute during this deploy, would otherwise pay a callback's success unconfirmed. Their
+-- attempt fails and sends that deposit to review (nothing paid); `kiota ops retry` then
+-- confirms it with the STK query and pays it. Stop the worker before deploying this release
+-- to avoid that.
 
 ALTER TABLE deposits ADD COLUMN confirmed_at timestamptz;
 ALTER TABLE deposits ADD COLUMN confirmed_by text;            -- stk_query | setting | operator:<name>
@@ -27,9 +32,19 @@ ALTER TABLE deposits ADD COLUMN confirm_answer text;          -- the query's las
 -- cap the moment it is signed. The database stamps it, whichever release signs.
 ALTER TABLE payouts ADD COLUMN signed_at timestamptz;
 
+UPDATE deposits d
+SET confirmed_at = now(), confirmed_by = 'signed_before_confirmation',
+    confirm_answer = 'its payout was signed before successes were confirmed (migration 0010)'
+WHERE d.status = 'processing'
+  AND EXISTS (SELECT 1 FROM payouts p WHERE p.deposit_id = d.id AND p.nonce IS NOT NULL);
+
 CREATE FUNCTION payouts_stamp_signed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM deposits WHERE id = NEW.deposit_id AND confirmed_at IS NOT NULL) THEN
+        RAISE EXCEPTION 'payout % of deposit %: its M-Pesa success is not confirmed', NEW.id, NEW.deposit_id
+            USING ERRCODE = 'check_violation';
+    END IF;
     NEW.signed_at := coalesce(NEW.signed_at, now());
     RETURN NEW;
 END $$;

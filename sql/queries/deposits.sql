@@ -1,6 +1,15 @@
 -- name: insert_deposit
-INSERT INTO deposits (id, user_id, status, amount_kes, kes_per_usd, amount_usdc, phone_masked)
-VALUES ($1, $2, 'pending', $3, $4, $5, $6);
+INSERT INTO deposits (id, user_id, status, amount_kes, kes_per_usd, amount_usdc, phone_masked, request_key)
+VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7);
+
+-- name: deposit_of_request
+-- The deposit an earlier request with the same Idempotency-Key created (user, key).
+SELECT id, status, checkout_request_id, kes_per_usd, amount_usdc FROM deposits WHERE user_id = $1 AND request_key = $2;
+
+-- name: forget_request_key
+-- A push Daraja refused reached no phone: the key may push again (the refused deposit stays, failed).
+UPDATE deposits SET request_key = NULL WHERE id = $1 AND status = 'failed' AND checkout_request_id IS NULL
+RETURNING id;
 
 -- name: deposit_pushed
 UPDATE deposits

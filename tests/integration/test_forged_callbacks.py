@@ -502,8 +502,9 @@ async def test_migration_0010_leaves_processing_deposits_to_be_confirmed_and_dat
             payout,
         )
         assert await migrate(empty_database_url) == [m.version for m in discover() if m.version >= "0010"]
-        confirmed = await conn.fetch("SELECT confirmed_at FROM deposits")
-        assert [r["confirmed_at"] for r in confirmed] == [None, None]  # their next job run asks the STK query
+        confirmed = dict(await conn.fetch("SELECT id, confirmed_by FROM deposits"))
+        # The unsigned one's next job run asks the STK query; the signed one's payout is already out.
+        assert confirmed == {in_flight: None, signed: "signed_before_confirmation"}
         age = await conn.fetchval("SELECT now() - signed_at FROM payouts WHERE id = $1", payout)
         assert timedelta(minutes=19) < age < timedelta(minutes=21)  # when its first attempt was signed
         # Signing stamps the time, whichever release signs.
@@ -513,6 +514,12 @@ async def test_migration_0010_leaves_processing_deposits_to_be_confirmed_and_dat
             in_flight,
         )
         assert await conn.fetchval("SELECT signed_at FROM payouts WHERE id = $1", created) is None
+        # Whichever release signs, the database refuses a nonce for a deposit M-Pesa has not confirmed.
+        with pytest.raises(asyncpg.CheckViolationError, match="not confirmed"):
+            await conn.execute("UPDATE payouts SET nonce = 8, status = 'signed' WHERE id = $1", created)
+        await conn.execute(
+            "UPDATE deposits SET confirmed_at = now(), confirmed_by = 'stk_query' WHERE id = $1", in_flight
+        )
         await conn.execute("UPDATE payouts SET nonce = 8, status = 'signed' WHERE id = $1", created)
         assert await conn.fetchval("SELECT signed_at IS NOT NULL FROM payouts WHERE id = $1", created)
     finally:
