@@ -97,6 +97,11 @@ class OutageRig:
     def events(self, event: str, service: str) -> list[dict[str, Any]]:
         return [record for record in self.events_named(event) if record.get("service") == service]
 
+    async def logged(self, event: str, seconds: float) -> None:
+        async with asyncio.timeout(seconds):
+            while not self.events_named(event):
+                await asyncio.sleep(0.05)
+
     async def heartbeat_after(self, since: datetime, seconds: float) -> datetime:
         """When the worker next said it is alive in PostgreSQL (its start-up and resumes do)."""
         async with asyncio.timeout(seconds):
@@ -229,6 +234,13 @@ async def assert_paid_exactly_once(system: MpesaSystem, deposits: Sequence[Depos
         assert await balance(system.pool, user_account(d.user, "USDC")) == AMOUNT_USDC
 
 
+async def payouts_sent(system: MpesaSystem, more_than: int) -> None:
+    """Until the lane has signed and sent more payouts than `more_than` (the others wait for the lane)."""
+    async with asyncio.timeout(20):
+        while await system.pool.fetchval("SELECT count(*) FROM payout_attempts") <= more_than:
+            await asyncio.sleep(0.05)
+
+
 def assert_no_traceback(rig: OutageRig) -> None:
     text = rig.log_text()
     assert "Traceback" not in text, text[text.index("Traceback") - 2000 : text.index("Traceback") + 3000]
@@ -250,9 +262,7 @@ async def test_redis_restarted_under_load_the_worker_stays_up_and_every_deposit_
     # the job paying them runs through it.
     await _mine_on_demand(chain)
     assert await send_callbacks(system, in_flight) == [200] * 3
-    async with asyncio.timeout(20):
-        while await system.pool.fetchval("SELECT count(*) FROM payout_attempts") < 6:
-            await asyncio.sleep(0.05)
+    await payouts_sent(system, more_than=len(before))
     await rig.redis.stop()  # Redis goes away, and comes back empty: it keeps nothing on disk
     # PostgreSQL records these callbacks (200); their enqueue fails: only a resumed worker pays them.
     assert await send_callbacks(system, during) == [200] * 2
@@ -296,9 +306,7 @@ async def test_postgres_restarted_under_load_the_worker_stays_up_and_every_depos
     # These payouts are signed and sent, and wait for a block that comes only after the outage.
     await _mine_on_demand(chain)
     assert await send_callbacks(system, in_flight) == [200] * 3
-    async with asyncio.timeout(20):
-        while await system.pool.fetchval("SELECT count(*) FROM payout_attempts") < 6:
-            await asyncio.sleep(0.05)
+    await payouts_sent(system, more_than=len(before))
     await rig.postgres.stop()  # PostgreSQL goes away (a fast shutdown ends every session)
     # Nothing can be recorded: no callback gets a 200. Daraja does not send again; the STK query will.
     answers = await send_callbacks(system, during)
@@ -346,6 +354,7 @@ async def test_a_worker_started_during_an_outage_waits_and_sigterm_during_one_le
     back = datetime.now(UTC)
     await rig.postgres.start()
     assert await rig.heartbeat_after(back, RESUME_SECONDS) - back < timedelta(seconds=RESUME_SECONDS)
+    await rig.logged("worker started", seconds=RESUME_SECONDS)
     assert len(rig.events(BACK, "redis")) == 1 and len(rig.events(BACK, "postgresql")) == 1
 
     # A payout waits for its block (none is mined until the test says so) when Redis goes away,
@@ -353,9 +362,7 @@ async def test_a_worker_started_during_an_outage_waits_and_sigterm_during_one_le
     await _mine_on_demand(chain)
     [deposit] = await initiate(system, 1)
     assert await send_callbacks(system, [deposit]) == [200]
-    async with asyncio.timeout(20):
-        while not await system.pool.fetchval("SELECT count(*) FROM payout_attempts"):
-            await asyncio.sleep(0.05)
+    await payouts_sent(system, more_than=0)
     await rig.redis.stop()
     await asyncio.sleep(1)
     assert rig.worker is not None
