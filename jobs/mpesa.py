@@ -57,11 +57,9 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
     except TRANSIENT as exc:
         error = f"{type(exc).__name__}: {exc}"
         retry_in = backoff_seconds(1, ctx["backoff_base_seconds"])
-        try:
-            failures = await history.failed_once(error, retry_in)
-        except TRANSIENT:  # PostgreSQL itself is down: nothing can be counted, try again later
-            log.warning("payout interrupted while PostgreSQL is unreachable; retrying", error=error)
-            raise Retry(defer=retry_in) from exc
+        # If PostgreSQL itself is down, nothing can be counted: this raises, and the worker's
+        # outage handling (jobs/outages.py) waits for it and runs the job again.
+        failures = await history.failed_once(error, retry_in)
         if failures >= MAX_FAILURES or await _tried_too_long(pool, deposit_id):
             reason = f"payout failed {failures} times; last error: {error}"
             await abandon(pool, uuid.UUID(deposit_id), reason)

@@ -9,19 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import sys
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import structlog
 from arq import cron
+from arq.connections import ArqRedis
+from arq.constants import default_queue_name, health_check_key_suffix
 from arq.worker import Worker, func
+from redis.exceptions import RedisError
 
 from jobs.mpesa import complete_mpesa_deposit, query_mpesa_deposit, scan_chain_tick, sweep_tick
+from jobs.outages import (
+    POSTGRES,
+    REDIS,
+    Outages,
+    RunningJob,
+    outage_aware,
+    postgres_answers,
+    restore_running_jobs,
+    supervise,
+)
 from kiota.chain_rpc import ChainReader
 from kiota.confirm import ConfirmTiming
 from kiota.daraja import DarajaClient
@@ -30,7 +45,7 @@ from kiota.ingester import ScanConfig
 from kiota.logging import configure_logging
 from kiota.payouts import LaneConfig
 from kiota.process import freeze_what_lives_forever
-from kiota.queue import deserialize_job, redis_settings, serialize_job
+from kiota.queue import create_queue, deserialize_job, redis_settings, serialize_job
 from kiota.settings import WorkerSettings, load_settings
 from kiota.sql import load_queries
 from kiota.sweeper import sweep, worker_lock_key
@@ -43,6 +58,7 @@ log = structlog.get_logger(__name__)
 # deposit waits well under a minute, not arq's default five.
 DEFAULT_RECURSION_LIMIT = 1000
 JOB_TIMEOUT_SECONDS = 40
+IN_PROGRESS_SECONDS = JOB_TIMEOUT_SECONDS + 10  # arq's in-progress key lives this long
 # Polling sets throughput (REFERENCE.md: defaults give ~20 jobs/s). 50 ms keeps
 # latency low without spinning Redis; 20 concurrent jobs fit a 20-connection pool.
 POLL_DELAY_SECONDS = 0.05
@@ -53,9 +69,37 @@ JOB_COMPLETION_WAIT_SECONDS = 45
 
 
 async def startup(ctx: dict[str, Any]) -> None:
+    """Every start of an arq worker: the first, and each after an outage (`jobs/outages.py`), which
+    keeps the clients, the worker's id and its running jobs, and puts those jobs back in Redis."""
     settings: WorkerSettings = ctx.get("settings") or load_settings(WorkerSettings)
     ctx["settings"] = settings
-    ctx["pool"] = await create_pool(settings.database_url, min_size=1, max_size=MAX_JOBS + 2)
+    outages: Outages = ctx.setdefault("outages", _outages(ctx, settings))
+    running: dict[str, RunningJob] = ctx.setdefault("running_jobs", {})
+    if "pool" not in ctx:  # the first start builds the pool and clients; a start after an outage keeps them
+        await _build(ctx, settings)
+        outages.on_back(POSTGRES, functools.partial(_database_back, ctx))
+    # Liveness: a session lock held for the worker's whole life. When the process dies,
+    # PostgreSQL frees it, and the sweeper knows this worker's running jobs are orphans.
+    await ensure_liveness(ctx)
+    await heartbeat(ctx)
+    restored = await restore_running_jobs(ctx["redis"], running, IN_PROGRESS_SECONDS)
+    report = await sweep(ctx["pool"], ctx["redis"], settings.sweep_seconds, force=True)
+    outages.mark_up(REDIS)
+    outages.mark_up(POSTGRES)
+    resumed, ctx["started"] = ctx.get("started", False), True
+    log.info(
+        "worker resumed" if resumed else "worker started",
+        worker_id=ctx["worker_id"],
+        running=restored,
+        recovered=report.recovered,
+        reenqueued=report.reenqueued,
+    )
+
+
+async def _build(ctx: dict[str, Any], settings: WorkerSettings) -> None:
+    # No connection floor (min_size=0): asyncpg would keep re-opening the floor while PostgreSQL
+    # is down and log a traceback for each try; the outage handling waits for it instead.
+    ctx["pool"] = await create_pool(settings.database_url, min_size=0, max_size=MAX_JOBS + 2)
     ctx["treasury"] = Treasury(
         settings.base_rpc_url,
         settings.treasury_private_key.get_secret_value(),
@@ -78,12 +122,22 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx.setdefault("confirm_timing", ConfirmTiming())
     ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     ctx["started_at"] = datetime.now(UTC)
-    # Liveness: a session lock held for the worker's whole life. When the process dies,
-    # PostgreSQL frees it, and the sweeper knows this worker's running jobs are orphans.
-    await ensure_liveness(ctx)
+    ctx["liveness"] = Liveness(worker_lock_key(ctx["worker_id"]))
+
+
+def _outages(ctx: dict[str, Any], settings: WorkerSettings) -> Outages:
+    """Outage tracking for a worker run without the supervisor (tests): it heals on its own."""
+
+    async def redis_answers() -> None:
+        await ctx["redis"].ping()
+
+    return Outages({REDIS: redis_answers, POSTGRES: functools.partial(postgres_answers, settings.database_url)})
+
+
+async def _database_back(ctx: dict[str, Any]) -> None:
+    """PostgreSQL is back: new connections for the pool, the liveness lock taken again, a heartbeat."""
+    await ctx["pool"].expire_connections()
     await heartbeat(ctx)
-    report = await sweep(ctx["pool"], ctx["redis"], settings.sweep_seconds, force=True)
-    log.info("worker started", worker_id=ctx["worker_id"], recovered=report.recovered, reenqueued=report.reenqueued)
 
 
 def _closed(conn: Any) -> bool:
@@ -93,30 +147,54 @@ def _closed(conn: Any) -> bool:
         return True
 
 
+@dataclass(eq=False)
+class Liveness:
+    """This worker's liveness lock and the connection that holds it, one object for the worker's
+    life. Each job gets a copy of `ctx`, so the connection is kept here: put in a job's `ctx`
+    itself, a connection taken again would be lost with the copy (and its session leaked)."""
+
+    key: int
+    conn: Any = None
+    guard: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 async def ensure_liveness(ctx: dict[str, Any]) -> None:
     """Hold this worker's liveness lock; take it again on a new connection if PostgreSQL
     restarted under us (the sweeper would otherwise think this worker dead)."""
-    guard: asyncio.Lock = ctx.setdefault("liveness_guard", asyncio.Lock())
-    async with guard:  # jobs start concurrently: one of them re-takes the lock, the others wait
-        current = ctx.get("liveness")
-        if current is not None and not _closed(current):
-            return
-        if current is not None:
-            with contextlib.suppress(Exception):
-                await ctx["pool"].release(current)
-        conn = await ctx["pool"].acquire()
-        if not await try_advisory_lock(conn, worker_lock_key(ctx["worker_id"])):
-            await ctx["pool"].release(conn)
-            raise RuntimeError("another session holds this worker's liveness lock")
-        ctx["liveness"] = conn
-        if current is not None:
-            log.warning("liveness lock taken again after a lost database connection", worker_id=ctx["worker_id"])
+    liveness: Liveness = ctx["liveness"]
+    async with liveness.guard:  # jobs start concurrently: one of them re-takes the lock, the others wait
+        current = liveness.conn
+        if current is None or _closed(current):
+            if current is not None:
+                with contextlib.suppress(Exception):
+                    await ctx["pool"].release(current)
+                liveness.conn = None
+            liveness.conn = await _take_liveness_lock(ctx["pool"], liveness.key)
+            if current is not None:  # PostgreSQL restarted (its outage, if seen, is logged once by jobs/outages.py)
+                log.info("liveness lock taken again after a lost database connection", worker_id=ctx["worker_id"])
+
+
+async def _take_liveness_lock(pool: asyncpg.Pool, key: int) -> Any:
+    conn = await pool.acquire()
+    try:
+        locked = await try_advisory_lock(conn, key)
+    except BaseException:  # PostgreSQL went away between the two: a connection kept would be leaked
+        with contextlib.suppress(Exception):
+            await pool.release(conn)
+        raise
+    if not locked:
+        await pool.release(conn)
+        raise RuntimeError("another session holds this worker's liveness lock")
+    return conn
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    if ctx.get("liveness") is not None:
+    if ctx.get("outages") is not None:
+        await ctx["outages"].aclose()
+    liveness: Liveness | None = ctx.get("liveness")
+    if liveness is not None and liveness.conn is not None:
         with contextlib.suppress(Exception):  # the connection may have died with PostgreSQL
-            await ctx["pool"].release(ctx["liveness"])
+            await ctx["pool"].release(liveness.conn)
     for client in ("treasury", "daraja", "chain_reader"):
         if ctx.get(client) is not None:
             await ctx[client].aclose()
@@ -151,15 +229,22 @@ async def heartbeat(ctx: dict[str, Any]) -> None:
 # finished job's id must be free again for a sweeper's or an operator's re-enqueue.
 # max_tries is high because arq counts every run, waits included; real failures are
 # counted in PostgreSQL and end in needs_review after five.
+# Every function is outage-aware: an outage skips a cron tick or makes a job wait, never a traceback.
 FUNCTIONS: list[Any] = [
-    func(complete_mpesa_deposit, max_tries=10_000, keep_result=0),
-    func(query_mpesa_deposit, max_tries=10_000, keep_result=0),
+    func(outage_aware(complete_mpesa_deposit), max_tries=10_000, keep_result=0),
+    func(outage_aware(query_mpesa_deposit), max_tries=10_000, keep_result=0),
 ]
 SWEEP_TICK_SECONDS = 5  # how often the sweeper looks; SWEEP_SECONDS gates the Redis re-enqueue
 CRON_JOBS = [
-    cron(heartbeat, second={0, 30}, run_at_startup=False, timeout=10),
-    cron(sweep_tick, second=set(range(0, 60, SWEEP_TICK_SECONDS)), unique=True, timeout=30, keep_result=0),
-    cron(scan_chain_tick, second=set(range(60)), unique=True, timeout=30, keep_result=0),
+    cron(outage_aware(heartbeat, cron=True), second={0, 30}, run_at_startup=False, timeout=10),
+    cron(
+        outage_aware(sweep_tick, cron=True),
+        second=set(range(0, 60, SWEEP_TICK_SECONDS)),
+        unique=True,
+        timeout=30,
+        keep_result=0,
+    ),
+    cron(outage_aware(scan_chain_tick, cron=True), second=set(range(60)), unique=True, timeout=30, keep_result=0),
 ]
 
 
@@ -183,7 +268,7 @@ def build_worker(
     handle_signals: bool = True,
     ctx: dict[str, Any] | None = None,
 ) -> Worker:
-    """The worker; tests pass `ctx` to shorten the lane's waits and backoffs."""
+    """One arq worker; tests pass `ctx` to shorten the lane's waits and backoffs."""
     return Worker(
         functions=FUNCTIONS,
         cron_jobs=CRON_JOBS,
@@ -199,11 +284,43 @@ def build_worker(
     )
 
 
+def _supervised_worker(ctx: dict[str, Any], queue: ArqRedis) -> Worker:
+    """One of the supervisor's workers: they share the context (pools, clients, the worker's id,
+    its running jobs) and the Redis client; shutdown is the supervisor's, once, at the end."""
+    return Worker(
+        functions=FUNCTIONS,
+        cron_jobs=CRON_JOBS,
+        redis_pool=queue,
+        on_startup=startup,
+        on_job_start=on_job_start,
+        on_job_end=on_job_end,
+        handle_signals=False,  # the supervisor's
+        **queue_options(),
+        ctx=ctx,
+    )
+
+
+async def serve(settings: WorkerSettings) -> None:
+    """`kiota worker`: arq workers under the outage supervisor until SIGTERM (jobs/outages.py).
+    Redis or PostgreSQL down, at start or later, is waited out."""
+    queue = create_queue(settings.redis_url)  # connects on first use: a start with Redis down waits
+    outages = Outages(
+        {REDIS: queue.ping, POSTGRES: functools.partial(postgres_answers, settings.database_url)}, supervised=True
+    )
+    ctx: dict[str, Any] = {"settings": settings, "outages": outages}
+    try:
+        await supervise(lambda: _supervised_worker(ctx, queue), outages, JOB_COMPLETION_WAIT_SECONDS)
+    finally:
+        with contextlib.suppress(RedisError):
+            await queue.delete(default_queue_name + health_check_key_suffix)
+        await shutdown(ctx)
+        await queue.aclose(close_connection_pool=True)
+
+
 def run_worker(settings: WorkerSettings) -> None:
     # web3 imports py_ecc, which raises the recursion limit to 100000 at import; with it a
     # deeply nested JSON answer could overflow the C stack instead of raising. Put it back.
     sys.setrecursionlimit(DEFAULT_RECURSION_LIMIT)
     configure_logging()
-    worker = build_worker(settings)
     freeze_what_lives_forever()
-    worker.run()
+    asyncio.run(serve(settings))

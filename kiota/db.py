@@ -38,6 +38,34 @@ def queries() -> Queries:
     return load_queries()
 
 
+# Errors that can only mean the connection to PostgreSQL was lost (the server went away or is
+# restarting), as opposed to an error in what was asked of it.
+CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+)
+# asyncpg's own state errors, which a connection dying under an operation can also surface as.
+_DRIVER_CONFUSED = (asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` says the connection to PostgreSQL was lost: one of CONNECTION_LOST, or asyncpg
+    confused while handling one (e.g. a failure recorded on a connection that is dying)."""
+    if isinstance(exc, CONNECTION_LOST):
+        return True
+    if isinstance(exc, _DRIVER_CONFUSED):
+        link = exc.__cause__ or exc.__context__
+        for _ in range(5):  # a few links are enough
+            if link is None:
+                break
+            if isinstance(link, CONNECTION_LOST):
+                return True
+            link = link.__cause__ or link.__context__
+    return False
+
+
 def constraint_name(exc: BaseException) -> str | None:
     """The constraint an integrity error names, if any (for domain errors)."""
     if isinstance(exc, asyncpg.PostgresError):

@@ -48,7 +48,7 @@ import asyncpg
 import structlog
 
 from kiota import ledger
-from kiota.db import Connection, advisory_unlock, try_advisory_lock
+from kiota.db import Connection, advisory_unlock, connection_lost, try_advisory_lock
 from kiota.errors import ChainUnavailable, KiotaError
 from kiota.ledger_store import post_entries
 from kiota.sql import load_queries
@@ -203,9 +203,13 @@ async def _pay_in_lane(
         try:
             guards = await conn.fetchrow(load_queries().guards) or guards
             turn = await _turn(conn, treasury, guards, None, config, watch_until, turn.settled_block)
-        except Exception:
+        except Exception as exc:
             # This job's own payout is settled: whatever failed is the others', stored for the next turn.
-            log.exception("the lane stopped paying other deposits after a failure")
+            if connection_lost(exc) or isinstance(exc, OSError):  # an outage, logged once by the worker
+                error = f"{type(exc).__name__}: {exc}"
+                log.info("the lane stopped paying other deposits: connection lost", error=error)
+            else:
+                log.exception("the lane stopped paying other deposits after a failure")
             break
     return result
 

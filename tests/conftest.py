@@ -231,7 +231,7 @@ class MpesaSystem:
         )
         self._worker_task = asyncio.create_task(self.worker.async_run())
         async with asyncio.timeout(20):  # until its start-up (and start-up sweep) is done
-            while "liveness" not in self.worker.ctx or "worker_id" not in self.worker.ctx:
+            while not self.worker.ctx.get("started"):
                 assert not self._worker_task.done(), self._worker_task
                 await asyncio.sleep(0.01)
         return self.worker

@@ -50,3 +50,37 @@ async def test_enqueue_many_keeps_arqs_rule_and_arq_runs_its_jobs(redis_url: str
         assert await queue.exists("arq:result:noop_job:new")
     finally:
         await queue.aclose(close_connection_pool=True)
+
+
+async def test_a_running_job_put_back_after_redis_restarted_empty_is_held_as_arq_holds_it(redis_url: str) -> None:
+    from jobs.outages import RunningJob, restore_running_jobs
+
+    queue = create_queue(redis_url)
+    try:
+        # Redis (flushed by the fixture) came back empty while noop_job:r was running here.
+        running = {"noop_job:r": RunningJob("noop_job", ("r",), {}, score=1_000, enqueue_time_ms=900)}
+        assert await restore_running_jobs(queue, running, in_progress_seconds=50) == 1
+        assert 0 < await queue.pttl("arq:in-progress:noop_job:r") <= 50_000  # no other worker starts it
+        assert await queue.zscore("arq:queue", "noop_job:r") == 1_000  # its place, for arq's retry arithmetic
+        raw = await queue.get("arq:job:noop_job:r")
+        assert raw is not None and json.loads(raw)["a"] == ["r"]
+        assert await restore_running_jobs(queue, running, in_progress_seconds=50) == 1  # twice: nothing doubled
+        assert await queue.zcard("arq:queue") == 1
+        await queue.delete("arq:in-progress:noop_job:r")  # the run ended with a retry: arq frees the key...
+        worker = Worker(
+            functions=[func(noop_job, name="noop_job")],
+            redis_pool=create_queue(redis_url),
+            burst=True,
+            poll_delay=0,
+            keep_result=60,
+            job_serializer=queue.job_serializer,
+            job_deserializer=queue.job_deserializer,
+            handle_signals=False,
+        )
+        try:
+            await worker.main()  # ...and the job runs again from what was put back
+        finally:
+            await worker.close()
+        assert worker.jobs_complete == 1 and worker.jobs_failed == 0
+    finally:
+        await queue.aclose(close_connection_pool=True)

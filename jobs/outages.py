@@ -1,0 +1,401 @@
+"""The worker through Redis and PostgreSQL outages: it waits, says so once, and resumes.
+
+PostgreSQL is the record and Redis only the queue, so neither going away is a reason for
+`kiota worker` to exit. Three pieces, all outside arq (which is left as it is):
+
+- `Outages` knows which service is down. The first failure of an outage logs one warning;
+  a probe every `PROBE_SECONDS` finds the service back, and one info line says so.
+- `outage_aware` wraps every job function. A failure that an outage explains is no
+  traceback: a cron tick is skipped, a job waits for the service (bounded) and runs again.
+- `supervise` runs arq's `Worker.main`. arq's poll loop ends on the first Redis error, and a
+  start-up ends on the first PostgreSQL one; the supervisor then waits for the service and
+  starts a fresh `Worker` on the same context and Redis client. That worker's start-up puts
+  back in Redis the jobs still running here (Redis may have restarted empty) and re-enqueues
+  what PostgreSQL says is due, so nothing is lost and no job runs twice at once here.
+  SIGTERM stops picking jobs, lets running ones finish (up to the completion wait), then returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+from arq import Retry
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.jobs import serialize_job
+from arq.worker import Worker
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from kiota.db import connection_lost
+
+log = structlog.get_logger(__name__)
+
+REDIS = "redis"
+POSTGRES = "postgresql"
+PROBE_SECONDS = 0.5  # a service is found back at most this long after it answers again
+PROBE_TIMEOUT_SECONDS = 2.0
+# A job that meets an outage waits this long for the service before arq runs it again; well
+# below the job timeout (40 s), so waiting never looks like a hung job.
+JOB_WAIT_SECONDS = 15.0
+RETRY_SOON_SECONDS = 0.5
+
+# Errors that can only mean the connection to Redis was lost.
+_REDIS_LOST = (RedisConnectionError, RedisTimeoutError)
+# Errors that may mean PostgreSQL is unreachable (asyncpg's connect raises them; a connection
+# dying under a query can surface as asyncpg's internal state error) or something else entirely
+# (another socket, a misuse): a probe decides.
+_MAYBE_POSTGRES = (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+Probe = Callable[[], Awaitable[object]]
+
+
+def service_behind(exc: BaseException) -> tuple[str, bool] | None:
+    """Which service a failure may come from, and whether the error alone proves that the
+    connection to it was lost. None: not a connection failure at all."""
+    if isinstance(exc, _REDIS_LOST) or (isinstance(exc, RedisError) and any(map(_redis_lost, _causes(exc)))):
+        return REDIS, True  # the second: e.g. WatchError("A ConnectionError occurred on while watching …")
+    if connection_lost(exc):
+        return POSTGRES, True
+    if isinstance(exc, _MAYBE_POSTGRES):  # TimeoutError is an OSError
+        return POSTGRES, False
+    return None
+
+
+def _redis_lost(exc: BaseException) -> bool:
+    return isinstance(exc, _REDIS_LOST)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """What `exc` was raised from or while handling, nearest first (a few links are enough)."""
+    found: list[BaseException] = []
+    link = exc.__cause__ or exc.__context__
+    while link is not None and len(found) < 5:
+        found.append(link)
+        link = link.__cause__ or link.__context__
+    return found
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+async def postgres_answers(dsn: str) -> None:
+    """Probe: a fresh connection, so a pool of dead connections cannot answer for the server."""
+    conn = await asyncpg.connect(dsn, timeout=PROBE_TIMEOUT_SECONDS)
+    await conn.close(timeout=PROBE_TIMEOUT_SECONDS)
+
+
+class Outages:
+    """Which services are down, each outage logged once: a warning when it is first met, an
+    info line when the service is back.
+
+    PostgreSQL is declared back by the prober (after the `on_back` hook). Redis is too, unless
+    a supervisor resumes it (`supervised=True`): Redis may have come back empty, so it is back
+    only once a fresh worker has put the running jobs back and swept (`mark_up`)."""
+
+    def __init__(self, probes: Mapping[str, Probe], *, supervised: bool = False) -> None:
+        self._probes = dict(probes)
+        self._self_healing = {POSTGRES} if supervised else set(self._probes)
+        self._down: dict[str, float] = {}
+        self._up = {service: asyncio.Event() for service in self._probes}
+        self._reachable = {service: asyncio.Event() for service in self._probes}
+        self._lost = {service: asyncio.Event() for service in self._probes}
+        for service in self._probes:
+            self._up[service].set()
+            self._reachable[service].set()
+        self._probers: dict[str, asyncio.Task[None]] = {}
+        self._on_back: dict[str, Callable[[], Awaitable[None]]] = {}
+        self.stopping = asyncio.Event()
+
+    def on_back(self, service: str, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run `hook` when the prober finds `service` back, before it is declared up."""
+        self._on_back[service] = hook
+
+    def is_down(self, service: str) -> bool:
+        return service in self._down
+
+    async def answers(self, service: str) -> bool:
+        try:
+            await asyncio.wait_for(self._probes[service](), PROBE_TIMEOUT_SECONDS)
+        except Exception:
+            return False
+        return True
+
+    def report(self, service: str, error: BaseException) -> None:
+        """`service` failed: the first report of an outage logs it; probing starts (again)."""
+        self._lost[service].set()
+        if service not in self._down:
+            self._down[service] = time.monotonic()
+            self._up[service].clear()
+            log.warning("service unreachable; the worker waits for it", service=service, error=_describe(error))
+        prober = self._probers.get(service)
+        if prober is None or prober.done():  # a service found back that failed again before its resume
+            self._reachable[service].clear()
+            self._probers[service] = asyncio.create_task(
+                self._probe_until_back(service),
+                name=f"probe {service}",
+                context=contextvars.Context(),  # not the context (job id …) of the job that met the outage
+            )
+
+    def mark_up(self, service: str) -> None:
+        """`service` works again (a start-up just used it); logs the end of its outage, if any."""
+        since = self._down.pop(service, None)
+        self._lost[service].clear()
+        self._reachable[service].set()
+        self._up[service].set()
+        prober = self._probers.pop(service, None)
+        if prober is not None and prober is not asyncio.current_task():
+            prober.cancel()
+        if since is not None:
+            down_seconds = round(time.monotonic() - since, 1)
+            log.info("service back; the worker resumes", service=service, down_seconds=down_seconds)
+
+    async def assess(self, exc: BaseException) -> tuple[str, bool] | None:
+        """What a failure says about the services: (service, down) if it is a lost connection,
+        down meaning an outage (reported); (service, False): the connection was lost but the
+        service answers again (it restarted); None: not a connection failure."""
+        behind = service_behind(exc)
+        if behind is None:
+            return None
+        service, certain = behind
+        if service not in self._probes:
+            return None
+        if self.is_down(service):
+            self.report(service, exc)
+            return service, True
+        # A lost Redis connection is an outage even if Redis answers now: it may have restarted
+        # empty, and only a resume puts the running jobs back.
+        if (certain and service == REDIS) or not await self.answers(service):
+            self.report(service, exc)
+            return service, True
+        return (service, False) if certain else None
+
+    async def wait_up(self, service: str, seconds: float | None = None) -> bool:
+        """Until `service` is declared back, the worker stops, or `seconds` pass; True if it is back."""
+        return await self._wait(self._up[service], seconds)
+
+    async def wait_reachable(self, service: str) -> bool:
+        """Until a probe of `service` succeeds or the worker stops."""
+        return await self._wait(self._reachable[service], None)
+
+    async def wait_lost(self, service: str) -> None:
+        await self._lost[service].wait()
+
+    async def _wait(self, event: asyncio.Event, seconds: float | None) -> bool:
+        if event.is_set() or self.stopping.is_set():
+            return event.is_set()
+        waiters = {asyncio.create_task(event.wait()), asyncio.create_task(self.stopping.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return event.is_set()
+
+    async def _probe_until_back(self, service: str) -> None:
+        while True:  # an outside service: nothing to wait on but the next probe
+            if await self.answers(service):
+                break
+            await asyncio.sleep(PROBE_SECONDS)
+        self._lost[service].clear()
+        self._reachable[service].set()
+        if service not in self._self_healing:
+            return
+        hook = self._on_back.get(service)
+        if hook is not None:
+            try:
+                await hook()
+            except Exception as exc:  # it flapped: the next failure reports it again
+                log.debug("on-back hook failed", service=service, error=_describe(exc))
+        self.mark_up(service)
+
+    async def aclose(self) -> None:
+        probers = list(self._probers.values())
+        self._probers.clear()
+        for prober in probers:
+            prober.cancel()
+        await asyncio.gather(*probers, return_exceptions=True)
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunningJob:
+    """What arq needs to hold a job again: its function, arguments, queue score and enqueue time."""
+
+    function: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    score: int
+    enqueue_time_ms: int
+
+
+JobFunction = Callable[..., Coroutine[Any, Any, Any]]
+
+
+def outage_aware(function: JobFunction, *, cron: bool = False) -> JobFunction:
+    """`function` as a job that outages do not fail. A cron tick during an outage is skipped
+    (the next tick comes anyway); a job waits for the service, then arq runs it again. A job
+    is recorded in `ctx["running_jobs"]` while it runs, so a resume can put it back in Redis."""
+    name = function.__name__
+
+    @functools.wraps(function)
+    async def job(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        outages: Outages | None = ctx.get("outages")
+        running: dict[str, RunningJob] | None = None if cron else ctx.get("running_jobs")
+        job_id: str = ctx.get("job_id", "")
+        if running is not None:
+            enqueued_ms = int(ctx["enqueue_time"].timestamp() * 1000)
+            running[job_id] = RunningJob(name, args, kwargs, int(ctx["score"]), enqueued_ms)
+        try:
+            return await function(ctx, *args, **kwargs)
+        except Exception as exc:
+            verdict = await outages.assess(exc) if outages is not None else None
+            if verdict is None:
+                raise
+            service, down = verdict
+            if not down:
+                log.info("lost a connection; the service answers again", service=service, error=_describe(exc))
+            if cron:
+                return f"skipped: {service} {'unavailable' if down else 'connection lost'}"
+            if not down:
+                raise Retry(defer=RETRY_SOON_SECONDS) from exc
+            assert outages is not None
+            await outages.wait_up(service, JOB_WAIT_SECONDS)
+            raise Retry(defer=0) from exc
+        finally:
+            if running is not None:
+                running.pop(job_id, None)
+
+    return job
+
+
+async def restore_running_jobs(queue: ArqRedis, running: Mapping[str, RunningJob], in_progress_seconds: float) -> int:
+    """Put the jobs still running in this process back in Redis as arq holds a running job: its
+    data, its place in the queue (original score) and its in-progress key. Redis may have
+    restarted empty under them; without this, the sweeper would enqueue them again and this
+    worker would run each twice at once, and a retry of one would find no job to run."""
+    jobs = dict(running)
+    if not jobs:
+        return 0
+    async with queue.pipeline(transaction=True) as tr:
+        for job_id, job in jobs.items():
+            data = serialize_job(
+                job.function, job.args, job.kwargs, None, job.enqueue_time_ms, serializer=queue.job_serializer
+            )
+            tr.set(in_progress_key_prefix + job_id, b"1", px=int(in_progress_seconds * 1000))
+            tr.set(job_key_prefix + job_id, data, px=queue.expires_extra_ms, nx=True)
+            tr.zadd(queue.default_queue_name, {job_id: job.score}, nx=True)
+        await tr.execute()
+    return len(jobs)
+
+
+# --- the supervisor ----------------------------------------------------------------------------
+
+
+async def supervise(new_worker: Callable[[], Worker], outages: Outages, completion_wait: float) -> None:
+    """Run arq workers until SIGTERM or SIGINT, through outages (see the module's docstring).
+
+    On a signal no job is picked any more; running jobs get `completion_wait` seconds to finish
+    (during an outage too), then the rest are cancelled (arq runs them again later)."""
+    loop = asyncio.get_running_loop()
+    workers: list[Worker] = []
+
+    def stop(sig: signal.Signals) -> None:
+        for worker in workers:
+            worker.allow_pick_jobs = False
+        if not outages.stopping.is_set():
+            running = sum(1 for w in workers for t in w.tasks.values() if not t.done())
+            log.info("worker stopping; running jobs may finish", signal=sig.name, running=running)
+            outages.stopping.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        while not outages.stopping.is_set():
+            worker = new_worker()
+            workers.append(worker)
+            started = loop.time()
+            service = await _run_until_outage(worker, outages)
+            if service is None:
+                break
+            worker.allow_pick_jobs = False  # retired: the jobs it runs finish on their own
+            workers = _without_finished(workers)
+            await outages.wait_reachable(service)
+            if loop.time() - started < PROBE_SECONDS:  # failing at once again: do not spin
+                await asyncio.sleep(PROBE_SECONDS)
+    finally:
+        try:
+            await _finish(workers, completion_wait)
+        finally:  # a second SIGTERM while jobs finish changes nothing; after this, it ends the process
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+async def _run_until_outage(worker: Worker, outages: Outages) -> str | None:
+    """Run `worker` until the worker stops (None) or an outage ends it (the service)."""
+    main = worker.main_task = asyncio.create_task(worker.main(), name="arq worker")
+    stopping = asyncio.create_task(outages.stopping.wait())
+    redis_lost = asyncio.create_task(outages.wait_lost(REDIS))
+    try:
+        await asyncio.wait({main, stopping, redis_lost}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        redis_lost.cancel()
+    if outages.stopping.is_set():
+        return None  # the poll loop goes on, picking nothing, until the running jobs are done
+    if not main.done():  # a job met the Redis outage before the poll loop did
+        worker.allow_pick_jobs = False
+        main.cancel()
+        await asyncio.wait({main})
+        return REDIS
+    exc = None if main.cancelled() else main.exception()
+    if exc is None:  # a burst worker that is done
+        outages.stopping.set()
+        return None
+    verdict = await outages.assess(exc)
+    if verdict is None:
+        raise exc
+    return verdict[0]
+
+
+def _without_finished(workers: list[Worker]) -> list[Worker]:
+    """Forget retired workers whose jobs are all done (their failures were the outage's)."""
+    kept = []
+    for i, worker in enumerate(workers):
+        if i < len(workers) - 1 and all(t.done() for t in worker.tasks.values()):
+            for task in worker.tasks.values():
+                if not task.cancelled():
+                    task.exception()
+            continue
+        kept.append(worker)
+    return kept
+
+
+async def _finish(workers: list[Worker], completion_wait: float) -> None:
+    tasks = [t for w in workers for t in w.tasks.values()]
+    unfinished = [t for t in tasks if not t.done()]
+    if unfinished:
+        await asyncio.wait(unfinished, timeout=completion_wait)
+        late = [t for t in unfinished if not t.done()]
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning("jobs still running at shutdown were cancelled; they run again later", jobs=len(late))
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for worker in workers:
+        if worker.main_task is not None:
+            worker.main_task.cancel()
+            await asyncio.gather(worker.main_task, return_exceptions=True)
