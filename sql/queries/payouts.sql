@@ -108,7 +108,7 @@ FROM deposits d JOIN users u ON u.id = d.user_id
 WHERE d.status = 'processing' AND d.confirmed_at IS NOT NULL AND d.id IS DISTINCT FROM $1::uuid
   AND d.amount_usdc <= $2
   AND NOT EXISTS (SELECT 1 FROM payouts p WHERE p.deposit_id = d.id AND p.status <> 'created')
-ORDER BY d.processing_since
+ORDER BY d.processing_since, d.id  -- ties (callbacks committed in one group) in a fixed order
 LIMIT $3;
 
 -- name: attempts_broadcast

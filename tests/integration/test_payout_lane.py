@@ -323,7 +323,7 @@ async def _processing_while_killed(system: MpesaSystem, users: list[str]) -> lis
     await system.pool.execute("UPDATE payout_guards SET kill_switch = false")
     # In the order the lane takes companions (their callbacks may have come in any order).
     rows = await system.pool.fetch(
-        "SELECT id::text FROM deposits WHERE id = ANY($1::uuid[]) ORDER BY processing_since", ids
+        "SELECT id::text FROM deposits WHERE id = ANY($1::uuid[]) ORDER BY processing_since, id", ids
     )
     return [row["id"] for row in rows]
 
