@@ -76,6 +76,7 @@ AUTHENTICATED: dict[int | str, dict[str, Any]] = {
 }
 IDEMPOTENT: dict[int | str, dict[str, Any]] = {
     **AUTHENTICATED,
+    400: _error("the body is not text that JSON can be read from (e.g. invalid UTF-8)"),
     409: _error("Idempotency-Key reused with another body, or its first request is still in flight"),
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
