@@ -64,7 +64,7 @@ ACCEPTED = {"ResultCode": 0, "ResultDesc": "Accepted"}
 RATE = Decimal("129.50")
 
 # A pure function is fast: many more examples than the end-to-end tests.
-PURE_CI, PURE_DEEP = 1000, 20_000
+PURE_CI, PURE_DEEP = 1000, 10_000
 ROUTE_CI, ROUTE_DEEP = 200, 10_000
 
 
@@ -113,6 +113,7 @@ def _check_parsed(parsed: StkCallback, raw: bytes) -> None:
     assert values["MpesaReceiptNumber"] == parsed.receipt
 
 
+@pytest.mark.timeout(timeout_seconds(PURE_CI, PURE_DEEP, per_example=0.02))
 @fuzz_settings(PURE_CI, PURE_DEEP)
 @given(case=_bodies())
 def test_parse_callback_returns_a_sound_callback_or_refuses(case: tuple[str, int, str, bytes]) -> None:
@@ -191,6 +192,7 @@ def _decide_and_plan(deposit: DepositView | None, cb: StkCallback, receipt_taken
     return decision.action, plan(cb, seen)
 
 
+@pytest.mark.timeout(timeout_seconds(PURE_CI, PURE_DEEP, per_example=0.02))
 @fuzz_settings(PURE_CI, PURE_DEEP)
 @given(deposit=st.none() | deposit_views, cb=stk_callbacks(), receipt_taken=st.booleans())
 def test_decide_books_money_only_for_a_matching_pending_success(
@@ -325,11 +327,14 @@ class Webhook:
 
 
 def _pristine(raw: bytes, target: Target) -> bool:
+    """The body is Daraja's success for the deposit, value for value and type for type (1.0 is not 1:
+    a float TransactionDate is refused, and True == 1 in Python)."""
     try:
         document = json.loads(raw)
     except ValueError:
         return False
-    return bool(document == success_document(target.checkout_request_id, target.amount, target.receipt))
+    expected = success_document(target.checkout_request_id, target.amount, target.receipt)
+    return json.dumps(document, sort_keys=True) == json.dumps(expected, sort_keys=True)
 
 
 @pytest.fixture
