@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 UsdcAmount = Annotated[
     str,
@@ -24,6 +24,15 @@ Identifier = Annotated[str, WithJsonSchema({"type": "string", "format": "uuid"})
 DepositStatus = Literal["pending", "processing", "completed", "failed", "needs_review"]
 IntentStatus = Literal["awaiting_payment", "confirming", "completed", "expired"]
 IntentEndReason = Literal["confirmed", "ttl", "max_checks"]
+
+
+
+class Contract(BaseModel):
+    """A success answer of the contract: its schema lists every field there is (additionalProperties
+    false), so a field that is not in the contract is caught by schemathesis, not shipped. (At run time
+    the model ignores extra keys: a GET answer is cut to its fields, never refused.)"""
+
+    model_config = ConfigDict(json_schema_extra={"additionalProperties": False})
 
 
 # --------------------------------------------------------------------------------------- errors
@@ -93,7 +102,7 @@ INITIATE: dict[int | str, dict[str, Any]] = {
 # ------------------------------------------------------------------------------------- deposits
 
 
-class InitiateOut(BaseModel):
+class InitiateOut(Contract):
     deposit_id: Identifier
     status: Literal["pending"]
     checkout_request_id: str
@@ -102,7 +111,7 @@ class InitiateOut(BaseModel):
     amount_usdc: UsdcAmount
 
 
-class DepositOut(BaseModel):
+class DepositOut(Contract):
     deposit_id: Identifier
     kind: Literal["mpesa"]
     status: DepositStatus
@@ -119,14 +128,14 @@ class DepositOut(BaseModel):
     completed_at: Timestamp | None
 
 
-class DepositListOut(BaseModel):
+class DepositListOut(Contract):
     items: list[DepositOut]
 
 
 # -------------------------------------------------------------------------------------- intents
 
 
-class IntentCreatedOut(BaseModel):
+class IntentCreatedOut(Contract):
     intent_id: Identifier
     status: IntentStatus
     deposit_address: str
@@ -142,7 +151,7 @@ INTENT_CREATE: dict[int | str, dict[str, Any]] = {
 }
 
 
-class IntentOut(BaseModel):
+class IntentOut(Contract):
     intent_id: Identifier
     status: IntentStatus
     deposit_address: str
@@ -158,17 +167,17 @@ class IntentOut(BaseModel):
 # ----------------------------------------------------------------------------- portfolio, health
 
 
-class PortfolioOut(BaseModel):
+class PortfolioOut(Contract):
     user_id: str
     deposit_address: str
     balances: dict[str, UsdcAmount]
 
 
-class HealthOut(BaseModel):
+class HealthOut(Contract):
     status: Literal["ok"]
 
 
-class ReadyOut(BaseModel):
+class ReadyOut(Contract):
     """200 when both answer; 503 otherwise, naming the one that did not (`error: <kind>`)."""
 
     status: Literal["ok", "unavailable"]

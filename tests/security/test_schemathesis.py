@@ -30,6 +30,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from api.app import create_app
 from kiota.auth import issue_token
 from kiota.dev.daraja_sim import PushError, Scenario
 from tests.conftest import MpesaSystem
@@ -146,3 +147,36 @@ async def test_every_documented_route_answers_as_its_schema_says(mpesa_system: M
             body={"amount_kes": 1500, "phone": "0708374149"},
         )
     )
+
+
+# The answers' fields as CONTRACT.md (v3) lists them, in its order.
+CONTRACT_FIELDS = {
+    "InitiateOut": ["deposit_id", "status", "checkout_request_id", "customer_message", "kes_per_usd", "amount_usdc"],
+    "DepositOut": [
+        "deposit_id", "kind", "status", "amount_kes", "amount_usdc", "kes_per_usd", "mpesa_receipt", "tx_hash",
+        "failure_reason", "job_id", "created_at", "completed_at",
+    ],
+    "DepositListOut": ["items"],
+    "IntentCreatedOut": [
+        "intent_id", "status", "deposit_address", "chain_id", "token_address", "confirmations_required", "expires_at",
+    ],
+    "IntentOut": [
+        "intent_id", "status", "deposit_address", "expected_amount_usdc", "received_amount_usdc", "tx_hash",
+        "confirmations", "checks", "end_reason", "expires_at",
+    ],
+    "PortfolioOut": ["user_id", "deposit_address", "balances"],
+}  # fmt: skip
+
+
+def test_the_schema_names_the_contracts_fields_and_no_others() -> None:
+    components = create_app().openapi()["components"]["schemas"]
+    for name, fields in CONTRACT_FIELDS.items():
+        schema = components[name]
+        assert list(schema["properties"]) == fields, name
+        assert schema["additionalProperties"] is False, name
+        # Every field is always sent (null when empty), but job_id: not on the wire until the jobs API.
+        assert set(schema["required"]) == set(fields) - {"job_id"}, name
+    usdc = components["DepositOut"]["properties"]["amount_usdc"]
+    assert usdc["type"] == "string" and usdc["pattern"].endswith(r"\.[0-9]{6}$")
+    assert components["DepositOut"]["properties"]["amount_kes"]["type"] == "integer"
+    assert components["IntentCreatedOut"]["properties"]["chain_id"]["type"] == "integer"
