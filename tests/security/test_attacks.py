@@ -467,3 +467,36 @@ async def test_the_webhook_keeps_and_refuses_bodies_that_are_not_daraja_json(sys
     assert {row["disposition"] for row in kept} == {"malformed"}
     deposit = await system.pool.fetchval("SELECT status FROM deposits WHERE checkout_request_id = $1", checkout)
     assert deposit == "pending"
+
+
+async def test_json_that_python_reads_oddly_is_refused_on_the_json_routes(system: MpesaSystem) -> None:
+    """NaN and Infinity (Python's json extensions), numbers too big for any column or for int(),
+    nesting deep enough to exhaust json.loads's recursion, invalid UTF-8: 4xx, nothing done."""
+    alice = bearer("alice")
+    assert (await system.http.get(PORTFOLIO, headers=alice)).status_code == 200
+    before = await effects(system)
+    bodies = [
+        b'{"amount_kes": NaN, "phone": "254708374149"}',
+        b'{"amount_kes": Infinity, "phone": "254708374149"}',
+        b'{"amount_kes": -Infinity, "phone": "254708374149"}',
+        b'{"amount_kes": 1e400, "phone": "254708374149"}',
+        b'{"amount_kes": 1500.0, "phone": "254708374149"}',
+        b'{"amount_kes": 99999999999999999999999, "phone": "254708374149"}',
+        b'{"amount_kes": 1' + b"0" * 5000 + b', "phone": "254708374149"}',
+        b'{"amount_kes": 1500, "phone": "\\ud800"}',
+        b'{"amount_kes": 1500, "phone": "\xff\xfe"}',
+        b"[" * 50_000 + b"]" * 50_000,
+        b'{"amount_kes": 1500, "phone": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+        b'{"expected_amount_usdc": NaN}',
+        b'{"expected_amount_usdc": 25.5}',
+        b'{"expected_amount_usdc": "1e3"}',
+        b'{"expected_amount_usdc": "-1"}',
+        b'{"expected_amount_usdc": "0x10"}',
+        b'{"expected_amount_usdc": "\\u0661\\u0662"}',
+    ]
+    for raw in bodies:
+        for path in (INITIATE, INTENT):
+            response = await system.http.post(path, content=raw, headers={**alice, "Content-Type": "application/json"})
+            assert 400 <= response.status_code < 500, (path, raw[:80], response.status_code, response.text[:200])
+            _assert_json(response)
+    assert await effects(system) == before
