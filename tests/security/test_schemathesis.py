@@ -34,7 +34,7 @@ from api.app import create_app
 from kiota.auth import issue_token
 from kiota.dev.daraja_sim import PushError, Scenario
 from tests.conftest import MpesaSystem
-from tests.security.fuzzing import examples, fuzz_settings, timeout_seconds
+from tests.security.fuzzing import HIGH_LIMITS, examples, fuzz_settings, timeout_seconds
 from tests.support import JWT_SECRET
 
 CHECKS = [
@@ -46,14 +46,6 @@ CHECKS = [
 ]
 PER_OPERATION_CI, PER_OPERATION_DEEP = 60, 1000
 OPERATIONS = 8  # what the app documents today (the webhook and /metrics are not in the schema)
-
-# Generated pushes must not meet the request limits (LIMIT_* settings; ignored where they do not exist).
-HIGH_LIMITS = {
-    "limit_initiate_per_user": "100000/hour",
-    "limit_initiate_per_phone": "100000/hour",
-    "limit_intents_per_user": "100000/hour",
-    "limit_per_ip": "100000/minute",
-}
 
 
 def _token(subject: str) -> dict[str, str]:
