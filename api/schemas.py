@@ -26,7 +26,6 @@ IntentStatus = Literal["awaiting_payment", "confirming", "completed", "expired"]
 IntentEndReason = Literal["confirmed", "ttl", "max_checks"]
 
 
-
 class Contract(BaseModel):
     """A success answer of the contract: its schema lists every field there is (additionalProperties
     false), so a field that is not in the contract is caught by schemathesis, not shipped. (At run time
@@ -75,18 +74,22 @@ def _error(description: str, model: type[BaseModel] = ErrorOut) -> dict[str, Any
     return {"model": model, "description": description}
 
 
-# Every route with a bearer token: its refusals before the handler runs. 413 and 429 come from
-# the body cap and the rate limits; they are listed here so that the schema names every answer.
-AUTHENTICATED: dict[int | str, dict[str, Any]] = {
-    401: _error("missing, expired or invalid bearer token"),
+# Every route (the webhook aside): the body cap and the per-address limit answer before routing.
+EDGE: dict[int | str, dict[str, Any]] = {
     413: _error("request body over 64 KiB"),
-    422: _error("the request is malformed", InvalidOut),
     429: _error("over a request limit; see Retry-After"),
+}
+# Every route with a bearer token: its refusals before the handler runs.
+AUTHENTICATED: dict[int | str, dict[str, Any]] = {
+    **EDGE,
+    401: _error("missing, expired or invalid bearer token"),
+    422: _error("the request is malformed", InvalidOut),
 }
 IDEMPOTENT: dict[int | str, dict[str, Any]] = {
     **AUTHENTICATED,
     400: _error("the body is not text that JSON can be read from (e.g. invalid UTF-8)"),
     409: _error("Idempotency-Key reused with another body, or its first request is still in flight"),
+    503: _error("the request limits cannot be checked (Redis is down): nothing was done, try again"),
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     **AUTHENTICATED,
@@ -186,5 +189,6 @@ class ReadyOut(Contract):
 
 
 READY: dict[int | str, dict[str, Any]] = {
+    **EDGE,
     503: {"model": ReadyOut, "description": "PostgreSQL or Redis does not answer"},
 }

@@ -9,13 +9,13 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import ResourcesDep
-from api.schemas import READY, HealthOut, ReadyOut
+from api.schemas import EDGE, READY, HealthOut, ReadyOut
 
 router = APIRouter(tags=["operations"])
 READY_TIMEOUT_SECONDS = 2.0
 
 
-@router.get("/health", response_model=HealthOut)
+@router.get("/health", response_model=HealthOut, responses=EDGE)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 

@@ -54,16 +54,6 @@ def timeout_seconds(ci: int, deep: int = DEEP_EXAMPLES, per_example: float = 0.1
     return max(120, math.ceil(examples(ci, deep) * per_example))
 
 
-# The request limits (LIMIT_* settings, where they exist) out of the way of tests that send many requests
-# as one user from one address; the limits' own tests try them. Settings ignore names they do not know.
-HIGH_LIMITS = {
-    "limit_initiate_per_user": "100000/hour",
-    "limit_initiate_per_phone": "100000/hour",
-    "limit_intents_per_user": "100000/hour",
-    "limit_per_ip": "100000/minute",
-}
-
-
 # ---------------------------------------------------------------------------- JSON with odd corners
 
 

@@ -26,12 +26,9 @@ import pytest
 from kiota.deposits import complete_job_id
 from kiota.dev.daraja_sim import Scenario
 from tests.conftest import MpesaSystem
-from tests.security.fuzzing import HIGH_LIMITS
 from tests.support import JWT_SECRET, bearer, success_body
 
-# Many requests from one address and one user: the request limits (LIMIT_* settings, where they exist)
-# are set out of the way; their own tests try them.
-pytestmark = [pytest.mark.no_worker, pytest.mark.system_settings(**HIGH_LIMITS)]
+pytestmark = pytest.mark.no_worker
 
 PHONE = "254708374149"
 PORTFOLIO = "/api/v1/portfolio"
