@@ -6,9 +6,9 @@ renamed, repeated, nested, in other encodings; and plain bytes):
   what it returns agrees with the JSON it read.
 - `decide` (and `plan`, which turns it into rows) books money only for a success that matches a
   pending deposit's amount, whose receipt is on no deposit yet; it never raises.
-- The route (the real app, PostgreSQL and Redis) answers 200 or 400, never 5xx; keeps every body it
-  was given; moves no deposit to processing and books no shillings received unless the body is a
-  success for that deposit's CheckoutRequestID and amount; and credits no user ever.
+- The route (the real app, PostgreSQL and Redis) answers 200 or 400 (413 over 64 KiB), never 5xx;
+  keeps every body it read; moves no deposit to processing and books no shillings received unless
+  the body is a success for that deposit's CheckoutRequestID and amount; and credits no user ever.
 
 The number of examples is set by KIOTA_FUZZ_PROFILE / KIOTA_FUZZ_EXAMPLES (tests/security/fuzzing.py):
 a few hundred in the test command, 10,000 bodies per test with `KIOTA_FUZZ_PROFILE=deep`.
