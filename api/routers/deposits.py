@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from api.deps import CurrentUser, DarajaDep, PoolDep, SettingsDep
 from api.idempotency import IdempotencyDep
 from api.ratelimit import RouteLimitsDep
+from api.schemas import AUTHENTICATED, INITIATE, NOT_FOUND, DepositListOut, DepositOut, InitiateOut
 from kiota.deposits import deposit_out, initiate
 from kiota.mpesa import normalise_phone, validate_amount_kes
 from kiota.sql import load_queries
@@ -27,7 +28,7 @@ class InitiateIn(BaseModel):
     phone: Annotated[StrictStr, Field(max_length=20, examples=["254708374149", "0708374149", "+254708374149"])]
 
 
-@router.post("/deposit/initiate", status_code=202)
+@router.post("/deposit/initiate", status_code=202, response_model=InitiateOut, responses=INITIATE)
 async def initiate_deposit(
     body: InitiateIn,
     user: CurrentUser,
@@ -58,7 +59,7 @@ async def initiate_deposit(
     return await idem.run(handler)
 
 
-@router.get("/deposits/{deposit_id}")
+@router.get("/deposits/{deposit_id}", response_model=DepositOut, response_model_exclude_unset=True, responses=NOT_FOUND)
 async def get_deposit(deposit_id: str, user: CurrentUser, pool: PoolDep) -> dict[str, Any]:
     try:
         key = uuid.UUID(deposit_id)
@@ -70,7 +71,7 @@ async def get_deposit(deposit_id: str, user: CurrentUser, pool: PoolDep) -> dict
     return deposit_out(row)
 
 
-@router.get("/deposits")
+@router.get("/deposits", response_model=DepositListOut, response_model_exclude_unset=True, responses=AUTHENTICATED)
 async def list_deposits(user: CurrentUser, pool: PoolDep, limit: int = 100) -> dict[str, Any]:
     rows = await pool.fetch(load_queries().deposits_of_user, user.id, max(1, min(limit, 500)))
     return {"items": [deposit_out(row) for row in rows]}

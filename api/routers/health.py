@@ -9,17 +9,18 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import ResourcesDep
+from api.schemas import EDGE, READY, HealthOut, ReadyOut
 
 router = APIRouter(tags=["operations"])
 READY_TIMEOUT_SECONDS = 2.0
 
 
-@router.get("/health")
+@router.get("/health", response_model=HealthOut, responses=EDGE)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", response_model=ReadyOut, responses=READY)
 async def ready(resources: ResourcesDep) -> JSONResponse:
     checks = {
         "postgres": await _check(resources.pool.fetchval("SELECT 1")),

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from api.deps import CurrentUser, PoolDep, SettingsDep
 from api.idempotency import IdempotencyDep
 from api.ratelimit import RouteLimitsDep
+from api.schemas import INTENT_CREATE, NOT_FOUND, IntentCreatedOut, IntentOut
 from kiota.intents import create_or_open, intent_out
 from kiota.sql import load_queries
 from kiota.usdc import expected_amount
@@ -26,7 +27,7 @@ class IntentIn(BaseModel):
     expected_amount_usdc: Annotated[StrictStr, Field(max_length=32, examples=["25.50"])] | None = None
 
 
-@router.post("/deposit/intent/create", status_code=201)
+@router.post("/deposit/intent/create", status_code=201, response_model=IntentCreatedOut, responses=INTENT_CREATE)
 async def create_intent(
     body: IntentIn,
     user: CurrentUser,
@@ -44,7 +45,7 @@ async def create_intent(
     return await idem.run(handler)
 
 
-@router.get("/deposit/intents/{intent_id}")
+@router.get("/deposit/intents/{intent_id}", response_model=IntentOut, responses=NOT_FOUND)
 async def get_intent(intent_id: str, user: CurrentUser, pool: PoolDep, settings: SettingsDep) -> dict[str, Any]:
     try:
         key = uuid.UUID(intent_id)

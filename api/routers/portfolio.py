@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel
 
 from api.deps import CurrentUser, PoolDep
+from api.schemas import AUTHENTICATED, PortfolioOut
 from kiota.ledger import USER_ASSETS
 from kiota.ledger_store import user_balances
 from kiota.money import format_usdc
@@ -13,13 +13,7 @@ from kiota.money import format_usdc
 router = APIRouter(tags=["portfolio"])
 
 
-class PortfolioOut(BaseModel):
-    user_id: str
-    deposit_address: str
-    balances: dict[str, str]
-
-
-@router.get("/portfolio")
+@router.get("/portfolio", responses=AUTHENTICATED)
 async def get_portfolio(user: CurrentUser, pool: PoolDep) -> PortfolioOut:
     balances = await user_balances(pool, user.id)
     return PortfolioOut(
