@@ -6,8 +6,10 @@ import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import asyncpg
+import structlog
 from arq.connections import ArqRedis
 from fastapi import FastAPI
 
@@ -26,7 +28,9 @@ from kiota.limiter import Limiter
 from kiota.netaddr import FirstSeen, Network, parse_networks
 from kiota.queue import create_queue
 from kiota.ratelimits import Policy
-from kiota.settings import Settings, load_settings
+from kiota.settings import LOCAL_HOSTS, Settings, load_settings
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -56,6 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jwt_secret = config.jwt_secret.get_secret_value()
         if not jwt_secret:  # WorkerSettings have none: they must never serve the API
             raise ConfigError("missing required setting JWT_SECRET")
+        if not config.trusted_proxy_ips and (urlsplit(config.public_url).hostname or "") not in LOCAL_HOSTS:
+            log.warning(
+                "TRUSTED_PROXY_IPS is empty at a public URL: behind a proxy every client has the proxy's "
+                "address, so the per-address limit is shared by all and the callback allowlist sees the proxy"
+            )
         # min_size=0: the process starts (and /health/ready answers 503) while
         # PostgreSQL is down, instead of crash-looping.
         pool = await create_pool(config.database_url, min_size=0, max_size=20)

@@ -23,6 +23,7 @@ import httpx
 import jwt
 import pytest
 from fastapi import FastAPI
+from structlog.testing import capture_logs
 
 from api.app import create_app
 from api.routers.metrics import SNAPSHOT_TTL_SECONDS, SnapshotCache
@@ -146,6 +147,19 @@ async def test_the_worker_settings_cannot_serve_the_api(database_url: str, redis
     with pytest.raises(ConfigError, match="JWT_SECRET"):
         async with app.router.lifespan_context(app):
             pass
+
+
+@pytest.mark.parametrize(("trusted", "warned"), [("", True), ("10.0.0.0/8", False)])
+async def test_a_public_api_without_trusted_proxies_says_so_at_start(
+    database_url: str, redis_url: str, trusted: str, warned: bool
+) -> None:
+    values = {**settings_kwargs(database_url, redis_url), "public_base_url": "https://kiota.example", **{
+        "trusted_proxy_ips": trusted}}  # fmt: skip
+    app = create_app(Settings(_env_file=None, **values))  # type: ignore[arg-type]
+    with capture_logs() as events:
+        async with app.router.lifespan_context(app):
+            pass
+    assert any("TRUSTED_PROXY_IPS" in event["event"] for event in events) is warned
 
 
 # ------------------------------------------------------------------------- refused at process start

@@ -11,6 +11,7 @@ import jsonschema
 import yaml
 
 from jobs.worker import JOB_COMPLETION_WAIT_SECONDS, JOB_TIMEOUT_SECONDS
+from kiota.netaddr import parse_networks
 from kiota.settings import Settings, WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,6 +91,14 @@ def test_queue_store_and_shutdown_are_safe_for_money() -> None:
 def test_the_database_is_private() -> None:
     (database,) = blueprint()["databases"]
     assert database["ipAllowList"] == []  # reachable from Render's private network only
+
+
+def test_the_api_believes_x_forwarded_for_from_renders_private_network_only() -> None:
+    # Behind Render's proxies the peer is always a proxy: without trusted proxies the per-address limit
+    # would be one limit for every client, and Safaricom's callbacks would fail the allowlist.
+    (trusted,) = [var["value"] for var in _vars(_service("web")) if var["key"] == "TRUSTED_PROXY_IPS"]
+    networks = parse_networks(trusted)
+    assert networks and all(network.is_private for network in networks)
 
 
 def test_the_jwt_secret_goes_to_the_web_service_only() -> None:
