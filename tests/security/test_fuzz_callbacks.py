@@ -283,7 +283,14 @@ class Webhook:
         q = load_queries()
         quote = kes_to_usdc(amount, RATE)
         await self.pool.execute(
-            q.insert_deposit, target.deposit_id, self.user_id, amount, RATE, quote.amount_usdc_micro, "2547****4149"
+            q.insert_deposit,
+            target.deposit_id,
+            self.user_id,
+            amount,
+            RATE,
+            quote.amount_usdc_micro,
+            "2547****4149",
+            None,
         )
         await self.pool.execute(
             q.deposit_pushed, target.deposit_id, target.checkout_request_id, "29115-34620561-1", 3600.0
