@@ -270,20 +270,36 @@ async def test_a_credit_that_fails_goes_to_review_and_the_round_goes_on(mpesa_sy
     assert await system.pool.fetchval("SELECT next_block FROM chain_cursors") == report.end + 1
 
 
-async def credit_then_reorg_away(system: MpesaSystem, reader: ChainReader, user: str, amount: int) -> Any:
+async def credit_then_reorg_away(
+    system: MpesaSystem, reader: ChainReader, user: str, amount: int, *, remine_behind_another_log: bool = False
+) -> Any:
     """A transfer to `user`'s intent, credited at its confirmations, then removed by a reorg 3 blocks deep
-    (deeper than the 2 confirmations, within the 12 rescanned blocks). Returns its signed transaction."""
+    (deeper than the 2 confirmations, within the 12 rescanned blocks). With `remine_behind_another_log` the
+    reorg's first new block mines the same transaction again, behind a stranger's mint: its log index is 1
+    now. Returns its signed transaction."""
     created = await create_intent(system, user, None)
     signed = await signed_payment(system, created["deposit_address"], amount)
     await call(system, "anvil_mine", 2)  # the reorg replaces these and the payment's blocks, not the payer's funding
     await call(system, "eth_sendRawTransaction", signed.raw_tx)
-    await receipt_of(system, signed.tx_hash)
+    assert int((await receipt_of(system, signed.tx_hash))["logs"][0]["logIndex"], 16) == 0
     await call(system, "anvil_mine")  # two confirmations
     assert (await one_round(system, reader)).credited == 1
     assert await balance(system.pool, user_account(user, "USDC")) == amount
     assert (await intent(system, user, created["intent_id"]))["status"] == "completed"
-    await call(system, "anvil_reorg", 3, [])
-    assert await call(system, "eth_getTransactionReceipt", signed.tx_hash) is None
+    if remine_behind_another_log:
+        minter = (await system.w3.eth.accounts)[0]
+        mint = {
+            "from": minter,
+            "to": BASE_USDC_ADDRESS,
+            "gas": hex(100_000),
+            "data": calldata(MINT, fresh_address(), 1),
+        }
+        await call(system, "anvil_reorg", 3, [[mint, 0], [signed.raw_tx, 0]])
+        receipt = await receipt_of(system, signed.tx_hash)
+        assert int(receipt["logs"][0]["logIndex"], 16) == 1
+    else:
+        await call(system, "anvil_reorg", 3, [])
+        assert await call(system, "eth_getTransactionReceipt", signed.tx_hash) is None
     return signed
 
 
@@ -295,6 +311,9 @@ async def test_a_credited_deposit_whose_log_a_deep_reorg_removed_is_reversed_int
     reader = ChainReader(system.settings.base_rpc_url)
     try:
         signed = await credit_then_reorg_away(system, reader, "rey", 7_000_000)
+        # No receipt, and another block at its height: reversed when two rounds in a row say so.
+        assert (await one_round(system, reader)).reversed == 0
+        assert (await transfer_row(system, signed.tx_hash))["gone_rounds"] == 1
         report = await one_round(system, reader)
         assert report.reversed == 1
         row = await transfer_row(system, signed.tx_hash)
@@ -349,6 +368,134 @@ async def test_the_worker_reverses_a_deep_reorg_and_the_operator_sees_it(mpesa_s
     row = await transfer_row(system, signed.tx_hash)
     assert "kind=usdc_reversed" in out and f"chain_transfer_id={row['id']}" in out and signed.tx_hash in out
     assert "amount_usdc_micro=3000000" in out
+
+
+@pytest.mark.no_worker
+async def test_a_reversed_transfer_mined_again_behind_another_log_is_never_credited_again(
+    mpesa_system: MpesaSystem,
+) -> None:
+    """The review's probe: credited at log index 0, reversed after a deep reorg, then the same signed
+    transaction is mined again behind a higher-fee mint in its block, at log index 1. It is the same transfer:
+    its row moves there and stays reversed; a person is told it is back; the user is not credited again
+    while suspense still holds the first credit (custody debited once for one transfer on chain)."""
+    system = mpesa_system
+    reader = ChainReader(system.settings.base_rpc_url)
+    try:
+        signed = await credit_then_reorg_away(system, reader, "rey", 7_000_000)
+        assert sum([(await one_round(system, reader)).reversed for _ in range(2)]) == 1
+        reversed_row = await transfer_row(system, signed.tx_hash)
+        await call(system, "evm_setAutomine", False)
+        minter = (await system.w3.eth.accounts)[0]
+        decoy = await call(system, "eth_sendTransaction", {
+            "from": minter, "to": BASE_USDC_ADDRESS, "data": calldata(MINT, fresh_address(), 1), "gas": hex(200_000),
+            "maxFeePerGas": hex(10**13), "maxPriorityFeePerGas": hex(10**12),
+        })  # fmt: skip  # it pays more: first in the block
+        await call(system, "eth_sendRawTransaction", signed.raw_tx)
+        await call(system, "anvil_mine", 1)
+        await call(system, "evm_setAutomine", True)
+        receipt = await receipt_of(system, signed.tx_hash)
+        assert (await receipt_of(system, decoy))["blockNumber"] == receipt["blockNumber"]
+        assert int(receipt["logs"][0]["logIndex"], 16) == 1
+        await call(system, "anvil_mine", 2)
+        reports = [await one_round(system, reader) for _ in range(2)]
+    finally:
+        await reader.aclose()
+    assert [(r.credited, r.reversed) for r in reports] == [(0, 0), (0, 0)]
+    rows = await system.pool.fetch("SELECT * FROM chain_transfers WHERE tx_hash = $1", signed.tx_hash.lower())
+    assert [(r["id"], r["status"], r["log_index"], r["block_hash"]) for r in rows] == [
+        (reversed_row["id"], "reversed", 1, receipt["blockHash"])
+    ]
+    assert [i["kind"] for i in await review_items(system)] == ["usdc_reversed", "usdc_reappeared"]
+    assert await entry_keys(system, "usdc_received") == [f"usdc:8453:{signed.tx_hash}:0"]
+    assert await balance(system.pool, user_account("rey", "USDC")) == 0
+    assert await balance(system.pool, SUSPENSE_USDC) == 7_000_000
+    assert await balance(system.pool, ledger.CUSTODY_USDC) == 7_000_000  # moved once: one transfer on chain
+
+
+@pytest.mark.no_worker
+async def test_a_credited_transfer_mined_again_at_another_log_index_stays_credited_once(
+    mpesa_system: MpesaSystem,
+) -> None:
+    """A reorg deeper than the confirmations mines the credited transaction again, in the same round's view,
+    behind another log (index 0 → 1). Its receipt holds it, at the new index: nothing is reversed and
+    nothing is credited again; the row moves."""
+    system = mpesa_system
+    reader = ChainReader(system.settings.base_rpc_url)
+    try:
+        signed = await credit_then_reorg_away(system, reader, "rue", 7_000_000, remine_behind_another_log=True)
+        first = await transfer_row(system, signed.tx_hash)
+        reports = [await one_round(system, reader) for _ in range(3)]
+    finally:
+        await reader.aclose()
+    receipt = await receipt_of(system, signed.tx_hash)
+    assert [(r.credited, r.reversed, r.orphaned) for r in reports] == [(0, 0, 0)] * 3
+    rows = await system.pool.fetch("SELECT * FROM chain_transfers WHERE tx_hash = $1", signed.tx_hash.lower())
+    assert [(r["id"], r["status"], r["log_index"], r["block_hash"]) for r in rows] == [
+        (first["id"], "credited", 1, receipt["blockHash"])
+    ]
+    assert await entry_keys(system, "usdc_received") == [f"usdc:8453:{signed.tx_hash}:0"]
+    assert await entry_keys(system, "usdc_reversed") == []
+    assert await review_items(system) == []
+    assert await balance(system.pool, user_account("rue", "USDC")) == 7_000_000
+    assert await balance(system.pool, SUSPENSE_USDC) == 0
+
+
+class LaggingReader(ChainReader):
+    """A load-balanced provider: the head from an up-to-date node, everything else from a node that has no
+    block above `behind` yet (its logs answer is partial, not empty; its receipts and blocks there are null)."""
+
+    def __init__(self, rpc_url: str, behind: int) -> None:
+        super().__init__(rpc_url)
+        self.behind = behind
+        self.logs_answered = 0
+
+    async def transfer_logs(self, token: str, start: int, end: int, depth: int = 0) -> list[dict[str, Any]]:
+        logs = await super().transfer_logs(token, start, end, depth)
+        kept = [entry for entry in logs if int(entry["blockNumber"], 16) <= self.behind]
+        self.logs_answered += len(kept)
+        return kept
+
+    async def batch(self, method: str, params: list[list[Any]]) -> list[tuple[Any, dict[str, Any] | None]]:
+        answers = await super().batch(method, params)
+        if method == "eth_getBlockByNumber":
+            return [(None, None) if int(p[0], 16) > self.behind else a for p, a in zip(params, answers, strict=True)]
+        if method == "eth_getTransactionReceipt":
+            return [
+                (None, None) if r is not None and int(r["blockNumber"], 16) > self.behind else (r, e)
+                for r, e in answers
+            ]
+        return answers
+
+
+@pytest.mark.no_worker
+async def test_a_node_behind_the_others_reverses_no_credit(mpesa_system: MpesaSystem) -> None:
+    """Behind a load balancer the head comes from an up-to-date node, the logs and receipts from one a few
+    blocks behind: the credited transfer is missing from a partial answer, its receipt is null. Nothing
+    proves its block replaced (the node has no block at that height), so nothing is reversed, round after
+    round; once the node catches up, the transfer is there."""
+    system = mpesa_system
+    created = await create_intent(system, "lag", None)
+    signed = await signed_payment(system, created["deposit_address"], 4_000_000)  # mints to the payer first
+    await call(system, "eth_sendRawTransaction", signed.raw_tx)
+    paid_in = int((await receipt_of(system, signed.tx_hash))["blockNumber"], 16)
+    await call(system, "anvil_mine", 3)
+    honest = ChainReader(system.settings.base_rpc_url)
+    lagging = LaggingReader(system.settings.base_rpc_url, behind=paid_in - 1)
+    try:
+        assert (await one_round(system, honest)).credited == 1
+        reports = [await one_round(system, lagging) for _ in range(3)]
+        assert lagging.logs_answered > 0  # partial, not empty: the empty-answer guard does not catch it
+        caught_up = await one_round(system, honest)
+    finally:
+        await honest.aclose()
+        await lagging.aclose()
+    assert [r.reversed for r in reports] == [0, 0, 0]
+    assert caught_up.reversed == 0
+    row = await transfer_row(system, signed.tx_hash)
+    assert (row["status"], row["gone_rounds"]) == ("credited", 0)
+    assert await balance(system.pool, user_account("lag", "USDC")) == 4_000_000
+    assert await balance(system.pool, SUSPENSE_USDC) == 0
+    assert await review_items(system) == []
 
 
 class OmittingReader(ChainReader):
