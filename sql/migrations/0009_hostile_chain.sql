@@ -60,3 +60,6 @@ ALTER TABLE payouts ADD COLUMN final_at timestamptz;
 -- Payouts settled before this release were settled under the old rule; they are not looked at again.
 UPDATE payouts SET final_at = coalesce(settled_at, now()) WHERE status = 'confirmed';
 CREATE INDEX payouts_unfinal_idx ON payouts (chain_id, from_address, nonce) WHERE status = 'confirmed' AND final_at IS NULL;
+-- The head at which the re-check found a settled payout's block gone: sent again from then, its fees are
+-- raised after replace_after_blocks, as a payout never mined.
+ALTER TABLE payouts ADD COLUMN out_of_chain_block bigint;
