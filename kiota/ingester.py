@@ -4,7 +4,9 @@ Each round fetches the USDC Transfer logs of the new block range once, unfiltere
 by recipient, and matches them locally against every deposit address (a topic2
 OR-list would cost a call per 1,000 addresses; one unfiltered query costs the same
 at 10 or 10,000 addresses). The last blocks are rescanned every round: a transfer
-whose log is gone is orphaned, one that reappears in another block is updated.
+whose log is gone is orphaned, one that reappears in another block, or at another
+log index of it, is moved there (a transfer is what its transaction emits, not where
+its block puts it: `usdc.TransferKey`).
 A transfer is credited once it has the required confirmations and was seen in
 this round's canonical answer, in the same transaction that completes its intent.
 
@@ -22,7 +24,10 @@ again one by one, each in its own savepoint, and a transfer whose credit fails g
 review with its reason while the round, the cursor, the intents and the other credits go
 on. A credited deposit whose log a reorg removed (deeper than the confirmations, within
 the rescanned blocks) is reversed into `suspense:USDC` and listed for review; if its log
-comes back it stays there for a person (a second review item says so): never credited twice.
+comes back, at any index, it stays there for a person (a second review item says so): never
+credited twice. A node must prove the log gone (`usdc.gone_verdict`): its receipt exists
+without it, or, on a null receipt, the node holds another block at its height in two rounds
+in a row. A node behind a load balancer that simply lacks the block reverses nothing.
 """
 
 from __future__ import annotations
@@ -40,20 +45,24 @@ from kiota.errors import ChainUnavailable
 from kiota.ledger_store import post_entries
 from kiota.sql import load_queries
 from kiota.usdc import (
+    GONE,
     MAX_CREDIT_MICRO,
+    PRESENT,
+    REPLACED,
     TOO_LARGE,
     Credit,
     DueTransfer,
     OpenIntent,
+    TransferKey,
     TransferLog,
     classify,
     confirmations,
     decide_credit,
     decide_credits,
     decode_transfer,
+    gone_verdict,
+    identify,
     intent_end,
-    latest_per_key,
-    log_still_in_receipt,
 )
 
 log = structlog.get_logger(__name__)
@@ -125,15 +134,22 @@ async def _scan_round(conn: Connection, reader: ChainReader, config: ScanConfig)
     foreign = sum(1 for t in decoded if t.token != config.token.lower())
     if foreign:  # recorded below when they name a deposit address; never credited
         log.warning("the provider answered logs of other contracts", count=foreign, start=start, end=end)
-    transfers = [t for t in decoded if t.recipient in addresses]
+    matching = [t for t in decoded if t.recipient in addresses]
+    transfers = identify(matching)
+    if len(transfers) < len({(t.tx_hash, t.log_index) for t in matching}):
+        log.warning("the provider showed a transaction in two blocks; the highest one's logs were kept",
+                    start=start, end=end)  # fmt: skip
     own = {r["tx_hash"] for r in await conn.fetch(q.own_payout_hashes, [t.tx_hash for t in transfers])}
-    keys = ([t.tx_hash for t in transfers], [t.log_index for t in transfers])
+    keys = (
+        [t.tx_hash for t in transfers], [t.token for t in transfers], [t.sender for t in transfers],
+        [t.recipient for t in transfers], [t.amount for t in transfers], [t.seq for t in transfers],
+    )  # fmt: skip
     looked_at = await conn.fetch(q.credited_gone_or_reversed_back, config.chain_id, start, end, *keys)
-    gone = await _gone_from_chain(reader, config, [r for r in looked_at if r["what"] == "gone"])
+    judged = await _gone_from_chain(reader, [r for r in looked_at if r["what"] == "gone"])
     async with conn.transaction():
-        await _upsert_transfers(conn, config, transfers, addresses, own)
-        orphaned = await conn.fetch(q.orphan_missing, config.chain_id, start, end, *keys)
-        reversed_ = await _reverse(conn, config, gone)
+        answered = await _upsert_transfers(conn, config, transfers, addresses, own)
+        orphaned = await conn.fetch(q.orphan_missing, config.chain_id, start, end, answered)
+        reversed_ = await _reverse(conn, config, judged)
         back = [r for r in looked_at if r["what"] == "back"]
         await _reversed_back(conn, config, transfers, back, head)
         credited, review = await _credit(conn, config, head, start)
@@ -164,16 +180,17 @@ async def _cache_balances(
 
 
 async def _upsert_transfers(
-    conn: Connection, config: ScanConfig, transfers: list[TransferLog], addresses: dict[str, str], own: set[str]
-) -> None:
-    rows = latest_per_key(transfers)
-    await conn.execute(
+    conn: Connection, config: ScanConfig, rows: list[TransferLog], addresses: dict[str, str], own: set[str]
+) -> list[int]:
+    """The round's transfers (`identify`'d: one per identity) written; the ids of all their rows."""
+    written = await conn.fetch(
         load_queries().upsert_transfers, config.chain_id,
         [t.tx_hash for t in rows], [t.log_index for t in rows], [t.block_number for t in rows],
         [t.block_hash for t in rows], [t.token for t in rows], [t.sender for t in rows],
         [t.recipient for t in rows], [t.amount for t in rows], [addresses[t.recipient] for t in rows],
-        [classify(t, config.token, config.treasury, own) for t in rows],
+        [classify(t, config.token, config.treasury, own) for t in rows], [t.seq for t in rows],
     )  # fmt: skip
+    return [r["id"] for r in written]
 
 
 async def _credit(conn: Connection, config: ScanConfig, head: int, start: int) -> tuple[list[tuple[str, str]], int]:
@@ -232,6 +249,7 @@ async def _post_credits(conn: Connection, config: ScanConfig, credits: list[Cred
         [c.intent_id for c in credits],
         [c.transfer.amount for c in credits],
         [",".join(c.flags) for c in credits],
+        [e.key for e in entries],
     )
     await conn.execute(q.check_ledger_now)
 
@@ -290,48 +308,80 @@ async def _review_items(conn: Connection, items: list[tuple[asyncpg.Record, str,
         log.warning("usdc transfer listed for review", transfer_id=item["chain_transfer_id"], kind=item["kind"])
 
 
-async def _gone_from_chain(reader: ChainReader, config: ScanConfig, rows: list[asyncpg.Record]) -> list[asyncpg.Record]:
-    """Of the credited transfers missing from this round's answer, those whose receipt agrees they are gone.
+@dataclass(frozen=True, slots=True)
+class _Judged:
+    """What the node said of the credited transfers a round's logs lack."""
 
-    A provider's incomplete answer must not reverse a credit: the receipts (one batch) must lack the log too.
-    If they cannot be read, nothing is reversed this round (a later round asks again) and crediting goes on.
+    reverse: list[asyncpg.Record]  # proven gone: reversed now
+    suspect: list[asyncpg.Record]  # block replaced, receipt null, for the first round in a row: next round decides
+    clear: list[asyncpg.Record]  # present, or nothing proven: any suspicion starts again
+
+
+_NOTHING_JUDGED = _Judged([], [], [])
+
+
+def _key(row: asyncpg.Record) -> TransferKey:
+    return TransferKey(row["tx_hash"], row["token_address"], row["from_address"], row["to_address"],
+                       int(row["amount_micro"]), row["seq"])  # fmt: skip
+
+
+async def _gone_from_chain(reader: ChainReader, rows: list[asyncpg.Record]) -> _Judged:
+    """Of the credited transfers missing from this round's answer, those the node proves gone (`gone_verdict`).
+
+    Their receipts in one batch; for those without one, the blocks at their heights in another. A provider's
+    incomplete answer, or a node behind the others (no receipt, no block), must not reverse a credit. If the
+    node cannot be read, nothing is judged this round (a later round asks again) and crediting goes on.
     """
     if not rows:
-        return []
+        return _NOTHING_JUDGED
     hashes = list(dict.fromkeys(r["tx_hash"] for r in rows))
     try:
-        answers = await reader.batch("eth_getTransactionReceipt", [[h] for h in hashes])
+        receipts = dict(zip(hashes, await reader.batch("eth_getTransactionReceipt", [[h] for h in hashes]),
+                            strict=True))  # fmt: skip
+        if any(error is not None for _, error in receipts.values()):
+            raise ChainUnavailable(next(str(error) for _, error in receipts.values() if error is not None))
+        heights = sorted({r["block_number"] for r in rows if receipts[r["tx_hash"]][0] is None})
+        answers = await reader.batch("eth_getBlockByNumber", [[hex(n), False] for n in heights])
+        blocks = {n: (None if error is not None else block) for n, (block, error) in zip(heights, answers, strict=True)}
     except ChainUnavailable as exc:
-        log.warning("credited transfers missing from the logs; their receipts could not be read", error=str(exc))
-        return []
-    receipts = dict(zip(hashes, answers, strict=True))
-    gone = []
+        log.warning("credited transfers missing from the logs; the node could not be asked about them", error=str(exc))
+        return _NOTHING_JUDGED
+    judged = _Judged([], [], [])
     for row in rows:
-        receipt, error = receipts[row["tx_hash"]]
-        if error is not None:
-            log.warning("a receipt could not be read; not reversing this round", tx_hash=row["tx_hash"], error=error)
-        elif log_still_in_receipt(receipt, config.token, row["log_index"], row["to_address"], int(row["amount_micro"])):
-            log.warning("the provider's logs lack a credited transfer its receipt still has; not reversed",
-                        tx_hash=row["tx_hash"], log_index=row["log_index"])  # fmt: skip
+        receipt = receipts[row["tx_hash"]][0]
+        verdict = gone_verdict(receipt, blocks.get(row["block_number"]), _key(row), row["block_hash"])
+        if verdict == GONE or (verdict == REPLACED and row["gone_rounds"] >= 1):
+            judged.reverse.append(row)
+        elif verdict == REPLACED:
+            judged.suspect.append(row)
+            log.warning("a credited transfer's block was replaced and it has no receipt; reversed if the next "
+                        "round agrees", tx_hash=row["tx_hash"], log_index=row["log_index"])  # fmt: skip
         else:
-            gone.append(row)
-    return gone
+            judged.clear.append(row)
+            if verdict == PRESENT:
+                log.warning("the provider's logs lack a credited transfer its receipt still has; not reversed",
+                            tx_hash=row["tx_hash"], log_index=row["log_index"])  # fmt: skip
+            else:
+                log.warning("a credited transfer is missing from the logs and the node proves nothing; waiting",
+                            tx_hash=row["tx_hash"], log_index=row["log_index"])  # fmt: skip
+    return judged
 
 
-async def _reverse(conn: Connection, config: ScanConfig, gone: list[asyncpg.Record]) -> int:
+async def _reverse(conn: Connection, config: ScanConfig, judged: _Judged) -> int:
     """Credited deposits whose log is gone: each credit taken back into suspense and listed for review, in
-    a savepoint. If that fails they stay credited for now and the next round tries again (logged)."""
+    a savepoint. If that fails they stay credited for now and the next round tries again (logged). The
+    suspicions of this round are recorded first (they count only in a row)."""
+    q = load_queries()
+    if judged.suspect or judged.clear:
+        await conn.execute(q.transfers_gone_rounds, [r["id"] for r in judged.suspect],
+                           [r["id"] for r in judged.clear if r["gone_rounds"] > 0])  # fmt: skip
+    gone = judged.reverse
     if not gone:
         return 0
-    q = load_queries()
     try:
         async with conn.transaction():
             rows = await conn.fetch(q.transfers_reversed, [r["id"] for r in gone])
-            entries = [
-                ledger.usdc_reversed(config.chain_id, r["tx_hash"], r["log_index"], r["user_id"],
-                                     int(r["amount_micro"]))
-                for r in rows
-            ]  # fmt: skip
+            entries = [ledger.usdc_reversed(r["credit_key"], r["user_id"], int(r["amount_micro"])) for r in rows]
             await post_entries(conn, entries)
             await _review_items(conn, [(r, "usdc_reversed", _reversed_reason(r)) for r in rows])
             await conn.execute(q.check_ledger_now)
@@ -351,15 +401,15 @@ async def _reverse(conn: Connection, config: ScanConfig, gone: list[asyncpg.Reco
 async def _reversed_back(
     conn: Connection, config: ScanConfig, transfers: list[TransferLog], back: list[asyncpg.Record], head: int
 ) -> None:
-    """A reversed deposit whose log is on chain again, with its confirmations: a second review item says
-    so. Its amount stays in suspense for a person: it is never credited twice automatically."""
+    """A reversed deposit whose log is on chain again (at any index), with its confirmations: a second review
+    item says so. Its amount stays in suspense for a person: it is never credited twice automatically."""
     if not back:
         return
-    blocks = {(t.tx_hash, t.log_index): t.block_number for t in transfers}
+    blocks = {t.key: t.block_number for t in transfers}
     confirmed = [
-        (row, blocks[(row["tx_hash"], row["log_index"])])
+        (row, blocks[_key(row)])
         for row in back
-        if confirmations(head, blocks[(row["tx_hash"], row["log_index"])]) >= config.confirmations_required
+        if confirmations(head, blocks[_key(row)]) >= config.confirmations_required
     ]
     await _review_items(conn, [(row, "usdc_reappeared", _reappeared_reason(row, block)) for row, block in confirmed])
 

@@ -120,7 +120,11 @@ def mpesa_converted_and_paid(deposit_id: str, user_id: str, amount_kes: int, amo
 
 
 def usdc_received(chain_id: int, tx_hash: str, log_index: int, user_id: str, amount_micro: int) -> Entry:
-    """A confirmed USDC Transfer to a user's deposit address, keyed by the log itself."""
+    """A confirmed USDC Transfer to a user's deposit address, keyed by its log where it was credited.
+
+    A reorg may later move the log to another index; the transfer stays one row (kiota/usdc.py, `TransferKey`)
+    that keeps this key, and a row is credited once, so the key's index is never the way in to a second credit.
+    """
     return Entry(
         key=f"usdc:{chain_id}:{tx_hash.lower()}:{log_index}",
         kind="usdc_received",
@@ -128,14 +132,17 @@ def usdc_received(chain_id: int, tx_hash: str, log_index: int, user_id: str, amo
     )
 
 
-def usdc_reversed(chain_id: int, tx_hash: str, log_index: int, user_id: str, amount_micro: int) -> Entry:
+def usdc_reversed(credit_key: str, user_id: str, amount_micro: int) -> Entry:
     """A credited USDC deposit whose log a reorg removed: the user's credit is taken back into suspense.
+
+    Keyed by the credit's own entry key (`usdc_received`'s, kept with the transfer): the log may have moved
+    to another index since, and one credit is reversed once.
 
     Custody keeps the debit of the first entry: whether the USDC comes back (its log may reappear) or is
     written off is for a person to decide, moving it out of suspense with an entry of their own.
     """
     return Entry(
-        key=f"usdc:{chain_id}:{tx_hash.lower()}:{log_index}:reversed",
+        key=f"{credit_key}:reversed",
         kind="usdc_reversed",
         postings=transfer(user_account(user_id, "USDC"), SUSPENSE_USDC, "USDC", amount_micro),
     )

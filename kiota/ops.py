@@ -37,12 +37,22 @@ async def retry_deposit(pool: asyncpg.Pool, queue: ArqRedis, deposit_id: uuid.UU
     """Run a deposit's completion again: one in review goes back to processing (with a fresh
     count of failures and a fresh 30-minute window); one still processing is re-enqueued.
     A success M-Pesa has not confirmed is never paid by a retry: its job asks the STK query
-    again (with a fresh bound) and sends it back to review if the answer is still not 0."""
+    again (with a fresh bound) and sends it back to review if the answer is still not 0.
+    A deposit whose payout may still be mined (given up on, and its nonce not yet decided at the
+    required confirmations: kiota/payouts.py) is refused: a second payout could pay it twice."""
     q = load_queries()
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(q.deposit_for_retry, deposit_id)
         if row is None:
             raise CannotRetry(f"no deposit {deposit_id}")
+        in_flight = await conn.fetchrow(q.payout_in_flight_of_deposit, deposit_id)
+        if row["status"] == "needs_review" and in_flight is not None:
+            raise CannotRetry(
+                f"the deposit's payout {in_flight['id']} (nonce {in_flight['nonce']}) is {in_flight['status']}: "
+                "the chain has not yet decided it at DEPOSIT_CONFIRMATIONS_REQUIRED confirmations, and a reorg "
+                "could still mine it, so a new payout could pay twice. The lane decides it by itself (its nonce "
+                "filled: payout cancelled, retry then; or mined after all: deposit completed); retry in a minute."
+            )
         if row["status"] == "needs_review":
             if await conn.fetchval(q.deposit_retry_from_review, deposit_id) is None:
                 raise CannotRetry("only a paid deposit (with an M-Pesa receipt) that was not paid out can be retried")

@@ -8,6 +8,12 @@ Exactly once rests on PostgreSQL, not on the queue:
   before it is broadcast, so a crash is always followed by re-sending or
   recognising the same transaction, never by signing a second payment;
 - a receipt for any attempt settles the payout; a reverted receipt is a failure;
+- a decision that frees a deposit for a new payout (and a new nonce) is taken only when the block
+  that decides it has `LaneConfig.confirmations_required` confirmations: until then a reorg may
+  still mine the payout we gave up on, and an operator's retry would pay twice. A payout given up
+  on stays 'cancelling' (a retry is refused; its deposit gets no second payout) until its nonce
+  filler, or its own reverted transaction, is that deep; if that block vanishes first, the chain
+  decides again;
 - only a deposit whose M-Pesa success is confirmed (`kiota.confirm`) is ever signed for: the
   caller's own, and every companion below;
 - the lane's owner also pays the other processing deposits that have no payout yet, in
@@ -53,7 +59,7 @@ from kiota.errors import ChainUnavailable, KiotaError
 from kiota.ledger_store import post_entries
 from kiota.sql import load_queries
 from kiota.treasury import TRANSFER_GAS_LIMIT, Fees, FeeTooLow, Receipt, SignedTx, Treasury
-from kiota.usdc import PAYOUT_FINAL, PAYOUT_GONE, PAYOUT_REVERTED, PAYOUT_WAITING, payout_finality
+from kiota.usdc import PAYOUT_FINAL, PAYOUT_GONE, PAYOUT_REVERTED, PAYOUT_WAITING, confirmations, payout_finality
 
 log = structlog.get_logger(__name__)
 
@@ -286,8 +292,8 @@ async def _turn(
         if receipt.succeeded:
             mined.append((d, p["id"], receipt))
             results[p["id"]] = PayoutResult(Outcome.COMPLETED, receipt.tx_hash)
-        else:
-            results[p["id"]] = await _reverted(conn, p["id"], d["id"], receipt)
+        else:  # at its first confirmation: given up on, and 'reverted' when that block is deep enough
+            results[p["id"]] = await _reverted(conn, p["id"], d["id"], receipt, final=False)
     await _settle(conn, treasury, mined)
     return _TurnOutcome(results, blocked, len(signed), max((r.block_number for _, _, r in mined), default=None))
 
@@ -562,14 +568,24 @@ async def _watch(
         await asyncio.sleep(config.poll_seconds)
 
 
-async def _reverted(conn: Connection, payout_id: int, deposit_id: uuid.UUID, receipt: Receipt) -> PayoutResult:
+async def _reverted(
+    conn: Connection, payout_id: int, deposit_id: uuid.UUID, receipt: Receipt, *, final: bool
+) -> PayoutResult:
+    """A payout's transaction reverted: the money did not move. The deposit goes to review and the lane
+    pauses at once. The payout becomes 'reverted' (its deposit free for an operator's retry) only when
+    `final`: the reverting block has the required confirmations. Until then it is given up on
+    ('cancelling'): a reorg may mine it again, and this time it may succeed; the nonce filler's turn
+    (`_resolve_abandoned`) looks again."""
     q = load_queries()
     reason = f"the payout transaction {receipt.tx_hash} reverted"
     async with conn.transaction():  # the deposit's row first, then the payout's, as everywhere
         await conn.execute(q.deposit_to_review, deposit_id, reason)
-        await conn.execute(q.payout_reverted, payout_id, receipt.tx_hash, receipt.block_number)
+        if final:
+            await conn.execute(q.payout_reverted, payout_id, receipt.tx_hash, receipt.block_number)
+        else:
+            await conn.execute(q.payout_abandon, deposit_id, reason)
         await conn.execute(q.pause_lane, reason)
-    log.error("payout reverted: lane paused", deposit_id=str(deposit_id), tx_hash=receipt.tx_hash)
+    log.error("payout reverted: lane paused", deposit_id=str(deposit_id), tx_hash=receipt.tx_hash, final=final)
     return PayoutResult(Outcome.REVIEW, reason)
 
 
@@ -640,22 +656,32 @@ async def _resolve_abandoned(conn: Connection, treasury: Treasury, config: LaneC
     for payout in payouts:
         attempts = await conn.fetch(q.attempts_of_payout, payout["id"])
         if mined > payout["nonce"]:
-            await _nonce_used(conn, treasury, payout, attempts)
+            await _nonce_used(conn, treasury, payout, attempts, config)
         else:
             await _send_filler(conn, treasury, payout, attempts, config)
 
 
 async def _nonce_used(
-    conn: Connection, treasury: Treasury, payout: asyncpg.Record, attempts: list[asyncpg.Record]
+    conn: Connection, treasury: Treasury, payout: asyncpg.Record, attempts: list[asyncpg.Record], config: LaneConfig
 ) -> None:
+    """What used a given-up payout's nonce decides it. The payout itself, succeeded: settled now (the money
+    moved; the finality re-check follows it). The filler, or the payout reverted: the payout is cancelled
+    or reverted, which frees its deposit for a new payout with a new nonce, only once that block has the
+    required confirmations; until then it stays 'cancelling' and a later turn looks again (a reorg may drop
+    that block and mine the payout itself, and a retry's payout would then pay twice)."""
     q = load_queries()
     bound = log.bind(payout_id=payout["id"], deposit_id=str(payout["deposit_id"]), nonce=payout["nonce"])
+    head = await treasury.head()  # read before the receipts: a receipt above it counts as not deep enough
     for _ in range(2):  # look twice: an attempt may have landed between the nonce and the receipts
         for attempt in reversed(attempts):
             receipt = await treasury.receipt(attempt["tx_hash"])
             if receipt is None:
                 continue
-            if attempt["kind"] == "filler":
+            final = confirmations(head, receipt.block_number) >= config.confirmations_required
+            if attempt["kind"] == "filler" and not final:
+                bound.info("nonce filler mined; the payout is cancelled at the required confirmations",
+                           tx_hash=receipt.tx_hash, block=receipt.block_number)  # fmt: skip
+            elif attempt["kind"] == "filler":
                 await conn.execute(q.payout_filled, payout["id"], receipt.tx_hash, receipt.block_number)
                 bound.info("abandoned payout cancelled: its nonce was filled", tx_hash=receipt.tx_hash)
             elif receipt.succeeded:  # the payout we gave up on was mined after all: the money moved
@@ -664,7 +690,7 @@ async def _nonce_used(
                 await _settle(conn, treasury, [(deposit, payout["id"], receipt)])
                 bound.warning("a payout given up on was mined after all: deposit paid and credited")
             else:
-                await _reverted(conn, payout["id"], payout["deposit_id"], receipt)
+                await _reverted(conn, payout["id"], payout["deposit_id"], receipt, final=final)
             return
     if (await conn.fetchval(q.cancelling_for_seconds, payout["id"]) or 0) < NOT_OURS_AFTER:
         bound.error("abandoned payout's nonce is used, but by no transaction of ours that we can see yet")
@@ -751,12 +777,14 @@ async def _recheck_settled(conn: Connection, treasury: Treasury, config: LaneCon
             if state == PAYOUT_FINAL or moved:
                 updates.append((payout, receipt, state == PAYOUT_FINAL))
         elif state == PAYOUT_GONE:
-            await _send_settled_again(conn, treasury, payout, own)
+            assert mined_nonce is not None
+            await _send_settled_again(conn, treasury, payout, own, config, head, mined_nonce)
         elif state == PAYOUT_REVERTED:
             assert receipt is not None
-            await _lost(conn, payout, f"its transaction {receipt.tx_hash} was mined again after a reorg and reverted")
+            what = f"its transaction {receipt.tx_hash} was mined again after a reorg and reverted"
+            await _lost_when_final(conn, payout, what, receipt, head, config)
         else:
-            await _nonce_taken_after_reorg(conn, payout, own, receipts)
+            await _nonce_taken_after_reorg(conn, payout, own, receipts, head, config)
     if updates:
         await conn.execute(
             q.payouts_rechecked,
@@ -772,42 +800,80 @@ async def _recheck_settled(conn: Connection, treasury: Treasury, config: LaneCon
 
 
 async def _send_settled_again(
-    conn: Connection, treasury: Treasury, payout: asyncpg.Record, attempts: list[asyncpg.Record]
+    conn: Connection,
+    treasury: Treasury,
+    payout: asyncpg.Record,
+    attempts: list[asyncpg.Record],
+    config: LaneConfig,
+    head: int,
+    mined_nonce: int,
 ) -> None:
     """A reorg removed a settled payout's block and its nonce is free: the same stored signed transaction
-    (the one that was mined) is sent again; only a node refusing its fees makes it re-signed, at the same
-    nonce. One transfer either way, and the deposit's entry stands."""
+    (the one that was mined, or a newer attempt at the same nonce) is sent again. As `_watch` does for a
+    payout never mined, once it is the lowest nonce still unmined and has waited `replace_after_blocks`
+    since it left the chain, it is re-signed at the same nonce with fees raised (base fees may have risen
+    past its cap since it was first mined), and so is a node refusing its fees. One transfer either way (one
+    nonce), and the deposit's entry stands."""
     payout_attempts = [a for a in attempts if a["kind"] == "payout"]
     settled = next((a for a in payout_attempts if a["tx_hash"] == payout["tx_hash"]), payout_attempts[-1])
+    latest = payout_attempts[-1] if payout_attempts[-1]["id"] > settled["id"] else settled
     if payout["block_number"] is not None:
-        await conn.execute(load_queries().payout_out_of_chain, payout["id"])
+        await conn.execute(load_queries().payout_out_of_chain, payout["id"], head)
         log.warning(
             "a reorg removed a settled payout's block: sending the same transaction again",
             payout_id=payout["id"], deposit_id=str(payout["deposit_id"]), nonce=payout["nonce"],
-            tx_hash=settled["tx_hash"], block=payout["block_number"],
+            tx_hash=latest["tx_hash"], block=payout["block_number"],
         )  # fmt: skip
-    await _broadcast_or_bump(conn, treasury, payout, _stored(settled))
+    else:
+        since = max(payout["out_of_chain_block"] or head, latest["broadcast_block"] or 0)
+        if mined_nonce == payout["nonce"] and head - since >= config.replace_after_blocks:
+            await _replace(conn, treasury, payout, _stored(latest))
+            return
+    await _broadcast_or_bump(conn, treasury, payout, _stored(latest))
 
 
 async def _nonce_taken_after_reorg(
-    conn: Connection, payout: asyncpg.Record, attempts: list[asyncpg.Record], receipts: dict[str, Receipt | None]
+    conn: Connection,
+    payout: asyncpg.Record,
+    attempts: list[asyncpg.Record],
+    receipts: dict[str, Receipt | None],
+    head: int,
+    config: LaneConfig,
 ) -> None:
     """A settled payout in no block, its nonce used by another transaction: our nonce filler (the money did
-    not move), or one that is not ours, which is believed only after NOT_OURS_AFTER (a node behind a load
-    balancer may show the nonce before the receipt)."""
+    not move; believed when the filler's block has the required confirmations), or one that is not ours,
+    which is believed only after NOT_OURS_AFTER (a node behind a load balancer may show the nonce before the
+    receipt)."""
     q = load_queries()
     filler = next((receipts[a["tx_hash"]] for a in attempts if a["kind"] == "filler" and receipts[a["tx_hash"]]), None)
     if filler is not None:
-        await _lost(conn, payout, f"the nonce filler {filler.tx_hash} was mined in its place after a reorg")
+        what = f"the nonce filler {filler.tx_hash} was mined in its place after a reorg"
+        await _lost_when_final(conn, payout, what, filler, head, config)
         return
     if payout["block_number"] is not None:
-        await conn.execute(q.payout_out_of_chain, payout["id"])
+        await conn.execute(q.payout_out_of_chain, payout["id"], head)
     missing_for = await conn.fetchval(q.payout_out_of_chain_for_seconds, payout["id"]) or 0
     if missing_for < NOT_OURS_AFTER:
         log.error("a settled payout is in no block and its nonce is used by a transaction we cannot see yet",
                   payout_id=payout["id"], nonce=payout["nonce"])  # fmt: skip
         return
     await _lost(conn, payout, f"its nonce {payout['nonce']} was used by a transaction that is not ours after a reorg")
+
+
+async def _lost_when_final(
+    conn: Connection, payout: asyncpg.Record, what: str, deciding: Receipt, head: int, config: LaneConfig
+) -> None:
+    """A settled payout that the chain now says did not move the money is lost only when the block that
+    says so (`deciding`) has the required confirmations: a person told to pay it by hand must not pay what
+    a further reorg would mine after all. Until then it is in no block (its USDC counts as in flight) and
+    the next re-check looks again."""
+    if confirmations(head, deciding.block_number) >= config.confirmations_required:
+        await _lost(conn, payout, what)
+        return
+    if payout["block_number"] is not None:
+        await conn.execute(load_queries().payout_out_of_chain, payout["id"], head)
+    log.warning("a settled payout looks lost; decided at the required confirmations", payout_id=payout["id"],
+                nonce=payout["nonce"], reason=what, block=deciding.block_number)  # fmt: skip
 
 
 async def _lost(conn: Connection, payout: asyncpg.Record, what: str) -> None:

@@ -6,12 +6,17 @@ a third party (the log names the owner as `from`; who sent the transaction does 
 never credited: our own money moving (treasury, own_payout), a zero-value log and a self-transfer (they
 add nothing), and a log not emitted by the token contract (the RPC query filters by address, but the
 provider's answer is not trusted). An amount above `MAX_CREDIT_MICRO` is recorded and sent to review.
+
+A transfer's identity (`TransferKey`) does not depend on where its block puts it: a reorg may mine the same
+transaction again behind other logs, and its block-level log index changes. It is the transaction, the log's
+content (token, from, to, amount) and its order among identical logs of that transaction (`seq`): what the
+transaction itself emits, wherever it is mined.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -40,15 +45,32 @@ TOO_LARGE = "too_large"  # above MAX_CREDIT_MICRO: listed for review at its conf
 
 
 @dataclass(frozen=True, slots=True)
+class TransferKey:
+    """What one transfer is, wherever its transaction is mined (the module docstring says why)."""
+
+    tx_hash: str
+    token: str
+    sender: str
+    recipient: str
+    amount: int
+    seq: int  # its order among the identical logs (same token, from, to, amount) of its transaction
+
+
+@dataclass(frozen=True, slots=True)
 class TransferLog:
     tx_hash: str
-    log_index: int
+    log_index: int  # in its block: it changes when a reorg mines the transaction again behind other logs
     block_number: int
     block_hash: str
     token: str
     sender: str
     recipient: str
     amount: int
+    seq: int = 0  # set by `identify`, which sees the transaction's other logs
+
+    @property
+    def key(self) -> TransferKey:
+        return TransferKey(self.tx_hash, self.token, self.sender, self.recipient, self.amount, self.seq)
 
 
 def _address(topic: str) -> str:
@@ -105,15 +127,28 @@ def classify(transfer: TransferLog, token: str, treasury: str | None, own_tx_has
     return DEPOSIT
 
 
-def latest_per_key(transfers: Iterable[TransferLog]) -> list[TransferLog]:
-    """One transfer per (tx hash, log index), the last one seen, in first-seen order.
+def identify(transfers: Iterable[TransferLog]) -> list[TransferLog]:
+    """The transfers of an answer, once each, numbered (`seq`) among the identical logs of their transaction.
 
-    A provider should never answer a log twice, but one statement cannot upsert the same key twice.
+    A log answered twice (same transaction and index) counts once, the last seen. A transaction's logs all
+    come from one block; an answer that shows one transaction in two blocks (its ranges served by nodes on
+    different forks) keeps the highest block's: numbering both would make one transfer two. First-seen order.
     """
     latest: dict[tuple[str, int], TransferLog] = {}
     for transfer in transfers:
         latest[(transfer.tx_hash, transfer.log_index)] = transfer
-    return list(latest.values())
+    block_of: dict[str, tuple[int, str]] = {}
+    for t in latest.values():
+        block = (t.block_number, t.block_hash)
+        block_of[t.tx_hash] = max(block_of.get(t.tx_hash, block), block)
+    kept = [t for t in latest.values() if (t.block_number, t.block_hash) == block_of[t.tx_hash]]
+    seq: dict[tuple[str, str, str, str, int], int] = {}
+    numbered: dict[tuple[str, int], TransferLog] = {}
+    for t in sorted(kept, key=lambda t: (t.tx_hash, t.log_index)):
+        content = (t.tx_hash, t.token, t.sender, t.recipient, t.amount)
+        numbered[(t.tx_hash, t.log_index)] = replace(t, seq=seq.get(content, 0))
+        seq[content] = seq.get(content, 0) + 1
+    return [numbered[(t.tx_hash, t.log_index)] for t in kept]
 
 
 def confirmations(head: int, block: int) -> int:
@@ -214,23 +249,34 @@ def expected_amount(text: str | None) -> int | None:
     return micro
 
 
-def log_still_in_receipt(receipt: Any, token: str, log_index: int, recipient: str, amount: int) -> bool:
-    """Whether a transaction's receipt (as a node answers it) still holds this transfer's log: same index,
-    emitted by the token, same recipient and amount. A credited log missing from a round's answer is
-    reversed only when its receipt agrees that it is gone: a provider's incomplete answer reverses nothing."""
+def transfer_in_receipt(receipt: Any, key: TransferKey) -> bool:
+    """Whether a transaction's receipt (as a node answers it) holds this transfer, found by what it is and
+    not by its log index (which a reorg may change)."""
     if not isinstance(receipt, dict) or not isinstance(receipt.get("logs"), list):
         return False
-    for raw in receipt["logs"]:
-        found = decode_transfer(raw)
-        if (
-            found is not None
-            and found.log_index == log_index
-            and found.token == token.lower()
-            and found.recipient == recipient.lower()
-            and found.amount == amount
-        ):
-            return True
-    return False
+    logs = [t for t in map(decode_transfer, receipt["logs"]) if t is not None and t.tx_hash == key.tx_hash]
+    return any(t.key == key for t in identify(logs))
+
+
+# What a node says of a credited transfer missing from a round's logs (`gone_verdict`).
+PRESENT = "present"  # its receipt holds it: the logs answer was incomplete; nothing to do
+GONE = "gone"  # its receipt exists without it (mined again, reverted or different): reverse now
+REPLACED = "replaced"  # no receipt, and the node has its block's height with another hash: reverse when
+# two consecutive rounds say so (a load balancer may mix nodes within a round)
+UNKNOWN = "unknown"  # no receipt, and no proof its block was replaced (a node behind it): wait
+
+
+def gone_verdict(receipt: Any, block: Any, key: TransferKey, block_hash: str) -> str:
+    """A credited transfer that a round's logs lack, judged by its receipt and by the block the node has at
+    the transfer's height (`block`, None when the receipt exists and it was not asked for). A node behind a
+    load balancer that lacks the block answers a null receipt and a null block: that proves nothing."""
+    if receipt is not None:
+        if not isinstance(receipt, dict) or not isinstance(receipt.get("logs"), list):
+            return UNKNOWN
+        return PRESENT if transfer_in_receipt(receipt, key) else GONE
+    if isinstance(block, dict) and isinstance(block.get("hash"), str) and block["hash"].lower() != block_hash.lower():
+        return REPLACED
+    return UNKNOWN
 
 
 # What a settled payout's re-check finds (`payout_finality`).

@@ -36,8 +36,11 @@ SELECT coalesce(sum(amount_micro), 0)::bigint FROM payouts
 WHERE status IN ('signed', 'cancelling', 'confirmed') AND chain_id = $1 AND signed_at > now() - make_interval(secs => $2);
 
 -- name: in_flight_micro
--- Signed and not settled: a payout being cancelled may still be mined.
-SELECT coalesce(sum(amount_micro), 0)::bigint FROM payouts WHERE status IN ('signed', 'cancelling') AND chain_id = $1;
+-- Signed and not settled: a payout being cancelled may still be mined. And settled payouts whose block a
+-- reorg removed: they are sent again, so the USDC the treasury shows again is not there to spend twice.
+SELECT coalesce(sum(amount_micro), 0)::bigint FROM payouts
+WHERE chain_id = $1
+  AND (status IN ('signed', 'cancelling') OR (status = 'confirmed' AND final_at IS NULL AND block_number IS NULL));
 
 -- name: lock_nonce
 SELECT next_nonce FROM treasury_nonces WHERE chain_id = $1 AND address = $2 FOR UPDATE;
@@ -150,7 +153,7 @@ WITH v AS (
 ), p AS (
     UPDATE payouts p
     SET tx_hash = v.tx_hash, block_number = v.block_number, final_at = CASE WHEN v.final THEN now() END,
-        updated_at = now()
+        out_of_chain_block = NULL, updated_at = now()
     FROM v WHERE p.id = v.id AND p.status = 'confirmed' AND p.final_at IS NULL
     RETURNING p.deposit_id, p.tx_hash
 )
@@ -158,8 +161,9 @@ UPDATE deposits d SET tx_hash = p.tx_hash, updated_at = now()
 FROM p WHERE d.id = p.deposit_id AND d.tx_hash IS DISTINCT FROM p.tx_hash;
 
 -- name: payout_out_of_chain
--- A settled payout whose block a reorg removed: in no block for now (updated_at says since when).
-UPDATE payouts SET block_number = NULL, updated_at = now()
+-- A settled payout whose block a reorg removed: in no block for now (updated_at says since when, and
+-- out_of_chain_block at which head: its fees are raised after replace_after_blocks more, as a new payout's).
+UPDATE payouts SET block_number = NULL, out_of_chain_block = $2, updated_at = now()
 WHERE id = $1 AND status = 'confirmed' AND final_at IS NULL AND block_number IS NOT NULL;
 
 -- name: payout_out_of_chain_for_seconds
@@ -174,3 +178,7 @@ WHERE id = $1 AND status = 'confirmed' AND final_at IS NULL;
 INSERT INTO review_items (kind, dedupe_key, deposit_id, reason)
 VALUES ('payout_lost', 'payout:' || $1::bigint || ':lost', $2, $3)
 ON CONFLICT (dedupe_key) DO NOTHING;
+
+-- name: payout_in_flight_of_deposit
+-- A deposit's payout that may still be mined: signed, or given up on and not yet decided (kiota/payouts.py).
+SELECT id, status, nonce FROM payouts WHERE deposit_id = $1 AND status IN ('signed', 'cancelling');

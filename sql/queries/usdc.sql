@@ -12,29 +12,42 @@ SELECT id, lower(deposit_address) AS address FROM users;
 SELECT tx_hash FROM payout_attempts WHERE tx_hash = ANY($1::text[]);
 
 -- name: upsert_transfers
--- Every transfer of a round in one statement (one row per key: the caller drops repeats).
--- A transfer seen again in another block (a reorg re-included it) moves there and is live again;
--- one seen where it was is left as it is.
-INSERT INTO chain_transfers (chain_id, tx_hash, log_index, block_number, block_hash, token_address,
-                             from_address, to_address, amount_micro, user_id, kind)
-SELECT $1, t.*
-FROM unnest($2::text[], $3::int[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[],
-            $9::numeric[], $10::text[], $11::text[])
-     AS t (tx_hash, log_index, block_number, block_hash, token_address, from_address, to_address,
-           amount_micro, user_id, kind)
-ON CONFLICT (chain_id, tx_hash, log_index) DO UPDATE
-SET block_number = EXCLUDED.block_number, block_hash = EXCLUDED.block_hash,
-    status = CASE WHEN chain_transfers.status = 'orphaned' THEN 'seen' ELSE chain_transfers.status END
-WHERE chain_transfers.block_hash <> EXCLUDED.block_hash OR chain_transfers.block_number <> EXCLUDED.block_number
-   OR chain_transfers.status = 'orphaned';
+-- Every transfer of a round in one statement (one row per identity: the caller numbers and dedupes them).
+-- A transfer is keyed by what it is (transaction, token, from, to, amount, seq: kiota/usdc.py TransferKey),
+-- not by its log index: seen again at another index or in another block (a reorg mined it again), its row
+-- moves there, keeping its status (an orphaned one is live again). Rows already right are not rewritten.
+-- Returns the id of every row this round's answer holds, new or not.
+WITH v AS (
+    SELECT * FROM unnest($2::text[], $3::int[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[],
+                         $9::numeric[], $10::text[], $11::text[], $12::int[])
+         AS v (tx_hash, log_index, block_number, block_hash, token_address, from_address, to_address,
+               amount_micro, user_id, kind, seq)
+), written AS (
+    INSERT INTO chain_transfers (chain_id, tx_hash, log_index, block_number, block_hash, token_address,
+                                 from_address, to_address, amount_micro, user_id, kind, seq)
+    SELECT $1, v.* FROM v
+    ON CONFLICT (chain_id, tx_hash, token_address, from_address, to_address, amount_micro, seq) DO UPDATE
+    SET log_index = EXCLUDED.log_index, block_number = EXCLUDED.block_number, block_hash = EXCLUDED.block_hash,
+        gone_rounds = 0,
+        status = CASE WHEN chain_transfers.status = 'orphaned' THEN 'seen' ELSE chain_transfers.status END
+    WHERE (chain_transfers.log_index, chain_transfers.block_number, chain_transfers.block_hash)
+              IS DISTINCT FROM (EXCLUDED.log_index, EXCLUDED.block_number, EXCLUDED.block_hash)
+       OR chain_transfers.status = 'orphaned' OR chain_transfers.gone_rounds > 0
+    RETURNING id
+)
+SELECT id FROM written
+UNION
+SELECT t.id FROM chain_transfers t JOIN v
+    ON (t.chain_id, t.tx_hash, t.token_address, t.from_address, t.to_address, t.amount_micro, t.seq)
+     = ($1, v.tx_hash, v.token_address, v.from_address, v.to_address, v.amount_micro, v.seq);
 
 -- name: orphan_missing
--- Transfers in the rescanned range that the canonical chain no longer has. NOT IN over a
--- subquery is a hashed lookup (the arrays hold no NULL); a NOT EXISTS here was planned as a
--- nested loop, a thousand logs times a thousand rows.
+-- Transfers in the rescanned range that the canonical chain no longer has: not among the rows this round's
+-- answer holds ($4). NOT IN over a subquery is a hashed lookup; a NOT EXISTS or <> ALL here is a nested loop,
+-- a thousand logs times a thousand rows.
 UPDATE chain_transfers t SET status = 'orphaned'
 WHERE t.chain_id = $1 AND t.block_number BETWEEN $2 AND $3 AND t.status = 'seen'
-  AND (t.tx_hash, t.log_index) NOT IN (SELECT * FROM unnest($4::text[], $5::int[]))
+  AND t.id NOT IN (SELECT unnest($4::bigint[]))
 RETURNING t.id;
 
 -- name: transfers_to_credit
@@ -48,32 +61,51 @@ ORDER BY block_number, log_index
 FOR UPDATE;
 
 -- name: credited_gone_or_reversed_back
--- 'gone': credited transfers in the rescanned range that this round's answer no longer has (a reorg deeper
--- than the confirmations, or a provider's incomplete answer: the caller asks the receipts which).
--- 'back': reversed transfers that are in this round's answer again.
-SELECT 'gone' AS what, t.id, t.tx_hash, t.log_index, t.user_id, t.amount_micro, t.to_address
-FROM chain_transfers t
-WHERE t.chain_id = $1 AND t.block_number BETWEEN $2 AND $3 AND t.status = 'credited'
-  AND (t.tx_hash, t.log_index) NOT IN (SELECT * FROM unnest($4::text[], $5::int[]))
+-- Read before the round's transaction, with this round's answer as transfer identities ($4-$9):
+-- 'gone': credited transfers that the answer lacks, in the rescanned range or already suspected by the last
+-- round (a reorg deeper than the confirmations, or a provider's incomplete answer: the caller asks the node).
+-- 'back': reversed transfers that are in the answer again, wherever they are now.
+WITH v AS (
+    SELECT * FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::numeric[], $9::int[])
+         AS v (tx_hash, token_address, from_address, to_address, amount_micro, seq)
+), answered AS (
+    SELECT t.id, t.status FROM chain_transfers t JOIN v
+        ON (t.chain_id, t.tx_hash, t.token_address, t.from_address, t.to_address, t.amount_micro, t.seq)
+         = ($1, v.tx_hash, v.token_address, v.from_address, v.to_address, v.amount_micro, v.seq)
+), gone AS (
+    SELECT t.* FROM chain_transfers t
+    WHERE t.chain_id = $1 AND t.status = 'credited' AND t.block_number BETWEEN $2 AND $3
+    UNION
+    SELECT t.* FROM chain_transfers t WHERE t.chain_id = $1 AND t.status = 'credited' AND t.gone_rounds > 0
+)
+SELECT 'gone' AS what, g.id, g.tx_hash, g.log_index, g.block_number, g.block_hash, g.token_address,
+       g.from_address, g.to_address, g.amount_micro, g.seq, g.user_id, g.gone_rounds
+FROM gone g WHERE g.id NOT IN (SELECT id FROM answered)
 UNION ALL
-SELECT 'back', t.id, t.tx_hash, t.log_index, t.user_id, t.amount_micro, t.to_address
-FROM chain_transfers t
-WHERE t.chain_id = $1 AND t.status = 'reversed'
-  AND (t.tx_hash, t.log_index) IN (SELECT * FROM unnest($4::text[], $5::int[]));
+SELECT 'back', t.id, t.tx_hash, t.log_index, t.block_number, t.block_hash, t.token_address, t.from_address,
+       t.to_address, t.amount_micro, t.seq, t.user_id, t.gone_rounds
+FROM chain_transfers t WHERE t.id IN (SELECT id FROM answered WHERE status = 'reversed');
+
+-- name: transfers_gone_rounds
+-- Credited transfers a round found missing with their block replaced ($1: one more round in a row) and those
+-- it found present or could not judge ($2: the count starts again).
+UPDATE chain_transfers SET gone_rounds = CASE WHEN id = ANY($1::bigint[]) THEN gone_rounds + 1 ELSE 0 END
+WHERE (id = ANY($1::bigint[]) OR id = ANY($2::bigint[])) AND status = 'credited';
 
 -- name: transfers_reversed
-UPDATE chain_transfers SET status = 'reversed', reversed_at = now()
+UPDATE chain_transfers SET status = 'reversed', reversed_at = now(), gone_rounds = 0
 WHERE id = ANY($1::bigint[]) AND status = 'credited'
-RETURNING id, tx_hash, log_index, user_id, amount_micro;
+RETURNING id, tx_hash, log_index, user_id, amount_micro, credit_key;
 
 -- name: transfers_to_review
 -- Not credited, and never credited automatically now: a person looks (review_items says why).
 UPDATE chain_transfers SET status = 'review' WHERE id = ANY($1::bigint[]) AND status = 'seen';
 
 -- name: insert_usdc_review_items
--- One review item per (transfer, kind): transfer ids, kinds, reasons. Returns the items created.
+-- One review item per (transfer, kind): transfer ids, kinds, reasons. Returns the items created. Keyed by the
+-- transfer's row, which stays one row wherever a reorg moves its log.
 INSERT INTO review_items (kind, dedupe_key, chain_transfer_id, amount_usdc_micro, reason)
-SELECT r.kind, 'usdc:' || t.chain_id || ':' || t.tx_hash || ':' || t.log_index || ':' || r.kind, t.id,
+SELECT r.kind, 'usdc:transfer:' || t.id || ':' || r.kind, t.id,
        t.amount_micro, r.reason
 FROM unnest($1::bigint[], $2::text[], $3::text[]) AS r (transfer_id, kind, reason)
 JOIN chain_transfers t ON t.id = r.transfer_id
@@ -97,15 +129,16 @@ SELECT DISTINCT user_id FROM deposit_intents
 WHERE user_id = ANY($1::text[]) AND status = 'expired' AND ended_at > now() - interval '24 hours';
 
 -- name: credit_transfers
--- A round's credits in one statement: each transfer credited with its flags, and each intent one
+-- A round's credits in one statement: each transfer credited with its flags and its entry's key, and each intent one
 -- of them completes (at most one per intent). A transfer's flags travel comma-separated in one
 -- text ('' for none): they are words of ours, and arrays of arrays must all be the same length.
 WITH c AS (
-    SELECT c.transfer_id, c.intent_id, c.amount, string_to_array(c.flags, ',') AS flags
-    FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::text[]) AS c (transfer_id, intent_id, amount, flags)
+    SELECT c.transfer_id, c.intent_id, c.amount, string_to_array(c.flags, ',') AS flags, c.credit_key
+    FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::text[], $5::text[])
+         AS c (transfer_id, intent_id, amount, flags, credit_key)
 ), credited AS (
     UPDATE chain_transfers t
-    SET status = 'credited', credited_at = now(), intent_id = c.intent_id, flags = c.flags
+    SET status = 'credited', credited_at = now(), intent_id = c.intent_id, flags = c.flags, credit_key = c.credit_key
     FROM c WHERE t.id = c.transfer_id
     RETURNING t.id
 )

@@ -8,22 +8,30 @@ address filter is never trusted.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
 from eth_account import Account
 from web3.types import RPCEndpoint
 
-from kiota import ledger
+from kiota import ledger, ops
 from kiota.chain_rpc import ChainReader
 from kiota.dev.chain import BASE_USDC_ADDRESS, install_usdc, mint_usdc
 from kiota.dev.rpc_proxy import ProxyConfig, running_rpc_proxy
 from kiota.ingester import RoundReport, ScanConfig, scan_round
 from kiota.ledger import SUSPENSE_USDC, user_account
 from kiota.ledger_store import balance, post_entry
-from kiota.payouts import LaneConfig, recheck_settled_payouts
+from kiota.payouts import (
+    LaneConfig,
+    Outcome,
+    abandon,
+    fill_abandoned_nonces,
+    pay_deposit,
+    recheck_settled_payouts,
+)
 from kiota.sql import load_queries
-from kiota.treasury import Treasury
+from kiota.treasury import Fees, Treasury
 from kiota.usdc import MAX_CREDIT_MICRO
 from tests.conftest import MpesaSystem
 from tests.integration.test_mpesa_flow import transfers_from
@@ -270,20 +278,36 @@ async def test_a_credit_that_fails_goes_to_review_and_the_round_goes_on(mpesa_sy
     assert await system.pool.fetchval("SELECT next_block FROM chain_cursors") == report.end + 1
 
 
-async def credit_then_reorg_away(system: MpesaSystem, reader: ChainReader, user: str, amount: int) -> Any:
+async def credit_then_reorg_away(
+    system: MpesaSystem, reader: ChainReader, user: str, amount: int, *, remine_behind_another_log: bool = False
+) -> Any:
     """A transfer to `user`'s intent, credited at its confirmations, then removed by a reorg 3 blocks deep
-    (deeper than the 2 confirmations, within the 12 rescanned blocks). Returns its signed transaction."""
+    (deeper than the 2 confirmations, within the 12 rescanned blocks). With `remine_behind_another_log` the
+    reorg's first new block mines the same transaction again, behind a stranger's mint: its log index is 1
+    now. Returns its signed transaction."""
     created = await create_intent(system, user, None)
     signed = await signed_payment(system, created["deposit_address"], amount)
     await call(system, "anvil_mine", 2)  # the reorg replaces these and the payment's blocks, not the payer's funding
     await call(system, "eth_sendRawTransaction", signed.raw_tx)
-    await receipt_of(system, signed.tx_hash)
+    assert int((await receipt_of(system, signed.tx_hash))["logs"][0]["logIndex"], 16) == 0
     await call(system, "anvil_mine")  # two confirmations
     assert (await one_round(system, reader)).credited == 1
     assert await balance(system.pool, user_account(user, "USDC")) == amount
     assert (await intent(system, user, created["intent_id"]))["status"] == "completed"
-    await call(system, "anvil_reorg", 3, [])
-    assert await call(system, "eth_getTransactionReceipt", signed.tx_hash) is None
+    if remine_behind_another_log:
+        minter = (await system.w3.eth.accounts)[0]
+        mint = {
+            "from": minter,
+            "to": BASE_USDC_ADDRESS,
+            "gas": hex(100_000),
+            "data": calldata(MINT, fresh_address(), 1),
+        }
+        await call(system, "anvil_reorg", 3, [[mint, 0], [signed.raw_tx, 0]])
+        receipt = await receipt_of(system, signed.tx_hash)
+        assert int(receipt["logs"][0]["logIndex"], 16) == 1
+    else:
+        await call(system, "anvil_reorg", 3, [])
+        assert await call(system, "eth_getTransactionReceipt", signed.tx_hash) is None
     return signed
 
 
@@ -295,6 +319,9 @@ async def test_a_credited_deposit_whose_log_a_deep_reorg_removed_is_reversed_int
     reader = ChainReader(system.settings.base_rpc_url)
     try:
         signed = await credit_then_reorg_away(system, reader, "rey", 7_000_000)
+        # No receipt, and another block at its height: reversed when two rounds in a row say so.
+        assert (await one_round(system, reader)).reversed == 0
+        assert (await transfer_row(system, signed.tx_hash))["gone_rounds"] == 1
         report = await one_round(system, reader)
         assert report.reversed == 1
         row = await transfer_row(system, signed.tx_hash)
@@ -349,6 +376,134 @@ async def test_the_worker_reverses_a_deep_reorg_and_the_operator_sees_it(mpesa_s
     row = await transfer_row(system, signed.tx_hash)
     assert "kind=usdc_reversed" in out and f"chain_transfer_id={row['id']}" in out and signed.tx_hash in out
     assert "amount_usdc_micro=3000000" in out
+
+
+@pytest.mark.no_worker
+async def test_a_reversed_transfer_mined_again_behind_another_log_is_never_credited_again(
+    mpesa_system: MpesaSystem,
+) -> None:
+    """The review's probe: credited at log index 0, reversed after a deep reorg, then the same signed
+    transaction is mined again behind a higher-fee mint in its block, at log index 1. It is the same transfer:
+    its row moves there and stays reversed; a person is told it is back; the user is not credited again
+    while suspense still holds the first credit (custody debited once for one transfer on chain)."""
+    system = mpesa_system
+    reader = ChainReader(system.settings.base_rpc_url)
+    try:
+        signed = await credit_then_reorg_away(system, reader, "rey", 7_000_000)
+        assert sum([(await one_round(system, reader)).reversed for _ in range(2)]) == 1
+        reversed_row = await transfer_row(system, signed.tx_hash)
+        await call(system, "evm_setAutomine", False)
+        minter = (await system.w3.eth.accounts)[0]
+        decoy = await call(system, "eth_sendTransaction", {
+            "from": minter, "to": BASE_USDC_ADDRESS, "data": calldata(MINT, fresh_address(), 1), "gas": hex(200_000),
+            "maxFeePerGas": hex(10**13), "maxPriorityFeePerGas": hex(10**12),
+        })  # fmt: skip  # it pays more: first in the block
+        await call(system, "eth_sendRawTransaction", signed.raw_tx)
+        await call(system, "anvil_mine", 1)
+        await call(system, "evm_setAutomine", True)
+        receipt = await receipt_of(system, signed.tx_hash)
+        assert (await receipt_of(system, decoy))["blockNumber"] == receipt["blockNumber"]
+        assert int(receipt["logs"][0]["logIndex"], 16) == 1
+        await call(system, "anvil_mine", 2)
+        reports = [await one_round(system, reader) for _ in range(2)]
+    finally:
+        await reader.aclose()
+    assert [(r.credited, r.reversed) for r in reports] == [(0, 0), (0, 0)]
+    rows = await system.pool.fetch("SELECT * FROM chain_transfers WHERE tx_hash = $1", signed.tx_hash.lower())
+    assert [(r["id"], r["status"], r["log_index"], r["block_hash"]) for r in rows] == [
+        (reversed_row["id"], "reversed", 1, receipt["blockHash"])
+    ]
+    assert [i["kind"] for i in await review_items(system)] == ["usdc_reversed", "usdc_reappeared"]
+    assert await entry_keys(system, "usdc_received") == [f"usdc:8453:{signed.tx_hash}:0"]
+    assert await balance(system.pool, user_account("rey", "USDC")) == 0
+    assert await balance(system.pool, SUSPENSE_USDC) == 7_000_000
+    assert await balance(system.pool, ledger.CUSTODY_USDC) == 7_000_000  # moved once: one transfer on chain
+
+
+@pytest.mark.no_worker
+async def test_a_credited_transfer_mined_again_at_another_log_index_stays_credited_once(
+    mpesa_system: MpesaSystem,
+) -> None:
+    """A reorg deeper than the confirmations mines the credited transaction again, in the same round's view,
+    behind another log (index 0 → 1). Its receipt holds it, at the new index: nothing is reversed and
+    nothing is credited again; the row moves."""
+    system = mpesa_system
+    reader = ChainReader(system.settings.base_rpc_url)
+    try:
+        signed = await credit_then_reorg_away(system, reader, "rue", 7_000_000, remine_behind_another_log=True)
+        first = await transfer_row(system, signed.tx_hash)
+        reports = [await one_round(system, reader) for _ in range(3)]
+    finally:
+        await reader.aclose()
+    receipt = await receipt_of(system, signed.tx_hash)
+    assert [(r.credited, r.reversed, r.orphaned) for r in reports] == [(0, 0, 0)] * 3
+    rows = await system.pool.fetch("SELECT * FROM chain_transfers WHERE tx_hash = $1", signed.tx_hash.lower())
+    assert [(r["id"], r["status"], r["log_index"], r["block_hash"]) for r in rows] == [
+        (first["id"], "credited", 1, receipt["blockHash"])
+    ]
+    assert await entry_keys(system, "usdc_received") == [f"usdc:8453:{signed.tx_hash}:0"]
+    assert await entry_keys(system, "usdc_reversed") == []
+    assert await review_items(system) == []
+    assert await balance(system.pool, user_account("rue", "USDC")) == 7_000_000
+    assert await balance(system.pool, SUSPENSE_USDC) == 0
+
+
+class LaggingReader(ChainReader):
+    """A load-balanced provider: the head from an up-to-date node, everything else from a node that has no
+    block above `behind` yet (its logs answer is partial, not empty; its receipts and blocks there are null)."""
+
+    def __init__(self, rpc_url: str, behind: int) -> None:
+        super().__init__(rpc_url)
+        self.behind = behind
+        self.logs_answered = 0
+
+    async def transfer_logs(self, token: str, start: int, end: int, depth: int = 0) -> list[dict[str, Any]]:
+        logs = await super().transfer_logs(token, start, end, depth)
+        kept = [entry for entry in logs if int(entry["blockNumber"], 16) <= self.behind]
+        self.logs_answered += len(kept)
+        return kept
+
+    async def batch(self, method: str, params: list[list[Any]]) -> list[tuple[Any, dict[str, Any] | None]]:
+        answers = await super().batch(method, params)
+        if method == "eth_getBlockByNumber":
+            return [(None, None) if int(p[0], 16) > self.behind else a for p, a in zip(params, answers, strict=True)]
+        if method == "eth_getTransactionReceipt":
+            return [
+                (None, None) if r is not None and int(r["blockNumber"], 16) > self.behind else (r, e)
+                for r, e in answers
+            ]
+        return answers
+
+
+@pytest.mark.no_worker
+async def test_a_node_behind_the_others_reverses_no_credit(mpesa_system: MpesaSystem) -> None:
+    """Behind a load balancer the head comes from an up-to-date node, the logs and receipts from one a few
+    blocks behind: the credited transfer is missing from a partial answer, its receipt is null. Nothing
+    proves its block replaced (the node has no block at that height), so nothing is reversed, round after
+    round; once the node catches up, the transfer is there."""
+    system = mpesa_system
+    created = await create_intent(system, "lag", None)
+    signed = await signed_payment(system, created["deposit_address"], 4_000_000)  # mints to the payer first
+    await call(system, "eth_sendRawTransaction", signed.raw_tx)
+    paid_in = int((await receipt_of(system, signed.tx_hash))["blockNumber"], 16)
+    await call(system, "anvil_mine", 3)
+    honest = ChainReader(system.settings.base_rpc_url)
+    lagging = LaggingReader(system.settings.base_rpc_url, behind=paid_in - 1)
+    try:
+        assert (await one_round(system, honest)).credited == 1
+        reports = [await one_round(system, lagging) for _ in range(3)]
+        assert lagging.logs_answered > 0  # partial, not empty: the empty-answer guard does not catch it
+        caught_up = await one_round(system, honest)
+    finally:
+        await honest.aclose()
+        await lagging.aclose()
+    assert [r.reversed for r in reports] == [0, 0, 0]
+    assert caught_up.reversed == 0
+    row = await transfer_row(system, signed.tx_hash)
+    assert (row["status"], row["gone_rounds"]) == ("credited", 0)
+    assert await balance(system.pool, user_account("lag", "USDC")) == 4_000_000
+    assert await balance(system.pool, SUSPENSE_USDC) == 0
+    assert await review_items(system) == []
 
 
 class OmittingReader(ChainReader):
@@ -483,3 +638,162 @@ async def test_a_settled_payout_whose_nonce_another_transaction_took_in_a_reorg_
     assert item["kind"] == "payout_lost" and str(item["deposit_id"]) == body["deposit_id"]
     assert await system.pool.fetchval("SELECT lane_paused FROM payout_guards")
     assert await transfers_from(system, system.treasury_address) == []
+
+
+# --- payouts: no decision that frees a nonce before it is final; re-sent payouts are fee-bumped -----------
+
+LANE = LaneConfig(poll_seconds=0.02, watch_seconds=0.5, drain_seconds=0)
+
+
+async def processing_deposit(system: MpesaSystem, user: str) -> uuid.UUID:
+    """An M-Pesa deposit paid by the customer and confirmed, waiting for its payout (no worker runs: the test
+    drives the lane)."""
+    body = (await system.initiate(user, 1295)).json()
+    await system.wait_status(user, body["deposit_id"], "processing")
+    await system.pool.execute(
+        "UPDATE deposits SET confirmed_at = now(), confirmed_by = 'setting' WHERE id = $1::uuid", body["deposit_id"]
+    )
+    return uuid.UUID(body["deposit_id"])
+
+
+async def payout_attempts(system: MpesaSystem, kind: str) -> list[dict[str, Any]]:
+    rows = await system.pool.fetch("SELECT * FROM payout_attempts WHERE kind = $1 ORDER BY id", kind)
+    return [dict(r) for r in rows]
+
+
+async def head(system: MpesaSystem) -> int:
+    return int(await call(system, "eth_blockNumber"), 16)
+
+
+@pytest.mark.no_worker
+async def test_a_payout_whose_filler_a_reorg_removed_is_paid_once_and_never_retried_before(
+    mpesa_system: MpesaSystem,
+) -> None:
+    """A payout given up on, its nonce filled: until the filler's block has the required confirmations an
+    operator's retry is refused (it would sign a second payout with a new nonce). A reorg then drops the
+    filler's block and the original payout, public in mempools, is mined at its nonce: the lane settles it,
+    and the deposit is paid once."""
+    system = mpesa_system
+    deposit_id = await processing_deposit(system, "fay")
+    treasury = Treasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    try:
+        await call(system, "evm_setAutomine", False)
+        assert (await pay_deposit(system.pool, treasury, deposit_id, LANE)).outcome is Outcome.WAITING
+        [payout] = await payout_attempts(system, "payout")
+        await abandon(system.pool, deposit_id, "test: not settled within 30 minutes")
+        assert await fill_abandoned_nonces(system.pool, treasury, LANE)  # the filler outbids it in the pool
+        await call(system, "anvil_mine")
+        [filler] = await payout_attempts(system, "filler")
+        filler_block = int((await receipt_of(system, filler["tx_hash"]))["blockNumber"], 16)
+        assert await fill_abandoned_nonces(system.pool, treasury, LANE)  # one confirmation: not decided
+        try:
+            await ops.retry_deposit(system.pool, system.queue, deposit_id, "test")
+        except ops.CannotRetry as exc:
+            assert "could still mine it" in str(exc)
+            assert await system.pool.fetchval("SELECT status FROM payouts") == "cancelling"
+        else:  # a second payout with the next nonce: what a retry did before
+            await pay_deposit(system.pool, treasury, deposit_id, LANE)
+            await call(system, "anvil_mine")
+        # The filler's block (and any after it) replaced by one that mines the original payout.
+        await call(system, "anvil_reorg", await head(system) - filler_block + 1, [[payout["raw_tx"], 0]])
+        for _ in range(3):  # whatever the lane and the sweeper do now, with blocks coming
+            assert await fill_abandoned_nonces(system.pool, treasury, LANE)
+            assert await recheck_settled_payouts(system.pool, treasury, LANE)
+            if (await system.deposit("fay", str(deposit_id)))["status"] == "processing":
+                await pay_deposit(system.pool, treasury, deposit_id, LANE)
+            await call(system, "anvil_mine")
+    finally:
+        await treasury.aclose()
+    logs = await transfers_from(system, system.treasury_address)
+    assert len(logs) == 1 and logs[0]["transactionHash"].to_0x_hex() == payout["tx_hash"]  # paid once
+    done = await system.deposit("fay", str(deposit_id))
+    assert (done["status"], done["tx_hash"]) == ("completed", payout["tx_hash"])
+    assert await entry_keys(system, "mpesa_completed") == [f"mpesa:{deposit_id}:completed"]
+    assert [r["status"] for r in await system.pool.fetch("SELECT status FROM payouts")] == ["confirmed"]
+    with pytest.raises(ops.CannotRetry):
+        await ops.retry_deposit(system.pool, system.queue, deposit_id, "test")
+
+
+@pytest.mark.no_worker
+async def test_a_settled_payout_sent_again_after_a_reorg_is_fee_bumped_when_it_stays_unmined(
+    mpesa_system: MpesaSystem,
+) -> None:
+    """After the reorg, blocks come full of another sender's transactions that pay more than the payout's
+    stored fees (as when base fees have risen past them). The same signed bytes, re-sent, would wait for
+    ever: at the lowest unmined nonce, after replace_after_blocks, the payout is re-signed at the same nonce
+    with fees raised, and mined. Still one transfer and one entry."""
+    system = mpesa_system
+    deposit_id = await processing_deposit(system, "fee")
+    treasury = Treasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    busy = Account.create()
+    await call(system, "anvil_setBalance", busy.address, hex(10**20))
+    gas_limit = (await call(system, "eth_getBlockByNumber", "latest", False))["gasLimit"]
+    try:
+        assert (await pay_deposit(system.pool, treasury, deposit_id, LANE)).outcome is Outcome.COMPLETED
+        settled = await payout_row(system, str(deposit_id))
+        [first] = await payout_attempts(system, "payout")
+        await call(system, "evm_setAutomine", False)
+        await remove_blocks_from(system, settled["block_number"], "reorg")
+        await call(system, "evm_setBlockGasLimit", hex(150_000))  # room for one busy transaction, not two
+        outbid = Fees(int(first["max_fee_per_gas"]) * 106 // 100, int(first["max_fee_per_gas"]) * 106 // 100)
+        for nonce in range(LANE.replace_after_blocks + 2):
+            assert await recheck_settled_payouts(system.pool, treasury, LANE)
+            busy_tx = busy.sign_transaction({
+                "type": 2, "chainId": 8453, "nonce": nonce, "to": busy.address, "value": 0, "gas": 135_000,
+                "data": "0x" + "ff" * 2700, "maxFeePerGas": outbid.max_fee_per_gas,
+                "maxPriorityFeePerGas": outbid.max_priority_fee_per_gas,
+            })  # fmt: skip  # about 129,000 gas: the payout does not fit beside it
+            await call(system, "eth_sendRawTransaction", "0x" + bytes(busy_tx.raw_transaction).hex())
+            await call(system, "anvil_mine")
+        assert await recheck_settled_payouts(system.pool, treasury, LANE)
+    finally:
+        await call(system, "evm_setBlockGasLimit", gas_limit)
+        await treasury.aclose()
+    attempts = await payout_attempts(system, "payout")
+    assert len(attempts) == 2 and attempts[0]["tx_hash"] == first["tx_hash"]
+    bumped = attempts[1]
+    assert (bumped["nonce"], bumped["max_fee_per_gas"] * 1000 >= first["max_fee_per_gas"] * 1125) == (
+        first["nonce"],
+        True,
+    )
+    again = await payout_row(system, str(deposit_id))
+    receipt = await receipt_of(system, bumped["tx_hash"])
+    assert (again["tx_hash"], again["block_number"]) == (bumped["tx_hash"], int(receipt["blockNumber"], 16))
+    assert (await system.deposit("fee", str(deposit_id)))["tx_hash"] == bumped["tx_hash"]
+    assert len(await transfers_from(system, system.treasury_address)) == 1
+    assert await entry_keys(system, "mpesa_completed") == [f"mpesa:{deposit_id}:completed"]
+
+
+@pytest.mark.no_worker
+async def test_usdc_of_a_settled_payout_a_reorg_removed_is_not_spent_twice(mpesa_system: MpesaSystem) -> None:
+    """The treasury holds 15 USDC. A 10 USDC payout is settled, then a reorg removes its block: the treasury
+    shows 15 USDC again, but that payout is being sent again. The next deposit's 10 USDC must not be signed
+    against the same USDC: the funds check counts the removed payout as in flight, and the lane pauses."""
+    system = mpesa_system
+    treasury = Treasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    try:
+        keep = 15_000_000
+        drain = treasury.sign_transfer(fresh_address(), await treasury.usdc_balance() - keep,
+                                       await treasury.pending_nonce(), await treasury.fee_quote())  # fmt: skip
+        await treasury.broadcast(drain.raw_tx)
+        await receipt_of(system, drain.tx_hash)
+        first = await processing_deposit(system, "ivy")
+        assert (await pay_deposit(system.pool, treasury, first, LANE)).outcome is Outcome.COMPLETED
+        settled = await payout_row(system, str(first))
+        await call(system, "evm_setAutomine", False)
+        await remove_blocks_from(system, settled["block_number"], "reorg")
+        assert await treasury.usdc_balance() == keep
+        second = await processing_deposit(system, "ian")
+        result = await pay_deposit(system.pool, treasury, second, LANE)
+        await call(system, "anvil_mine")  # the first payout, sent again by that turn, is mined again
+        assert await recheck_settled_payouts(system.pool, treasury, LANE)
+    finally:
+        await treasury.aclose()
+    assert result.outcome is Outcome.BLOCKED and "in flight 10000000" in result.detail
+    assert [a["deposit_id"] for a in await system.pool.fetch(
+        "SELECT p.deposit_id FROM payout_attempts a JOIN payouts p ON p.id = a.payout_id")] == [first]  # fmt: skip
+    assert await system.pool.fetchval("SELECT lane_paused FROM payout_guards")
+    assert (await system.deposit("ian", str(second)))["status"] == "processing"  # paid once there is USDC for it
+    again = await payout_row(system, str(first))
+    assert (again["tx_hash"], again["block_number"] is not None) == (settled["tx_hash"], True)
+    assert len(await transfers_from(system, system.treasury_address)) == 2  # the drain, and the first payout

@@ -97,3 +97,39 @@ async def test_a_failing_migration_rolls_back_and_is_not_recorded(empty_database
     tables, applied = await _schema(empty_database_url)
     assert "half_done" not in tables
     assert "9999" not in [v for v, _ in applied]
+
+
+async def test_0009_numbers_transfers_recorded_by_the_old_key_and_keeps_their_credit_keys(
+    empty_database_url: str,
+) -> None:
+    """Before 0009 a transfer was keyed by its log index, so one mined again behind another log became a second
+    row (the old one orphaned). 0009 keys transfers by what they are: the live row must be the one a log on chain
+    matches (seq 0), each credited row keeps the key of its journal entry, and the new key holds."""
+    migrations = discover()
+    before = [m for m in migrations if m.version < "0009"]
+    await migrate(empty_database_url, before)
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO users (id, address_index, deposit_address) VALUES ('u', 0, '0x' || repeat('b', 40))"
+        )
+        row = (
+            "INSERT INTO chain_transfers (chain_id, tx_hash, log_index, block_number, block_hash, token_address, "
+            "from_address, to_address, amount_micro, user_id, kind, status) "
+            "VALUES (8453, $1, $2, 10, '0xb', '0xt', '0xf', '0x' || repeat('b', 40), $3, 'u', 'deposit', $4) "
+            "RETURNING id"
+        )
+        orphaned = await conn.fetchval(row, "0xaa", 0, 5, "orphaned")
+        live = await conn.fetchval(row, "0xaa", 1, 5, "credited")
+        other = await conn.fetchval(row, "0xaa", 2, 6, "seen")
+        await migrate(empty_database_url)
+        rows = {r["id"]: r for r in await conn.fetch("SELECT id, seq, credit_key, gone_rounds FROM chain_transfers")}
+        assert [(rows[i]["seq"], rows[i]["credit_key"]) for i in (orphaned, live, other)] == [
+            (1, None),
+            (0, "usdc:8453:0xaa:1"),
+            (0, None),
+        ]
+        with pytest.raises(asyncpg.UniqueViolationError):  # the same transfer again, at another index
+            await conn.fetchval(row, "0xaa", 7, 6, "seen")
+    finally:
+        await conn.close()

@@ -10,6 +10,8 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
+import pytest
+
 from kiota import ops
 from kiota.dev.chain import BASE_USDC_ADDRESS
 from kiota.dev.rpc_proxy import ProxyState, running_rpc_proxy
@@ -118,6 +120,11 @@ async def test_after_30_minutes_unmined_the_payout_is_replaced_by_a_filler(mpesa
     [filler] = await attempts(system, "filler")
     assert filler["nonce"] == payout["nonce"]
     assert filler["max_fee_per_gas"] * 1000 >= payout["max_fee_per_gas"] * 1125  # type: ignore[operator]
+    await rpc(system, "anvil_mine")  # the filler is mined: the payout is cancelled at its second confirmation
+    await wait_for(lambda: _filler_mined(system))
+    assert (await payout_of(system, body["deposit_id"]))["status"] == "cancelling"
+    with pytest.raises(ops.CannotRetry, match="could still mine it"):
+        await ops.retry_deposit(system.pool, system.queue, uuid.UUID(body["deposit_id"]), "test")
     await rpc(system, "anvil_mine")
     await wait_payout(system, body["deposit_id"], "cancelled")
     assert await transfers_from(system, system.treasury_address) == []
@@ -158,6 +165,11 @@ async def _broadcast(system: MpesaSystem, kind: str) -> bool:
             "SELECT count(*) FROM payout_attempts WHERE kind = $1 AND broadcast_at IS NOT NULL", kind
         )
     )
+
+
+async def _filler_mined(system: MpesaSystem) -> bool:
+    [filler] = await attempts(system, "filler")
+    return await system.w3.eth.get_transaction_count(system.treasury_address) > filler["nonce"]  # type: ignore[operator]
 
 
 async def _stored(system: MpesaSystem, kind: str) -> bool:

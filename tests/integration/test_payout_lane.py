@@ -132,16 +132,29 @@ async def test_a_reverted_transfer_is_a_failure_that_pauses_the_lane(mpesa_syste
     review = await system.wait_status("carl", body["deposit_id"], "needs_review")
     assert review["failure_reason"] == USER_CHECKING
     assert "reverted" in await system.review_reason(body["deposit_id"])
+    # Given up on at once, but 'reverted' (its deposit free for a retry) only at the required confirmations:
+    # a reorg could still mine it, and succeed.
     payout = await system.pool.fetchrow("SELECT * FROM payouts")
-    assert payout["status"] == "reverted"
-    assert (await system.w3.eth.get_transaction_receipt(payout["tx_hash"]))["status"] == 0
+    assert payout["status"] == "cancelling"
+    [attempt] = await system.pool.fetch("SELECT * FROM payout_attempts")
+    assert (await system.w3.eth.get_transaction_receipt(attempt["tx_hash"]))["status"] == 0
     assert (await system.pool.fetchrow("SELECT * FROM payout_guards"))["lane_paused"]
     assert await balance(system.pool, user_account("carl", "USDC")) == 0
+    with pytest.raises(ops.CannotRetry, match="could still mine it"):
+        await ops.retry_deposit(system.pool, system.queue, uuid.UUID(body["deposit_id"]), "test")
 
-    # The operator refills the treasury, resumes the lane and retries the deposit: paid once.
+    # The operator refills the treasury (a block: the revert's second confirmation), resumes the lane and
+    # retries the deposit once its payout is reverted: paid once.
     await system.worker.ctx["treasury"].aclose()
     system.worker.ctx["treasury"] = original
     await mint_usdc(system.w3, BASE_USDC_ADDRESS, system.treasury_address, 50 * 10**6)
+
+    async def reverted() -> bool:
+        return await system.pool.fetchval("SELECT status FROM payouts") == "reverted"
+
+    await wait_for(reverted)
+    payout = await system.pool.fetchrow("SELECT * FROM payouts")
+    assert payout["tx_hash"] == attempt["tx_hash"]
     await ops.resume_lane(system.pool, system.queue, "test")
     await ops.retry_deposit(system.pool, system.queue, uuid.UUID(body["deposit_id"]), "test")
     done = await system.wait_status("carl", body["deposit_id"], "completed")

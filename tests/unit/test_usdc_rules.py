@@ -11,15 +11,16 @@ from kiota.usdc import (
     ZERO_ADDRESS,
     DueTransfer,
     OpenIntent,
+    TransferKey,
     TransferLog,
     classify,
     confirmations,
     decide_credit,
     decide_credits,
     decode_transfer,
+    gone_verdict,
+    identify,
     intent_end,
-    latest_per_key,
-    log_still_in_receipt,
     next_ranges,
     payment_flags,
     payout_finality,
@@ -173,23 +174,50 @@ def _receipt_log(**changes: Any) -> dict[str, Any]:
                    **changes})  # fmt: skip
 
 
+# The credited transfer the verdicts are about: log 3 of 0xabc, the first of its content in its transaction.
+KEY = TransferKey("0xabc", USDC.lower(), "0x" + "cc" * 20, DEPOSIT_ADDRESS, 25_500_000, 0)
+OTHER_BLOCK, OUR_BLOCK = {"hash": "0xF00", "number": "0x10"}, {"hash": "0xDEF", "number": "0x10"}
+
+
 @pytest.mark.parametrize(
-    ("receipt", "still"),
+    ("receipt", "block", "verdict"),
     [
-        ({"logs": [_receipt_log()]}, True),
-        ({"logs": [_receipt_log(logIndex="0x1"), _receipt_log()]}, True),
-        (None, False),  # no receipt: the transaction is in no block
-        ({}, False),
-        ({"logs": []}, False),
-        ({"logs": [_receipt_log(logIndex="0x4")]}, False),  # mined again behind another log: another key
-        ({"logs": [_receipt_log(address="0x" + "ee" * 20)]}, False),
-        ({"logs": [_receipt_log(data="0x" + f"{1:064x}")]}, False),
-        ({"logs": [_receipt_log(topics=[TRANSFER_TOPIC, "0x" + "00" * 32, "0x" + "00" * 12 + "cd" * 20])]}, False),
-        ({"logs": ["garbage", None]}, False),
+        ({"logs": [_receipt_log()]}, None, "present"),
+        ({"logs": [_receipt_log(logIndex="0x1"), _receipt_log(logIndex="0x3", data="0x" + f"{1:064x}")]}, None,
+         "present"),  # found by what it is: another log of another amount does not hide it
+        ({"logs": [_receipt_log(logIndex="0x4")]}, None, "present"),  # mined again behind another log: the same
+        ({"logs": [_receipt_log(logIndex="0x9", blockHash="0xF00", blockNumber="0x11")]}, OTHER_BLOCK, "present"),
+        # the receipt exists without it: mined again, reverted or different; the node proves it gone
+        ({"logs": []}, None, "gone"),
+        ({"logs": [_receipt_log(address="0x" + "ee" * 20)]}, None, "gone"),
+        ({"logs": [_receipt_log(data="0x" + f"{1:064x}")]}, None, "gone"),
+        ({"logs": [_receipt_log(topics=[TRANSFER_TOPIC, "0x" + "00" * 32, "0x" + "00" * 12 + "cd" * 20])]}, None,
+         "gone"),
+        ({"logs": ["garbage", None]}, None, "gone"),
+        ({"logs": [_receipt_log(transactionHash="0xDDD")]}, None, "gone"),  # another transaction's log
+        # a null receipt proves something only with another block at the transfer's height
+        (None, OTHER_BLOCK, "replaced"),
+        (None, OUR_BLOCK, "unknown"),  # the node has our block, yet no receipt: not a reorg it can show
+        (None, {"hash": "0xdef"}, "unknown"),  # hashes compared without case
+        (None, None, "unknown"),  # a node behind a load balancer that lacks the block: wait
+        (None, {}, "unknown"),
+        (None, {"hash": None}, "unknown"),
+        (None, "garbage", "unknown"),
+        ({}, None, "unknown"),  # not a receipt: nothing proven
+        ("garbage", OTHER_BLOCK, "unknown"),
     ],
-)
-def test_a_credited_log_is_gone_only_when_its_receipt_agrees(receipt: Any, still: bool) -> None:
-    assert log_still_in_receipt(receipt, USDC, 3, DEPOSIT_ADDRESS, 25_500_000) is still
+)  # fmt: skip
+def test_a_credited_log_is_gone_only_when_the_node_proves_it(receipt: Any, block: Any, verdict: str) -> None:
+    assert gone_verdict(receipt, block, KEY, "0xdef") == verdict
+
+
+def test_the_second_of_two_identical_logs_is_found_by_its_order_not_its_index() -> None:
+    second = replace(KEY, seq=1)
+    one = {"logs": [_receipt_log(logIndex="0x7")]}
+    two = {"logs": [_receipt_log(logIndex="0x8"), _receipt_log(logIndex="0x7")]}  # any order in the answer
+    assert [gone_verdict(r, None, k, "0xdef") for r in (one, two) for k in (KEY, second)] == [
+        "present", "gone", "present", "present",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -254,13 +282,34 @@ def test_credits_are_decided_in_chain_order(
     assert [(c.intent_id, c.flags) for c in credits] == expected
 
 
-def test_one_row_per_transfer_key_the_last_seen() -> None:
-    first = decode_transfer(_log())
-    assert first is not None
-    moved = replace(first, block_number=17, block_hash="0xfed")
-    other = replace(first, log_index=4)
-    assert latest_per_key([first, other, moved]) == [moved, other]
-    assert latest_per_key([]) == []
+def test_one_transfer_per_identity_numbered_among_identical_logs() -> None:
+    first = _transfer(log_index=3)
+    again = replace(first)  # the same log answered twice: once
+    twin = _transfer(log_index=5)  # identical content, later in the transaction: the second of its kind
+    other = _transfer(log_index=4, amount=1)
+    elsewhere = _transfer(tx_hash="0xbcd", log_index=1)
+    assert identify([first, twin, other, again, elsewhere]) == [
+        replace(first, seq=0), replace(twin, seq=1), replace(other, seq=0), replace(elsewhere, seq=0),
+    ]  # fmt: skip
+    assert identify([]) == []
+
+
+def test_a_transaction_mined_again_behind_another_log_keeps_its_identity() -> None:
+    """Its block-level log indices all move; what it emits, and in which order, does not."""
+    logs = [_transfer(log_index=0), _transfer(log_index=1, amount=7), _transfer(log_index=2)]
+    moved = [replace(t, log_index=t.log_index + 1, block_number=17, block_hash="0xfed") for t in logs]
+    assert [t.key for t in identify(moved)] == [t.key for t in identify(logs)]
+    assert [t.key.seq for t in identify(logs)] == [0, 0, 1]
+
+
+def test_a_transaction_shown_in_two_blocks_counts_once() -> None:
+    """Ranges served by nodes on two forks: one transaction's log at index 0 in one block, 1 in another.
+    Numbering both would make one transfer two; the highest block's logs are kept."""
+    old = _transfer(log_index=0, block_number=16, block_hash="0xaaa")
+    new = _transfer(log_index=1, block_number=18, block_hash="0xbbb")
+    unrelated = _transfer(tx_hash="0xbcd", log_index=0, block_number=16, block_hash="0xaaa")
+    assert identify([old, unrelated, new]) == [unrelated, new]
+    assert identify([new, old]) == [new]
 
 
 def test_one_credit_decided_alone_matches_the_round() -> None:
@@ -276,7 +325,7 @@ def test_a_reversal_takes_the_users_credit_back_into_suspense() -> None:
     from kiota.ledger import SUSPENSE_USDC, Direction, usdc_received, usdc_reversed, user_account
 
     credit = usdc_received(8453, "0xABC", 3, "u1", 7)
-    reversal = usdc_reversed(8453, "0xABC", 3, "u1", 7)
+    reversal = usdc_reversed(credit.key, "u1", 7)
     assert reversal.key == credit.key + ":reversed" == "usdc:8453:0xabc:3:reversed"
     assert {(p.account, p.direction, p.amount) for p in reversal.postings} == {
         (user_account("u1", "USDC"), Direction.DEBIT, 7),
