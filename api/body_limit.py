@@ -12,15 +12,15 @@ with unread bytes resets it, and the answer with it); the server discards what i
 
 from __future__ import annotations
 
-import json
-
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.asgi import send_json
 
 log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
-_TOO_LARGE = json.dumps({"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}).encode()
+_TOO_LARGE = {"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}
 
 
 class BodyLimitMiddleware:
@@ -63,17 +63,7 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, send: Send, *, declared: int | None) -> None:
         log.warning("request body too large", limit=self.max_bytes, content_length=declared)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(_TOO_LARGE)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": _TOO_LARGE})
+        await send_json(send, 413, _TOO_LARGE)
 
 
 def _content_length(scope: Scope) -> int | None:

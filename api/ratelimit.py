@@ -13,13 +13,13 @@ request releases its key, so the same key may be used again once there is room.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.asgi import send_json
 from api.client_address import scope_client_address
 from api.deps import ResourcesDep
 from kiota.errors import RateLimited
@@ -48,19 +48,7 @@ class ClientRateLimitMiddleware:
 
 
 async def _too_many(send: Send, detail: str, retry_after: int) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 429,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(retry_after).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, 429, {"detail": detail}, [(b"retry-after", str(retry_after).encode())])
 
 
 class RouteLimits:

@@ -22,6 +22,8 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from tests.support import success_body
+
 PROFILES = ("ci", "deep")
 PROFILE = os.environ.get("KIOTA_FUZZ_PROFILE", "ci")
 if PROFILE not in PROFILES:
@@ -99,25 +101,7 @@ def to_bytes(text: str, encoding: str) -> bytes:
 
 def success_document(checkout_request_id: str, amount: int | float, receipt: str) -> dict[str, Any]:
     """Daraja's STK success callback (REFERENCE.md's example), with the Balance item without a Value."""
-    return {
-        "Body": {
-            "stkCallback": {
-                "MerchantRequestID": "29115-34620561-1",
-                "CheckoutRequestID": checkout_request_id,
-                "ResultCode": 0,
-                "ResultDesc": "The service request is processed successfully.",
-                "CallbackMetadata": {
-                    "Item": [
-                        {"Name": "Amount", "Value": amount},
-                        {"Name": "MpesaReceiptNumber", "Value": receipt},
-                        {"Name": "Balance"},
-                        {"Name": "TransactionDate", "Value": 20191219102115},
-                        {"Name": "PhoneNumber", "Value": 254708374149},
-                    ]
-                },
-            }
-        }
-    }
+    return success_body(checkout_request_id, amount, receipt)
 
 
 def failure_document(checkout_request_id: str, code: Any) -> dict[str, Any]:
