@@ -44,7 +44,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -634,12 +634,22 @@ async def abandon(pool: asyncpg.Pool, deposit_id: uuid.UUID, reason: str) -> Non
 async def fill_abandoned_nonces(pool: asyncpg.Pool, treasury: Treasury, config: LaneConfig | None = None) -> bool:
     """The sweeper's turn at the nonce filler, for when no payout comes along to do it.
     Returns False when the lane is busy (its owner fills the nonces in its own turn)."""
-    config = config or LaneConfig()
-    if not await pool.fetchval(load_queries().any_cancelling, treasury.chain_id, treasury.address):
+    tuning = config or LaneConfig()
+    return await _sweepers_turn(
+        pool, treasury, load_queries().any_cancelling, lambda conn: _resolve_abandoned(conn, treasury, tuning)
+    )
+
+
+async def _sweepers_turn(
+    pool: asyncpg.Pool, treasury: Treasury, due: str, work: Callable[[Connection], Awaitable[None]]
+) -> bool:
+    """`work` in the lane, if the `due` query says there is any and the lane is free at once (else False:
+    its owner does the same in its own turns)."""
+    if not await pool.fetchval(due, treasury.chain_id, treasury.address):
         return True
     try:
         async with treasury_lane(pool, lane_key(treasury.chain_id, treasury.address), 0) as conn:
-            await _resolve_abandoned(conn, treasury, config)
+            await work(conn)
     except LaneBusy:
         return False
     return True
@@ -726,15 +736,10 @@ RECHECK_BATCH = 100
 async def recheck_settled_payouts(pool: asyncpg.Pool, treasury: Treasury, config: LaneConfig | None = None) -> bool:
     """The sweeper's turn at the finality re-check, for when no payout comes along to do it.
     Returns False when the lane is busy (its owner re-checks in its own turns)."""
-    config = config or LaneConfig()
-    if not await pool.fetchval(load_queries().any_unfinal_payout, treasury.chain_id, treasury.address):
-        return True
-    try:
-        async with treasury_lane(pool, lane_key(treasury.chain_id, treasury.address), 0) as conn:
-            await _recheck_settled(conn, treasury, config)
-    except LaneBusy:
-        return False
-    return True
+    tuning = config or LaneConfig()
+    return await _sweepers_turn(
+        pool, treasury, load_queries().any_unfinal_payout, lambda conn: _recheck_settled(conn, treasury, tuning)
+    )
 
 
 async def _recheck_settled_or_log(conn: Connection, treasury: Treasury, config: LaneConfig) -> None:
