@@ -422,7 +422,7 @@ class WorkerFigures:
     hwm_mb: float  # peak RSS of its whole life
     rounds: int
     first_round: dict[str, Any]
-    scan_jobs: list[str]  # arq's "<seconds>s ← cron:scan_chain_tick… ● <result>" lines of the rounds it ran
+    scan_jobs: list[str]  # its rounds as scan_rounds holds them (arq no longer logs a line per job)
 
 
 def proc_status_mb(pid: int, key: str) -> float:
@@ -471,15 +471,18 @@ async def worker_memory(template: str, tset: TransferSet, anvil_url: str) -> Wor
                 rss, hwm = proc_status_mb(process.pid, "VmRSS"), proc_status_mb(process.pid, "VmHWM")
             finally:
                 await _stop(process)
-            rows = await pool.fetch("SELECT from_block, to_block, rpc_calls, transfers FROM scan_rounds ORDER BY id")
+            rows = await pool.fetch(
+                "SELECT from_block, to_block, rpc_calls, transfers, finished_at - started_at AS took"
+                " FROM scan_rounds ORDER BY id"
+            )
         finally:
             await pool.close()
             await admin_execute(_drop(name))
             await flush_redis()
         jobs = [
-            line.split("INFO arq.worker:", 1)[-1].strip()
-            for line in log_path.read_text(errors="replace").splitlines()
-            if "← cron:scan_chain_tick" in line and "not due" not in line
+            f"{r['took'].total_seconds():6.2f}s blocks {r['from_block']}-{r['to_block']} "
+            f"transfers={r['transfers']} rpc_calls={r['rpc_calls']}"
+            for r in rows
         ]
     first = dict(rows[0]) if rows else {}
     return WorkerFigures(idle, rss, hwm, rounds, first, jobs)
@@ -654,7 +657,7 @@ def render(
             "",
             f"The worker's first recorded round (scan_rounds): blocks {first.get('from_block')}-"
             f"{first.get('to_block')}, {first.get('transfers')} transfers, {first.get('rpc_calls')} RPC calls "
-            "recorded. Its scan jobs as arq logged them (duration ← job ● result):",
+            "recorded. Its rounds as scan_rounds holds them (duration, blocks, transfers, RPC calls):",
             "",
             *(f"    {line}" for line in worker.scan_jobs[:8]),
         ]
@@ -688,7 +691,7 @@ def write_results(figures: str) -> None:
 
 
 def quiet_logging() -> None:
-    """Logs as the worker writes them (structlog JSON, stdlib INFO such as httpx's line per request),
+    """Logs as the worker writes them (structlog JSON, libraries' lines through the same renderer),
     sent nowhere: their formatting still costs, as in the worker."""
     configure_logging(json=True)
     sink = open(os.devnull, "w")  # lives as long as the process

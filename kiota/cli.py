@@ -62,6 +62,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         host="0.0.0.0",  # noqa: S104 - Render routes to 0.0.0.0:$PORT
         port=settings.port,
         access_log=False,
+        log_config=None,  # its lines go through configure_logging's handler, not uvicorn's own formatters
         proxy_headers=False,  # the client address is read by our own trusted-proxy rule
         timeout_graceful_shutdown=20,
     )

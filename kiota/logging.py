@@ -1,8 +1,10 @@
-"""structlog set-up: JSON lines in production, pretty on a terminal.
+"""structlog set-up: one stream of JSON lines in production, pretty on a terminal.
 
 Context (request_id, job_id, deposit_id …) is bound with contextvars, so every
-line of a request or job carries it. Secrets are never passed to a logger; the
-callback token is redacted from paths by `redact_path`.
+line of a request or job carries it, the lines of libraries that log through
+stdlib `logging` (uvicorn, arq, httpx …) included: they are rendered by the same
+processors. Secrets are never passed to a logger; the callback token is redacted
+from paths by `redact_path`, and from every library line.
 """
 
 from __future__ import annotations
@@ -11,15 +13,39 @@ import logging
 import os
 import re
 import sys
+from types import TracebackType
+from typing import Any
 
 import structlog
+from structlog.types import EventDict
 
 _CALLBACK_PATH = re.compile(r"(/mpesa-callback/)[^/?#]+")
+
+# Libraries' per-request INFO lines: one per RPC call or Daraja request (thousands a minute);
+# their warnings and errors still come through.
+_QUIET_BELOW_WARNING = ("httpx", "httpcore")
 
 
 def redact_path(path: str) -> str:
     """Hide the secret segment of the M-Pesa callback URL."""
     return _CALLBACK_PATH.sub(r"\1[redacted]", path)
+
+
+def _redact_library_line(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    """A library may echo a request line or URL (an error, a traceback): no callback token in it."""
+    for key in ("event", "exception"):
+        value = event_dict.get(key)
+        if isinstance(value, str) and "/mpesa-callback/" in value:
+            event_dict[key] = redact_path(value)
+    return event_dict
+
+
+def _not_an_arq_job_line(record: logging.LogRecord) -> bool:
+    """arq's INFO line as each job starts, ends, is retried or aborted (its templates begin with
+    the job's time, "%6.2fs"): the job history (`job_runs`) and the jobs' own lines say it, with
+    ids, and the cron ticks alone would write several a second. arq's start-up and shutdown lines,
+    and every warning and error (a job's failure, retries exhausted), are kept."""
+    return not (record.levelno == logging.INFO and isinstance(record.msg, str) and record.msg.startswith("%6.2fs"))
 
 
 def configure_logging(*, json: bool | None = None, level: int = logging.INFO) -> None:
@@ -30,22 +56,59 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     )
+    # What both kinds of line get before they are rendered: the bound ids, the level, the time.
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write() per line, as the stdlib handler below does: lines of the two never interleave.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         # A process configures logging once, at its start: each module's logger is then built
         # once, not at every call (tests that capture logs never call this).
         cache_logger_on_first_use=True,
     )
-    # Libraries that log through stdlib (uvicorn, arq) go to stderr at the same level;
-    # uvicorn's own access log is off: ours redacts the callback path.
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    # Libraries log through stdlib: their records are rendered by the same processors into the
+    # same stream (our own lines do not take this slower path: they stay on structlog's).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.StackInfoRenderer(),
+                structlog.processors.format_exc_info,
+                _redact_library_line,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in _QUIET_BELOW_WARNING:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    logging.getLogger("arq.worker").addFilter(_not_an_arq_job_line)
+    # uvicorn's own access log is off (ours redacts the callback path); uvicorn.run is given
+    # log_config=None, so its other lines reach this handler.
     logging.getLogger("uvicorn.access").disabled = True
+    # Python's warnings and a crash's traceback would be plain text in the stream: lines too.
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, error, traceback)
+        return
+    structlog.get_logger("kiota").critical("uncaught exception", exc_info=(kind, error, traceback))
