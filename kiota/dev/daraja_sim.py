@@ -72,7 +72,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
@@ -84,8 +84,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from kiota.mpesa import NAIROBI
+
 __all__ = [
-    "NAIROBI",
     "PUSH_ERROR_MESSAGES",
     "RESULT_DESCRIPTIONS",
     "SANDBOX_PASSKEY",
@@ -115,10 +116,9 @@ T = TypeVar("T")
 SANDBOX_SHORTCODE: Final = "174379"
 SANDBOX_PASSKEY: Final = "bfb279f9aa9bdbcf158e97dd71a467cd2e0c893059b10f78e6b72ada1ed2c919"
 
-# Kenya keeps East Africa Time (UTC+3) all year, without daylight saving: a fixed offset is exact and
-# needs no tzdata on the machine.
-NAIROBI: Final = timezone(timedelta(hours=3), "EAT")
-
+# Daraja's own ceiling on one push, kept apart from kiota.mpesa.MAX_KES on purpose: the simulator
+# stands in for Safaricom, so if our limit ever moved past Daraja's, tests would meet Daraja's refusal
+# here instead of a simulator that moved with it.
 MAX_AMOUNT: Final = 250_000
 
 # ResultDesc texts from the "Result codes" table of Daraja's M-Pesa Express page
