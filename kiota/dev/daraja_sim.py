@@ -167,7 +167,7 @@ RESERVED_CALLBACK_WORDS: Final = ("mpesa", "m-pesa", "safaricom", "exe", "exec",
 
 TRANSACTION_TYPES: Final = frozenset({"CustomerPayBillOnline", "CustomerBuyGoodsOnline"})
 
-Outcome: TypeAlias = int | Literal["success", "none"]
+PushOutcome: TypeAlias = int | Literal["success", "none"]  # how a scenario resolves a push: a ResultCode or these
 CallbackKind: TypeAlias = Literal["scheduled", "duplicate", "contradiction", "manual"]
 JsonObject: TypeAlias = dict[str, Any]
 
@@ -213,7 +213,7 @@ class PushError:
 class Scenario:
     """One level of scenario (request, phone or default); None means "inherit"."""
 
-    outcome: Outcome | None = None
+    outcome: PushOutcome | None = None
     delay_seconds: float | None = None
     duplicates: int | None = None
     contradict_with: int | Literal["success"] | None = None
@@ -228,7 +228,7 @@ class Scenario:
 class CallbackPlan:
     """What the simulator does with one accepted push, all levels merged."""
 
-    outcome: Outcome
+    outcome: PushOutcome
     delay_seconds: float
     duplicates: int
     contradict_with: int | Literal["success"] | None
