@@ -56,7 +56,7 @@ from redis.asyncio import Redis
 
 from kiota.chain_rpc import ChainReader
 from kiota.db import create_pool
-from kiota.dev.chain import BASE_USDC_ADDRESS, AnvilNode, anvil_binary, free_port, install_usdc, start_anvil
+from kiota.dev.chain import BASE_USDC_ADDRESS, AnvilNode, anvil_binary, install_usdc, start_anvil
 from kiota.dev.chain import connect as connect_web3
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.ingester import RoundReport, ScanConfig, scan_round
@@ -64,7 +64,7 @@ from kiota.logging import configure_logging
 from kiota.migrate import migrate
 from kiota.sql import load_queries
 from kiota.usdc import TRANSFER_TOPIC, decode_transfer
-from tests.support import ADMIN_DSN, TEST_XPUB, TREASURY_KEY, admin_execute, base_env, dsn_for
+from tests.support import ADMIN_DSN, TEST_XPUB, TREASURY_KEY, admin_execute, base_env, dsn_for, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "RESULTS-ingester.md"

@@ -16,7 +16,7 @@ from kiota.errors import ChainUnavailable
 from kiota.ingester import scan_round
 from kiota.job_history import JobHistory, backoff_seconds, enqueue
 from kiota.lost_callbacks import query_deposit
-from kiota.payouts import Outcome, abandon, fill_abandoned_nonces, pay_deposit, recheck_settled_payouts
+from kiota.payouts import PayoutOutcome, abandon, fill_abandoned_nonces, pay_deposit, recheck_settled_payouts
 from kiota.sql import load_queries
 from kiota.sweeper import sweep
 
@@ -83,7 +83,7 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
         await history.gave_up(confirmation.detail)
         return "needs_review"
     assert result is not None
-    if result.outcome is Outcome.WAITING:
+    if result.outcome is PayoutOutcome.WAITING:
         if await _tried_too_long(pool, deposit_id):  # e.g. a payout that never gets mined
             reason = f"payout not settled within 30 minutes: {result.detail}"
             await abandon(pool, uuid.UUID(deposit_id), reason)
@@ -92,7 +92,7 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
             return "needs_review"
         await history.waiting(WAITING_RETRY_SECONDS)
         raise Retry(defer=WAITING_RETRY_SECONDS)
-    if result.outcome is Outcome.BLOCKED:
+    if result.outcome is PayoutOutcome.BLOCKED:
         await history.blocked(result.detail, result.recheck_in)
         log.warning("payout blocked", reason=result.detail)
         return "blocked"

@@ -177,8 +177,8 @@ def _row(ord_: int, item: Received, seen: Seen, p: Plan) -> tuple[Any, ...]:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """One callback after a round: applied (with its result), stale (decide again), or failed."""
+class ApplyOutcome:
+    """What applying one callback in a round came to: applied (with its result), stale (decide again), or failed."""
 
     result: CallbackResult | None = None
     stale: bool = False
@@ -194,7 +194,7 @@ def _seen(view: asyncpg.Record) -> Seen:
     return Seen(view["callback_id"], view["deposit_id"], deposit, view["receipt_taken"])
 
 
-async def apply_round(conn: Connection, items: Sequence[Received]) -> list[Outcome]:
+async def apply_round(conn: Connection, items: Sequence[Received]) -> list[ApplyOutcome]:
     """Read, decide and apply a group in two statements, the second its own transaction.
 
     The group names each CheckoutRequestID and each receipt once (`split_repeats`). When this
@@ -207,22 +207,22 @@ async def apply_round(conn: Connection, items: Sequence[Received]) -> list[Outco
         q.callback_views, [i.callback.checkout_request_id for i in items], [i.callback.receipt for i in items]
     )
     rows: list[tuple[Any, ...]] = []
-    outcomes: list[Outcome] = []
+    outcomes: list[ApplyOutcome] = []
     for item, view in zip(items, views, strict=True):
         seen = _seen(view)
         try:
             p = plan(item.callback, seen)
         except Exception as exc:  # a bug for this callback alone: the others go on
-            outcomes.append(Outcome(error=f"deciding it failed: {type(exc).__name__}: {exc}"))
+            outcomes.append(ApplyOutcome(error=f"deciding it failed: {type(exc).__name__}: {exc}"))
             continue
         deposit_id = None if seen.deposit_id is None else str(seen.deposit_id)
-        outcomes.append(Outcome(CallbackResult(seen.callback_id, p.disposition, deposit_id, p.job_id)))
+        outcomes.append(ApplyOutcome(CallbackResult(seen.callback_id, p.disposition, deposit_id, p.job_id)))
         rows.append(_row(view["ord"], item, seen, p))
     if rows:
         applied = set(await conn.fetchval(q.apply_callbacks, rows))
         for ord_, outcome in enumerate(outcomes, start=1):
             if outcome.result is not None and ord_ not in applied:
-                outcomes[ord_ - 1] = Outcome(stale=True)
+                outcomes[ord_ - 1] = ApplyOutcome(stale=True)
     return outcomes
 
 

@@ -1,4 +1,4 @@
-"""The `kiota` command: migrate, api, worker, dev."""
+"""The `kiota` command: migrate, api, worker, dev, reconcile and ops."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _fail(message: str) -> int:
 
 
 class _Stores(BaseSettings):
-    """What `migrate` and `ops` need: the stores, not the app's secrets."""
+    """What `migrate`, `ops` and `reconcile` need: the stores, not the app's secrets."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
     database_url: str = Settings.model_fields["database_url"].default

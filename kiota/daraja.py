@@ -44,7 +44,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Literal
 
@@ -54,11 +54,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from kiota.errors import DarajaRefused, DarajaTransient, DarajaUncertain, DarajaUnreachable
-from kiota.mpesa import mask_phone
+from kiota.mpesa import MAX_KES, NAIROBI, mask_phone
 from kiota.settings import Settings
 
 __all__ = [
-    "NAIROBI",
     "DarajaClient",
     "DarajaTimings",
     "PushAccepted",
@@ -69,9 +68,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-# Kenya keeps East Africa Time (UTC+3) all year, without daylight saving: a fixed offset is exact.
-NAIROBI: Final = timezone(timedelta(hours=3), "EAT")
 
 OAUTH_PATH: Final = "/oauth/v1/generate"
 PUSH_PATH: Final = "/mpesa/stkpush/v1/processrequest"
@@ -92,7 +88,6 @@ PUSH_REFUSED_5XX_CODES: Final = frozenset({MERCHANT_OR_PROCESSING, BUSY, QUOTA})
 # Statuses that say "not now" rather than "no" on a read-only call.
 TRANSIENT_STATUSES: Final = frozenset({408, 429})
 
-MAX_AMOUNT_KES: Final = 250_000
 MAX_ACCOUNT_REFERENCE: Final = 12
 MAX_DESCRIPTION: Final = 13
 DEFAULT_TOKEN_LIFETIME: Final = 3599  # Daraja's documented expires_in, used if an answer lacks it
@@ -181,8 +176,8 @@ def _check_push_fields(
     amount_kes: int, phone: str, callback_url: str, account_reference: str, description: str
 ) -> None:
     """Refuse what Daraja would refuse, before anything is sent (the API validated it already)."""
-    if isinstance(amount_kes, bool) or not isinstance(amount_kes, int) or not 1 <= amount_kes <= MAX_AMOUNT_KES:
-        raise ValueError(f"amount_kes must be a whole number of shillings, 1..{MAX_AMOUNT_KES}")
+    if isinstance(amount_kes, bool) or not isinstance(amount_kes, int) or not 1 <= amount_kes <= MAX_KES:
+        raise ValueError(f"amount_kes must be a whole number of shillings, 1..{MAX_KES}")
     if not _PHONE.fullmatch(phone):
         raise ValueError("phone must be normalised to 2547XXXXXXXX or 2541XXXXXXXX")
     if not callback_url.startswith(("https://", "http://")):

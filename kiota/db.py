@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
-
-from kiota.sql import Queries, load_queries
 
 # A connection as our code receives it: direct, or borrowed from a pool.
 Connection = asyncpg.Connection | PoolConnectionProxy
@@ -32,10 +29,6 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     )
     assert pool is not None
     return pool
-
-
-def queries() -> Queries:
-    return load_queries()
 
 
 # Errors that can only mean the connection to PostgreSQL was lost (the server went away or is
@@ -64,14 +57,6 @@ def connection_lost(exc: BaseException) -> bool:
                 return True
             link = link.__cause__ or link.__context__
     return False
-
-
-def constraint_name(exc: BaseException) -> str | None:
-    """The constraint an integrity error names, if any (for domain errors)."""
-    if isinstance(exc, asyncpg.PostgresError):
-        name: Any = getattr(exc, "constraint_name", None)
-        return str(name) if name else None
-    return None
 
 
 async def close_pool(pool: asyncpg.Pool, seconds: float = 10.0) -> None:

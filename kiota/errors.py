@@ -74,10 +74,6 @@ class ChainUnavailable(KiotaError):
     """The chain's RPC failed in a way that may pass (refused, timeout, 429, 5xx): retry with backoff."""
 
 
-class TreasuryShortfall(KiotaError):
-    """The treasury lacks the ETH for gas or the USDC for a payout: the lane pauses until an operator acts."""
-
-
 class RateLimited(KiotaError):
     """A request is over one of the abuse limits; `retry_after_seconds` says when there is room again."""
 

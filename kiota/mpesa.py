@@ -14,7 +14,10 @@ from typing import Any
 
 from kiota.errors import InvalidInput
 
-MAX_KES = 250_000
+MAX_KES = 250_000  # M-Pesa's ceiling on one transaction: more is refused here, and by Daraja
+
+# Kenya keeps East Africa Time (UTC+3) all year, without daylight saving: a fixed offset is exact and
+# needs no tzdata on the machine. Daraja's timestamps and callback dates are in this zone.
 NAIROBI = timezone(timedelta(hours=3), "EAT")
 
 _PHONE_FORMS = (  # used with fullmatch: "$" alone would also match before a trailing newline

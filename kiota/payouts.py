@@ -71,7 +71,9 @@ LANE_POLL_SECONDS = 0.05  # how often a job waiting for the lane tries it again
 HOUR, DAY = 3600.0, 86400.0
 
 
-class Outcome(StrEnum):
+class PayoutOutcome(StrEnum):
+    """Where one run of a deposit's payout job left it."""
+
     COMPLETED = "completed"  # paid and credited (now or before)
     NOTHING_TO_DO = "nothing_to_do"  # the deposit is not waiting for a payout
     BLOCKED = "blocked"  # a guard stops it; an operator's action re-enqueues it
@@ -87,7 +89,7 @@ GUARD_RECHECK_SECONDS = 300.0
 
 @dataclass(frozen=True, slots=True)
 class PayoutResult:
-    outcome: Outcome
+    outcome: PayoutOutcome
     detail: str = ""
     recheck_in: float | None = None
 
@@ -157,13 +159,13 @@ async def pay_deposit(
     q = load_queries()
     deposit = await pool.fetchrow(q.deposit_by_id, deposit_id)
     if deposit is None:
-        return PayoutResult(Outcome.NOTHING_TO_DO, "no such deposit")
+        return PayoutResult(PayoutOutcome.NOTHING_TO_DO, "no such deposit")
     if deposit["status"] == "completed":
-        return PayoutResult(Outcome.COMPLETED, deposit["tx_hash"])
+        return PayoutResult(PayoutOutcome.COMPLETED, deposit["tx_hash"])
     if deposit["status"] != "processing":
-        return PayoutResult(Outcome.NOTHING_TO_DO, f"deposit is {deposit['status']}")
+        return PayoutResult(PayoutOutcome.NOTHING_TO_DO, f"deposit is {deposit['status']}")
     if deposit["confirmed_at"] is None:  # kiota/confirm.py comes first; a turn signs confirmed deposits only
-        return PayoutResult(Outcome.NOTHING_TO_DO, "the M-Pesa payment is not confirmed")
+        return PayoutResult(PayoutOutcome.NOTHING_TO_DO, "the M-Pesa payment is not confirmed")
     guards = await pool.fetchrow(q.guards)
     assert guards is not None  # the migration inserts the one row
     stopped = await _guards_stop(pool, guards, deposit)
@@ -178,13 +180,14 @@ async def pay_deposit(
                 log.warning("nonce filler failed this turn", error=str(exc))
             status = await conn.fetchval(q.deposit_status, deposit_id)
             if status != "processing":  # settled above: its abandoned payout was mined after all
-                return PayoutResult(Outcome.COMPLETED if status == "completed" else Outcome.NOTHING_TO_DO, status)
+                done = PayoutOutcome.COMPLETED if status == "completed" else PayoutOutcome.NOTHING_TO_DO
+                return PayoutResult(done, status)
             return await _pay_in_lane(conn, treasury, guards, deposit, config)
     except LaneBusy as exc:
-        return PayoutResult(Outcome.WAITING, str(exc))
+        return PayoutResult(PayoutOutcome.WAITING, str(exc))
     except PaidMeanwhile as exc:
         status = str(exc)
-        return PayoutResult(Outcome.COMPLETED if status == "completed" else Outcome.NOTHING_TO_DO, status)
+        return PayoutResult(PayoutOutcome.COMPLETED if status == "completed" else PayoutOutcome.NOTHING_TO_DO, status)
 
 
 # A payout in a turn of the lane: the deposit and its payout row.
@@ -198,10 +201,11 @@ async def _pay_in_lane(
     for a payout, more turns for them: handing the lane from job to job costs a turn's worth of time."""
     (payout,) = await _live_payouts(conn, treasury, [deposit])
     if payout["status"] == "cancelling":
-        return PayoutResult(Outcome.WAITING, "the nonce of this deposit's abandoned payout is being filled")
+        return PayoutResult(PayoutOutcome.WAITING, "the nonce of this deposit's abandoned payout is being filled")
     drain_until = time.monotonic() + config.drain_seconds
     turn = await _turn(conn, treasury, guards, (deposit, payout), config, time.monotonic() + config.watch_seconds)
-    result = turn.blocked or turn.results.get(payout["id"], PayoutResult(Outcome.WAITING, "the payout was not signed"))
+    unsigned = PayoutResult(PayoutOutcome.WAITING, "the payout was not signed")
+    result = turn.blocked or turn.results.get(payout["id"], unsigned)
     while turn.all_paid and time.monotonic() < drain_until:
         # A further turn watches its receipts until drain_seconds after the drain's end at most, so the
         # job stays well inside arq's timeout; what is not mined by then the next turn settles.
@@ -233,7 +237,7 @@ class _TurnOutcome:
         return (
             self.signed > 0
             and self.blocked is None
-            and all(r.outcome is Outcome.COMPLETED for r in self.results.values())
+            and all(r.outcome is PayoutOutcome.COMPLETED for r in self.results.values())
         )
 
 
@@ -270,7 +274,9 @@ async def _turn(
         if blocked is None and fees is not None:
             stored = await _sign_and_store(conn, treasury, fresh, fees)
             if stored is None:
-                blocked = PayoutResult(Outcome.BLOCKED, "a payout guard was set while waiting", GUARD_RECHECK_SECONDS)
+                blocked = PayoutResult(
+                    PayoutOutcome.BLOCKED, "a payout guard was set while waiting", GUARD_RECHECK_SECONDS
+                )
             elif stored:
                 signed = stored
                 await _broadcast_all(conn, treasury, signed)
@@ -286,12 +292,12 @@ async def _turn(
             results[p["id"]] = await _nonce_taken(conn, d["id"], exc)
             continue
         if receipt is None:
-            results[p["id"]] = PayoutResult(Outcome.WAITING, "the payout is not mined yet")
+            results[p["id"]] = PayoutResult(PayoutOutcome.WAITING, "the payout is not mined yet")
             continue
         failpoint("after_receipt")
         if receipt.succeeded:
             mined.append((d, p["id"], receipt))
-            results[p["id"]] = PayoutResult(Outcome.COMPLETED, receipt.tx_hash)
+            results[p["id"]] = PayoutResult(PayoutOutcome.COMPLETED, receipt.tx_hash)
         else:  # at its first confirmation: given up on, and 'reverted' when that block is deep enough
             results[p["id"]] = await _reverted(conn, p["id"], d["id"], receipt, final=False)
     await _settle(conn, treasury, mined)
@@ -338,19 +344,19 @@ async def _nonce_taken(conn: Connection, deposit_id: uuid.UUID, exc: NonceTaken)
         await conn.execute(q.deposit_to_review, deposit_id, reason)
         await conn.execute(q.payout_abandon, deposit_id, reason)
     log.error("payout nonce taken by another transaction", deposit_id=str(deposit_id), error=str(exc))
-    return PayoutResult(Outcome.REVIEW, reason)
+    return PayoutResult(PayoutOutcome.REVIEW, reason)
 
 
 async def _guards_stop(pool: asyncpg.Pool, guards: asyncpg.Record, deposit: asyncpg.Record) -> PayoutResult | None:
     if guards["kill_switch"]:
-        return PayoutResult(Outcome.BLOCKED, "the payout kill switch is on", GUARD_RECHECK_SECONDS)
+        return PayoutResult(PayoutOutcome.BLOCKED, "the payout kill switch is on", GUARD_RECHECK_SECONDS)
     if guards["lane_paused"]:
         reason = f"the payout lane is paused: {guards['pause_reason']}"
-        return PayoutResult(Outcome.BLOCKED, reason, GUARD_RECHECK_SECONDS)
+        return PayoutResult(PayoutOutcome.BLOCKED, reason, GUARD_RECHECK_SECONDS)
     if deposit["amount_usdc"] > guards["per_deposit_max_micro"]:
         reason = "the payout is above the per-deposit maximum"
         await pool.execute(load_queries().deposit_to_review, deposit["id"], reason)
-        return PayoutResult(Outcome.REVIEW, reason)
+        return PayoutResult(PayoutOutcome.REVIEW, reason)
     return None
 
 
@@ -390,7 +396,7 @@ async def _check_caps_and_funds(
         spent = await conn.fetchval(q.paid_out_since, treasury.chain_id, window)
         if spent + amount > guards[cap_name]:
             return PayoutResult(
-                Outcome.BLOCKED, f"the {cap_name.split('_')[0]} payout cap would be exceeded", CAP_RECHECK_SECONDS
+                PayoutOutcome.BLOCKED, f"the {cap_name.split('_')[0]} payout cap would be exceeded", CAP_RECHECK_SECONDS
             )
     in_flight = await conn.fetchval(q.in_flight_micro, treasury.chain_id)
     usdc = await treasury.usdc_balance(block="latest" if funds_at is None else funds_at)
@@ -403,11 +409,11 @@ async def _check_caps_and_funds(
     if shortfall is None:
         return None
     if not alert:
-        return PayoutResult(Outcome.BLOCKED, shortfall)
+        return PayoutResult(PayoutOutcome.BLOCKED, shortfall)
     await conn.execute(q.pause_lane, shortfall)
     # An alert: an error line here and the paused lane in /metrics and the dashboard.
     log.error("payout lane paused: treasury shortfall", reason=shortfall, treasury=treasury.address)
-    return PayoutResult(Outcome.BLOCKED, f"the payout lane is paused: {shortfall}", GUARD_RECHECK_SECONDS)
+    return PayoutResult(PayoutOutcome.BLOCKED, f"the payout lane is paused: {shortfall}", GUARD_RECHECK_SECONDS)
 
 
 async def _allocate_nonces(conn: Connection, treasury: Treasury, count: int, chain: int) -> int:
@@ -586,7 +592,7 @@ async def _reverted(
             await conn.execute(q.payout_abandon, deposit_id, reason)
         await conn.execute(q.pause_lane, reason)
     log.error("payout reverted: lane paused", deposit_id=str(deposit_id), tx_hash=receipt.tx_hash, final=final)
-    return PayoutResult(Outcome.REVIEW, reason)
+    return PayoutResult(PayoutOutcome.REVIEW, reason)
 
 
 async def _settle(conn: Connection, treasury: Treasury, mined: list[tuple[asyncpg.Record, int, Receipt]]) -> None:

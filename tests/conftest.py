@@ -1,8 +1,13 @@
-"""Fixtures over the real services: PostgreSQL, Redis (and, later, anvil).
+"""Fixtures over the real services: PostgreSQL, Redis, anvil, the Daraja simulator, and our own API and worker.
 
-One migrated template database per session; each test that asks for a
-database gets its own copy (CREATE DATABASE … TEMPLATE), dropped afterwards.
-Redis tests use their own logical database, flushed before each test.
+- PostgreSQL: one migrated template database per session; each test that asks for a
+  database gets its own copy (CREATE DATABASE … TEMPLATE), dropped afterwards.
+- Redis: the session claims a logical database of its own (concurrent test runs must not
+  flush each other's); a test's `redis_url` is flushed before and after it.
+- anvil: one node per session, TestUSDC at the Base USDC address; a test's `chain` is a
+  snapshot, reverted after it.
+- `mpesa_system`: the whole M-Pesa system over these: the simulator, the API on a real port,
+  and a real arq worker in this process.
 """
 
 from __future__ import annotations

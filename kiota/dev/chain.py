@@ -94,13 +94,6 @@ def anvil_binary() -> Path:
     return path
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (good enough for tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def anvil_command(port: int, chain_id: int = BASE_CHAIN_ID, block_time: float | None = None) -> list[str]:
     """The argv `start_anvil` runs, exposed so `kiota dev` can print it."""
     argv = [

@@ -72,7 +72,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
@@ -84,8 +84,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from kiota.mpesa import NAIROBI
+
 __all__ = [
-    "NAIROBI",
     "PUSH_ERROR_MESSAGES",
     "RESULT_DESCRIPTIONS",
     "SANDBOX_PASSKEY",
@@ -115,10 +116,9 @@ T = TypeVar("T")
 SANDBOX_SHORTCODE: Final = "174379"
 SANDBOX_PASSKEY: Final = "bfb279f9aa9bdbcf158e97dd71a467cd2e0c893059b10f78e6b72ada1ed2c919"
 
-# Kenya keeps East Africa Time (UTC+3) all year, without daylight saving: a fixed offset is exact and
-# needs no tzdata on the machine.
-NAIROBI: Final = timezone(timedelta(hours=3), "EAT")
-
+# Daraja's own ceiling on one push, kept apart from kiota.mpesa.MAX_KES on purpose: the simulator
+# stands in for Safaricom, so if our limit ever moved past Daraja's, tests would meet Daraja's refusal
+# here instead of a simulator that moved with it.
 MAX_AMOUNT: Final = 250_000
 
 # ResultDesc texts from the "Result codes" table of Daraja's M-Pesa Express page
@@ -167,7 +167,7 @@ RESERVED_CALLBACK_WORDS: Final = ("mpesa", "m-pesa", "safaricom", "exe", "exec",
 
 TRANSACTION_TYPES: Final = frozenset({"CustomerPayBillOnline", "CustomerBuyGoodsOnline"})
 
-Outcome: TypeAlias = int | Literal["success", "none"]
+PushOutcome: TypeAlias = int | Literal["success", "none"]  # how a scenario resolves a push: a ResultCode or these
 CallbackKind: TypeAlias = Literal["scheduled", "duplicate", "contradiction", "manual"]
 JsonObject: TypeAlias = dict[str, Any]
 
@@ -213,7 +213,7 @@ class PushError:
 class Scenario:
     """One level of scenario (request, phone or default); None means "inherit"."""
 
-    outcome: Outcome | None = None
+    outcome: PushOutcome | None = None
     delay_seconds: float | None = None
     duplicates: int | None = None
     contradict_with: int | Literal["success"] | None = None
@@ -228,7 +228,7 @@ class Scenario:
 class CallbackPlan:
     """What the simulator does with one accepted push, all levels merged."""
 
-    outcome: Outcome
+    outcome: PushOutcome
     delay_seconds: float
     duplicates: int
     contradict_with: int | Literal["success"] | None

@@ -9,55 +9,21 @@ on the local chain.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 from dataclasses import dataclass
 
-from coincurve import PrivateKey
+from bip_utils import Bip32Secp256k1
 from eth_account import Account
 from eth_account.hdaccount import generate_mnemonic, seed_from_mnemonic
 from eth_account.types import Language
 
-from kiota.hdwallet import b58check_encode
-
-_HARDENED = 0x80000000
-_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-_XPUB_VERSION = bytes.fromhex("0488b21e")
-DEPOSIT_PATH = (44 | _HARDENED, 60 | _HARDENED, 0 | _HARDENED, 0)  # m/44'/60'/0'/0
+DEPOSIT_PATH = "m/44'/60'/0'/0"
 
 
-def _hash160(data: bytes) -> bytes:
-    return hashlib.new("ripemd160", hashlib.sha256(data).digest()).digest()
-
-
-def _child_private(key: bytes, chain_code: bytes, index: int) -> tuple[bytes, bytes]:
-    if index & _HARDENED:
-        data = b"\x00" + key + index.to_bytes(4, "big")
-    else:
-        data = PrivateKey(key).public_key.format(compressed=True) + index.to_bytes(4, "big")
-    digest = hmac.new(chain_code, data, hashlib.sha512).digest()
-    child = (int.from_bytes(digest[:32], "big") + int.from_bytes(key, "big")) % _ORDER
-    return child.to_bytes(32, "big"), digest[32:]
-
-
-def xpub_from_mnemonic(mnemonic: str, path: tuple[int, ...] = DEPOSIT_PATH) -> str:
+def xpub_from_mnemonic(mnemonic: str, path: str = DEPOSIT_PATH) -> str:
     """The BIP-32 xpub at `path` of a BIP-39 mnemonic (no passphrase)."""
-    digest = hmac.new(b"Bitcoin seed", seed_from_mnemonic(mnemonic, ""), hashlib.sha512).digest()
-    key, chain_code = digest[:32], digest[32:]
-    parent_public = b""
-    for index in path:
-        parent_public = PrivateKey(key).public_key.format(compressed=True)
-        key, chain_code = _child_private(key, chain_code, index)
-    payload = (
-        _XPUB_VERSION
-        + bytes([len(path)])
-        + _hash160(parent_public)[:4]
-        + path[-1].to_bytes(4, "big")
-        + chain_code
-        + PrivateKey(key).public_key.format(compressed=True)
-    )
-    return b58check_encode(payload)
+    key = Bip32Secp256k1.FromSeedAndPath(seed_from_mnemonic(mnemonic, ""), path)
+    return str(key.PublicKey().ToExtended())
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from web3.types import TxParams, Wei
 
 from kiota.dev import chain
 from kiota.dev.chain import BASE_USDC_ADDRESS, AnvilError, AnvilNode, Web3Client
+from tests.support import free_port
 
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 ZERO_TOPIC = "0x" + "00" * 32
@@ -31,7 +32,7 @@ def address_topic(address: str) -> str:
 
 @pytest_asyncio.fixture(scope="module")
 async def anvil() -> AsyncIterator[AnvilNode]:
-    async with chain.start_anvil(chain.free_port()) as node:
+    async with chain.start_anvil(free_port()) as node:
         yield node
 
 

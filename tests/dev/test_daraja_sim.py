@@ -26,7 +26,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from kiota.dev.daraja_sim import (
-    NAIROBI,
     RESULT_DESCRIPTIONS,
     SANDBOX_PASSKEY,
     SANDBOX_SHORTCODE,
@@ -42,6 +41,7 @@ from kiota.dev.daraja_sim import (
     simulator_of,
     timestamp_now,
 )
+from kiota.mpesa import NAIROBI
 
 KEY, SECRET = "sim-consumer-key", "sim-consumer-secret"
 PHONE = "254708374149"

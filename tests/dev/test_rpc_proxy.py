@@ -35,6 +35,7 @@ from kiota.dev.rpc_proxy import (
     proxy_state,
     running_rpc_proxy,
 )
+from tests.support import free_port
 
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 RECIPIENTS = [f"0x{index:040x}" for index in range(0xA1, 0xA7)]  # six mints, six blocks
@@ -80,7 +81,7 @@ def quick_retries(retries: int = 5) -> ExceptionRetryConfiguration:
 
 @pytest_asyncio.fixture(scope="module")
 async def node() -> AsyncIterator[AnvilNode]:
-    async with chain.start_anvil(chain.free_port()) as anvil:
+    async with chain.start_anvil(free_port()) as anvil:
         yield anvil
 
 
@@ -485,7 +486,7 @@ def test_config_refuses_values_that_mean_nothing(changes: dict[str, Any]) -> Non
 
 
 async def test_an_unreachable_upstream_is_answered_502() -> None:
-    app = create_rpc_proxy(f"http://127.0.0.1:{chain.free_port()}")
+    app = create_rpc_proxy(f"http://127.0.0.1:{free_port()}")
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://proxy.test") as client,

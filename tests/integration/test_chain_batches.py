@@ -12,14 +12,14 @@ from kiota.dev import chain
 from kiota.dev.chain import BASE_USDC_ADDRESS, AnvilNode
 from kiota.dev.rpc_proxy import ProxyConfig, running_rpc_proxy
 from kiota.treasury import Fees, FeeTooLow, Treasury
-from tests.support import TREASURY_KEY
+from tests.support import TREASURY_KEY, free_port
 
 RECIPIENT = "0x" + "ab" * 20
 
 
 @pytest_asyncio.fixture
 async def node() -> AsyncIterator[AnvilNode]:
-    async with chain.start_anvil(chain.free_port()) as anvil:
+    async with chain.start_anvil(free_port()) as anvil:
         async with chain.connect(anvil.rpc_url) as w3:
             await chain.install_usdc(w3, BASE_USDC_ADDRESS)
             treasury = Treasury(anvil.rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)

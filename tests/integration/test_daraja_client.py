@@ -23,7 +23,6 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from kiota.daraja import (
-    NAIROBI,
     DarajaClient,
     DarajaTimings,
     PushAccepted,
@@ -49,6 +48,7 @@ from kiota.errors import (
     DarajaUnreachable,
     KiotaError,
 )
+from kiota.mpesa import NAIROBI
 from kiota.settings import Settings
 from tests.support import free_port, settings_kwargs
 

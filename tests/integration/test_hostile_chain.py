@@ -24,7 +24,7 @@ from kiota.ledger import SUSPENSE_USDC, user_account
 from kiota.ledger_store import balance, post_entry
 from kiota.payouts import (
     LaneConfig,
-    Outcome,
+    PayoutOutcome,
     abandon,
     fill_abandoned_nonces,
     pay_deposit,
@@ -678,7 +678,7 @@ async def test_a_payout_whose_filler_a_reorg_removed_is_paid_once_and_never_retr
     treasury = Treasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
     try:
         await call(system, "evm_setAutomine", False)
-        assert (await pay_deposit(system.pool, treasury, deposit_id, LANE)).outcome is Outcome.WAITING
+        assert (await pay_deposit(system.pool, treasury, deposit_id, LANE)).outcome is PayoutOutcome.WAITING
         [payout] = await payout_attempts(system, "payout")
         await abandon(system.pool, deposit_id, "test: not settled within 30 minutes")
         assert await fill_abandoned_nonces(system.pool, treasury, LANE)  # the filler outbids it in the pool
@@ -729,7 +729,7 @@ async def test_a_settled_payout_sent_again_after_a_reorg_is_fee_bumped_when_it_s
     await call(system, "anvil_setBalance", busy.address, hex(10**20))
     gas_limit = (await call(system, "eth_getBlockByNumber", "latest", False))["gasLimit"]
     try:
-        assert (await pay_deposit(system.pool, treasury, deposit_id, LANE)).outcome is Outcome.COMPLETED
+        assert (await pay_deposit(system.pool, treasury, deposit_id, LANE)).outcome is PayoutOutcome.COMPLETED
         settled = await payout_row(system, str(deposit_id))
         [first] = await payout_attempts(system, "payout")
         await call(system, "evm_setAutomine", False)
@@ -778,7 +778,7 @@ async def test_usdc_of_a_settled_payout_a_reorg_removed_is_not_spent_twice(mpesa
         await treasury.broadcast(drain.raw_tx)
         await receipt_of(system, drain.tx_hash)
         first = await processing_deposit(system, "ivy")
-        assert (await pay_deposit(system.pool, treasury, first, LANE)).outcome is Outcome.COMPLETED
+        assert (await pay_deposit(system.pool, treasury, first, LANE)).outcome is PayoutOutcome.COMPLETED
         settled = await payout_row(system, str(first))
         await call(system, "evm_setAutomine", False)
         await remove_blocks_from(system, settled["block_number"], "reorg")
@@ -789,7 +789,7 @@ async def test_usdc_of_a_settled_payout_a_reorg_removed_is_not_spent_twice(mpesa
         assert await recheck_settled_payouts(system.pool, treasury, LANE)
     finally:
         await treasury.aclose()
-    assert result.outcome is Outcome.BLOCKED and "in flight 10000000" in result.detail
+    assert result.outcome is PayoutOutcome.BLOCKED and "in flight 10000000" in result.detail
     assert [a["deposit_id"] for a in await system.pool.fetch(
         "SELECT p.deposit_id FROM payout_attempts a JOIN payouts p ON p.id = a.payout_id")] == [first]  # fmt: skip
     assert await system.pool.fetchval("SELECT lane_paused FROM payout_guards")

@@ -1,4 +1,5 @@
 import pytest
+from bip_utils import Base58Decoder, Base58Encoder
 
 from kiota.errors import ConfigError
 from kiota.hdwallet import ExtendedPublicKey
@@ -30,6 +31,19 @@ def test_a_private_extended_key_is_refused() -> None:
 def test_malformed_xpub_is_refused(bad: str) -> None:
     with pytest.raises(ConfigError):
         ExtendedPublicKey.parse(bad)
+
+
+def test_an_xpub_whose_key_is_off_the_curve_is_refused() -> None:
+    payload = Base58Decoder.CheckDecode(TEST_XPUB)
+    off_curve = Base58Encoder.CheckEncode(payload[:45] + b"\x02" + b"\xff" * 32)
+    with pytest.raises(ConfigError, match="invalid public key"):
+        ExtendedPublicKey.parse(off_curve)
+
+
+def test_a_tpub_derives_the_same_children() -> None:
+    tpub = Base58Encoder.CheckEncode(bytes.fromhex("043587cf") + Base58Decoder.CheckDecode(TEST_XPUB)[4:])
+    assert tpub.startswith("tpub")
+    assert ExtendedPublicKey.parse(tpub).child_address(1) == TEST_CHILDREN[1]
 
 
 def test_hardened_children_cannot_be_derived() -> None:

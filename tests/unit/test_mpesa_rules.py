@@ -106,6 +106,13 @@ def test_transaction_dates_read_as_strptime_read_them(value: object) -> None:
     assert parsed == _as_strptime_read_it(value)
 
 
+def test_nairobi_is_three_hours_ahead_of_utc() -> None:
+    """The client, the callback parser and the simulator share this one zone: pin it to the fact."""
+    assert datetime(2019, 12, 19, 10, 21, 15, tzinfo=NAIROBI).astimezone(UTC) == datetime(
+        2019, 12, 19, 7, 21, 15, tzinfo=UTC
+    )
+
+
 @pytest.mark.parametrize(
     ("depth", "in_string", "refused"),
     [(MAX_NESTING - 1, False, False), (MAX_NESTING, False, False), (MAX_NESTING + 1, False, True),
