@@ -11,10 +11,10 @@ import structlog
 from arq import Retry
 
 from kiota.confirm import Verdict, confirm_success
-from kiota.deposits import COMPLETE_FUNCTION
 from kiota.errors import ChainUnavailable
 from kiota.ingester import scan_round
 from kiota.job_history import JobHistory, backoff_seconds, enqueue
+from kiota.job_names import JobName
 from kiota.lost_callbacks import query_deposit
 from kiota.payouts import Outcome, abandon, fill_abandoned_nonces, pay_deposit, recheck_settled_payouts
 from kiota.sql import load_queries
@@ -113,7 +113,7 @@ async def query_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
     await history.started()
     outcome = await query_deposit(pool, ctx["daraja"], uuid.UUID(deposit_id), ctx["query_backoff_seconds"])
     if outcome.enqueue_job_id:
-        await enqueue(ctx["redis"], COMPLETE_FUNCTION, outcome.enqueue_job_id, deposit_id)
+        await enqueue(ctx["redis"], JobName.COMPLETE_MPESA_DEPOSIT, outcome.enqueue_job_id, deposit_id)
     await history.succeeded()
     return outcome.action
 

@@ -42,6 +42,7 @@ from kiota.confirm import ConfirmTiming
 from kiota.daraja import DarajaClient
 from kiota.db import close_pool, create_pool, try_advisory_lock
 from kiota.ingester import ScanConfig
+from kiota.job_names import JobName
 from kiota.logging import configure_logging
 from kiota.payouts import LaneConfig
 from kiota.process import freeze_what_lives_forever
@@ -231,8 +232,8 @@ async def heartbeat(ctx: dict[str, Any]) -> None:
 # counted in PostgreSQL and end in needs_review after five.
 # Every function is outage-aware: an outage skips a cron tick or makes a job wait, never a traceback.
 FUNCTIONS: list[Any] = [
-    func(outage_aware(complete_mpesa_deposit), max_tries=10_000, keep_result=0),
-    func(outage_aware(query_mpesa_deposit), max_tries=10_000, keep_result=0),
+    func(outage_aware(complete_mpesa_deposit), name=JobName.COMPLETE_MPESA_DEPOSIT, max_tries=10_000, keep_result=0),
+    func(outage_aware(query_mpesa_deposit), name=JobName.QUERY_MPESA_DEPOSIT, max_tries=10_000, keep_result=0),
 ]
 SWEEP_TICK_SECONDS = 5  # how often the sweeper looks; SWEEP_SECONDS gates the Redis re-enqueue
 CRON_JOBS = [

@@ -20,6 +20,7 @@ import structlog
 
 from kiota.daraja import DarajaClient, PushAccepted
 from kiota.errors import DarajaRefused, DarajaUncertain, RateLimited
+from kiota.job_names import JobName
 from kiota.money import format_rate, format_usdc, kes_to_usdc
 from kiota.mpesa import mask_phone, user_failure_reason
 from kiota.ratelimits import PENDING_DEPOSITS_PER_USER, PENDING_RETRY_AFTER_SECONDS
@@ -27,7 +28,6 @@ from kiota.sql import load_queries
 
 log = structlog.get_logger(__name__)
 
-COMPLETE_FUNCTION = "complete_mpesa_deposit"
 PUSH_CANCELLED_REASON = (
     "the request was cancelled before M-Pesa answered the STK push; a payment prompt may still reach the phone: "
     "match this deposit with the success callbacks listed for review (kiota ops review) before crediting it"
@@ -41,7 +41,7 @@ TRANSACTION_DESC = "Kiota savings"
 
 
 def complete_job_id(deposit_id: uuid.UUID | str) -> str:
-    return f"{COMPLETE_FUNCTION}:{deposit_id}"
+    return JobName.COMPLETE_MPESA_DEPOSIT.job_id(deposit_id)
 
 
 class TooManyPending(RateLimited):
