@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -11,20 +11,33 @@ import structlog
 from arq import Retry
 
 from kiota.confirm import Verdict, confirm_success
+from kiota.deposits import processing_since
 from kiota.errors import ChainUnavailable
 from kiota.ingester import scan_round
 from kiota.job_history import JobHistory, backoff_seconds, enqueue
 from kiota.job_names import JobName
 from kiota.lost_callbacks import query_deposit
-from kiota.payouts import Outcome, abandon, fill_abandoned_nonces, pay_deposit, recheck_settled_payouts
+from kiota.payout_policy import (
+    BackOff,
+    Blocked,
+    Done,
+    Failed,
+    NotSettled,
+    RunResult,
+    Step,
+    TooManyFailures,
+    Unconfirmed,
+    WaitAgain,
+    asks_since,
+    next_step,
+)
+from kiota.payouts import abandon, fill_abandoned_nonces, pay_deposit, recheck_settled_payouts
 from kiota.sql import load_queries
 from kiota.sweeper import sweep
 
 log = structlog.get_logger(__name__)
 
-MAX_FAILURES = 5
-MAX_TRYING = timedelta(minutes=30)
-WAITING_RETRY_SECONDS = 1.0
+NEEDS_REVIEW = "needs_review"
 # Failures that may pass: the RPC, the database connection, the network.
 TRANSIENT = (
     ChainUnavailable,
@@ -38,71 +51,74 @@ TRANSIENT = (
 
 
 async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
+    """Confirm the deposit with M-Pesa and pay it out; what follows a run is `kiota.payout_policy`'s answer."""
     pool: asyncpg.Pool = ctx["pool"]
+    deposit = uuid.UUID(deposit_id)
     history = JobHistory(pool, ctx["job_id"], ctx.get("worker_id"))
     structlog.contextvars.bind_contextvars(deposit_id=deposit_id)
     try:
-        await history.started()
+        failures = await history.started()
         # M-Pesa confirms the success first (kiota/confirm.py); the lane signs only confirmed deposits.
         confirmation = await confirm_success(
             pool,
             ctx["daraja"],
-            uuid.UUID(deposit_id),
+            deposit,
             required=ctx["settings"].mpesa_confirm_success == "on",
             timing=ctx["confirm_timing"],
         )
-        result = None
+        outcome: RunResult = confirmation
         if confirmation.verdict in (Verdict.CONFIRMED, Verdict.NOT_NEEDED):
-            result = await pay_deposit(pool, ctx["treasury"], uuid.UUID(deposit_id), ctx["lane_config"])
+            outcome = await pay_deposit(pool, ctx["treasury"], deposit, ctx["lane_config"])
     except TRANSIENT as exc:
         error = f"{type(exc).__name__}: {exc}"
-        retry_in = backoff_seconds(1, ctx["backoff_base_seconds"])
         # If PostgreSQL itself is down, nothing can be counted: this raises, and the worker's
         # outage handling (jobs/outages.py) waits for it and runs the job again.
-        failures = await history.failed_once(error, retry_in)
-        if failures >= MAX_FAILURES or await _tried_too_long(pool, deposit_id):
-            reason = f"payout failed {failures} times; last error: {error}"
-            await abandon(pool, uuid.UUID(deposit_id), reason)
-            await history.gave_up(error)
-            log.error("deposit moved to review after repeated payout failures", failures=failures, error=error)
-            return "needs_review"
-        retry_in = backoff_seconds(failures, ctx["backoff_base_seconds"])
-        log.warning("payout failed; retrying", failures=failures, retry_in=round(retry_in, 2), error=error)
-        raise Retry(defer=retry_in) from exc
+        failures = await history.failed_once(error, backoff_seconds(1, ctx["backoff_base_seconds"]))
+        step = next_step(failures, await processing_since(pool, deposit), Failed(error), now=datetime.now(UTC))
+        return await _carry_out(step, ctx, history, deposit, cause=exc)
     except Exception as exc:
         # A bug, not the weather: put the deposit where operators look, then let arq fail the job.
         error = f"{type(exc).__name__}: {exc}"
         await history.gave_up(error)
-        await abandon(pool, uuid.UUID(deposit_id), f"payout job crashed: {error}")
+        await abandon(pool, deposit, f"payout job crashed: {error}")
         log.exception("payout job crashed")
         raise
-    if confirmation.verdict is Verdict.WAIT:  # "still processing", or Daraja unreachable: not a failure
-        await history.waiting(confirmation.retry_in)
-        raise Retry(defer=confirmation.retry_in)
-    if confirmation.verdict is Verdict.REVIEW:
-        await history.gave_up(confirmation.detail)
-        return "needs_review"
-    assert result is not None
-    if result.outcome is Outcome.WAITING:
-        if await _tried_too_long(pool, deposit_id):  # e.g. a payout that never gets mined
-            reason = f"payout not settled within 30 minutes: {result.detail}"
-            await abandon(pool, uuid.UUID(deposit_id), reason)
-            await history.gave_up(reason)
-            log.error("deposit moved to review: payout not settled in time", detail=result.detail)
-            return "needs_review"
-        await history.waiting(WAITING_RETRY_SECONDS)
-        raise Retry(defer=WAITING_RETRY_SECONDS)
-    if result.outcome is Outcome.BLOCKED:
-        await history.blocked(result.detail, result.recheck_in)
-        log.warning("payout blocked", reason=result.detail)
-        return "blocked"
-    await history.succeeded()
-    return result.outcome.value
+    since = await processing_since(pool, deposit) if asks_since(outcome) else None
+    return await _carry_out(next_step(failures, since, outcome, now=datetime.now(UTC)), ctx, history, deposit)
 
 
-async def _tried_too_long(pool: asyncpg.Pool, deposit_id: str) -> bool:
-    since = await pool.fetchval(load_queries().deposit_processing_since, uuid.UUID(deposit_id))
-    return since is not None and datetime.now(UTC) - since > MAX_TRYING
+async def _carry_out(
+    step: Step, ctx: dict[str, Any], history: JobHistory, deposit: uuid.UUID, cause: BaseException | None = None
+) -> str:
+    """Do what the policy said: record it in the job history, and return or raise for arq."""
+    match step:
+        case Done(result):
+            await history.succeeded()
+            return result
+        case WaitAgain(seconds):  # not a failure
+            await history.waiting(seconds)
+            raise Retry(defer=seconds)
+        case BackOff(failures, error):
+            retry_in = backoff_seconds(failures, ctx["backoff_base_seconds"])
+            log.warning("payout failed; retrying", failures=failures, retry_in=round(retry_in, 2), error=error)
+            raise Retry(defer=retry_in) from cause
+        case Blocked(reason, recheck_in):
+            await history.blocked(reason, recheck_in)
+            log.warning("payout blocked", reason=reason)
+            return "blocked"
+        case TooManyFailures(failures, error):
+            await abandon(ctx["pool"], deposit, step.reason)
+            await history.gave_up(error)
+            log.error("deposit moved to review after repeated payout failures", failures=failures, error=error)
+            return NEEDS_REVIEW
+        case NotSettled(detail):  # e.g. a payout that never gets mined
+            await abandon(ctx["pool"], deposit, step.reason)
+            await history.gave_up(step.reason)
+            log.error("deposit moved to review: payout not settled in time", detail=detail)
+            return NEEDS_REVIEW
+        case Unconfirmed(detail):  # the confirmation put it in review
+            await history.gave_up(detail)
+            return NEEDS_REVIEW
 
 
 async def query_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:

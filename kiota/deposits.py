@@ -12,6 +12,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -42,6 +43,12 @@ TRANSACTION_DESC = "Kiota savings"
 
 def complete_job_id(deposit_id: uuid.UUID | str) -> str:
     return JobName.COMPLETE_MPESA_DEPOSIT.job_id(deposit_id)
+
+
+async def processing_since(pool: asyncpg.Pool, deposit_id: uuid.UUID) -> datetime | None:
+    """When the deposit began processing (M-Pesa said paid); None if it never did."""
+    since: datetime | None = await pool.fetchval(load_queries().deposit_processing_since, deposit_id)
+    return since
 
 
 class TooManyPending(RateLimited):
