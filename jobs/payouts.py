@@ -1,4 +1,9 @@
-"""M-Pesa jobs: unpack `ctx`, call the payout lane, keep the job history."""
+"""The M-Pesa deposit jobs: unpack `ctx`, confirm and pay through `kiota/`, keep the job history.
+
+`complete_mpesa_deposit` runs once a deposit is paid in M-Pesa; what it does after a run
+(retry, wait, block, give up) is `kiota.payout_policy.next_step`'s answer, carried out here.
+`query_mpesa_deposit` asks Daraja about a deposit whose callback is late.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,10 @@ import asyncpg
 import structlog
 from arq import Retry
 
+from jobs.context import WorkerContext
 from kiota.confirm import Verdict, confirm_success
 from kiota.deposits import processing_since
 from kiota.errors import ChainUnavailable
-from kiota.ingester import scan_round
 from kiota.job_history import JobHistory, backoff_seconds, enqueue
 from kiota.job_names import JobName
 from kiota.lost_callbacks import query_deposit
@@ -31,9 +36,7 @@ from kiota.payout_policy import (
     asks_since,
     next_step,
 )
-from kiota.payouts import abandon, fill_abandoned_nonces, pay_deposit, recheck_settled_payouts
-from kiota.sql import load_queries
-from kiota.sweeper import sweep
+from kiota.payouts import abandon, pay_deposit
 
 log = structlog.get_logger(__name__)
 
@@ -52,43 +55,43 @@ TRANSIENT = (
 
 async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
     """Confirm the deposit with M-Pesa and pay it out; what follows a run is `kiota.payout_policy`'s answer."""
-    pool: asyncpg.Pool = ctx["pool"]
+    deps = WorkerContext.of(ctx)
     deposit = uuid.UUID(deposit_id)
-    history = JobHistory(pool, ctx["job_id"], ctx.get("worker_id"))
+    history = JobHistory(deps.pool, ctx["job_id"], deps.worker_id)
     structlog.contextvars.bind_contextvars(deposit_id=deposit_id)
     try:
         failures = await history.started()
         # M-Pesa confirms the success first (kiota/confirm.py); the lane signs only confirmed deposits.
         confirmation = await confirm_success(
-            pool,
-            ctx["daraja"],
+            deps.pool,
+            deps.daraja,
             deposit,
-            required=ctx["settings"].mpesa_confirm_success == "on",
-            timing=ctx["confirm_timing"],
+            required=deps.settings.mpesa_confirm_success == "on",
+            timing=deps.confirm_timing,
         )
         outcome: RunResult = confirmation
         if confirmation.verdict in (Verdict.CONFIRMED, Verdict.NOT_NEEDED):
-            outcome = await pay_deposit(pool, ctx["treasury"], deposit, ctx["lane_config"])
+            outcome = await pay_deposit(deps.pool, deps.treasury, deposit, deps.lane)
     except TRANSIENT as exc:
         error = f"{type(exc).__name__}: {exc}"
         # If PostgreSQL itself is down, nothing can be counted: this raises, and the worker's
         # outage handling (jobs/outages.py) waits for it and runs the job again.
-        failures = await history.failed_once(error, backoff_seconds(1, ctx["backoff_base_seconds"]))
-        step = next_step(failures, await processing_since(pool, deposit), Failed(error), now=datetime.now(UTC))
-        return await _carry_out(step, ctx, history, deposit, cause=exc)
+        failures = await history.failed_once(error, backoff_seconds(1, deps.backoff_base_seconds))
+        step = next_step(failures, await processing_since(deps.pool, deposit), Failed(error), now=datetime.now(UTC))
+        return await _carry_out(step, deps, history, deposit, cause=exc)
     except Exception as exc:
         # A bug, not the weather: put the deposit where operators look, then let arq fail the job.
         error = f"{type(exc).__name__}: {exc}"
         await history.gave_up(error)
-        await abandon(pool, deposit, f"payout job crashed: {error}")
+        await abandon(deps.pool, deposit, f"payout job crashed: {error}")
         log.exception("payout job crashed")
         raise
-    since = await processing_since(pool, deposit) if asks_since(outcome) else None
-    return await _carry_out(next_step(failures, since, outcome, now=datetime.now(UTC)), ctx, history, deposit)
+    since = await processing_since(deps.pool, deposit) if asks_since(outcome) else None
+    return await _carry_out(next_step(failures, since, outcome, now=datetime.now(UTC)), deps, history, deposit)
 
 
 async def _carry_out(
-    step: Step, ctx: dict[str, Any], history: JobHistory, deposit: uuid.UUID, cause: BaseException | None = None
+    step: Step, deps: WorkerContext, history: JobHistory, deposit: uuid.UUID, cause: BaseException | None = None
 ) -> str:
     """Do what the policy said: record it in the job history, and return or raise for arq."""
     match step:
@@ -99,7 +102,7 @@ async def _carry_out(
             await history.waiting(seconds)
             raise Retry(defer=seconds)
         case BackOff(failures, error):
-            retry_in = backoff_seconds(failures, ctx["backoff_base_seconds"])
+            retry_in = backoff_seconds(failures, deps.backoff_base_seconds)
             log.warning("payout failed; retrying", failures=failures, retry_in=round(retry_in, 2), error=error)
             raise Retry(defer=retry_in) from cause
         case Blocked(reason, recheck_in):
@@ -107,12 +110,12 @@ async def _carry_out(
             log.warning("payout blocked", reason=reason)
             return "blocked"
         case TooManyFailures(failures, error):
-            await abandon(ctx["pool"], deposit, step.reason)
+            await abandon(deps.pool, deposit, step.reason)
             await history.gave_up(error)
             log.error("deposit moved to review after repeated payout failures", failures=failures, error=error)
             return NEEDS_REVIEW
         case NotSettled(detail):  # e.g. a payout that never gets mined
-            await abandon(ctx["pool"], deposit, step.reason)
+            await abandon(deps.pool, deposit, step.reason)
             await history.gave_up(step.reason)
             log.error("deposit moved to review: payout not settled in time", detail=detail)
             return NEEDS_REVIEW
@@ -123,37 +126,12 @@ async def _carry_out(
 
 async def query_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
     """A pending deposit's callback is late: ask Daraja."""
-    pool: asyncpg.Pool = ctx["pool"]
-    history = JobHistory(pool, ctx["job_id"], ctx.get("worker_id"))
+    deps = WorkerContext.of(ctx)
+    history = JobHistory(deps.pool, ctx["job_id"], deps.worker_id)
     structlog.contextvars.bind_contextvars(deposit_id=deposit_id)
     await history.started()
-    outcome = await query_deposit(pool, ctx["daraja"], uuid.UUID(deposit_id), ctx["query_backoff_seconds"])
+    outcome = await query_deposit(deps.pool, deps.daraja, uuid.UUID(deposit_id), deps.query_backoff_seconds)
     if outcome.enqueue_job_id:
         await enqueue(ctx["redis"], JobName.COMPLETE_MPESA_DEPOSIT, outcome.enqueue_job_id, deposit_id)
     await history.succeeded()
     return outcome.action
-
-
-async def scan_chain_tick(ctx: dict[str, Any]) -> str:
-    """One ingester round when INTENT_POLL_SECONDS have passed (a unique cron ticks every second)."""
-    settings = ctx["settings"]
-    pool: asyncpg.Pool = ctx["pool"]
-    if not await pool.fetchval(load_queries().maintenance_due, "scan_chain", settings.intent_poll_seconds - 0.5):
-        return "not due"
-    report = await scan_round(pool, ctx["chain_reader"], ctx["scan_config"])
-    if report is None:
-        return "node lagging"
-    return f"blocks {report.start}-{report.end} matched={report.matched} credited={report.credited}"
-
-
-async def sweep_tick(ctx: dict[str, Any]) -> str:
-    report = await sweep(ctx["pool"], ctx["redis"], ctx["settings"].sweep_seconds)
-    try:  # abandoned nonces are filled by the lane's next owner; this is for when no payout comes
-        await fill_abandoned_nonces(ctx["pool"], ctx["treasury"], ctx["lane_config"])
-    except ChainUnavailable as exc:
-        log.warning("nonce filler could not reach the chain; next sweep tries again", error=str(exc))
-    try:  # settled payouts are re-checked by the lane's turns too; this is for when none comes
-        await recheck_settled_payouts(ctx["pool"], ctx["treasury"], ctx["lane_config"])
-    except ChainUnavailable as exc:
-        log.warning("settled payouts could not be re-checked; next sweep tries again", error=str(exc))
-    return f"recovered={report.recovered} reenqueued={report.reenqueued} queries={report.queries}"
