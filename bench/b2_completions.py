@@ -47,9 +47,9 @@ from bench.system import (
     xact_commits,
 )
 from kiota.callbacks import ingest_callback
-from kiota.deposits import COMPLETE_FUNCTION
 from kiota.dev.chain import BASE_USDC_ADDRESS, connect, mint_usdc
 from kiota.job_history import enqueue
+from kiota.job_names import JobName
 from kiota.queue import create_queue
 from kiota.treasury import TRANSFER_GAS_LIMIT, fees_for, transfer_calldata
 
@@ -128,7 +128,7 @@ async def _payouts(stack: Stack, dsn: str, pool: asyncpg.Pool, size: B2Size, pro
     queue = create_queue(stack.redis_url)
     try:
         for job_id in job_ids:  # the API's path: kiota.job_history.enqueue after the commit
-            assert await enqueue(queue, COMPLETE_FUNCTION, job_id, job_id.split(":", 1)[1])
+            assert await enqueue(queue, JobName.COMPLETE_MPESA_DEPOSIT, job_id, job_id.split(":", 1)[1])
     finally:
         await queue.aclose(close_connection_pool=True)
     assert len(ids) == len(job_ids)

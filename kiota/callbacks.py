@@ -43,9 +43,10 @@ from asyncpg.pool import PoolConnectionProxy
 
 from kiota import ledger
 from kiota.db import Connection
-from kiota.deposits import COMPLETE_FUNCTION, complete_job_id
+from kiota.deposits import complete_job_id
 from kiota.errors import CallbackNotRecorded
 from kiota.job_history import enqueue_many
+from kiota.job_names import JobName
 from kiota.mpesa import Action, DepositView, MalformedCallback, StkCallback, decide, parse_callback
 from kiota.sql import load_queries
 
@@ -171,7 +172,7 @@ def _row(ord_: int, item: Received, seen: Seen, p: Plan) -> tuple[Any, ...]:
         view and view.received_kes, seen.receipt_taken,
         p.disposition, p.deposit_change, p.deposit_reason,
         entry and entry.key, entry and entry.kind, postings,
-        p.job_id, COMPLETE_FUNCTION if p.job_id else None,
+        p.job_id, JobName.COMPLETE_MPESA_DEPOSIT if p.job_id else None,
         review and review.kind, review and review.key, review and review.amount_kes, review and review.reason,
     )  # fmt: skip
 
@@ -399,7 +400,7 @@ class CallbackGroups:
             if o.result is not None and o.result.enqueue_job_id
         ]
         if jobs:
-            await enqueue_many(self._queue, COMPLETE_FUNCTION, jobs)
+            await enqueue_many(self._queue, JobName.COMPLETE_MPESA_DEPOSIT, jobs)
         again: list[_Waiting] = []
         for waiting, outcome in zip(group, outcomes, strict=True):
             if outcome.result is not None:

@@ -87,7 +87,7 @@ def judge(answer: Answer, waited: timedelta, bound: timedelta = CONFIRM_BOUND) -
 
 @dataclass(frozen=True, slots=True)
 class ConfirmTiming:
-    """How often the query is asked again; tests shorten it (the worker's `ctx["confirm_timing"]`)."""
+    """How often the query is asked again; tests shorten it (`jobs.context.WorkerTuning`)."""
 
     backoff_base_seconds: float = 2.0
     backoff_max_seconds: float = 60.0

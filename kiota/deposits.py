@@ -12,6 +12,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +21,7 @@ import structlog
 
 from kiota.daraja import DarajaClient, PushAccepted
 from kiota.errors import DarajaRefused, DarajaUncertain, RateLimited
+from kiota.job_names import JobName
 from kiota.money import format_rate, format_usdc, kes_to_usdc
 from kiota.mpesa import mask_phone, user_failure_reason
 from kiota.ratelimits import PENDING_DEPOSITS_PER_USER, PENDING_RETRY_AFTER_SECONDS
@@ -27,7 +29,6 @@ from kiota.sql import load_queries
 
 log = structlog.get_logger(__name__)
 
-COMPLETE_FUNCTION = "complete_mpesa_deposit"
 PUSH_CANCELLED_REASON = (
     "the request was cancelled before M-Pesa answered the STK push; a payment prompt may still reach the phone: "
     "match this deposit with the success callbacks listed for review (kiota ops review) before crediting it"
@@ -41,7 +42,13 @@ TRANSACTION_DESC = "Kiota savings"
 
 
 def complete_job_id(deposit_id: uuid.UUID | str) -> str:
-    return f"{COMPLETE_FUNCTION}:{deposit_id}"
+    return JobName.COMPLETE_MPESA_DEPOSIT.job_id(deposit_id)
+
+
+async def processing_since(pool: asyncpg.Pool, deposit_id: uuid.UUID) -> datetime | None:
+    """When the deposit began processing (M-Pesa said paid); None if it never did."""
+    since: datetime | None = await pool.fetchval(load_queries().deposit_processing_since, deposit_id)
+    return since
 
 
 class TooManyPending(RateLimited):

@@ -11,6 +11,7 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -90,6 +91,16 @@ async def enqueue_many(queue: ArqRedis, function: str, jobs: Sequence[tuple[str,
         )
         return 0
     return enqueued
+
+
+async def maintenance_due(pool: asyncpg.Pool, name: str, interval_seconds: float) -> bool:
+    """Claim the maintenance run `name` if its last one is older than the interval; False: not due."""
+    return await pool.fetchval(load_queries().maintenance_due, name, interval_seconds) is not None
+
+
+async def record_heartbeat(pool: asyncpg.Pool, worker_id: str, host: str, pid: int, started_at: datetime) -> None:
+    """Say that a worker is alive (the dashboard lists workers from it)."""
+    await pool.execute(load_queries().record_heartbeat, worker_id, host, pid, started_at)
 
 
 class JobHistory:

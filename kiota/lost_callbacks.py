@@ -19,9 +19,10 @@ import structlog
 from kiota import ledger
 from kiota.confirm import CONFIRMED_BY_QUERY
 from kiota.daraja import DarajaClient, QueryResult
-from kiota.deposits import COMPLETE_FUNCTION, complete_job_id
+from kiota.deposits import complete_job_id
 from kiota.errors import DarajaError, DarajaRefused
 from kiota.job_history import record_job
+from kiota.job_names import JobName
 from kiota.ledger_store import post_entry
 from kiota.mpesa import Action, DepositView, StkCallback, decide
 from kiota.sql import load_queries
@@ -75,7 +76,7 @@ async def query_deposit(
                 # The STK query's 0 is the confirmation itself (kiota/confirm.py): not asked twice.
                 await conn.execute(q.deposit_confirmed, deposit_id, CONFIRMED_BY_QUERY, answer, 0)
                 await post_entry(conn, ledger.mpesa_received(str(deposit_id), locked["amount_kes"]))
-                await record_job(conn, complete_job_id(deposit_id), COMPLETE_FUNCTION, deposit_id)
+                await record_job(conn, complete_job_id(deposit_id), JobName.COMPLETE_MPESA_DEPOSIT, deposit_id)
                 bound.info("lost callback recovered by query: paid")
                 return QueryOutcome("completed_by_query", complete_job_id(deposit_id))
             await conn.execute(q.deposit_failed, deposit_id, str(result.result_code), decision.reason)

@@ -13,9 +13,10 @@ import structlog
 from arq.connections import ArqRedis
 
 from kiota.db import Connection
-from kiota.deposits import COMPLETE_FUNCTION, complete_job_id
+from kiota.deposits import complete_job_id
 from kiota.errors import KiotaError
 from kiota.job_history import enqueue, record_job
+from kiota.job_names import JobName
 from kiota.sql import load_queries
 
 log = structlog.get_logger(__name__)
@@ -59,7 +60,7 @@ async def retry_deposit(pool: asyncpg.Pool, queue: ArqRedis, deposit_id: uuid.UU
         elif row["status"] != "processing":
             raise CannotRetry(f"the deposit is {row['status']}; there is nothing to retry")
         job_id = await _restart_job(conn, deposit_id)
-    enqueued = await enqueue(queue, COMPLETE_FUNCTION, job_id, str(deposit_id))
+    enqueued = await enqueue(queue, JobName.COMPLETE_MPESA_DEPOSIT, job_id, str(deposit_id))
     log.info("operator retried a deposit", deposit_id=str(deposit_id), by=by)
     return RetryResult(str(deposit_id), job_id, enqueued, row["confirmed_at"] is not None)
 
@@ -89,14 +90,14 @@ async def confirm_deposit(
             raise CannotRetry("the deposit has an open review of its callbacks (kiota ops review): resolve that first")
         await conn.execute(q.resolve_unconfirmed_review, deposit_id, f"confirmed by operator {by}: {note}"[:1000])
         job_id = await _restart_job(conn, deposit_id)
-    enqueued = await enqueue(queue, COMPLETE_FUNCTION, job_id, str(deposit_id))
+    enqueued = await enqueue(queue, JobName.COMPLETE_MPESA_DEPOSIT, job_id, str(deposit_id))
     log.warning("operator confirmed an M-Pesa payment by hand", deposit_id=str(deposit_id), by=by, note=note)
     return RetryResult(str(deposit_id), job_id, enqueued)
 
 
 async def _restart_job(conn: Connection, deposit_id: uuid.UUID) -> str:
     job_id = complete_job_id(deposit_id)
-    await record_job(conn, job_id, COMPLETE_FUNCTION, deposit_id, reset=True)
+    await record_job(conn, job_id, JobName.COMPLETE_MPESA_DEPOSIT, deposit_id, reset=True)
     return job_id
 
 

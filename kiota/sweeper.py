@@ -27,11 +27,11 @@ from arq.connections import ArqRedis
 
 from kiota.db import advisory_unlock, try_advisory_lock
 from kiota.job_history import enqueue, record_job
+from kiota.job_names import JobName
 from kiota.sql import load_queries
 
 log = structlog.get_logger(__name__)
 
-QUERY_FUNCTION = "query_mpesa_deposit"
 JOB_KEY_PREFIX = "arq:job:"
 IN_PROGRESS_KEY_PREFIX = "arq:in-progress:"
 ORPHAN_GRACE_SECONDS = 2.0  # a job committed this recently may still be on its way to Redis
@@ -52,7 +52,7 @@ def worker_lock_key(worker_id: str) -> int:
 
 
 def query_job_id(deposit_id: object) -> str:
-    return f"{QUERY_FUNCTION}:{deposit_id}"
+    return JobName.QUERY_MPESA_DEPOSIT.job_id(deposit_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +107,9 @@ async def dispatch_queries(pool: asyncpg.Pool, queue: ArqRedis, job_wait_seconds
     for row in rows:
         job_id = query_job_id(row["id"])
         async with pool.acquire() as conn, conn.transaction():
-            await record_job(conn, job_id, QUERY_FUNCTION, row["id"], reset=True)
+            await record_job(conn, job_id, JobName.QUERY_MPESA_DEPOSIT, row["id"], reset=True)
             await conn.execute(q.deposit_query_scheduled, row["id"], job_wait_seconds)
-        await enqueue(queue, QUERY_FUNCTION, job_id, str(row["id"]))
+        await enqueue(queue, JobName.QUERY_MPESA_DEPOSIT, job_id, str(row["id"]))
     return len(rows)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import os
 import signal
@@ -31,6 +32,7 @@ from redis.asyncio import Redis
 from web3.types import RPCEndpoint
 
 from api.app import create_app
+from jobs.context import WorkerContext, WorkerTuning
 from jobs.worker import build_worker
 from kiota.confirm import ConfirmTiming
 from kiota.db import create_pool
@@ -51,6 +53,7 @@ from kiota.migrate import migrate
 from kiota.payouts import LaneConfig
 from kiota.queue import create_queue
 from kiota.settings import Settings, WorkerSettings
+from kiota.treasury import Treasury
 from tests.support import (
     CALLBACK_TOKEN,
     REDIS_TEST_URL,
@@ -227,12 +230,12 @@ class MpesaSystem:
         self.worker = build_worker(
             self.settings,
             handle_signals=False,
-            ctx={
-                "lane_config": LaneConfig(poll_seconds=0.02, watch_seconds=3),
-                "backoff_base_seconds": 0.05,
-                "query_backoff_seconds": 0.5,
-                "confirm_timing": ConfirmTiming(backoff_base_seconds=0.1, backoff_max_seconds=0.5),
-            },
+            tuning=WorkerTuning(
+                lane=LaneConfig(poll_seconds=0.02, watch_seconds=3),
+                backoff_base_seconds=0.05,
+                query_backoff_seconds=0.5,
+                confirm_timing=ConfirmTiming(backoff_base_seconds=0.1, backoff_max_seconds=0.5),
+            ),
         )
         self._worker_task = asyncio.create_task(self.worker.async_run())
         async with asyncio.timeout(20):  # until its start-up (and start-up sweep) is done
@@ -240,6 +243,19 @@ class MpesaSystem:
                 assert not self._worker_task.done(), self._worker_task
                 await asyncio.sleep(0.01)
         return self.worker
+
+    @property
+    def context(self) -> WorkerContext:
+        """The running worker's context: its pool, clients and tuning."""
+        assert self.worker is not None
+        return WorkerContext.of(self.worker.ctx)
+
+    def use_treasury(self, treasury: Treasury) -> Treasury:
+        """Give the worker's next jobs `treasury` (e.g. one behind a failing RPC); returns the one they had."""
+        assert self.worker is not None
+        context = self.context
+        self.worker.ctx[WorkerContext.KEY] = dataclasses.replace(context, treasury=treasury)
+        return context.treasury
 
     async def stop_worker(self) -> None:
         if self.worker is None:

@@ -31,14 +31,13 @@ SEND = "eth_sendRawTransaction"
 async def proxied_treasury(system: MpesaSystem) -> AsyncIterator[ProxyState]:
     """The worker's treasury behind the proxy for the block; yields the proxy's controls."""
     assert system.worker is not None
-    original = system.worker.ctx["treasury"]
     async with running_rpc_proxy(system.settings.base_rpc_url) as proxy:
         proxied = Treasury(proxy.url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
-        system.worker.ctx["treasury"] = proxied
+        original = system.use_treasury(proxied)
         try:
             yield proxy.state
         finally:
-            system.worker.ctx["treasury"] = original
+            system.use_treasury(original)
             await proxied.aclose()
 
 

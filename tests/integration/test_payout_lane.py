@@ -126,8 +126,7 @@ class BlindTreasury(Treasury):
 async def test_a_reverted_transfer_is_a_failure_that_pauses_the_lane(mpesa_system: MpesaSystem) -> None:
     system = mpesa_system
     await drain_treasury(system)
-    original = system.worker.ctx["treasury"]
-    system.worker.ctx["treasury"] = BlindTreasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    original = system.use_treasury(BlindTreasury(system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS))
     body = (await system.initiate("carl", 1295)).json()
     review = await system.wait_status("carl", body["deposit_id"], "needs_review")
     assert review["failure_reason"] == USER_CHECKING
@@ -145,8 +144,7 @@ async def test_a_reverted_transfer_is_a_failure_that_pauses_the_lane(mpesa_syste
 
     # The operator refills the treasury (a block: the revert's second confirmation), resumes the lane and
     # retries the deposit once its payout is reverted: paid once.
-    await system.worker.ctx["treasury"].aclose()
-    system.worker.ctx["treasury"] = original
+    await system.use_treasury(original).aclose()
     await mint_usdc(system.w3, BASE_USDC_ADDRESS, system.treasury_address, 50 * 10**6)
 
     async def reverted() -> bool:
@@ -218,9 +216,8 @@ async def test_hourly_cap_blocks_payouts(mpesa_system: MpesaSystem) -> None:
 
 async def test_an_rpc_down_for_good_ends_in_review_and_an_operator_retry_completes(mpesa_system: MpesaSystem) -> None:
     system = mpesa_system
-    original = system.worker.ctx["treasury"]
     dead = Treasury(f"http://127.0.0.1:{free_port()}", TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
-    system.worker.ctx["treasury"] = dead
+    original = system.use_treasury(dead)
     body = (await system.initiate("gil", 1295)).json()
     review = await system.wait_status("gil", body["deposit_id"], "needs_review", seconds=30)
     assert review["failure_reason"] == USER_CHECKING
@@ -228,7 +225,7 @@ async def test_an_rpc_down_for_good_ends_in_review_and_an_operator_retry_complet
     job = await job_of(system, body["deposit_id"])
     assert job["failures"] == 5 and job["status"] == "failed" and "RPC" in str(job["last_error"])
     await dead.aclose()
-    system.worker.ctx["treasury"] = original
+    system.use_treasury(original)
     await ops.retry_deposit(system.pool, system.queue, uuid.UUID(body["deposit_id"]), "test")
     await system.wait_status("gil", body["deposit_id"], "completed")
     assert len(await transfers_from(system, system.treasury_address)) == 1

@@ -129,7 +129,7 @@ async def test_a_query_never_downgrades_a_callbacks_success(mpesa_system: MpesaS
     body = (await system.initiate("omar", 1295)).json()
     await system.wait_status("omar", body["deposit_id"], "completed")
     assert system.worker is not None
-    outcome = await query_deposit(system.pool, system.worker.ctx["daraja"], uuid.UUID(body["deposit_id"]), 1)
+    outcome = await query_deposit(system.pool, system.context.daraja, uuid.UUID(body["deposit_id"]), 1)
     assert outcome.action == "nothing"
     assert (await system.deposit("omar", body["deposit_id"]))["status"] == "completed"
 
@@ -214,8 +214,7 @@ async def test_an_rpc_refusing_for_a_while_then_completes(mpesa_system: MpesaSys
 
     system = mpesa_system
     assert system.worker is not None
-    original = system.worker.ctx["treasury"]
-    system.worker.ctx["treasury"] = Treasury(f"http://127.0.0.1:{free_port()}", TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    original = system.use_treasury(Treasury(f"http://127.0.0.1:{free_port()}", TREASURY_KEY, 8453, BASE_USDC_ADDRESS))
     body = (await system.initiate("quin", 1295)).json()
 
     async def failed_twice() -> bool:
@@ -224,8 +223,7 @@ async def test_an_rpc_refusing_for_a_while_then_completes(mpesa_system: MpesaSys
         return bool(failures and failures >= 2)
 
     await wait_until(failed_twice)
-    await system.worker.ctx["treasury"].aclose()
-    system.worker.ctx["treasury"] = original  # the RPC is back
+    await system.use_treasury(original).aclose()  # the RPC is back
     await system.wait_status("quin", body["deposit_id"], "completed")
     assert len(await transfers_from(system, system.treasury_address)) == 1
 

@@ -1,0 +1,121 @@
+"""What every job needs, typed: built once in the worker's start-up and handed to jobs in `ctx`.
+
+arq gives each job a copy of its `ctx` dict; ours holds one `WorkerContext` under
+`WorkerContext.KEY` (arq's own keys, such as `job_id` and `redis`, stay arq's), and a job
+takes it in one line: `deps = WorkerContext.of(ctx)`. Its waits and backoffs come from a
+`WorkerTuning`, which tests shorten (`build_worker(settings, tuning=...)`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import asyncpg
+from redis.asyncio import Redis
+
+from jobs.liveness import Liveness
+from kiota.chain_rpc import ChainReader
+from kiota.confirm import ConfirmTiming
+from kiota.daraja import DarajaClient
+from kiota.db import close_pool, create_pool
+from kiota.ingester import ScanConfig
+from kiota.payouts import LaneConfig
+from kiota.settings import WorkerSettings
+from kiota.treasury import Treasury
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerTuning:
+    """How long jobs wait and back off; the defaults are production's, tests shorten them."""
+
+    lane: LaneConfig = field(default_factory=LaneConfig)
+    backoff_base_seconds: float = 1.0  # a failed payout's retries
+    query_backoff_seconds: float = 30.0  # a late callback's STK queries
+    confirm_timing: ConfirmTiming = field(default_factory=ConfirmTiming)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerContext:
+    """The worker's settings, pool, clients and tuning, and who it is."""
+
+    KEY: ClassVar[str] = "worker_context"
+
+    settings: WorkerSettings
+    pool: asyncpg.Pool
+    treasury: Treasury
+    daraja: DarajaClient
+    chain_reader: ChainReader
+    scan_config: ScanConfig
+    lane: LaneConfig
+    confirm_timing: ConfirmTiming
+    backoff_base_seconds: float
+    query_backoff_seconds: float
+    worker_id: str
+    started_at: datetime
+    liveness: Liveness
+
+    @classmethod
+    def of(cls, ctx: Mapping[str, Any]) -> WorkerContext:
+        context: WorkerContext = ctx[cls.KEY]
+        return context
+
+    async def aclose(self) -> None:
+        await self.liveness.release(self.pool)
+        for client in (self.treasury, self.daraja, self.chain_reader):
+            await client.aclose()
+        await close_pool(self.pool)
+
+
+async def build_context(
+    settings: WorkerSettings, tuning: WorkerTuning, redis: Redis, *, pool_size: int
+) -> WorkerContext:
+    """The pool and clients, once per worker process (a start after an outage keeps them)."""
+    async with contextlib.AsyncExitStack() as undo:  # a failure half-way closes what was built
+        # No connection floor (min_size=0): asyncpg would keep re-opening the floor while PostgreSQL
+        # is down and log a traceback for each try; the outage handling waits for it instead.
+        pool = await create_pool(settings.database_url, min_size=0, max_size=pool_size)
+        undo.push_async_callback(close_pool, pool)
+        treasury = Treasury(
+            settings.base_rpc_url,
+            settings.treasury_private_key.get_secret_value(),
+            settings.base_chain_id,
+            settings.base_usdc_address,
+        )
+        undo.push_async_callback(treasury.aclose)
+        daraja = DarajaClient.from_settings(settings, redis=redis)  # one token for the app
+        undo.push_async_callback(daraja.aclose)
+        chain_reader = ChainReader(settings.base_rpc_url)
+        undo.push_async_callback(chain_reader.aclose)
+        worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        context = WorkerContext(
+            settings=settings,
+            pool=pool,
+            treasury=treasury,
+            daraja=daraja,
+            chain_reader=chain_reader,
+            scan_config=ScanConfig(
+                chain_id=settings.base_chain_id,
+                token=settings.base_usdc_address,
+                treasury=treasury.address,
+                confirmations_required=settings.deposit_confirmations_required,
+                max_checks=settings.intent_max_checks,
+            ),
+            # a payout's finality is the deposits' (DEPOSIT_CONFIRMATIONS_REQUIRED)
+            lane=dataclasses.replace(tuning.lane, confirmations_required=settings.deposit_confirmations_required),
+            confirm_timing=tuning.confirm_timing,
+            backoff_base_seconds=tuning.backoff_base_seconds,
+            query_backoff_seconds=tuning.query_backoff_seconds,
+            worker_id=worker_id,
+            started_at=datetime.now(UTC),
+            liveness=Liveness.of_worker(worker_id),
+        )
+        undo.pop_all()
+    return context

@@ -1,0 +1,20 @@
+"""The names of the queued jobs, written once.
+
+Each name is stored twice outside Python: in PostgreSQL (`jobs.function`, the durable history)
+and in Redis (arq's job data), and a job's id is its name and its deposit (`complete_job_id`).
+So the values never change; the worker registers its functions under these names
+(`jobs/worker.py`), and the services that record and enqueue jobs use them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobName(StrEnum):
+    COMPLETE_MPESA_DEPOSIT = "complete_mpesa_deposit"  # confirm a paid deposit, then pay it out in USDC
+    QUERY_MPESA_DEPOSIT = "query_mpesa_deposit"  # a callback is late: ask Daraja's STK query
+
+    def job_id(self, key: object) -> str:
+        """The job's id for what it serves (one job per deposit and name): arq refuses a second."""
+        return f"{self.value}:{key}"
