@@ -36,11 +36,11 @@ from kiota.dev.daraja_sim import (
     create_simulator,
     password_for,
     running_simulator,
-    serve_in_background,
     serve_simulator,
     simulator_of,
     timestamp_now,
 )
+from kiota.dev.serving import serve_in_background
 from kiota.mpesa import NAIROBI
 
 KEY, SECRET = "sim-consumer-key", "sim-consumer-secret"
