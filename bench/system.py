@@ -37,7 +37,8 @@ from redis.asyncio import Redis
 from bench.callbacks import checkout_id, receipt_no
 from kiota.db import create_pool
 from kiota.dev.chain import BASE_USDC_ADDRESS, AnvilNode, connect, fund_eth, install_usdc, mint_usdc, start_anvil
-from kiota.dev.daraja_sim import DarajaSimulator, SimulatorConfig, running_simulator
+from kiota.dev.daraja_sim import running_simulator
+from kiota.dev.daraja_sim_behaviour import DarajaSimulator, SimulatorConfig
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.migrate import migrate
 from kiota.money import kes_to_usdc

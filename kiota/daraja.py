@@ -1,11 +1,13 @@
 """Our thin async client of Safaricom's Daraja API: OAuth, STK push ("M-Pesa Express") and STK query.
 
-It is an adapter at the edge: it turns Daraja's answers into `PushAccepted`, `QueryResult` or one of the
-typed errors of `kiota.errors`, and knows nothing about deposits. One `DarajaClient` is built per process
+It is an adapter at the edge: it sends the requests, with the retries below, and hands each answer to
+`kiota.daraja_answers`, which turns it into `PushAccepted`, `QueryResult` or one of the typed errors of
+`kiota.errors`; it knows nothing about deposits. One `DarajaClient` is built per process
 (API lifespan, worker startup) and shared, because Daraja keeps ONE valid token per app: fetching a new
 token voids the previous one, so the token is cached, refreshed early, and never fetched twice at once.
 Across processes (the API pushes, every worker queries) the token is kept in Redis (`SharedToken`): one
-process refreshes it at a time and the others take its token, instead of voiding one another's.
+process refreshes it at a time and the others take its token, instead of voiding one another's
+(`kiota.daraja_token`).
 
 The retry rule of the push, and why
 -----------------------------------
@@ -37,22 +39,33 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Final
 
 import httpx
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from kiota.daraja_answers import (
+    BUSY,
+    DEFAULT_TOKEN_LIFETIME,
+    INVALID_TOKEN,
+    TRANSIENT_STATUSES,
+    Answer,
+    PushAccepted,
+    QueryResult,
+    parse_expires_in,
+    push_outcome,
+    query_outcome,
+)
+from kiota.daraja_token import SharedToken
 from kiota.errors import DarajaRefused, DarajaTransient, DarajaUncertain, DarajaUnreachable
 from kiota.mpesa import MAX_KES, NAIROBI, mask_phone
 from kiota.settings import Settings
@@ -73,24 +86,8 @@ OAUTH_PATH: Final = "/oauth/v1/generate"
 PUSH_PATH: Final = "/mpesa/stkpush/v1/processrequest"
 QUERY_PATH: Final = "/mpesa/stkpushquery/v1/query"
 
-INVALID_TOKEN: Final = "404.001.03"  # noqa: S105 - an error code, not a secret
-BUSY: Final = "500.003.02"
-# On the push this code means refused (merchant missing, wrong credentials, subscriber locked);
-# on the query it means "The transaction is being processed".
-MERCHANT_OR_PROCESSING: Final = "500.001.1001"
-QUOTA: Final = "500.003.03"
-PENDING_RESULT_CODE: Final = "4999"
-
-# Push answers with a 5xx status that are still definite refusals: Daraja's gateway or its merchant check
-# turned the request away before any prompt was sent. Any other 5xx (e.g. 500.003.1001 "Internal Server
-# Error") may have happened after the prompt went out, so it is uncertain.
-PUSH_REFUSED_5XX_CODES: Final = frozenset({MERCHANT_OR_PROCESSING, BUSY, QUOTA})
-# Statuses that say "not now" rather than "no" on a read-only call.
-TRANSIENT_STATUSES: Final = frozenset({408, 429})
-
 MAX_ACCOUNT_REFERENCE: Final = 12
 MAX_DESCRIPTION: Final = 13
-DEFAULT_TOKEN_LIFETIME: Final = 3599  # Daraja's documented expires_in, used if an answer lacks it
 
 _PHONE = re.compile(r"254[17]\d{8}")
 _MIN_ATTEMPT_SECONDS: Final = 0.05  # below this, an attempt could not finish: do not start it
@@ -112,29 +109,6 @@ class DarajaTimings:
     busy_retry_delay: float = 1.0  # pause before the one repeat of a push refused as busy
 
 
-@dataclass(frozen=True)
-class PushAccepted:
-    """Daraja accepted the push: a PIN prompt is on its way; the callback or the query tells the end."""
-
-    merchant_request_id: str
-    checkout_request_id: str
-    response_description: str
-    customer_message: str
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    """What the STK query says: still `pending`, or `resolved` with Daraja's ResultCode (0 = paid).
-
-    `result_code` is None exactly when pending. A query result never overrides a callback that already
-    reported success: the sandbox has answered FAILED for pushes that were paid.
-    """
-
-    status: Literal["pending", "resolved"]
-    result_code: int | None
-    result_desc: str | None
-
-
 # ---------------------------------------------------------------------------------------- pure helpers
 
 
@@ -148,28 +122,6 @@ def nairobi_timestamp(moment: datetime) -> str:
 def daraja_password(shortcode: str, passkey: str, timestamp: str) -> str:
     """Daraja's Password: base64(Shortcode + Passkey + Timestamp)."""
     return base64.b64encode(f"{shortcode}{passkey}{timestamp}".encode()).decode("ascii")
-
-
-def parse_expires_in(value: object) -> int | None:
-    """OAuth's expires_in, which Daraja has sent both as a number and as a string of digits."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, str) and value.strip().isdecimal():
-        return int(value.strip())
-    return None
-
-
-def _result_code(value: object) -> int | None:
-    # A string in the query ("1032"), a number in the callback: accept both.
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdecimal():
-        return int(value.strip())
-    return None
 
 
 def _check_push_fields(
@@ -197,35 +149,6 @@ def _utc_now() -> datetime:
 # ----------------------------------------------------------------------------- internal outcomes
 
 
-@dataclass(frozen=True)
-class _Answer:
-    """One HTTP answer from Daraja; `body` is its JSON object, None when it sent anything else."""
-
-    http_status: int
-    body: Mapping[str, Any] | None
-
-    @classmethod
-    def of(cls, response: httpx.Response) -> _Answer:
-        try:
-            parsed = response.json()
-        except ValueError:  # not JSON (an HTML error page, an empty body, bad encoding)
-            parsed = None
-        return cls(response.status_code, parsed if isinstance(parsed, dict) else None)
-
-    def text(self, name: str) -> str | None:
-        value = None if self.body is None else self.body.get(name)
-        return value if isinstance(value, str) else None
-
-    @property
-    def error_code(self) -> str | None:
-        return self.text("errorCode")
-
-    @property
-    def error_message(self) -> str:
-        # Newer gateway builds have answered {"resultCode", "resultDesc"} instead of errorCode/errorMessage.
-        return self.text("errorMessage") or self.text("resultDesc") or f"Daraja answered HTTP {self.http_status}"
-
-
 class _NotSent(Exception):
     """No byte of the request left this process (or no time was left to start it)."""
 
@@ -249,40 +172,6 @@ class _TokenFailure(Exception):
 class _Token:
     value: str
     refresh_at: float  # time.monotonic()
-
-
-# Deletes the refresh lock only if this process still holds it (it may have expired and passed on).
-_RELEASE_IF_OURS: Final = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-
-
-class SharedToken:
-    """The app's one valid token in Redis, for every process of the app. Only a cache: lost (a Redis
-    restart), it is fetched again. It expires from Redis when it is due for refresh; then one process
-    (a lock key) fetches the new one and the others wait for it. A Redis failure is never a failed
-    Daraja call: the client then falls back to its own process's token."""
-
-    def __init__(self, redis: Redis, consumer_key: str) -> None:
-        digest = hashlib.sha256(consumer_key.encode()).hexdigest()[:16]  # one token per Daraja app
-        self._redis = redis
-        self._key = f"kiota:daraja:token:{digest}"
-        self._lock_key = f"{self._key}:refreshing"
-
-    async def get(self) -> str | None:
-        value = await self._redis.get(self._key)
-        return value.decode() if isinstance(value, bytes) else value
-
-    async def put(self, value: str, ttl_seconds: float) -> None:
-        if ttl_seconds > 0:
-            await self._redis.set(self._key, value, px=max(int(ttl_seconds * 1000), 1))
-
-    async def lock(self, seconds: float) -> str | None:
-        """Take the refresh lock for `seconds` at most; its owner id, or None when another holds it."""
-        owner = uuid.uuid4().hex
-        taken = await self._redis.set(self._lock_key, owner, nx=True, px=max(int(seconds * 1000), 1))
-        return owner if taken else None
-
-    async def unlock(self, owner: str) -> None:
-        await self._redis.eval(_RELEASE_IF_OURS, 1, self._lock_key, owner)  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -403,7 +292,7 @@ class DarajaClient:
             push_log.warning("daraja.push.no_token", code=exc.code, http_status=exc.http_status, reason=exc.message)
             error = DarajaRefused if exc.definite else DarajaUnreachable
             raise error(exc.message, code=exc.code, http_status=exc.http_status) from exc
-        accepted = _push_outcome(answer)
+        accepted = push_outcome(answer)
         push_log.info("daraja.push.accepted", checkout_request_id=accepted.checkout_request_id)
         return accepted
 
@@ -429,13 +318,13 @@ class DarajaClient:
             query_log.warning("daraja.query.no_token", code=exc.code, http_status=exc.http_status, reason=exc.message)
             error = DarajaRefused if exc.definite else DarajaTransient
             raise error(exc.message, code=exc.code, http_status=exc.http_status) from exc
-        result = _query_outcome(answer)
+        result = query_outcome(answer)
         query_log.info("daraja.query.answered", status=result.status, result_code=result.result_code)
         return result
 
     # ---- one call, with the retries that cannot reach a customer twice
 
-    async def _call(self, path: str, fields: Mapping[str, object], deadline: float, policy: _RetryPolicy) -> _Answer:
+    async def _call(self, path: str, fields: Mapping[str, object], deadline: float, policy: _RetryPolicy) -> Answer:
         connect_failures = 0
         busy_retries = policy.busy_retries
         token_retried = False
@@ -490,7 +379,7 @@ class DarajaClient:
         headers: Mapping[str, str],
         json: object = None,
         params: Mapping[str, str] | None = None,
-    ) -> _Answer:
+    ) -> Answer:
         remaining = deadline - time.monotonic()
         if remaining < _MIN_ATTEMPT_SECONDS:
             raise _NotSent("out of time before sending")
@@ -508,7 +397,7 @@ class DarajaClient:
         except (httpx.TransportError, TimeoutError) as exc:
             # Read/write timeouts, resets and protocol errors: the request may have arrived.
             raise _MaybeSent(_describe(exc)) from exc
-        return _Answer.of(response)
+        return Answer.of(response)
 
     # ---- the token
 
@@ -607,62 +496,6 @@ class DarajaClient:
             # A 4xx from OAuth (bad credentials, bad grant) will not change by itself; a 5xx or 429 may.
             definite=400 <= status < 500 and status not in TRANSIENT_STATUSES,
         )
-
-
-# -------------------------------------------------------------------------------- answer → outcome
-
-
-def _push_outcome(answer: _Answer) -> PushAccepted:
-    status, code = answer.http_status, answer.error_code
-    if status == 200 and answer.body is not None:
-        response_code = answer.body.get("ResponseCode")
-        checkout_request_id = answer.text("CheckoutRequestID")
-        if str(response_code) == "0" and checkout_request_id:
-            return PushAccepted(
-                merchant_request_id=answer.text("MerchantRequestID") or "",
-                checkout_request_id=checkout_request_id,
-                response_description=answer.text("ResponseDescription") or "",
-                customer_message=answer.text("CustomerMessage") or "",
-            )
-        if response_code is not None and str(response_code) != "0":
-            # Daraja answered, and said no: nothing was started.
-            message = answer.text("ResponseDescription") or "M-Pesa refused the request"
-            log.warning("daraja.push.refused", code=str(response_code), http_status=status, message=message)
-            raise DarajaRefused(message, code=str(response_code), http_status=status)
-    if 400 <= status < 500 or code in PUSH_REFUSED_5XX_CODES:
-        log.warning("daraja.push.refused", code=code, http_status=status, message=answer.error_message)
-        raise DarajaRefused(answer.error_message, code=code, http_status=status)
-    # A 5xx without Daraja's error body, an unknown 5xx code, or a 200 we cannot read: the push may have
-    # been accepted, and without its CheckoutRequestID we cannot even ask. Never repeat it.
-    log.warning("daraja.push.uncertain", code=code, http_status=status)
-    raise DarajaUncertain(
-        f"M-Pesa gave an answer that does not say whether the push was sent (HTTP {status})",
-        code=code,
-        http_status=status,
-    )
-
-
-def _query_outcome(answer: _Answer) -> QueryResult:
-    status, code = answer.http_status, answer.error_code
-    if status == 200 and answer.body is not None:
-        raw = answer.body.get("ResultCode")
-        desc = answer.text("ResultDesc")
-        if str(raw) == PENDING_RESULT_CODE:
-            return QueryResult("pending", None, desc)
-        result_code = _result_code(raw)
-        if result_code is not None:
-            return QueryResult("resolved", result_code, desc)
-    if code == MERCHANT_OR_PROCESSING:
-        if "process" not in answer.error_message.lower():
-            # The same code also means "wrong credentials" / "merchant missing"; staying pending is the
-            # safe reading (the caller's check limit ends it), but an operator should see it.
-            log.warning("daraja.query.odd_pending", code=code, message=answer.error_message)
-        return QueryResult("pending", None, answer.error_message)
-    if status >= 500 or status in TRANSIENT_STATUSES or status == 200 or code == INVALID_TOKEN:
-        # Busy, quota, gateway trouble, a 200 we cannot read, or our fresh token voided again at once
-        # (another process refreshed it meanwhile): asking again later is harmless.
-        raise DarajaTransient(answer.error_message, code=code, http_status=status)
-    raise DarajaRefused(answer.error_message, code=code, http_status=status)
 
 
 async def _pause(seconds: float, deadline: float) -> bool:

@@ -48,7 +48,9 @@ from kiota.dev.chain import (
     snapshot,
     start_anvil,
 )
-from kiota.dev.daraja_sim import DarajaSimulator, SimulatorConfig, running_simulator, serve_in_background
+from kiota.dev.daraja_sim import running_simulator
+from kiota.dev.daraja_sim_behaviour import DarajaSimulator, SimulatorConfig
+from kiota.dev.serving import serve_in_background
 from kiota.migrate import migrate
 from kiota.payouts import LaneConfig
 from kiota.queue import create_queue

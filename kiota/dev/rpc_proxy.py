@@ -58,7 +58,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from kiota.dev.daraja_sim import serve_in_background
+from kiota.dev.serving import serve_in_background
 
 __all__ = [
     "ProxyConfig",

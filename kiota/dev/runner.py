@@ -27,7 +27,9 @@ from redis.asyncio import Redis
 from kiota.auth import issue_token
 from kiota.db import create_pool
 from kiota.dev.chain import BASE_CHAIN_ID, BASE_USDC_ADDRESS, connect, fund_eth, install_usdc, mint_usdc, start_anvil
-from kiota.dev.daraja_sim import SANDBOX_PASSKEY, SANDBOX_SHORTCODE, SimulatorConfig, running_simulator
+from kiota.dev.daraja_sim import running_simulator
+from kiota.dev.daraja_sim_behaviour import SimulatorConfig
+from kiota.dev.daraja_sim_validation import SANDBOX_PASSKEY, SANDBOX_SHORTCODE
 from kiota.dev.keys import DevSecrets, generate_dev_secrets
 from kiota.dev.options import DevOptions
 from kiota.hdwallet import ExtendedPublicKey

@@ -25,22 +25,10 @@ import pytest_asyncio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from kiota.dev.daraja_sim import (
-    RESULT_DESCRIPTIONS,
-    SANDBOX_PASSKEY,
-    SANDBOX_SHORTCODE,
-    DarajaSimulator,
-    RunningSimulator,
-    Scenario,
-    SimulatorConfig,
-    create_simulator,
-    password_for,
-    running_simulator,
-    serve_in_background,
-    serve_simulator,
-    simulator_of,
-    timestamp_now,
-)
+from kiota.dev.daraja_sim import RunningSimulator, create_simulator, running_simulator, serve_simulator, simulator_of
+from kiota.dev.daraja_sim_behaviour import RESULT_DESCRIPTIONS, DarajaSimulator, Scenario, SimulatorConfig
+from kiota.dev.daraja_sim_validation import SANDBOX_PASSKEY, SANDBOX_SHORTCODE, password_for, timestamp_now
+from kiota.dev.serving import serve_in_background
 from kiota.mpesa import NAIROBI
 
 KEY, SECRET = "sim-consumer-key", "sim-consumer-secret"

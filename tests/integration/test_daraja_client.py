@@ -22,24 +22,12 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from kiota.daraja import (
-    DarajaClient,
-    DarajaTimings,
-    PushAccepted,
-    SharedToken,
-    mask_phone,
-    nairobi_timestamp,
-    parse_expires_in,
-)
-from kiota.dev.daraja_sim import (
-    SANDBOX_PASSKEY,
-    SANDBOX_SHORTCODE,
-    PushError,
-    RunningSimulator,
-    Scenario,
-    SimulatorConfig,
-    running_simulator,
-)
+from kiota.daraja import DarajaClient, DarajaTimings, PushAccepted, mask_phone, nairobi_timestamp
+from kiota.daraja_answers import parse_expires_in
+from kiota.daraja_token import SharedToken
+from kiota.dev.daraja_sim import RunningSimulator, running_simulator
+from kiota.dev.daraja_sim_behaviour import PushError, Scenario, SimulatorConfig
+from kiota.dev.daraja_sim_validation import SANDBOX_PASSKEY, SANDBOX_SHORTCODE
 from kiota.errors import (
     DarajaError,
     DarajaRefused,

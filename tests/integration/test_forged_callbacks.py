@@ -29,7 +29,7 @@ from kiota.confirm import confirm_success
 from kiota.daraja import DarajaClient
 from kiota.deposits import PUSH_CANCELLED_REASON, initiate
 from kiota.dev.chain import BASE_USDC_ADDRESS, usdc_balance
-from kiota.dev.daraja_sim import PushError, Scenario
+from kiota.dev.daraja_sim_behaviour import PushError, Scenario
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.ledger import user_account
 from kiota.ledger_store import balance

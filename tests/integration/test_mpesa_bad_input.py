@@ -27,7 +27,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from api.app import create_app
-from kiota.dev.daraja_sim import Scenario, SimulatorConfig, running_simulator
+from kiota.dev.daraja_sim import running_simulator
+from kiota.dev.daraja_sim_behaviour import Scenario, SimulatorConfig
 from kiota.mpesa import RESULT_REASONS
 from kiota.settings import Settings
 from tests.conftest import MpesaSystem

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from kiota.dev.chain import BASE_USDC_ADDRESS, usdc_balance
-from kiota.dev.daraja_sim import PushError, Scenario
+from kiota.dev.daraja_sim_behaviour import PushError, Scenario
 from kiota.ledger import user_account
 from kiota.ledger_store import balance
 from kiota.money import format_usdc, kes_to_usdc

@@ -26,7 +26,9 @@ from web3.types import RPCEndpoint
 from api.app import create_app
 from kiota.db import close_pool, create_pool
 from kiota.dev.chain import BASE_USDC_ADDRESS, AnvilNode, Web3Client, fund_eth, mine, mint_usdc, usdc_balance
-from kiota.dev.daraja_sim import Scenario, SimulatorConfig, running_simulator, serve_in_background
+from kiota.dev.daraja_sim import running_simulator
+from kiota.dev.daraja_sim_behaviour import Scenario, SimulatorConfig
+from kiota.dev.serving import serve_in_background
 from kiota.ledger import user_account
 from kiota.ledger_store import balance
 from kiota.migrate import migrate

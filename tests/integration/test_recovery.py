@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from kiota.callbacks import ingest_callback
 from kiota.dev.chain import BASE_USDC_ADDRESS, usdc_balance
-from kiota.dev.daraja_sim import Scenario
+from kiota.dev.daraja_sim_behaviour import Scenario
 from kiota.ledger import user_account
 from kiota.ledger_store import balance
 from kiota.lost_callbacks import query_deposit

@@ -24,7 +24,7 @@ import jwt
 import pytest
 
 from kiota.deposits import complete_job_id
-from kiota.dev.daraja_sim import Scenario
+from kiota.dev.daraja_sim_behaviour import Scenario
 from tests.conftest import MpesaSystem
 from tests.support import JWT_SECRET, bearer, success_body
 

@@ -19,7 +19,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
-from kiota.dev.daraja_sim import serve_in_background
+from kiota.dev.serving import serve_in_background
 from kiota.settings import Settings
 from tests.support import CALLBACK_TOKEN, bearer, free_port
 

@@ -24,7 +24,7 @@ import pytest
 from api.idempotency import IN_FLIGHT_EXPIRY_SECONDS
 from kiota.daraja import DarajaClient
 from kiota.deposits import InitiateResult, initiate
-from kiota.dev.daraja_sim import PushError, Scenario
+from kiota.dev.daraja_sim_behaviour import PushError, Scenario
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.users import ensure_user
 from tests.conftest import MpesaSystem

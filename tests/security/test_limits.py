@@ -19,7 +19,8 @@ from fastapi import FastAPI
 from structlog.testing import capture_logs
 
 from api.app import create_app
-from kiota.dev.daraja_sim import Scenario, serve_in_background
+from kiota.dev.daraja_sim_behaviour import Scenario
+from kiota.dev.serving import serve_in_background
 from kiota.limiter import Limiter
 from kiota.settings import Settings
 from tests.conftest import MpesaSystem

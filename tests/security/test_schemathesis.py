@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
 
 from api.app import create_app
 from kiota.auth import issue_token
-from kiota.dev.daraja_sim import PushError, Scenario
+from kiota.dev.daraja_sim_behaviour import PushError, Scenario
 from tests.conftest import MpesaSystem
 from tests.security.fuzzing import examples, fuzz_settings, timeout_seconds
 from tests.support import JWT_SECRET
