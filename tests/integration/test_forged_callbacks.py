@@ -255,6 +255,22 @@ async def test_an_operator_retry_asks_again_and_an_operator_confirmation_pays(mp
     assert code == 2 and "--by" in out  # who confirmed is never left to a default
 
 
+async def test_an_operator_cannot_confirm_money_that_never_arrived(mpesa_system: MpesaSystem) -> None:
+    """`kiota ops confirm` is an input that moves money: on a deposit no success was received for (still
+    pending, no callback), it is refused and nothing is paid."""
+    system = mpesa_system
+    treasury_before = await usdc_balance(system.w3, BASE_USDC_ADDRESS, system.treasury_address)
+    system.simulator.set_scenario(Scenario(outcome="none"), next_push=True)  # no callback ever comes
+    body = (await system.initiate("oscar", 1295)).json()
+    code, out = await kiota_ops(
+        system.settings.database_url, system.settings.redis_url, "confirm", body["deposit_id"], "--by", "mallory"
+    )
+    assert code == 2 and "only a success received" in out, out
+    row = await deposit_row(system, body["deposit_id"])
+    assert (row["status"], row["confirmed_at"]) == ("pending", None)
+    await assert_nothing_paid(system, "oscar", treasury_before)
+
+
 @pytest.mark.system_settings(mpesa_confirm_success="off")
 async def test_with_confirmation_off_the_job_marks_the_deposit_confirmed_by_the_setting(
     mpesa_system: MpesaSystem,
