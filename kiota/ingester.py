@@ -42,8 +42,8 @@ from kiota import ledger
 from kiota.chain_rpc import ChainReader
 from kiota.db import Connection, advisory_unlock, try_advisory_lock
 from kiota.errors import ChainUnavailable
-from kiota.ledger_store import post_entries
 from kiota.sql import load_queries
+from kiota.store.ledger import post_entries
 from kiota.usdc import (
     GONE,
     MAX_CREDIT_MICRO,

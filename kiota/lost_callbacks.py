@@ -23,9 +23,9 @@ from kiota.deposits import complete_job_id
 from kiota.errors import DarajaError, DarajaRefused
 from kiota.job_history import record_job
 from kiota.job_names import JobName
-from kiota.ledger_store import post_entry
 from kiota.mpesa import Action, DepositView, StkCallback, decide
 from kiota.sql import load_queries
+from kiota.store.ledger import post_entry
 
 log = structlog.get_logger(__name__)
 

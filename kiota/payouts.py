@@ -56,8 +56,8 @@ import structlog
 from kiota import ledger
 from kiota.db import Connection, advisory_unlock, connection_lost, try_advisory_lock
 from kiota.errors import ChainUnavailable, KiotaError
-from kiota.ledger_store import post_entries
 from kiota.sql import load_queries
+from kiota.store.ledger import post_entries
 from kiota.treasury import TRANSFER_GAS_LIMIT, Fees, FeeTooLow, Receipt, SignedTx, Treasury
 from kiota.usdc import PAYOUT_FINAL, PAYOUT_GONE, PAYOUT_REVERTED, PAYOUT_WAITING, confirmations, payout_finality
 

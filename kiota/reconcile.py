@@ -12,9 +12,9 @@ import asyncpg
 
 from kiota.chain_rpc import ChainReader
 from kiota.ledger import TREASURY_USDC
-from kiota.ledger_store import balance
 from kiota.money import format_usdc
 from kiota.sql import load_queries
+from kiota.store.ledger import balance
 
 
 @dataclass(frozen=True, slots=True)

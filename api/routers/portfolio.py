@@ -7,8 +7,8 @@ from fastapi import APIRouter
 from api.deps import CurrentUser, PoolDep
 from api.schemas import AUTHENTICATED, PortfolioOut
 from kiota.ledger import USER_ASSETS
-from kiota.ledger_store import user_balances
 from kiota.money import format_usdc
+from kiota.store.ledger import user_balances
 
 router = APIRouter(tags=["portfolio"])
 

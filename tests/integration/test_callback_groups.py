@@ -25,11 +25,11 @@ from api.app import create_app
 from kiota.callbacks import MAX_ROUNDS, CallbackGroups, Received, Seen, _row, plan
 from kiota.errors import CallbackNotRecorded
 from kiota.hdwallet import ExtendedPublicKey
-from kiota.ledger_store import balance
 from kiota.mpesa import DepositView, parse_callback
 from kiota.queue import create_queue
 from kiota.settings import Settings
 from kiota.sql import load_queries
+from kiota.store.ledger import balance
 from kiota.users import ensure_user
 from tests.support import CALLBACK_TOKEN, TEST_XPUB, free_port, settings_kwargs, success_body
 

@@ -32,11 +32,11 @@ from kiota.dev.chain import BASE_USDC_ADDRESS, usdc_balance
 from kiota.dev.daraja_sim_behaviour import PushError, Scenario
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.ledger import user_account
-from kiota.ledger_store import balance
 from kiota.migrate import discover, migrate
 from kiota.mpesa import USER_CHECKING, USER_NOT_PAID, USER_PROMPT_NOT_SENT
 from kiota.payouts import LaneConfig, pay_deposit
 from kiota.settings import Settings
+from kiota.store.ledger import balance
 from kiota.sweeper import UNKNOWN_PUSH_REASON, sweep
 from kiota.users import ensure_user
 from tests.conftest import MpesaSystem

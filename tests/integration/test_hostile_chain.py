@@ -21,7 +21,6 @@ from kiota.dev.chain import BASE_USDC_ADDRESS, install_usdc, mint_usdc
 from kiota.dev.rpc_proxy import ProxyConfig, running_rpc_proxy
 from kiota.ingester import RoundReport, ScanConfig, scan_round
 from kiota.ledger import SUSPENSE_USDC, user_account
-from kiota.ledger_store import balance, post_entry
 from kiota.payouts import (
     LaneConfig,
     PayoutOutcome,
@@ -31,6 +30,7 @@ from kiota.payouts import (
     recheck_settled_payouts,
 )
 from kiota.sql import load_queries
+from kiota.store.ledger import balance, post_entry
 from kiota.treasury import Fees, Treasury
 from kiota.usdc import MAX_CREDIT_MICRO
 from tests.conftest import MpesaSystem

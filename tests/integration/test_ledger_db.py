@@ -12,8 +12,8 @@ from kiota import ledger
 from kiota.errors import LedgerError
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.ledger import Direction, Entry, Posting
-from kiota.ledger_store import balance, post_entries, post_entry, user_balances
 from kiota.sql import load_queries
+from kiota.store.ledger import balance, post_entries, post_entry, user_balances
 from kiota.users import ensure_user
 from tests.support import TEST_XPUB
 

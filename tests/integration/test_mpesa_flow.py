@@ -12,9 +12,9 @@ import pytest
 from kiota.dev.chain import BASE_USDC_ADDRESS, usdc_balance
 from kiota.dev.daraja_sim_behaviour import PushError, Scenario
 from kiota.ledger import user_account
-from kiota.ledger_store import balance
 from kiota.money import format_usdc, kes_to_usdc
 from kiota.mpesa import RESULT_REASONS, USER_CHECKING
+from kiota.store.ledger import balance
 from tests.conftest import MpesaSystem
 from tests.support import bearer, success_body
 

@@ -16,8 +16,8 @@ from kiota import ops
 from kiota.dev.chain import BASE_USDC_ADDRESS
 from kiota.dev.rpc_proxy import ProxyState, running_rpc_proxy
 from kiota.ledger import user_account
-from kiota.ledger_store import balance
 from kiota.mpesa import USER_CHECKING
+from kiota.store.ledger import balance
 from kiota.treasury import Treasury
 from tests.conftest import MpesaSystem
 from tests.integration.test_mpesa_flow import transfers_from

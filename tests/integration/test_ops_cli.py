@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from kiota import ledger
 from kiota.deposits import complete_job_id
 from kiota.hdwallet import ExtendedPublicKey
-from kiota.ledger_store import post_entry
+from kiota.store.ledger import post_entry
 from kiota.users import ensure_user
 from tests.support import TEST_XPUB
 

@@ -30,10 +30,10 @@ from kiota.dev.daraja_sim import running_simulator
 from kiota.dev.daraja_sim_behaviour import Scenario, SimulatorConfig
 from kiota.dev.serving import serve_in_background
 from kiota.ledger import user_account
-from kiota.ledger_store import balance
 from kiota.migrate import migrate
 from kiota.queue import create_queue
 from kiota.settings import WorkerSettings
+from kiota.store.ledger import balance
 from tests.conftest import TREASURY_USDC, MpesaSystem
 from tests.integration.test_mpesa_flow import transfers_from
 from tests.services import PrivatePostgres, PrivateRedis, private_postgres, private_redis

@@ -14,9 +14,9 @@ from kiota import ops
 from kiota.dev.chain import BASE_USDC_ADDRESS, mint_usdc, usdc_balance
 from kiota.errors import ChainUnavailable
 from kiota.ledger import user_account
-from kiota.ledger_store import balance
 from kiota.mpesa import USER_CHECKING
 from kiota.payouts import LaneConfig, pay_deposit
+from kiota.store.ledger import balance
 from kiota.treasury import Fees, Treasury
 from tests.conftest import MpesaSystem
 from tests.integration.test_mpesa_flow import counts, transfers_from

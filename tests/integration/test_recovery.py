@@ -16,9 +16,9 @@ from kiota.callbacks import ingest_callback
 from kiota.dev.chain import BASE_USDC_ADDRESS, usdc_balance
 from kiota.dev.daraja_sim_behaviour import Scenario
 from kiota.ledger import user_account
-from kiota.ledger_store import balance
 from kiota.lost_callbacks import query_deposit
 from kiota.mpesa import USER_CHECKING
+from kiota.store.ledger import balance
 from tests.conftest import MpesaSystem
 from tests.integration.test_callback_groups import paid
 from tests.integration.test_mpesa_flow import counts, transfers_from

@@ -12,7 +12,7 @@ from kiota.chain_rpc import ChainReader
 from kiota.dev.chain import BASE_USDC_ADDRESS, install_usdc, mint_usdc
 from kiota.ingester import ScanConfig, scan_round
 from kiota.ledger import user_account
-from kiota.ledger_store import balance
+from kiota.store.ledger import balance
 from kiota.treasury import SignedTx
 from tests.conftest import MpesaSystem
 from tests.support import bearer

@@ -1,0 +1,236 @@
+"""The system of record's rows as typed, frozen values.
+
+One dataclass per table the services pass around. A record's fields are its table's columns,
+named as the columns are, so a new column is added here and in its migration, and nowhere else:
+`from_row` picks a record's fields out of any row that has them (a query returning a record
+selects `*` or `table.*`), converts what the driver returns in a wider type (NUMERIC money to
+`int`, arrays to tuples), and refuses a row that lacks one. Only `kiota/store/` builds records
+from rows; everything above it reads attributes, never `row["…"]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Self, Union, get_args, get_origin, get_type_hints
+
+
+class Record:
+    """Base of the records: construction from a row."""
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        values: dict[str, Any] = {}
+        for name, convert in _converters(cls):
+            try:
+                value = row[name]
+            except KeyError:
+                raise KeyError(f"a row for {cls.__name__} lacks the column {name!r}") from None
+            values[name] = value if value is None else convert(value)
+        return cls(**values)
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, Decimal):
+        if value != value.to_integral_value():
+            raise ValueError(f"{value} is not a whole number of units")
+        return int(value)
+    return int(value)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+_CONVERTERS: dict[type, tuple[tuple[str, Any], ...]] = {}
+
+
+def _converters(cls: type) -> tuple[tuple[str, Any], ...]:
+    if cls in _CONVERTERS:
+        return _CONVERTERS[cls]
+    hints = get_type_hints(cls)
+    out: list[tuple[str, Any]] = []
+    for field in dataclasses.fields(cls):
+        hint = hints[field.name]
+        if get_origin(hint) in (Union, types.UnionType):
+            hint = next(arg for arg in get_args(hint) if arg is not type(None))
+        if hint is int:
+            out.append((field.name, _whole))
+        elif get_origin(hint) is tuple:
+            out.append((field.name, tuple))
+        else:
+            out.append((field.name, _same))
+    _CONVERTERS[cls] = tuple(out)
+    return _CONVERTERS[cls]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Deposit(Record):
+    """An M-Pesa deposit (`deposits`): KES in, USDC paid to the user's address."""
+
+    id: uuid.UUID
+    user_id: str
+    kind: str
+    status: str
+    amount_kes: int
+    kes_per_usd: Decimal
+    amount_usdc: int
+    phone_masked: str
+    checkout_request_id: str | None
+    merchant_request_id: str | None
+    mpesa_receipt: str | None
+    received_kes: int | None
+    paid_at_mpesa: datetime | None
+    tx_hash: str | None
+    failure_code: str | None
+    failure_reason: str | None
+    review_reason: str | None
+    query_attempts: int
+    next_query_at: datetime | None
+    processing_since: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    pushed_at: datetime | None
+    last_query_result: str | None
+    confirmed_at: datetime | None
+    confirmed_by: str | None
+    confirm_started_at: datetime | None
+    confirm_attempts: int
+    confirm_answer: str | None
+    request_key: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Callback(Record):
+    """One raw callback Safaricom (or anyone) posted (`mpesa_callbacks`), parsed as far as it went."""
+
+    id: int
+    received_at: datetime
+    remote_addr: str | None
+    raw_body: str
+    parse_error: str | None
+    checkout_request_id: str | None
+    merchant_request_id: str | None
+    result_code: int | None
+    result_desc: str | None
+    amount_kes: int | None
+    mpesa_receipt: str | None
+    transaction_at: datetime | None
+    phone_masked: str | None
+    deposit_id: uuid.UUID | None
+    disposition: str
+    raw_bytes: bytes | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Payout(Record):
+    """One USDC transfer from the treasury (`payouts`); its nonce once signed."""
+
+    id: int
+    deposit_id: uuid.UUID | None
+    purpose: str
+    chain_id: int
+    token_address: str
+    from_address: str
+    to_address: str
+    amount_micro: int
+    nonce: int | None
+    status: str
+    tx_hash: str | None
+    block_number: int | None
+    created_at: datetime
+    updated_at: datetime
+    settled_at: datetime | None
+    cancel_reason: str | None
+    final_at: datetime | None
+    out_of_chain_block: int | None
+    signed_at: datetime | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attempt(Record):
+    """One signed transaction for a payout's nonce (`payout_attempts`), stored before it is sent."""
+
+    id: int
+    payout_id: int
+    nonce: int
+    tx_hash: str
+    raw_tx: str
+    max_fee_per_gas: int
+    max_priority_fee_per_gas: int
+    gas_limit: int
+    created_at: datetime
+    broadcast_at: datetime | None
+    broadcast_block: int | None
+    kind: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Intent(Record):
+    """A USDC deposit intent (`deposit_intents`): an address watched until paid, expired or given up."""
+
+    id: uuid.UUID
+    user_id: str
+    status: str
+    deposit_address: str
+    expected_amount_usdc: int | None
+    received_amount_usdc: int | None
+    transfer_id: int | None
+    checks: int
+    end_reason: str | None
+    flags: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Transfer(Record):
+    """A USDC Transfer log seen on chain to one of our addresses (`chain_transfers`)."""
+
+    id: int
+    chain_id: int
+    tx_hash: str
+    log_index: int
+    block_number: int
+    block_hash: str
+    token_address: str
+    from_address: str
+    to_address: str
+    amount_micro: int
+    user_id: str
+    kind: str
+    status: str
+    intent_id: uuid.UUID | None
+    flags: tuple[str, ...]
+    first_seen_at: datetime
+    credited_at: datetime | None
+    reversed_at: datetime | None
+    seq: int
+    credit_key: str | None
+    gone_rounds: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobRun(Record):
+    """A job's history in PostgreSQL (`jobs`): runs, failures, and why it stopped."""
+
+    id: str
+    function: str
+    deposit_id: uuid.UUID | None
+    status: str
+    failures: int
+    runs: int
+    last_error: str | None
+    blocked_reason: str | None
+    next_run_at: datetime | None
+    first_run_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    worker_id: str | None
