@@ -17,7 +17,10 @@ from kiota.deposits import complete_job_id
 from kiota.errors import KiotaError
 from kiota.job_history import enqueue, record_job
 from kiota.job_names import JobName
-from kiota.sql import load_queries
+from kiota.records import Guards, ReviewItem
+from kiota.store import ops as store
+from kiota.store import payouts as payout_store
+from kiota.store.ops import StuckDeposit
 
 log = structlog.get_logger(__name__)
 
@@ -40,29 +43,28 @@ async def retry_deposit(pool: asyncpg.Pool, queue: ArqRedis, deposit_id: uuid.UU
     A success M-Pesa has not confirmed is never paid by a retry: its job asks the STK query
     again (with a fresh bound) and sends it back to review if the answer is still not 0.
     A deposit whose payout may still be mined (given up on, and its nonce not yet decided at the
-    required confirmations: kiota/payouts.py) is refused: a second payout could pay it twice."""
-    q = load_queries()
+    required confirmations: kiota/payouts/filler.py) is refused: a second payout could pay it twice."""
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(q.deposit_for_retry, deposit_id)
-        if row is None:
+        deposit = await store.deposit_for_retry(conn, deposit_id)
+        if deposit is None:
             raise CannotRetry(f"no deposit {deposit_id}")
-        in_flight = await conn.fetchrow(q.payout_in_flight_of_deposit, deposit_id)
-        if row["status"] == "needs_review" and in_flight is not None:
+        in_flight = await payout_store.payout_in_flight_of_deposit(conn, deposit_id)
+        if deposit.status == "needs_review" and in_flight is not None:
             raise CannotRetry(
-                f"the deposit's payout {in_flight['id']} (nonce {in_flight['nonce']}) is {in_flight['status']}: "
+                f"the deposit's payout {in_flight.id} (nonce {in_flight.nonce}) is {in_flight.status}: "
                 "the chain has not yet decided it at DEPOSIT_CONFIRMATIONS_REQUIRED confirmations, and a reorg "
                 "could still mine it, so a new payout could pay twice. The lane decides it by itself (its nonce "
                 "filled: payout cancelled, retry then; or mined after all: deposit completed); retry in a minute."
             )
-        if row["status"] == "needs_review":
-            if await conn.fetchval(q.deposit_retry_from_review, deposit_id) is None:
+        if deposit.status == "needs_review":
+            if not await store.retry_from_review(conn, deposit_id):
                 raise CannotRetry("only a paid deposit (with an M-Pesa receipt) that was not paid out can be retried")
-        elif row["status"] != "processing":
-            raise CannotRetry(f"the deposit is {row['status']}; there is nothing to retry")
+        elif deposit.status != "processing":
+            raise CannotRetry(f"the deposit is {deposit.status}; there is nothing to retry")
         job_id = await _restart_job(conn, deposit_id)
     enqueued = await enqueue(queue, JobName.COMPLETE_MPESA_DEPOSIT, job_id, str(deposit_id))
     log.info("operator retried a deposit", deposit_id=str(deposit_id), by=by)
-    return RetryResult(str(deposit_id), job_id, enqueued, row["confirmed_at"] is not None)
+    return RetryResult(str(deposit_id), job_id, enqueued, deposit.confirmed_at is not None)
 
 
 async def confirm_deposit(
@@ -71,24 +73,23 @@ async def confirm_deposit(
     """An operator found the payment on the M-Pesa statement: the deposit's success is confirmed by them
     (recorded with their name and note, in place of the STK query's 0), and its completion runs again,
     from review if it was there. Only money received for this deposit and never paid out, once."""
-    q = load_queries()
     who = f"operator:{by}"
     said = f"checked on the M-Pesa statement by {by}" + (f": {note}" if note else "")
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(q.deposit_for_retry, deposit_id)
-        if row is None:
+        deposit = await store.deposit_for_retry(conn, deposit_id)
+        if deposit is None:
             raise CannotRetry(f"no deposit {deposit_id}")
-        if row["confirmed_at"] is not None:
+        if deposit.confirmed_at is not None:
             raise CannotRetry("the deposit is confirmed already; `kiota ops retry` runs its completion again")
-        status = await conn.fetchval(q.deposit_confirmed_by_operator, deposit_id, who, said[:500])
+        status = await store.confirmed_by_operator(conn, deposit_id, who, said[:500])
         if status is None:
             raise CannotRetry(
-                f"the deposit is {row['status']}: only a success received for it (processing or in review) "
+                f"the deposit is {deposit.status}: only a success received for it (processing or in review) "
                 "and never paid out can be confirmed"
             )
-        if status == "needs_review" and await conn.fetchval(q.deposit_retry_from_review, deposit_id) is None:
+        if status == "needs_review" and not await store.retry_from_review(conn, deposit_id):
             raise CannotRetry("the deposit has an open review of its callbacks (kiota ops review): resolve that first")
-        await conn.execute(q.resolve_unconfirmed_review, deposit_id, f"confirmed by operator {by}: {note}"[:1000])
+        await store.resolve_unconfirmed_review(conn, deposit_id, f"confirmed by operator {by}: {note}"[:1000])
         job_id = await _restart_job(conn, deposit_id)
     enqueued = await enqueue(queue, JobName.COMPLETE_MPESA_DEPOSIT, job_id, str(deposit_id))
     log.warning("operator confirmed an M-Pesa payment by hand", deposit_id=str(deposit_id), by=by, note=note)
@@ -103,25 +104,39 @@ async def _restart_job(conn: Connection, deposit_id: uuid.UUID) -> str:
 
 async def release_blocked(pool: asyncpg.Pool, queue: ArqRedis) -> int:
     """Re-enqueue every blocked job (after a guard was released)."""
-    q = load_queries()
-    rows = await pool.fetch(q.blocked_jobs)
-    for row in rows:
-        await pool.execute(q.requeue_blocked_job, row["id"])
-        await enqueue(queue, row["function"], row["id"], str(row["deposit_id"]))
-    return len(rows)
+    jobs = await store.blocked_jobs(pool)
+    for job in jobs:
+        await store.requeue_blocked_job(pool, job.id)
+        await enqueue(queue, job.function, job.id, str(job.deposit_id))
+    return len(jobs)
 
 
 async def set_kill_switch(pool: asyncpg.Pool, queue: ArqRedis, on: bool, by: str) -> int:
-    await pool.execute(load_queries().set_kill_switch, on, by)
+    await payout_store.set_kill_switch(pool, on, by)
     log.warning("payout kill switch " + ("ON" if on else "off"), by=by)
     return 0 if on else await release_blocked(pool, queue)
 
 
 async def resume_lane(pool: asyncpg.Pool, queue: ArqRedis, by: str) -> int:
-    await pool.execute(load_queries().resume_lane, by)
+    await payout_store.resume_lane(pool, by)
     log.warning("payout lane resumed", by=by)
     return await release_blocked(pool, queue)
 
 
-async def stuck_deposits(pool: asyncpg.Pool, older_than_seconds: float = 600) -> list[asyncpg.Record]:
-    return list(await pool.fetch(load_queries().stuck_deposits, older_than_seconds))
+async def set_limits(
+    pool: asyncpg.Pool, per_deposit: int | None, hourly: int | None, daily: int | None, by: str
+) -> None:
+    """The payout limits in USDC micro-units; None leaves one as it is."""
+    await payout_store.set_limits(pool, per_deposit, hourly, daily, by)
+
+
+async def guards(pool: asyncpg.Pool) -> Guards:
+    return await payout_store.guards(pool)
+
+
+async def stuck_deposits(pool: asyncpg.Pool, older_than_seconds: float = 600) -> list[StuckDeposit]:
+    return await store.stuck_deposits(pool, older_than_seconds)
+
+
+async def open_reviews(pool: asyncpg.Pool) -> list[ReviewItem]:
+    return await store.open_review_items(pool)

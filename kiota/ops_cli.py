@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import uuid
-from decimal import Decimal
+from collections.abc import Sequence
 
 import asyncpg
 from arq.connections import ArqRedis
@@ -14,22 +14,17 @@ from kiota.db import create_pool
 from kiota.errors import InvalidInput
 from kiota.money import format_usdc, parse_usdc
 from kiota.queue import create_queue
-from kiota.sql import load_queries
 
 
-def _print_rows(rows: list[asyncpg.Record], columns: list[str]) -> None:
+def _print_rows(rows: Sequence[object], columns: list[str]) -> None:
+    """`name=value` for each named field that has a value, a line per row (money as whole units: the records
+    hold integers)."""
     if not rows:
         print("(none)")
         return
     for row in rows:
-        print("  ".join(f"{name}={_plain(row[name])}" for name in columns if row[name] is not None))
-
-
-def _plain(value: object) -> object:
-    """A whole number from a numeric column as digits (the driver may give Decimal('3.00E+6'))."""
-    if isinstance(value, Decimal) and value == value.to_integral_value():
-        return int(value)
-    return value
+        values = [(name, getattr(row, name)) for name in columns]
+        print("  ".join(f"{name}={value}" for name, value in values if value is not None))
 
 
 def _deposit_id(text: str) -> uuid.UUID:
@@ -50,7 +45,6 @@ async def run_ops(args: argparse.Namespace, database_url: str, redis_url: str) -
 
 
 async def _dispatch(args: argparse.Namespace, pool: asyncpg.Pool, queue: ArqRedis) -> int:
-    q = load_queries()
     if args.action == "stuck":
         rows = await ops.stuck_deposits(pool, args.older_than)
         _print_rows(
@@ -72,7 +66,7 @@ async def _dispatch(args: argparse.Namespace, pool: asyncpg.Pool, queue: ArqRedi
         )
     elif args.action == "review":
         _print_rows(
-            list(await pool.fetch(q.open_review_items)),
+            await ops.open_reviews(pool),
             [
                 "id",
                 "kind",
@@ -108,17 +102,13 @@ async def _dispatch(args: argparse.Namespace, pool: asyncpg.Pool, queue: ArqRedi
     elif args.action == "resume-lane":
         print(f"lane resumed; {await ops.resume_lane(pool, queue, args.by)} blocked job(s) re-enqueued")
     elif args.action == "limits":
-        values = [parse_usdc(v) if v else None for v in (args.per_deposit, args.hourly, args.daily)]
-        await pool.execute(q.set_limits, *values, args.by)
+        per_deposit, hourly, daily = (parse_usdc(v) if v else None for v in (args.per_deposit, args.hourly, args.daily))
+        await ops.set_limits(pool, per_deposit, hourly, daily, args.by)
     if args.action in ("guards", "limits"):
-        guards = await pool.fetchrow(q.guards)
-        assert guards is not None
+        guards = await ops.guards(pool)
+        print(f"kill_switch={guards.kill_switch} lane_paused={guards.lane_paused} pause_reason={guards.pause_reason}")
         print(
-            f"kill_switch={guards['kill_switch']} lane_paused={guards['lane_paused']} "
-            f"pause_reason={guards['pause_reason']}"
-        )
-        print(
-            f"per_deposit_max={format_usdc(guards['per_deposit_max_micro'])} "
-            f"hourly_cap={format_usdc(guards['hourly_cap_micro'])} daily_cap={format_usdc(guards['daily_cap_micro'])}"
+            f"per_deposit_max={format_usdc(guards.per_deposit_max_micro)} "
+            f"hourly_cap={format_usdc(guards.hourly_cap_micro)} daily_cap={format_usdc(guards.daily_cap_micro)}"
         )
     return 0

@@ -13,8 +13,8 @@ import asyncpg
 from kiota.chain_rpc import ChainReader
 from kiota.ledger import TREASURY_USDC
 from kiota.money import format_usdc
-from kiota.sql import load_queries
 from kiota.store.ledger import balance
+from kiota.store.ops import user_ledgers
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,14 +30,12 @@ async def reconcile(
 ) -> tuple[list[Difference], list[str]]:
     differences: list[Difference] = []
     lines: list[str] = []
-    for row in await pool.fetch(load_queries().reconcile_users):
-        chain = await reader.usdc_balance(token, row["deposit_address"])
-        ledger = int(row["ledger_micro"])
-        lines.append(
-            f"user {row['id']} {row['deposit_address']} ledger {format_usdc(ledger)} chain {format_usdc(chain)}"
-        )
+    for user in await user_ledgers(pool):
+        chain = await reader.usdc_balance(token, user.deposit_address)
+        ledger = user.ledger_micro
+        lines.append(f"user {user.id} {user.deposit_address} ledger {format_usdc(ledger)} chain {format_usdc(chain)}")
         if chain != ledger:
-            differences.append(Difference(f"user {row['id']}", row["deposit_address"], ledger, chain))
+            differences.append(Difference(f"user {user.id}", user.deposit_address, ledger, chain))
     if treasury:
         # The treasury's funding is not booked, so its ledger account holds only the payouts (negative).
         paid_out = -await balance(pool, TREASURY_USDC)

@@ -13,17 +13,22 @@ from __future__ import annotations
 import dataclasses
 import types
 import uuid
-from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Self, Union, get_args, get_origin, get_type_hints
+from typing import Any, Protocol, Self, Union, get_args, get_origin, get_type_hints
+
+
+class Row(Protocol):
+    """What a record is built from: anything whose columns are read by name (a driver's row, a dict)."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
 
 
 class Record:
     """Base of the records: construction from a row."""
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Self:
+    def from_row(cls, row: Row) -> Self:
         values: dict[str, Any] = {}
         for name, convert in _converters(cls):
             try:
@@ -234,3 +239,37 @@ class JobRun(Record):
     updated_at: datetime
     finished_at: datetime | None
     worker_id: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Guards(Record):
+    """The payout guards (`payout_guards`, one row): the kill switch, the lane's pause, the limits."""
+
+    id: bool
+    kill_switch: bool
+    lane_paused: bool
+    pause_reason: str | None
+    per_deposit_max_micro: int
+    hourly_cap_micro: int
+    daily_cap_micro: int
+    updated_at: datetime
+    updated_by: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReviewItem(Record):
+    """Money or an event waiting for a person (`review_items`)."""
+
+    id: int
+    kind: str
+    dedupe_key: str
+    deposit_id: uuid.UUID | None
+    callback_id: int | None
+    amount_kes: int | None
+    reason: str
+    status: str
+    created_at: datetime
+    resolved_at: datetime | None
+    resolution: str | None
+    chain_transfer_id: int | None
+    amount_usdc_micro: int | None

@@ -64,19 +64,6 @@ SET status = 'completed', tx_hash = v.tx_hash, completed_at = now(), updated_at 
 FROM locked JOIN unnest($1::uuid[], $2::text[]) AS v (id, tx_hash) ON v.id = locked.id
 WHERE d.id = locked.id;
 
--- name: deposit_retry_from_review
--- An operator's retry: back to processing, with a fresh 30-minute window. Only money
--- we received for this deposit (received_kes) and never paid out can be retried.
--- A success M-Pesa has not confirmed is asked about again, with a fresh bound (kiota/confirm.py).
-UPDATE deposits
-SET status = 'processing', review_reason = NULL, processing_since = now(), updated_at = now(),
-    confirm_started_at = CASE WHEN confirmed_at IS NULL THEN NULL ELSE confirm_started_at END,
-    confirm_attempts = CASE WHEN confirmed_at IS NULL THEN 0 ELSE confirm_attempts END
-WHERE id = $1 AND status = 'needs_review' AND received_kes IS NOT NULL AND tx_hash IS NULL
-  AND NOT EXISTS (SELECT 1 FROM review_items r WHERE r.deposit_id = $1 AND r.kind = 'mpesa_callback'
-                  AND r.status = 'open')
-RETURNING id;
-
 -- name: insert_callback
 INSERT INTO mpesa_callbacks (
     remote_addr, raw_body, parse_error, checkout_request_id, merchant_request_id, result_code, result_desc,
@@ -84,28 +71,11 @@ INSERT INTO mpesa_callbacks (
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 RETURNING id;
 
--- name: open_review_items
-SELECT * FROM review_items WHERE status = 'open' ORDER BY created_at;
-
 -- name: early_callbacks
 SELECT count(*) FROM mpesa_callbacks WHERE checkout_request_id = $1 AND deposit_id IS NULL AND disposition <> 'malformed';
 
 -- name: deposit_processing_since
 SELECT processing_since FROM deposits WHERE id = $1;
-
--- name: stuck_deposits
--- Deposits an operator should look at: in review, or not finished after a while.
-SELECT d.id, d.user_id, d.status, d.amount_kes, d.amount_usdc, d.mpesa_receipt, d.checkout_request_id,
-       d.failure_reason, d.review_reason, d.confirmed_by, d.confirm_answer, d.created_at, d.updated_at,
-       j.id AS job_id, j.status AS job_status, j.failures, j.last_error, j.blocked_reason
-FROM deposits d
-LEFT JOIN jobs j ON j.deposit_id = d.id
-WHERE d.status = 'needs_review'
-   OR (d.status IN ('pending', 'processing') AND d.updated_at < now() - make_interval(secs => $1))
-ORDER BY d.created_at;
-
--- name: deposit_for_retry
-SELECT status, mpesa_receipt, tx_hash, confirmed_at FROM deposits WHERE id = $1 FOR UPDATE;
 
 -- name: metrics_snapshot
 -- Everything /metrics reports, in one round trip.
@@ -213,15 +183,6 @@ SET status = 'open', reason = EXCLUDED.reason, amount_kes = EXCLUDED.amount_kes,
 -- name: resolve_unconfirmed_review
 UPDATE review_items SET status = 'resolved', resolved_at = now(), resolution = $2
 WHERE dedupe_key = 'unconfirmed:' || $1::uuid::text AND status = 'open';
-
--- name: deposit_confirmed_by_operator
--- An operator checked the M-Pesa statement: id, confirmed_by, what they wrote. Only money received for this
--- deposit (received_kes) and never paid out, and only once.
-UPDATE deposits
-SET confirmed_at = now(), confirmed_by = $2, confirm_answer = $3, updated_at = now()
-WHERE id = $1 AND confirmed_at IS NULL AND status IN ('processing', 'needs_review')
-  AND received_kes IS NOT NULL AND tx_hash IS NULL
-RETURNING status;
 
 -- name: unknown_pushes_to_review
 -- Pending deposits whose push has no CheckoutRequestID this long after they were recorded: the request

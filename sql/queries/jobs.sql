@@ -39,12 +39,6 @@ WHERE id = $1;
 -- name: job_gave_up
 UPDATE jobs SET status = 'failed', last_error = $2, finished_at = now(), updated_at = now() WHERE id = $1;
 
--- name: blocked_jobs
-SELECT id, function, deposit_id FROM jobs WHERE status = 'blocked';
-
--- name: requeue_blocked_job
-UPDATE jobs SET status = 'queued', blocked_reason = NULL, updated_at = now() WHERE id = $1 AND status = 'blocked';
-
 -- name: running_jobs_by_worker
 SELECT worker_id, array_agg(id) AS job_ids FROM jobs WHERE status = 'running' AND worker_id IS NOT NULL
 GROUP BY worker_id;

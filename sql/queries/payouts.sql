@@ -123,7 +123,7 @@ WHERE tx_hash = ANY($1::text[]);
 SELECT * FROM payouts WHERE status = 'signed' AND chain_id = $1 AND from_address = $2 ORDER BY nonce LIMIT $3;
 
 -- name: guards_for_share
-SELECT kill_switch, lane_paused FROM payout_guards FOR SHARE;
+SELECT * FROM payout_guards FOR SHARE;
 
 -- name: deposits_still_processing
 -- The deposits a turn may sign for, locked: still processing, and confirmed with M-Pesa.
@@ -180,5 +180,5 @@ VALUES ('payout_lost', 'payout:' || $1::bigint || ':lost', $2, $3)
 ON CONFLICT (dedupe_key) DO NOTHING;
 
 -- name: payout_in_flight_of_deposit
--- A deposit's payout that may still be mined: signed, or given up on and not yet decided (kiota/payouts.py).
-SELECT id, status, nonce FROM payouts WHERE deposit_id = $1 AND status IN ('signed', 'cancelling');
+-- A deposit's payout that may still be mined: signed, or given up on and not yet decided (kiota/payouts/).
+SELECT * FROM payouts WHERE deposit_id = $1 AND status IN ('signed', 'cancelling');

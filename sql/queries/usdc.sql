@@ -201,8 +201,3 @@ SELECT user_id, usdc_micro, $3 FROM unnest($1::text[], $2::bigint[]) AS b (user_
 ON CONFLICT (user_id) DO UPDATE SET usdc_micro = EXCLUDED.usdc_micro, block_number = EXCLUDED.block_number,
     updated_at = now()
 WHERE wallet_balances.block_number <= EXCLUDED.block_number;
-
--- name: reconcile_users
-SELECT u.id, u.deposit_address, coalesce(b.balance, 0) AS ledger_micro
-FROM users u LEFT JOIN account_balances b ON b.user_id = u.id AND b.kind = 'user' AND b.asset = 'USDC'
-ORDER BY u.address_index;

@@ -9,7 +9,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from kiota.records import Attempt, Callback, Deposit, Intent, JobRun, Payout, Record, Transfer
+from kiota.records import Attempt, Callback, Deposit, Guards, Intent, JobRun, Payout, Record, ReviewItem, Transfer
 
 TABLES: dict[str, type[Record]] = {
     "deposits": Deposit,
@@ -19,6 +19,8 @@ TABLES: dict[str, type[Record]] = {
     "deposit_intents": Intent,
     "chain_transfers": Transfer,
     "jobs": JobRun,
+    "payout_guards": Guards,
+    "review_items": ReviewItem,
 }
 
 

@@ -1,0 +1,72 @@
+"""The payout lane's terms: its tuning, what one run comes to, its errors, and the items a turn passes on.
+
+Shared by every step of the lane (kiota/payouts/lane.py, attempts.py, settlement.py, filler.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from kiota.errors import KiotaError
+from kiota.records import Payout
+from kiota.store.payouts import Payee
+from kiota.treasury import SignedTx
+
+REPLACE_AFTER_BLOCKS = 3
+# A nonce used by a transaction none of whose receipts we can find is called "not ours" only after
+# this long: a load-balanced provider may answer the nonce from a node ahead of the receipt's.
+NOT_OURS_AFTER = 600.0
+# A blocked job looks again by itself: a cap frees as its window slides; a guard that an
+# operator released is noticed even if the release raced the block.
+CAP_RECHECK_SECONDS = 60.0
+GUARD_RECHECK_SECONDS = 300.0
+
+
+class PayoutOutcome(StrEnum):
+    """Where one run of a deposit's payout job left it."""
+
+    COMPLETED = "completed"  # paid and credited (now or before)
+    NOTHING_TO_DO = "nothing_to_do"  # the deposit is not waiting for a payout
+    BLOCKED = "blocked"  # a guard stops it; an operator's action re-enqueues it
+    WAITING = "waiting"  # the transaction is not mined yet, or the lane is busy: run again soon
+    REVIEW = "review"  # a person must look (over the maximum, reverted)
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutResult:
+    outcome: PayoutOutcome
+    detail: str = ""
+    recheck_in: float | None = None
+
+
+@dataclass(slots=True)
+class LaneConfig:
+    poll_seconds: float = 0.05
+    watch_seconds: float = 20.0  # how long one job run waits for a receipt before yielding
+    lock_wait_seconds: float = 5.0
+    replace_after_blocks: int = REPLACE_AFTER_BLOCKS
+    batch_size: int = 20  # deposits paid in one turn of the lane, the owner's own included
+    drain_seconds: float = 5.0  # after its own turn, the owner starts more turns for waiting deposits this long
+    confirmations_required: int = 2  # a settled payout is final at this many (DEPOSIT_CONFIRMATIONS_REQUIRED)
+
+
+class NonceTaken(KiotaError):
+    """The payout's nonce was mined by a transaction that is none of its attempts."""
+
+
+@dataclass(frozen=True, slots=True)
+class LaneItem:
+    """A deposit in a turn of the lane, with its live payout."""
+
+    payee: Payee
+    payout: Payout
+
+
+@dataclass(frozen=True, slots=True)
+class SignedItem:
+    """A signed payout in a turn of the lane: its deposit, its row, and its newest stored transaction."""
+
+    payee: Payee
+    payout: Payout
+    signed: SignedTx
