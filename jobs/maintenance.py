@@ -10,8 +10,8 @@ import structlog
 
 from jobs.context import WorkerContext
 from kiota.errors import ChainUnavailable
-from kiota.job_history import record_heartbeat
 from kiota.payouts import fill_abandoned_nonces, recheck_settled_payouts
+from kiota.store.jobs import record_heartbeat
 from kiota.sweeper import sweep
 
 log = structlog.get_logger(__name__)
