@@ -20,7 +20,7 @@ from arq import cron
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name, health_check_key_suffix
 from arq.typing import StartupShutdown
-from arq.worker import Worker, func
+from arq.worker import Function, Worker, func
 from redis.exceptions import RedisError
 
 from jobs.chain import scan_chain_tick
@@ -127,7 +127,7 @@ async def on_job_end(ctx: dict[str, Any]) -> None:
 # max_tries is high because arq counts every run, waits included; real failures are
 # counted in PostgreSQL and end in needs_review after five.
 # Every function is outage-aware: an outage skips a cron tick or makes a job wait, never a traceback.
-FUNCTIONS: list[Any] = [
+FUNCTIONS: list[Function] = [
     func(outage_aware(complete_mpesa_deposit), name=JobName.COMPLETE_MPESA_DEPOSIT, max_tries=10_000, keep_result=0),
     func(outage_aware(query_mpesa_deposit), name=JobName.QUERY_MPESA_DEPOSIT, max_tries=10_000, keep_result=0),
 ]
