@@ -185,10 +185,7 @@ async def _credit(conn: Connection, config: ScanConfig, head: int, start: int) -
         return [], len(too_large)
     due = [DueTransfer(t.id, t.tx_hash, t.log_index, t.user_id, t.amount_micro) for t in rows]
     users = sorted({t.user_id for t in due})
-    intents = {
-        intent.user_id: OpenIntent(intent.id, intent.expected_amount_usdc)
-        for intent in await store.open_intents_of_users(conn, users)
-    }
+    intents = await store.open_intents_of_users(conn, users)
     late = await store.users_with_recently_expired_intent(conn, users)
     credits = decide_credits(due, intents, late)
     try:

@@ -188,8 +188,19 @@ class DueTransfer:
 
 @dataclass(frozen=True, slots=True)
 class OpenIntent:
+    """An open intent as a credit completes it: its expected amount, if any."""
+
     id: UUID
     expected: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class IntentAge:
+    """An open intent as its end is decided (`intent_end`): when it expires, and how many rounds checked it."""
+
+    id: UUID
+    expires_at: datetime
+    checks: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 """The chain ingester's rows in PostgreSQL: the cursor, the transfers seen, their credits and reversals,
 the intents they complete, and the round's log.
 
-Owns the ingester's named queries of `sql/queries/usdc.sql`. Transfers and intents come back as
-`kiota.records.Transfer` and `Intent`; the rest as ids or plain values. Every function runs on the
+Owns the ingester's named queries of `sql/queries/usdc.sql`. Transfers come back as `kiota.records.Transfer`;
+open intents as the few columns the rules of `kiota.usdc` decide on (`OpenIntent`, `IntentAge`), since
+every round reads them all; the rest as ids or plain values. Every function runs on the
 caller's connection, so a round's writes commit (or roll back to a savepoint) together.
 """
 
@@ -15,9 +16,9 @@ from datetime import datetime
 import asyncpg
 
 from kiota.db import Connection
-from kiota.records import Intent, Transfer
+from kiota.records import Transfer
 from kiota.sql import load_queries
-from kiota.usdc import Credit, TransferLog
+from kiota.usdc import Credit, IntentAge, OpenIntent, TransferLog
 
 # Failures of the connection or the server, not of what was asked: a caller that isolates one row's
 # failure (a savepoint per credit) lets these through, and the whole round fails and runs again.
@@ -150,9 +151,10 @@ async def insert_review_items(conn: Connection, items: Sequence[tuple[int, str, 
 # Intents
 
 
-async def open_intents_of_users(conn: Connection, user_ids: list[str]) -> list[Intent]:
-    """The users' open intents, locked (a user has at most one)."""
-    return [Intent.from_row(row) for row in await conn.fetch(load_queries().open_intents_of_users, user_ids)]
+async def open_intents_of_users(conn: Connection, user_ids: list[str]) -> dict[str, OpenIntent]:
+    """The users' open intents, locked, by user (a user has at most one)."""
+    rows = await conn.fetch(load_queries().open_intents_of_users, user_ids)
+    return {row["user_id"]: OpenIntent(row["id"], row["expected_amount_usdc"]) for row in rows}
 
 
 async def users_with_recently_expired_intent(conn: Connection, user_ids: list[str]) -> set[str]:
@@ -170,8 +172,12 @@ async def count_intent_checks(conn: Connection, created_by: datetime) -> None:
     await conn.execute(load_queries().count_intent_checks, created_by)
 
 
-async def open_intents(conn: Connection) -> list[Intent]:
-    return [Intent.from_row(row) for row in await conn.fetch(load_queries().open_intents)]
+async def open_intents(conn: Connection) -> list[IntentAge]:
+    """Every open intent, as its end is decided. Read every round, for every user's intent: only the three
+    columns that decide, not whole records."""
+    return [
+        IntentAge(row["id"], row["expires_at"], row["checks"]) for row in await conn.fetch(load_queries().open_intents)
+    ]
 
 
 async def expire_intents(conn: Connection, ended: Sequence[tuple[uuid.UUID, str]]) -> None:

@@ -115,7 +115,7 @@ SET CONSTRAINTS postings_balanced, journal_entries_have_postings IMMEDIATE;
 SET CONSTRAINTS postings_balanced, journal_entries_have_postings DEFERRED;
 
 -- name: open_intents_of_users
-SELECT * FROM deposit_intents
+SELECT id, user_id, expected_amount_usdc FROM deposit_intents
 WHERE user_id = ANY($1::text[]) AND status IN ('awaiting_payment', 'confirming')
 FOR UPDATE;
 
@@ -161,7 +161,7 @@ UPDATE deposit_intents SET checks = checks + 1
 WHERE status IN ('awaiting_payment', 'confirming') AND created_at <= $1;
 
 -- name: open_intents
-SELECT * FROM deposit_intents WHERE status IN ('awaiting_payment', 'confirming');
+SELECT id, expires_at, checks FROM deposit_intents WHERE status IN ('awaiting_payment', 'confirming');
 
 -- name: intents_expired
 -- Intents that ended without a credit, each with its reason, in one statement.
