@@ -176,14 +176,14 @@ async def _credit(conn: Connection, config: ScanConfig, head: int, start: int) -
     large to credit, and those whose credit failed (see `_post_credits_isolated`).
     """
     confirmed_up_to = head - config.confirmations_required + 1
-    rows = await store.transfers_to_credit(conn, config.chain_id, confirmed_up_to, start)
-    too_large = [t for t in rows if t.kind == TOO_LARGE]
-    rows = [t for t in rows if t.kind != TOO_LARGE]
+    confirmed = await store.transfers_to_credit(conn, config.chain_id, confirmed_up_to, start)
+    too_large = [t for t in confirmed if t.kind == TOO_LARGE]
+    confirmed = [t for t in confirmed if t.kind != TOO_LARGE]
     if too_large:
         await _to_review(conn, [(t, "usdc_too_large", _too_large_reason(t)) for t in too_large])
-    if not rows:
+    if not confirmed:
         return [], len(too_large)
-    due = [DueTransfer(t.id, t.tx_hash, t.log_index, t.user_id, t.amount_micro) for t in rows]
+    due = [DueTransfer(t.id, t.tx_hash, t.log_index, t.user_id, t.amount_micro) for t in confirmed]
     users = sorted({t.user_id for t in due})
     intents = await store.open_intents_of_users(conn, users)
     late = await store.users_with_recently_expired_intent(conn, users)
@@ -195,14 +195,14 @@ async def _credit(conn: Connection, config: ScanConfig, head: int, start: int) -
         raise
     except Exception as exc:
         log.warning("the round's credits failed together; crediting them one by one", error=_error(exc))
-        credits = await _post_credits_isolated(conn, config, due, intents, late, rows)
+        credits = await _post_credits_isolated(conn, config, due, intents, late, confirmed)
     for c in credits:
         log.info(
             "usdc deposit credited", user_id=c.transfer.user_id, tx_hash=c.transfer.tx_hash,
             log_index=c.transfer.log_index, amount_micro=c.transfer.amount, flags=list(c.flags),
         )  # fmt: skip
-    address = {t.id: t.to_address for t in rows}
-    failed = len(rows) - len(credits)
+    address = {t.id: t.to_address for t in confirmed}
+    failed = len(confirmed) - len(credits)
     return [(c.transfer.user_id, address[c.transfer.id]) for c in credits], len(too_large) + failed
 
 
@@ -225,14 +225,14 @@ async def _post_credits_isolated(
     due: list[DueTransfer],
     intents: dict[str, OpenIntent],
     late: set[str],
-    rows: list[Transfer],
+    confirmed: list[Transfer],
 ) -> list[Credit]:
     """Each credit in its own savepoint, in chain order. One that fails goes to review with its reason;
     the user's open intent then waits for their next transfer, as if the failed one had not come."""
     waiting = dict(intents)
     credited: list[Credit] = []
     failed: list[tuple[Transfer, str, str]] = []
-    by_id = {t.id: t for t in rows}
+    by_id = {t.id: t for t in confirmed}
     for transfer in due:
         credit = decide_credit(transfer, waiting.get(transfer.user_id), late)
         try:
