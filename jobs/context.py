@@ -1,9 +1,11 @@
 """What every job needs, typed: built once in the worker's start-up and handed to jobs in `ctx`.
 
 arq gives each job a copy of its `ctx` dict; ours holds one `WorkerContext` under
-`WorkerContext.KEY` (arq's own keys, such as `job_id` and `redis`, stay arq's), and a job
-takes it in one line: `deps = WorkerContext.of(ctx)`. Its waits and backoffs come from a
-`WorkerTuning`, which tests shorten (`build_worker(settings, tuning=...)`).
+`WorkerContext.KEY`, and a job takes it in one line: `deps = WorkerContext.of(ctx)`. Its waits
+and backoffs come from a `WorkerTuning`, which tests shorten (`build_worker(settings, tuning=...)`).
+The process's own state across arq workers (outages, the jobs running here) is one `WorkerState`.
+arq's own keys (`redis`, `job_id`, …) are read here too, and nowhere else: `arq_redis(ctx)` and
+`ArqJob.of(ctx)`.
 """
 
 from __future__ import annotations
@@ -16,20 +18,22 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import asyncpg
-from redis.asyncio import Redis
+from arq.connections import ArqRedis
 
 from jobs.liveness import Liveness
 from kiota.chain_rpc import ChainReader
 from kiota.confirm import ConfirmTiming
 from kiota.daraja import DarajaClient
-from kiota.db import close_pool, create_pool
+from kiota.db import Pool, close_pool, create_pool
 from kiota.ingester import ScanConfig
 from kiota.payouts import LaneConfig
 from kiota.settings import WorkerSettings
 from kiota.treasury import Treasury
+
+if TYPE_CHECKING:
+    from jobs.outages import Outages
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +53,8 @@ class WorkerContext:
     KEY: ClassVar[str] = "worker_context"
 
     settings: WorkerSettings
-    pool: asyncpg.Pool
+    pool: Pool
+    queue: ArqRedis  # arq's Redis client: the queue the jobs come from and go to
     treasury: Treasury
     daraja: DarajaClient
     chain_reader: ChainReader
@@ -67,6 +72,12 @@ class WorkerContext:
         context: WorkerContext = ctx[cls.KEY]
         return context
 
+    @classmethod
+    def find(cls, ctx: Mapping[str, Any]) -> WorkerContext | None:
+        """The context, or None before the worker's first start built it (a shutdown may come first)."""
+        context: WorkerContext | None = ctx.get(cls.KEY)
+        return context
+
     async def aclose(self) -> None:
         await self.liveness.release(self.pool)
         for client in (self.treasury, self.daraja, self.chain_reader):
@@ -75,7 +86,7 @@ class WorkerContext:
 
 
 async def build_context(
-    settings: WorkerSettings, tuning: WorkerTuning, redis: Redis, *, pool_size: int
+    settings: WorkerSettings, tuning: WorkerTuning, queue: ArqRedis, *, pool_size: int
 ) -> WorkerContext:
     """The pool and clients, once per worker process (a start after an outage keeps them)."""
     async with contextlib.AsyncExitStack() as undo:  # a failure half-way closes what was built
@@ -90,7 +101,7 @@ async def build_context(
             settings.base_usdc_address,
         )
         undo.push_async_callback(treasury.aclose)
-        daraja = DarajaClient.from_settings(settings, redis=redis)  # one token for the app
+        daraja = DarajaClient.from_settings(settings, redis=queue)  # one token for the app
         undo.push_async_callback(daraja.aclose)
         chain_reader = ChainReader(settings.base_rpc_url)
         undo.push_async_callback(chain_reader.aclose)
@@ -98,6 +109,7 @@ async def build_context(
         context = WorkerContext(
             settings=settings,
             pool=pool,
+            queue=queue,
             treasury=treasury,
             daraja=daraja,
             chain_reader=chain_reader,
@@ -119,3 +131,51 @@ async def build_context(
         )
         undo.pop_all()
     return context
+
+
+@dataclass(frozen=True, slots=True)
+class RunningJob:
+    """What arq needs to hold a job again: its function, arguments, queue score and enqueue time."""
+
+    function: str
+    args: tuple[object, ...]
+    kwargs: dict[str, object]
+    score: int
+    enqueue_time_ms: int
+
+
+@dataclass(eq=False)
+class WorkerState:
+    """What a worker process keeps across its arq workers (after an outage a fresh one starts on the same
+    `ctx`): which services are down, the jobs running here (`jobs/outages.py`), and whether it started."""
+
+    KEY: ClassVar[str] = "worker_state"
+
+    outages: Outages
+    running: dict[str, RunningJob] = field(default_factory=dict)
+    started: bool = False
+
+    @classmethod
+    def of(cls, ctx: Mapping[str, Any]) -> WorkerState | None:
+        state: WorkerState | None = ctx.get(cls.KEY)
+        return state
+
+
+@dataclass(frozen=True, slots=True)
+class ArqJob:
+    """What arq says, in a job's `ctx`, of the job running now (None outside a job)."""
+
+    job_id: str | None
+    job_try: int | None
+    score: int | None
+    enqueue_time: datetime | None
+
+    @classmethod
+    def of(cls, ctx: Mapping[str, Any]) -> ArqJob:
+        return cls(ctx.get("job_id"), ctx.get("job_try"), ctx.get("score"), ctx.get("enqueue_time"))
+
+
+def arq_redis(ctx: Mapping[str, Any]) -> ArqRedis:
+    """arq's Redis client, which a worker's start-up puts in `ctx` (the context keeps it as `queue`)."""
+    redis: ArqRedis = ctx["redis"]
+    return redis

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
-from kiota.db import try_advisory_lock
+from kiota.db import Pool, try_advisory_lock
 from kiota.sweeper import worker_lock_key
 
 log = structlog.get_logger(__name__)
@@ -28,14 +28,14 @@ class Liveness:
 
     worker_id: str
     key: int
-    conn: Any = None
+    conn: PoolConnectionProxy | None = None  # borrowed from the pool for the worker's life
     guard: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
     def of_worker(cls, worker_id: str) -> Liveness:
         return cls(worker_id, worker_lock_key(worker_id))
 
-    async def hold(self, pool: asyncpg.Pool) -> None:
+    async def hold(self, pool: Pool) -> None:
         """Hold the lock; take it again on a new connection if PostgreSQL restarted under us
         (the sweeper would otherwise think this worker dead)."""
         async with self.guard:  # jobs start concurrently: one of them re-takes the lock, the others wait
@@ -49,20 +49,20 @@ class Liveness:
                 if current is not None:  # PostgreSQL restarted (its outage, if seen, is logged once by jobs/outages.py)
                     log.info("liveness lock taken again after a lost database connection", worker_id=self.worker_id)
 
-    async def release(self, pool: asyncpg.Pool) -> None:
+    async def release(self, pool: Pool) -> None:
         if self.conn is not None:
             with contextlib.suppress(Exception):  # the connection may have died with PostgreSQL
                 await pool.release(self.conn)
 
 
-def _closed(conn: Any) -> bool:
+def _closed(conn: PoolConnectionProxy) -> bool:
     try:
         return bool(conn.is_closed())
     except asyncpg.InterfaceError:  # the pool took the dead connection back
         return True
 
 
-async def _take_lock(pool: asyncpg.Pool, key: int) -> Any:
+async def _take_lock(pool: Pool, key: int) -> PoolConnectionProxy:
     conn = await pool.acquire()
     try:
         locked = await try_advisory_lock(conn, key)

@@ -10,8 +10,8 @@ import structlog
 
 from jobs.context import WorkerContext
 from kiota.errors import ChainUnavailable
-from kiota.job_history import record_heartbeat
 from kiota.payouts import fill_abandoned_nonces, recheck_settled_payouts
+from kiota.store.jobs import record_heartbeat
 from kiota.sweeper import sweep
 
 log = structlog.get_logger(__name__)
@@ -19,7 +19,7 @@ log = structlog.get_logger(__name__)
 
 async def sweep_tick(ctx: dict[str, Any]) -> str:
     deps = WorkerContext.of(ctx)
-    report = await sweep(deps.pool, ctx["redis"], deps.settings.sweep_seconds)
+    report = await sweep(deps.pool, deps.queue, deps.settings.sweep_seconds)
     try:  # abandoned nonces are filled by the lane's next owner; this is for when no payout comes
         await fill_abandoned_nonces(deps.pool, deps.treasury, deps.lane)
     except ChainUnavailable as exc:

@@ -23,7 +23,6 @@ import functools
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -37,6 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from jobs.context import ArqJob, RunningJob, WorkerState
 from kiota.db import connection_lost
 
 log = structlog.get_logger(__name__)
@@ -231,34 +231,26 @@ class Outages:
 # --- jobs --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RunningJob:
-    """What arq needs to hold a job again: its function, arguments, queue score and enqueue time."""
-
-    function: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    score: int
-    enqueue_time_ms: int
-
-
 JobFunction = Callable[..., Coroutine[Any, Any, Any]]
 
 
 def outage_aware(function: JobFunction, *, cron: bool = False) -> JobFunction:
     """`function` as a job that outages do not fail. A cron tick during an outage is skipped
     (the next tick comes anyway); a job waits for the service, then arq runs it again. A job
-    is recorded in `ctx["running_jobs"]` while it runs, so a resume can put it back in Redis."""
+    is recorded in the `WorkerState`'s running jobs while it runs, so a resume can put it back in Redis."""
     name = function.__name__
 
     @functools.wraps(function)
-    async def job(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        outages: Outages | None = ctx.get("outages")
-        running: dict[str, RunningJob] | None = None if cron else ctx.get("running_jobs")
-        job_id: str = ctx.get("job_id", "")
+    async def job(ctx: dict[str, Any], *args: object, **kwargs: object) -> Any:
+        state = WorkerState.of(ctx)
+        outages = state.outages if state is not None else None
+        running = None if cron or state is None else state.running
+        arq_job = ArqJob.of(ctx)
+        job_id = arq_job.job_id or ""
         if running is not None:
-            enqueued_ms = int(ctx["enqueue_time"].timestamp() * 1000)
-            running[job_id] = RunningJob(name, args, kwargs, int(ctx["score"]), enqueued_ms)
+            assert arq_job.enqueue_time is not None and arq_job.score is not None, "arq gives every job both"
+            enqueued_ms = int(arq_job.enqueue_time.timestamp() * 1000)
+            running[job_id] = RunningJob(name, args, kwargs, int(arq_job.score), enqueued_ms)
         try:
             return await function(ctx, *args, **kwargs)
         except Exception as exc:

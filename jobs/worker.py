@@ -20,22 +20,13 @@ from arq import cron
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name, health_check_key_suffix
 from arq.typing import StartupShutdown
-from arq.worker import Worker, func
+from arq.worker import Function, Worker, func
 from redis.exceptions import RedisError
 
 from jobs.chain import scan_chain_tick
-from jobs.context import WorkerContext, WorkerTuning, build_context
+from jobs.context import ArqJob, WorkerContext, WorkerState, WorkerTuning, arq_redis, build_context
 from jobs.maintenance import heartbeat, sweep_tick
-from jobs.outages import (
-    POSTGRES,
-    REDIS,
-    Outages,
-    RunningJob,
-    outage_aware,
-    postgres_answers,
-    restore_running_jobs,
-    supervise,
-)
+from jobs.outages import POSTGRES, REDIS, Outages, outage_aware, postgres_answers, restore_running_jobs, supervise
 from jobs.payouts import complete_mpesa_deposit, query_mpesa_deposit
 from kiota.job_names import JobName
 from kiota.logging import configure_logging
@@ -64,20 +55,19 @@ JOB_COMPLETION_WAIT_SECONDS = 45
 async def startup(ctx: dict[str, Any], *, settings: WorkerSettings, tuning: WorkerTuning) -> None:
     """Every start of an arq worker: the first, and each after an outage (`jobs/outages.py`), which
     keeps the context (clients, the worker's id) and the running jobs, and puts those jobs back in Redis."""
-    outages: Outages = ctx.setdefault("outages", _outages(ctx, settings))
-    running: dict[str, RunningJob] = ctx.setdefault("running_jobs", {})
+    state: WorkerState = ctx.setdefault(WorkerState.KEY, WorkerState(_outages(ctx, settings)))
     if WorkerContext.KEY not in ctx:  # the first start builds the context; a start after an outage keeps it
-        ctx[WorkerContext.KEY] = await build_context(settings, tuning, ctx["redis"], pool_size=MAX_JOBS + 2)
-        outages.on_back(POSTGRES, functools.partial(_database_back, ctx))
+        ctx[WorkerContext.KEY] = await build_context(settings, tuning, arq_redis(ctx), pool_size=MAX_JOBS + 2)
+        state.outages.on_back(POSTGRES, functools.partial(_database_back, ctx))
     deps = WorkerContext.of(ctx)
     # Liveness: a session lock held for the worker's whole life (jobs/liveness.py).
     await deps.liveness.hold(deps.pool)
     await heartbeat(ctx)
-    restored = await restore_running_jobs(ctx["redis"], running, IN_PROGRESS_SECONDS)
-    report = await sweep(deps.pool, ctx["redis"], deps.settings.sweep_seconds, force=True)
-    outages.mark_up(REDIS)
-    outages.mark_up(POSTGRES)
-    resumed, ctx["started"] = ctx.get("started", False), True
+    restored = await restore_running_jobs(deps.queue, state.running, IN_PROGRESS_SECONDS)
+    report = await sweep(deps.pool, deps.queue, deps.settings.sweep_seconds, force=True)
+    state.outages.mark_up(REDIS)
+    state.outages.mark_up(POSTGRES)
+    resumed, state.started = state.started, True
     log.info(
         "worker resumed" if resumed else "worker started",
         worker_id=deps.worker_id,
@@ -98,7 +88,7 @@ def _outages(ctx: dict[str, Any], settings: WorkerSettings) -> Outages:
     """Outage tracking for a worker run without the supervisor (tests): it heals on its own."""
 
     async def redis_answers() -> None:
-        await ctx["redis"].ping()
+        await arq_redis(ctx).ping()
 
     return Outages({REDIS: redis_answers, POSTGRES: functools.partial(postgres_answers, settings.database_url)})
 
@@ -110,17 +100,19 @@ async def _database_back(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    if ctx.get("outages") is not None:
-        await ctx["outages"].aclose()
-    deps: WorkerContext | None = ctx.get(WorkerContext.KEY)
+    state = WorkerState.of(ctx)
+    if state is not None:
+        await state.outages.aclose()
+    deps = WorkerContext.find(ctx)
     if deps is not None:
         await deps.aclose()
     log.info("worker stopped", worker_id=deps.worker_id if deps is not None else None)
 
 
 async def on_job_start(ctx: dict[str, Any]) -> None:
-    structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"), job_try=ctx.get("job_try"))
-    deps: WorkerContext | None = ctx.get(WorkerContext.KEY)
+    job = ArqJob.of(ctx)
+    structlog.contextvars.bind_contextvars(job_id=job.job_id, job_try=job.job_try)
+    deps = WorkerContext.find(ctx)
     if deps is not None:
         with contextlib.suppress(Exception):  # a job must not fail because the database blinked here
             await deps.liveness.hold(deps.pool)
@@ -135,7 +127,7 @@ async def on_job_end(ctx: dict[str, Any]) -> None:
 # max_tries is high because arq counts every run, waits included; real failures are
 # counted in PostgreSQL and end in needs_review after five.
 # Every function is outage-aware: an outage skips a cron tick or makes a job wait, never a traceback.
-FUNCTIONS: list[Any] = [
+FUNCTIONS: list[Function] = [
     func(outage_aware(complete_mpesa_deposit), name=JobName.COMPLETE_MPESA_DEPOSIT, max_tries=10_000, keep_result=0),
     func(outage_aware(query_mpesa_deposit), name=JobName.QUERY_MPESA_DEPOSIT, max_tries=10_000, keep_result=0),
 ]
@@ -211,7 +203,7 @@ async def serve(settings: WorkerSettings) -> None:
     outages = Outages(
         {REDIS: queue.ping, POSTGRES: functools.partial(postgres_answers, settings.database_url)}, supervised=True
     )
-    ctx: dict[str, Any] = {"outages": outages}
+    ctx: dict[str, Any] = {WorkerState.KEY: WorkerState(outages)}
     try:
         await supervise(lambda: _supervised_worker(ctx, queue, settings), outages, JOB_COMPLETION_WAIT_SECONDS)
     finally:

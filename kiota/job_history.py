@@ -11,17 +11,15 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
 
-import asyncpg
 import structlog
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 
-from kiota.db import Connection
-from kiota.sql import load_queries
+from kiota.db import Pool
+from kiota.store import jobs as store
+from kiota.store.jobs import Executor
 
 log = structlog.get_logger(__name__)
 
@@ -36,12 +34,14 @@ def backoff_seconds(failures: int, base: float = 1.0, rng: random.Random | None 
 
 
 async def record_job(
-    conn: Connection | asyncpg.Pool, job_id: str, function: str, deposit_id: uuid.UUID | None, *, reset: bool = False
+    db: Executor, job_id: str, function: str, deposit_id: uuid.UUID | None, *, reset: bool = False
 ) -> None:
-    await conn.execute(load_queries().insert_job, job_id, function, deposit_id, reset)
+    """Record the job before it is enqueued (commit, then enqueue); `reset`: an operator's or the sweeper's
+    retry, which queues an existing job again and starts its count of failures again."""
+    await store.record_job(db, job_id, function, deposit_id, reset=reset)
 
 
-async def enqueue(queue: ArqRedis, function: str, job_id: str, *args: Any) -> bool:
+async def enqueue(queue: ArqRedis, function: str, job_id: str, *args: object) -> bool:
     """Tell Redis about a job already recorded in PostgreSQL. Failing here loses nothing:
     the sweeper re-enqueues recorded work that Redis never heard of."""
     try:
@@ -71,13 +71,13 @@ return enqueued
 """
 
 
-async def enqueue_many(queue: ArqRedis, function: str, jobs: Sequence[tuple[str, tuple[Any, ...]]]) -> int:
+async def enqueue_many(queue: ArqRedis, function: str, jobs: Sequence[tuple[str, tuple[object, ...]]]) -> int:
     """Tell Redis about jobs already recorded in PostgreSQL, in one round trip: `jobs` are
     (job id, args). Returns how many were queued (a job id Redis holds is refused, as arq's
     `enqueue_job` does). Failing loses nothing: the sweeper re-enqueues what Redis never heard of."""
     enqueued_at = int(time.time() * 1000)
     keys: list[str] = [queue.default_queue_name]
-    args: list[Any] = [enqueued_at, queue.expires_extra_ms]
+    args: list[int | str | bytes] = [enqueued_at, queue.expires_extra_ms]
     for job_id, job_args in jobs:
         keys += [job_key_prefix + job_id, result_key_prefix + job_id]
         args += [job_id, serialize_job(function, job_args, {}, None, enqueued_at, serializer=queue.job_serializer)]
@@ -93,39 +93,30 @@ async def enqueue_many(queue: ArqRedis, function: str, jobs: Sequence[tuple[str,
     return enqueued
 
 
-async def maintenance_due(pool: asyncpg.Pool, name: str, interval_seconds: float) -> bool:
-    """Claim the maintenance run `name` if its last one is older than the interval; False: not due."""
-    return await pool.fetchval(load_queries().maintenance_due, name, interval_seconds) is not None
-
-
-async def record_heartbeat(pool: asyncpg.Pool, worker_id: str, host: str, pid: int, started_at: datetime) -> None:
-    """Say that a worker is alive (the dashboard lists workers from it)."""
-    await pool.execute(load_queries().record_heartbeat, worker_id, host, pid, started_at)
-
-
 class JobHistory:
-    def __init__(self, pool: asyncpg.Pool, job_id: str, worker_id: str | None = None) -> None:
+    """One job's row, as a run of it goes: started, then succeeded, waiting, blocked, failed once, or given up."""
+
+    def __init__(self, pool: Pool, job_id: str, worker_id: str | None = None) -> None:
         self._pool = pool
         self.job_id = job_id
         self.worker_id = worker_id
 
     async def started(self) -> int:
         """Mark the run (and which worker runs it); returns the failures so far."""
-        row = await self._pool.fetchrow(load_queries().job_started, self.job_id, self.worker_id)
-        return int(row["failures"]) if row else 0
+        run = await store.job_started(self._pool, self.job_id, self.worker_id)
+        return run.failures if run is not None else 0
 
     async def succeeded(self) -> None:
-        await self._pool.execute(load_queries().job_succeeded, self.job_id)
+        await store.job_succeeded(self._pool, self.job_id)
 
     async def failed_once(self, error: str, retry_in: float) -> int:
-        failures = await self._pool.fetchval(load_queries().job_failed_once, self.job_id, error[:2000], retry_in)
-        return int(failures or 0)
+        return await store.job_failed_once(self._pool, self.job_id, error[:2000], retry_in)
 
     async def waiting(self, retry_in: float) -> None:
-        await self._pool.execute(load_queries().job_waiting, self.job_id, retry_in)
+        await store.job_waiting(self._pool, self.job_id, retry_in)
 
     async def blocked(self, reason: str, recheck_in: float | None = None) -> None:
-        await self._pool.execute(load_queries().job_blocked, self.job_id, reason, recheck_in)
+        await store.job_blocked(self._pool, self.job_id, reason, recheck_in)
 
     async def gave_up(self, error: str) -> None:
-        await self._pool.execute(load_queries().job_gave_up, self.job_id, error[:2000])
+        await store.job_gave_up(self._pool, self.job_id, error[:2000])

@@ -1,4 +1,4 @@
-"""The names of the queued jobs, written once.
+"""The names of the queued jobs and of the maintenance runs, written once.
 
 Each name is stored twice outside Python: in PostgreSQL (`jobs.function`, the durable history)
 and in Redis (arq's job data), and a job's id is its name and its deposit (`complete_job_id`).
@@ -18,3 +18,11 @@ class JobName(StrEnum):
     def job_id(self, key: object) -> str:
         """The job's id for what it serves (one job per deposit and name): arq refuses a second."""
         return f"{self.value}:{key}"
+
+
+class MaintenanceRun(StrEnum):
+    """A periodic task that any worker may run but only one at a time does, claimed by its name in
+    PostgreSQL (`maintenance_runs.name`): the values never change either."""
+
+    SCAN_CHAIN = "scan_chain"  # one ingester round (jobs/chain.py)
+    REENQUEUE_ORPHANS = "reenqueue_orphans"  # the sweeper's look for work Redis lost (kiota/sweeper.py)

@@ -21,14 +21,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import asyncpg
 import structlog
 from arq.connections import ArqRedis
 
-from kiota.db import advisory_unlock, try_advisory_lock
+from kiota.db import Connection, Pool, advisory_unlock, try_advisory_lock
 from kiota.job_history import enqueue, record_job
-from kiota.job_names import JobName
-from kiota.sql import load_queries
+from kiota.job_names import JobName, MaintenanceRun
+from kiota.store import jobs as store
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +62,7 @@ class SweepReport:
     unknown_pushes: int = 0
 
 
-async def _worker_is_dead(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, worker_id: str) -> bool:
+async def _worker_is_dead(conn: Connection, worker_id: str) -> bool:
     """A live worker holds its lock on its own connection; if we can take it, the worker is gone."""
     key = worker_lock_key(worker_id)
     if await try_advisory_lock(conn, key):
@@ -72,59 +71,56 @@ async def _worker_is_dead(conn: asyncpg.Connection | asyncpg.pool.PoolConnection
     return False
 
 
-async def recover_dead_workers(pool: asyncpg.Pool, queue: ArqRedis) -> int:
-    q = load_queries()
+async def recover_dead_workers(pool: Pool, queue: ArqRedis) -> int:
     recovered = 0
     async with pool.acquire() as conn:
-        for row in await conn.fetch(q.running_jobs_by_worker):
-            if not await _worker_is_dead(conn, row["worker_id"]):
+        for worker_id, job_ids in (await store.jobs_running_by_worker(conn)).items():
+            if not await _worker_is_dead(conn, worker_id):
                 continue
-            for job_id in await conn.fetch(q.requeue_jobs_of_dead_worker, row["worker_id"]):
-                await queue.delete(IN_PROGRESS_KEY_PREFIX + job_id["id"])
+            for job_id in await store.requeue_jobs_of_worker(conn, worker_id):
+                await queue.delete(IN_PROGRESS_KEY_PREFIX + job_id)
                 recovered += 1
-            log.warning("jobs of a dead worker released", worker_id=row["worker_id"], jobs=len(row["job_ids"]))
+            log.warning("jobs of a dead worker released", worker_id=worker_id, jobs=len(job_ids))
     return recovered
 
 
-async def reenqueue_orphans(pool: asyncpg.Pool, queue: ArqRedis, grace_seconds: float = ORPHAN_GRACE_SECONDS) -> int:
+async def reenqueue_orphans(pool: Pool, queue: ArqRedis, grace_seconds: float = ORPHAN_GRACE_SECONDS) -> int:
     """A duplicate enqueue is harmless (arq refuses a job id it holds; jobs are idempotent), so the
     grace only saves work; at a worker's start it is zero."""
-    q = load_queries()
     count = 0
-    for row in await pool.fetch(q.open_jobs_due, grace_seconds, BATCH):
-        if await queue.exists(JOB_KEY_PREFIX + row["id"], IN_PROGRESS_KEY_PREFIX + row["id"]):
+    for job in await store.open_jobs_due(pool, grace_seconds, BATCH):
+        if await queue.exists(JOB_KEY_PREFIX + job.id, IN_PROGRESS_KEY_PREFIX + job.id):
             continue
-        if await enqueue(queue, row["function"], row["id"], str(row["deposit_id"])):
+        if await enqueue(queue, job.function, job.id, str(job.deposit_id)):
             count += 1
-            log.info("re-enqueued work Redis did not hold", job_id=row["id"], function=row["function"])
+            log.info("re-enqueued work Redis did not hold", job_id=job.id, function=job.function)
     return count
 
 
-async def dispatch_queries(pool: asyncpg.Pool, queue: ArqRedis, job_wait_seconds: float) -> int:
+async def dispatch_queries(pool: Pool, queue: ArqRedis, job_wait_seconds: float) -> int:
     """Send pending deposits whose callback is late to the STK query job."""
-    q = load_queries()
-    rows = await pool.fetch(q.deposits_due_for_query, BATCH)
-    for row in rows:
-        job_id = query_job_id(row["id"])
+    deposit_ids = await store.deposits_due_for_query(pool, BATCH)
+    for deposit_id in deposit_ids:
+        job_id = query_job_id(deposit_id)
         async with pool.acquire() as conn, conn.transaction():
-            await record_job(conn, job_id, JobName.QUERY_MPESA_DEPOSIT, row["id"], reset=True)
-            await conn.execute(q.deposit_query_scheduled, row["id"], job_wait_seconds)
-        await enqueue(queue, JobName.QUERY_MPESA_DEPOSIT, job_id, str(row["id"]))
-    return len(rows)
+            await record_job(conn, job_id, JobName.QUERY_MPESA_DEPOSIT, deposit_id, reset=True)
+            await store.deposit_query_scheduled(conn, deposit_id, job_wait_seconds)
+        await enqueue(queue, JobName.QUERY_MPESA_DEPOSIT, job_id, str(deposit_id))
+    return len(deposit_ids)
 
 
-async def sweep(pool: asyncpg.Pool, queue: ArqRedis, sweep_seconds: float, *, force: bool = False) -> SweepReport:
+async def sweep(pool: Pool, queue: ArqRedis, sweep_seconds: float, *, force: bool = False) -> SweepReport:
     recovered = await recover_dead_workers(pool, queue)
-    due = force or await pool.fetchval(load_queries().maintenance_due, "reenqueue_orphans", sweep_seconds)
+    due = force or await store.maintenance_due(pool, MaintenanceRun.REENQUEUE_ORPHANS, sweep_seconds)
     reenqueued = await reenqueue_orphans(pool, queue, 0 if force else ORPHAN_GRACE_SECONDS) if due else 0
     queries = await dispatch_queries(pool, queue, job_wait_seconds=60)
     unknown = await review_unknown_pushes(pool)
     return SweepReport(recovered, reenqueued, queries, unknown)
 
 
-async def review_unknown_pushes(pool: asyncpg.Pool, after_seconds: float = UNKNOWN_PUSH_AFTER_SECONDS) -> int:
+async def review_unknown_pushes(pool: Pool, after_seconds: float = UNKNOWN_PUSH_AFTER_SECONDS) -> int:
     """Pending deposits whose push has no CheckoutRequestID after `after_seconds`: to review."""
-    rows = await pool.fetch(load_queries().unknown_pushes_to_review, after_seconds, UNKNOWN_PUSH_REASON)
-    for row in rows:
-        log.warning("deposit sent to review: its push's outcome is unknown", deposit_id=str(row["id"]))
-    return len(rows)
+    deposit_ids = await store.unknown_pushes_to_review(pool, after_seconds, UNKNOWN_PUSH_REASON)
+    for deposit_id in deposit_ids:
+        log.warning("deposit sent to review: its push's outcome is unknown", deposit_id=str(deposit_id))
+    return len(deposit_ids)

@@ -77,7 +77,7 @@ def _address(topic: str) -> str:
     return "0x" + topic[-40:].lower()
 
 
-def decode_transfer(log: Any) -> TransferLog | None:
+def decode_transfer(log: object) -> TransferLog | None:
     """A Transfer log as ours, or None when it is not a well-formed ERC-20 Transfer.
 
     The provider's answer is not trusted: anything malformed (a field missing, not hex) is None, never
@@ -188,8 +188,19 @@ class DueTransfer:
 
 @dataclass(frozen=True, slots=True)
 class OpenIntent:
+    """An open intent as a credit completes it: its expected amount, if any."""
+
     id: UUID
     expected: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class IntentAge:
+    """An open intent as its end is decided (`intent_end`): when it expires, and how many rounds checked it."""
+
+    id: UUID
+    expires_at: datetime
+    checks: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +260,7 @@ def expected_amount(text: str | None) -> int | None:
     return micro
 
 
-def transfer_in_receipt(receipt: Any, key: TransferKey) -> bool:
+def transfer_in_receipt(receipt: object, key: TransferKey) -> bool:
     """Whether a transaction's receipt (as a node answers it) holds this transfer, found by what it is and
     not by its log index (which a reorg may change)."""
     if not isinstance(receipt, dict) or not isinstance(receipt.get("logs"), list):
@@ -266,7 +277,7 @@ REPLACED = "replaced"  # no receipt, and the node has its block's height with an
 UNKNOWN = "unknown"  # no receipt, and no proof its block was replaced (a node behind it): wait
 
 
-def gone_verdict(receipt: Any, block: Any, key: TransferKey, block_hash: str) -> str:
+def gone_verdict(receipt: object, block: object, key: TransferKey, block_hash: str) -> str:
     """A credited transfer that a round's logs lack, judged by its receipt and by the block the node has at
     the transfer's height (`block`, None when the receipt exists and it was not asked for). A node behind a
     load balancer that lacks the block answers a null receipt and a null block: that proves nothing."""

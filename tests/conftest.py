@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from web3.types import RPCEndpoint
 
 from api.app import create_app
-from jobs.context import WorkerContext, WorkerTuning
+from jobs.context import WorkerContext, WorkerState, WorkerTuning
 from jobs.worker import build_worker
 from kiota.confirm import ConfirmTiming
 from kiota.db import create_pool
@@ -241,7 +241,7 @@ class MpesaSystem:
         )
         self._worker_task = asyncio.create_task(self.worker.async_run())
         async with asyncio.timeout(20):  # until its start-up (and start-up sweep) is done
-            while not self.worker.ctx.get("started"):
+            while (state := WorkerState.of(self.worker.ctx)) is None or not state.started:
                 assert not self._worker_task.done(), self._worker_task
                 await asyncio.sleep(0.01)
         return self.worker

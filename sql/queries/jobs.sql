@@ -12,7 +12,7 @@ UPDATE jobs
 SET status = 'running', runs = runs + 1, first_run_at = coalesce(first_run_at, now()), worker_id = $2,
     updated_at = now()
 WHERE id = $1
-RETURNING failures, first_run_at;
+RETURNING *;
 
 -- name: job_succeeded
 UPDATE jobs SET status = 'succeeded', finished_at = now(), updated_at = now(), blocked_reason = NULL WHERE id = $1;
@@ -51,7 +51,7 @@ RETURNING id;
 -- name: open_jobs_due
 -- Work recorded in PostgreSQL that should be in the queue now. A 'running' job is
 -- included: if Redis holds neither it nor its in-progress key, it died unrecorded.
-SELECT id, function, deposit_id, status FROM jobs
+SELECT * FROM jobs
 WHERE (status IN ('queued', 'retrying') AND coalesce(next_run_at, created_at) <= now() - make_interval(secs => $1))
    OR (status = 'blocked' AND next_run_at <= now())
    OR (status = 'running' AND updated_at <= now() - make_interval(secs => $1))

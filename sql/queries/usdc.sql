@@ -53,8 +53,7 @@ RETURNING t.id;
 -- name: transfers_to_credit
 -- Confirmed transfers seen in this round's answer: deposits to credit, and those too large to credit
 -- (the caller sends them to review).
-SELECT id, tx_hash, log_index, user_id, amount_micro, block_number, to_address, kind
-FROM chain_transfers
+SELECT * FROM chain_transfers
 WHERE chain_id = $1 AND status = 'seen' AND kind IN ('deposit', 'too_large') AND block_number <= $2
   AND block_number >= $3
 ORDER BY block_number, log_index
@@ -78,13 +77,9 @@ WITH v AS (
     UNION
     SELECT t.* FROM chain_transfers t WHERE t.chain_id = $1 AND t.status = 'credited' AND t.gone_rounds > 0
 )
-SELECT 'gone' AS what, g.id, g.tx_hash, g.log_index, g.block_number, g.block_hash, g.token_address,
-       g.from_address, g.to_address, g.amount_micro, g.seq, g.user_id, g.gone_rounds
-FROM gone g WHERE g.id NOT IN (SELECT id FROM answered)
+SELECT 'gone' AS what, g.* FROM gone g WHERE g.id NOT IN (SELECT id FROM answered)
 UNION ALL
-SELECT 'back', t.id, t.tx_hash, t.log_index, t.block_number, t.block_hash, t.token_address, t.from_address,
-       t.to_address, t.amount_micro, t.seq, t.user_id, t.gone_rounds
-FROM chain_transfers t WHERE t.id IN (SELECT id FROM answered WHERE status = 'reversed');
+SELECT 'back', t.* FROM chain_transfers t WHERE t.id IN (SELECT id FROM answered WHERE status = 'reversed');
 
 -- name: transfers_gone_rounds
 -- Credited transfers a round found missing with their block replaced ($1: one more round in a row) and those
@@ -95,7 +90,7 @@ WHERE (id = ANY($1::bigint[]) OR id = ANY($2::bigint[])) AND status = 'credited'
 -- name: transfers_reversed
 UPDATE chain_transfers SET status = 'reversed', reversed_at = now(), gone_rounds = 0
 WHERE id = ANY($1::bigint[]) AND status = 'credited'
-RETURNING id, tx_hash, log_index, user_id, amount_micro, credit_key;
+RETURNING *;
 
 -- name: transfers_to_review
 -- Not credited, and never credited automatically now: a person looks (review_items says why).

@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from structlog.testing import capture_logs
 
 from jobs import outages as outages_module
+from jobs.context import RunningJob, WorkerState
 from jobs.outages import POSTGRES, REDIS, Outages, outage_aware, service_behind
 from kiota.errors import ChainUnavailable
 
@@ -153,12 +154,17 @@ async def test_stopping_ends_every_wait() -> None:
 
 def _job_ctx(outages: Outages) -> dict[str, Any]:
     return {
-        "outages": outages,
-        "running_jobs": {},
+        WorkerState.KEY: WorkerState(outages),
         "job_id": "complete_mpesa_deposit:d1",
         "score": 1_700_000_000_000,
         "enqueue_time": datetime.now(UTC),
     }
+
+
+def _running(ctx: dict[str, Any]) -> dict[str, RunningJob]:
+    state = WorkerState.of(ctx)
+    assert state is not None
+    return state.running
 
 
 async def test_a_job_that_meets_an_outage_waits_for_the_service_then_runs_again() -> None:
@@ -167,7 +173,7 @@ async def test_a_job_that_meets_an_outage_waits_for_the_service_then_runs_again(
     seen: dict[str, Any] = {}
 
     async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
-        seen.update(ctx["running_jobs"])
+        seen.update(_running(ctx))
         postgres.up = False
         raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
 
@@ -185,7 +191,7 @@ async def test_a_job_that_meets_an_outage_waits_for_the_service_then_runs_again(
     await bringing_back
     assert retry.value.defer_score == 0  # at once: the service is back
     assert seen["complete_mpesa_deposit:d1"].args == ("d1",)  # known to be running while it ran...
-    assert ctx["running_jobs"] == {}  # ...and no longer
+    assert _running(ctx) == {}  # ...and no longer
     await outages.aclose()
 
 
@@ -200,7 +206,8 @@ async def test_a_cron_tick_during_an_outage_is_skipped_and_a_bug_still_fails() -
     async def scan_chain_tick(ctx: dict[str, Any]) -> str:
         raise KeyError("a bug")
 
-    assert await outage_aware(sweep_tick, cron=True)({"outages": outages}) == "skipped: postgresql unavailable"
+    ctx = {WorkerState.KEY: WorkerState(outages)}
+    assert await outage_aware(sweep_tick, cron=True)(ctx) == "skipped: postgresql unavailable"
     with pytest.raises(KeyError):
-        await outage_aware(scan_chain_tick, cron=True)({"outages": outages})
+        await outage_aware(scan_chain_tick, cron=True)(ctx)
     await outages.aclose()

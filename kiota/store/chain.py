@@ -1,0 +1,195 @@
+"""The chain ingester's rows in PostgreSQL: the cursor, the transfers seen, their credits and reversals,
+the intents they complete, and the round's log.
+
+Owns the ingester's named queries of `sql/queries/usdc.sql`. Transfers come back as `kiota.records.Transfer`;
+open intents as the few columns the rules of `kiota.usdc` decide on (`OpenIntent`, `IntentAge`), since
+every round reads them all; the rest as ids or plain values. Every function runs on the
+caller's connection, so a round's writes commit (or roll back to a savepoint) together.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from kiota.db import Connection
+from kiota.records import Transfer
+from kiota.sql import load_queries
+from kiota.usdc import Credit, IntentAge, OpenIntent, TransferLog
+
+# Failures of the connection or the server, not of what was asked: a caller that isolates one row's
+# failure (a savepoint per credit) lets these through, and the whole round fails and runs again.
+SERVER_FAULTS = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TransactionRollbackError,
+    OSError,
+    TimeoutError,
+)
+
+
+# The cursor and the round's log
+
+
+async def next_block(conn: Connection, chain_id: int) -> int | None:
+    """The first block the next round scans; None before the first round."""
+    value: int | None = await conn.fetchval(load_queries().chain_cursor, chain_id)
+    return value
+
+
+async def store_next_block(conn: Connection, chain_id: int, block: int) -> None:
+    await conn.execute(load_queries().store_cursor, chain_id, block)
+
+
+async def record_round(
+    conn: Connection, chain_id: int, start: int, end: int, head: int, rpc_calls: int, transfers: int, started: datetime
+) -> None:
+    await conn.execute(load_queries().insert_round, chain_id, start, end, head, rpc_calls, transfers, started)
+
+
+# What a round matches against
+
+
+async def deposit_addresses(conn: Connection) -> dict[str, str]:
+    """Every user's deposit address (lower case) and whose it is."""
+    return {row["address"]: row["id"] for row in await conn.fetch(load_queries().deposit_addresses)}
+
+
+async def own_payout_hashes(conn: Connection, tx_hashes: list[str]) -> set[str]:
+    """Those of `tx_hashes` that our payout lane signed."""
+    return {row["tx_hash"] for row in await conn.fetch(load_queries().own_payout_hashes, tx_hashes)}
+
+
+# Transfers
+
+
+async def upsert_transfers(
+    conn: Connection, chain_id: int, transfers: Sequence[TransferLog], user_ids: list[str], kinds: list[str]
+) -> list[int]:
+    """A round's transfers (one per identity) written with their users and kinds; the ids of all their rows."""
+    rows = await conn.fetch(
+        load_queries().upsert_transfers, chain_id,
+        [t.tx_hash for t in transfers], [t.log_index for t in transfers], [t.block_number for t in transfers],
+        [t.block_hash for t in transfers], [t.token for t in transfers], [t.sender for t in transfers],
+        [t.recipient for t in transfers], [t.amount for t in transfers], user_ids, kinds, [t.seq for t in transfers],
+    )  # fmt: skip
+    return [row["id"] for row in rows]
+
+
+async def orphan_missing(conn: Connection, chain_id: int, start: int, end: int, answered: list[int]) -> list[int]:
+    """Transfers in blocks `start`..`end` that are not among the `answered` rows: orphaned; their ids."""
+    return [row["id"] for row in await conn.fetch(load_queries().orphan_missing, chain_id, start, end, answered)]
+
+
+async def credited_gone_or_back(
+    conn: Connection, chain_id: int, start: int, end: int, answered: Sequence[TransferLog]
+) -> tuple[list[Transfer], list[Transfer]]:
+    """Against a round's answer: the credited transfers it lacks (in `start`..`end`, or suspected by the last
+    round), and the reversed ones it holds again."""
+    rows = await conn.fetch(
+        load_queries().credited_gone_or_reversed_back, chain_id, start, end,
+        [t.tx_hash for t in answered], [t.token for t in answered], [t.sender for t in answered],
+        [t.recipient for t in answered], [t.amount for t in answered], [t.seq for t in answered],
+    )  # fmt: skip
+    gone = [Transfer.from_row(row) for row in rows if row["what"] == "gone"]
+    back = [Transfer.from_row(row) for row in rows if row["what"] == "back"]
+    return gone, back
+
+
+async def transfers_to_credit(conn: Connection, chain_id: int, confirmed_up_to: int, start: int) -> list[Transfer]:
+    """Confirmed deposits (and too large ones) seen from block `start` on, in chain order, locked."""
+    rows = await conn.fetch(load_queries().transfers_to_credit, chain_id, confirmed_up_to, start)
+    return [Transfer.from_row(row) for row in rows]
+
+
+async def credit_transfers(conn: Connection, credits: Sequence[Credit], credit_keys: list[str]) -> None:
+    """Each transfer credited with its flags and its journal entry's key, and the intent it completes."""
+    await conn.execute(
+        load_queries().credit_transfers,
+        [c.transfer.id for c in credits],
+        [c.intent_id for c in credits],
+        [c.transfer.amount for c in credits],
+        [",".join(c.flags) for c in credits],
+        credit_keys,
+    )
+
+
+async def check_ledger_now(conn: Connection) -> None:
+    """The ledger's deferred checks, run now: an entry they refuse fails inside the savepoint that wrote it."""
+    await conn.execute(load_queries().check_ledger_now)
+
+
+async def count_gone_rounds(conn: Connection, suspected: list[int], cleared: list[int]) -> None:
+    """One more round in a row for the `suspected` credited transfers; the count starts again for `cleared`."""
+    await conn.execute(load_queries().transfers_gone_rounds, suspected, cleared)
+
+
+async def reverse_transfers(conn: Connection, transfer_ids: list[int]) -> list[Transfer]:
+    """Those of the credited transfers that are still credited, marked reversed."""
+    return [Transfer.from_row(row) for row in await conn.fetch(load_queries().transfers_reversed, transfer_ids)]
+
+
+async def transfers_to_review(conn: Connection, transfer_ids: list[int]) -> None:
+    await conn.execute(load_queries().transfers_to_review, transfer_ids)
+
+
+async def insert_review_items(conn: Connection, items: Sequence[tuple[int, str, str]]) -> list[tuple[int, str]]:
+    """Review items (transfer id, kind, reason), one per transfer and kind; the (transfer id, kind) created."""
+    rows = await conn.fetch(
+        load_queries().insert_usdc_review_items,
+        [transfer_id for transfer_id, _, _ in items],
+        [kind for _, kind, _ in items],
+        [reason for _, _, reason in items],
+    )
+    return [(row["chain_transfer_id"], row["kind"]) for row in rows]
+
+
+# Intents
+
+
+async def open_intents_of_users(conn: Connection, user_ids: list[str]) -> dict[str, OpenIntent]:
+    """The users' open intents, locked, by user (a user has at most one)."""
+    rows = await conn.fetch(load_queries().open_intents_of_users, user_ids)
+    return {row["user_id"]: OpenIntent(row["id"], row["expected_amount_usdc"]) for row in rows}
+
+
+async def users_with_recently_expired_intent(conn: Connection, user_ids: list[str]) -> set[str]:
+    rows = await conn.fetch(load_queries().users_with_recently_expired_intent, user_ids)
+    return {row["user_id"] for row in rows}
+
+
+async def mark_intents_confirming(conn: Connection, chain_id: int) -> None:
+    """Each open intent confirming or awaiting, by whether a live deposit to its address waits for credit."""
+    await conn.execute(load_queries().intents_confirming, chain_id)
+
+
+async def count_intent_checks(conn: Connection, created_by: datetime) -> None:
+    """One more check for every open intent created by `created_by` (the round covered it)."""
+    await conn.execute(load_queries().count_intent_checks, created_by)
+
+
+async def open_intents(conn: Connection) -> list[IntentAge]:
+    """Every open intent, as its end is decided. Read every round, for every user's intent: only the three
+    columns that decide, not whole records."""
+    return [
+        IntentAge(row["id"], row["expires_at"], row["checks"]) for row in await conn.fetch(load_queries().open_intents)
+    ]
+
+
+async def expire_intents(conn: Connection, ended: Sequence[tuple[uuid.UUID, str]]) -> None:
+    """Intents that ended without a credit: (intent id, end reason)."""
+    await conn.execute(
+        load_queries().intents_expired, [intent_id for intent_id, _ in ended], [reason for _, reason in ended]
+    )
+
+
+# The wallet balances cache
+
+
+async def cache_wallet_balances(conn: Connection, user_ids: list[str], balances: list[int], block: int) -> None:
+    """Users' on-chain USDC as read at `block` (each user once); an older read never replaces a newer one."""
+    await conn.execute(load_queries().upsert_wallet_balances, user_ids, balances, block)

@@ -1,0 +1,102 @@
+"""The job history and the workers in PostgreSQL: the `jobs` rows, the maintenance runs, the heartbeats.
+
+Owns the named queries of `sql/queries/jobs.sql` and `workers.sql` (but `blocked_jobs` and
+`requeue_blocked_job`, the operator's), and runs by name the sweeper's three deposit queries of
+`deposits.sql` (which deposits are due for an STK query, or for review). A job's row comes back as a
+`kiota.records.JobRun`; the rest as ids or plain values.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from kiota.db import Connection, Pool
+from kiota.records import JobRun
+from kiota.sql import load_queries
+
+# A single statement may run on a borrowed connection (inside the caller's transaction) or on the pool.
+Executor = Connection | Pool
+
+# A job's history
+
+
+async def record_job(db: Executor, job_id: str, function: str, deposit_id: uuid.UUID | None, *, reset: bool) -> None:
+    """The job recorded as queued (once); `reset`: an existing one is queued again with its failures forgotten."""
+    await db.execute(load_queries().insert_job, job_id, function, deposit_id, reset)
+
+
+async def job_started(db: Executor, job_id: str, worker_id: str | None) -> JobRun | None:
+    """One more run of the job, by `worker_id`; None when no such job is recorded."""
+    row = await db.fetchrow(load_queries().job_started, job_id, worker_id)
+    return None if row is None else JobRun.from_row(row)
+
+
+async def job_succeeded(db: Executor, job_id: str) -> None:
+    await db.execute(load_queries().job_succeeded, job_id)
+
+
+async def job_failed_once(db: Executor, job_id: str, error: str, retry_in: float) -> int:
+    """One more failure, retried in `retry_in` seconds; the failures so far (0 when no such job)."""
+    failures: int | None = await db.fetchval(load_queries().job_failed_once, job_id, error, retry_in)
+    return failures or 0
+
+
+async def job_waiting(db: Executor, job_id: str, retry_in: float) -> None:
+    await db.execute(load_queries().job_waiting, job_id, retry_in)
+
+
+async def job_blocked(db: Executor, job_id: str, reason: str, recheck_in: float | None) -> None:
+    await db.execute(load_queries().job_blocked, job_id, reason, recheck_in)
+
+
+async def job_gave_up(db: Executor, job_id: str, error: str) -> None:
+    await db.execute(load_queries().job_gave_up, job_id, error)
+
+
+# What the sweeper looks for
+
+
+async def open_jobs_due(db: Executor, grace_seconds: float, limit: int) -> list[JobRun]:
+    """Recorded work that should be in the queue now (oldest first): queued or retrying and due, blocked with
+    a recheck due, or running without a word for `grace_seconds`."""
+    return [JobRun.from_row(row) for row in await db.fetch(load_queries().open_jobs_due, grace_seconds, limit)]
+
+
+async def jobs_running_by_worker(conn: Connection) -> dict[str, list[str]]:
+    """The jobs recorded as running, by the worker that runs them."""
+    return {row["worker_id"]: list(row["job_ids"]) for row in await conn.fetch(load_queries().running_jobs_by_worker)}
+
+
+async def requeue_jobs_of_worker(conn: Connection, worker_id: str) -> list[str]:
+    """The jobs recorded as running on `worker_id` (a dead worker) queued again; their ids."""
+    return [row["id"] for row in await conn.fetch(load_queries().requeue_jobs_of_dead_worker, worker_id)]
+
+
+async def deposits_due_for_query(db: Executor, limit: int) -> list[uuid.UUID]:
+    """Pending deposits whose callback is late: due for an STK query."""
+    return [row["id"] for row in await db.fetch(load_queries().deposits_due_for_query, limit)]
+
+
+async def deposit_query_scheduled(db: Executor, deposit_id: uuid.UUID, wait_seconds: float) -> None:
+    """The deposit's query job is on its way: not due again for `wait_seconds`."""
+    await db.execute(load_queries().deposit_query_scheduled, deposit_id, wait_seconds)
+
+
+async def unknown_pushes_to_review(db: Executor, after_seconds: float, reason: str) -> list[uuid.UUID]:
+    """Pending deposits still without a CheckoutRequestID `after_seconds` after they were recorded, sent to
+    review with `reason`; their ids."""
+    rows = await db.fetch(load_queries().unknown_pushes_to_review, after_seconds, reason)
+    return [row["id"] for row in rows]
+
+
+# Maintenance runs and workers
+
+
+async def maintenance_due(db: Executor, name: str, interval_seconds: float) -> bool:
+    """Claim the maintenance run `name` if its last one is older than the interval; False: not due."""
+    return await db.fetchval(load_queries().maintenance_due, name, interval_seconds) is not None
+
+
+async def record_heartbeat(db: Executor, worker_id: str, host: str, pid: int, started_at: datetime) -> None:
+    await db.execute(load_queries().record_heartbeat, worker_id, host, pid, started_at)
