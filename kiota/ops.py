@@ -8,11 +8,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-import asyncpg
 import structlog
 from arq.connections import ArqRedis
 
-from kiota.db import Connection
+from kiota.db import Connection, Pool
 from kiota.deposits import complete_job_id
 from kiota.errors import KiotaError
 from kiota.job_history import enqueue, record_job
@@ -37,7 +36,7 @@ class RetryResult:
     confirmed: bool = True  # False: its M-Pesa success is not confirmed, and the STK query is asked again
 
 
-async def retry_deposit(pool: asyncpg.Pool, queue: ArqRedis, deposit_id: uuid.UUID, by: str) -> RetryResult:
+async def retry_deposit(pool: Pool, queue: ArqRedis, deposit_id: uuid.UUID, by: str) -> RetryResult:
     """Run a deposit's completion again: one in review goes back to processing (with a fresh
     count of failures and a fresh 30-minute window); one still processing is re-enqueued.
     A success M-Pesa has not confirmed is never paid by a retry: its job asks the STK query
@@ -67,9 +66,7 @@ async def retry_deposit(pool: asyncpg.Pool, queue: ArqRedis, deposit_id: uuid.UU
     return RetryResult(str(deposit_id), job_id, enqueued, deposit.confirmed_at is not None)
 
 
-async def confirm_deposit(
-    pool: asyncpg.Pool, queue: ArqRedis, deposit_id: uuid.UUID, by: str, note: str = ""
-) -> RetryResult:
+async def confirm_deposit(pool: Pool, queue: ArqRedis, deposit_id: uuid.UUID, by: str, note: str = "") -> RetryResult:
     """An operator found the payment on the M-Pesa statement: the deposit's success is confirmed by them
     (recorded with their name and note, in place of the STK query's 0), and its completion runs again,
     from review if it was there. Only money received for this deposit and never paid out, once."""
@@ -102,7 +99,7 @@ async def _restart_job(conn: Connection, deposit_id: uuid.UUID) -> str:
     return job_id
 
 
-async def release_blocked(pool: asyncpg.Pool, queue: ArqRedis) -> int:
+async def release_blocked(pool: Pool, queue: ArqRedis) -> int:
     """Re-enqueue every blocked job (after a guard was released)."""
     jobs = await store.blocked_jobs(pool)
     for job in jobs:
@@ -111,32 +108,30 @@ async def release_blocked(pool: asyncpg.Pool, queue: ArqRedis) -> int:
     return len(jobs)
 
 
-async def set_kill_switch(pool: asyncpg.Pool, queue: ArqRedis, on: bool, by: str) -> int:
+async def set_kill_switch(pool: Pool, queue: ArqRedis, on: bool, by: str) -> int:
     await payout_store.set_kill_switch(pool, on, by)
     log.warning("payout kill switch " + ("ON" if on else "off"), by=by)
     return 0 if on else await release_blocked(pool, queue)
 
 
-async def resume_lane(pool: asyncpg.Pool, queue: ArqRedis, by: str) -> int:
+async def resume_lane(pool: Pool, queue: ArqRedis, by: str) -> int:
     await payout_store.resume_lane(pool, by)
     log.warning("payout lane resumed", by=by)
     return await release_blocked(pool, queue)
 
 
-async def set_limits(
-    pool: asyncpg.Pool, per_deposit: int | None, hourly: int | None, daily: int | None, by: str
-) -> None:
+async def set_limits(pool: Pool, per_deposit: int | None, hourly: int | None, daily: int | None, by: str) -> None:
     """The payout limits in USDC micro-units; None leaves one as it is."""
     await payout_store.set_limits(pool, per_deposit, hourly, daily, by)
 
 
-async def guards(pool: asyncpg.Pool) -> Guards:
+async def guards(pool: Pool) -> Guards:
     return await payout_store.guards(pool)
 
 
-async def stuck_deposits(pool: asyncpg.Pool, older_than_seconds: float = 600) -> list[StuckDeposit]:
+async def stuck_deposits(pool: Pool, older_than_seconds: float = 600) -> list[StuckDeposit]:
     return await store.stuck_deposits(pool, older_than_seconds)
 
 
-async def open_reviews(pool: asyncpg.Pool) -> list[ReviewItem]:
+async def open_reviews(pool: Pool) -> list[ReviewItem]:
     return await store.open_review_items(pool)

@@ -6,11 +6,10 @@ import argparse
 import uuid
 from collections.abc import Sequence
 
-import asyncpg
 from arq.connections import ArqRedis
 
 from kiota import ops
-from kiota.db import create_pool
+from kiota.db import Pool, create_pool
 from kiota.errors import InvalidInput
 from kiota.money import format_usdc, parse_usdc
 from kiota.queue import create_queue
@@ -44,7 +43,7 @@ async def run_ops(args: argparse.Namespace, database_url: str, redis_url: str) -
         await pool.close()
 
 
-async def _dispatch(args: argparse.Namespace, pool: asyncpg.Pool, queue: ArqRedis) -> int:
+async def _dispatch(args: argparse.Namespace, pool: Pool, queue: ArqRedis) -> int:
     if args.action == "stuck":
         rows = await ops.stuck_deposits(pool, args.older_than)
         _print_rows(

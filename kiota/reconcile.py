@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import asyncpg
-
 from kiota.chain_rpc import ChainReader
+from kiota.db import Pool
 from kiota.ledger import TREASURY_USDC
 from kiota.money import format_usdc
 from kiota.store.ledger import balance
@@ -26,7 +25,7 @@ class Difference:
 
 
 async def reconcile(
-    pool: asyncpg.Pool, reader: ChainReader, token: str, treasury: str | None
+    pool: Pool, reader: ChainReader, token: str, treasury: str | None
 ) -> tuple[list[Difference], list[str]]:
     differences: list[Difference] = []
     lines: list[str] = []

@@ -6,10 +6,9 @@ A shortfall of the treasury is an alert: it pauses the lane (an operator resumes
 
 from __future__ import annotations
 
-import asyncpg
 import structlog
 
-from kiota.db import Connection
+from kiota.db import Connection, Pool
 from kiota.payouts.terms import CAP_RECHECK_SECONDS, GUARD_RECHECK_SECONDS, LaneItem, PayoutOutcome, PayoutResult
 from kiota.records import Deposit, Guards
 from kiota.store import payouts as store
@@ -20,7 +19,7 @@ log = structlog.get_logger(__name__)
 HOUR, DAY = 3600.0, 86400.0
 
 
-async def guards_stop(pool: asyncpg.Pool, guards: Guards, deposit: Deposit) -> PayoutResult | None:
+async def guards_stop(pool: Pool, guards: Guards, deposit: Deposit) -> PayoutResult | None:
     """Whether a guard stops this deposit's payout before the lane is even asked for; over the
     per-deposit maximum, the deposit goes to review."""
     if guards.kill_switch:

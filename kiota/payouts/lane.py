@@ -20,10 +20,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import asyncpg
 import structlog
 
-from kiota.db import Connection, advisory_unlock, connection_lost, try_advisory_lock
+from kiota.db import Connection, Pool, advisory_unlock, connection_lost, try_advisory_lock
 from kiota.errors import ChainUnavailable, KiotaError
 from kiota.payouts.attempts import broadcast_all, broadcast_or_bump, sign_and_store, stored
 from kiota.payouts.failpoint import failpoint
@@ -72,7 +71,7 @@ def lane_key(chain_id: int, address: str) -> int:
 
 @asynccontextmanager
 async def treasury_lane(
-    pool: asyncpg.Pool, key: int, wait_seconds: float, deposit_id: uuid.UUID | None = None
+    pool: Pool, key: int, wait_seconds: float, deposit_id: uuid.UUID | None = None
 ) -> AsyncIterator[Connection]:
     """Own the lane for the block. The lock lives on this connection: if the process dies, it is freed.
     A job waiting for its deposit stops waiting (PaidMeanwhile) once the owner has paid it."""
@@ -99,7 +98,7 @@ def _done(status: str | None) -> PayoutResult:
 
 
 async def pay_deposit(
-    pool: asyncpg.Pool, treasury: Treasury, deposit_id: uuid.UUID, config: LaneConfig | None = None
+    pool: Pool, treasury: Treasury, deposit_id: uuid.UUID, config: LaneConfig | None = None
 ) -> PayoutResult:
     """Pay a processing, confirmed deposit's USDC from the treasury, exactly once (with any others waiting)."""
     config = config or LaneConfig()
@@ -283,7 +282,7 @@ async def _live_payouts(conn: Connection, treasury: Treasury, payees: list[Payee
     return await store.live_payouts(conn, payees, treasury.chain_id, treasury.token_address, treasury.address)
 
 
-async def fill_abandoned_nonces(pool: asyncpg.Pool, treasury: Treasury, config: LaneConfig | None = None) -> bool:
+async def fill_abandoned_nonces(pool: Pool, treasury: Treasury, config: LaneConfig | None = None) -> bool:
     """The sweeper's turn at the nonce filler, for when no payout comes along to do it.
     Returns False when the lane is busy (its owner fills the nonces in its own turn)."""
     tuning = config or LaneConfig()
@@ -291,7 +290,7 @@ async def fill_abandoned_nonces(pool: asyncpg.Pool, treasury: Treasury, config: 
     return await _sweepers_turn(pool, treasury, due, lambda conn: resolve_abandoned(conn, treasury, tuning))
 
 
-async def recheck_settled_payouts(pool: asyncpg.Pool, treasury: Treasury, config: LaneConfig | None = None) -> bool:
+async def recheck_settled_payouts(pool: Pool, treasury: Treasury, config: LaneConfig | None = None) -> bool:
     """The sweeper's turn at the finality re-check, for when no payout comes along to do it.
     Returns False when the lane is busy (its owner re-checks in its own turns)."""
     tuning = config or LaneConfig()
@@ -300,7 +299,7 @@ async def recheck_settled_payouts(pool: asyncpg.Pool, treasury: Treasury, config
 
 
 async def _sweepers_turn(
-    pool: asyncpg.Pool, treasury: Treasury, due: bool, work: Callable[[Connection], Awaitable[None]]
+    pool: Pool, treasury: Treasury, due: bool, work: Callable[[Connection], Awaitable[None]]
 ) -> bool:
     """`work` in the lane, if it is `due` and the lane is free at once (else False: its owner does the
     same in its own turns)."""

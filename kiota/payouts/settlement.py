@@ -16,16 +16,16 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import asyncpg
 import structlog
 
 from kiota import ledger
-from kiota.db import Connection
+from kiota.db import Connection, Pool
 from kiota.errors import ChainUnavailable
 from kiota.payouts.attempts import broadcast_or_bump, replace, stored
 from kiota.payouts.terms import NOT_OURS_AFTER, LaneConfig, NonceTaken, PayoutOutcome, PayoutResult
 from kiota.records import Attempt, Payout
 from kiota.store import payouts as store
+from kiota.store.chain import cache_wallet_balances
 from kiota.store.ledger import post_entries
 from kiota.store.payouts import Payee
 from kiota.treasury import Receipt, Treasury
@@ -96,7 +96,7 @@ async def settle(conn: Connection, treasury: Treasury, mined: list[Mined]) -> No
         )  # fmt: skip
         if balances is not None:  # one user paid twice in a turn: the same address, the same balance
             cached = {m.payee.deposit.user_id: balance for m, balance in zip(mined, balances, strict=True)}
-            await store.cache_wallet_balances(conn, list(cached), list(cached.values()), head)
+            await cache_wallet_balances(conn, list(cached), list(cached.values()), head)
     for m in mined:
         log.info("deposit paid and credited", deposit_id=str(m.payee.deposit.id), tx_hash=m.receipt.tx_hash)
 
@@ -138,7 +138,7 @@ async def nonce_taken(conn: Connection, deposit_id: uuid.UUID, exc: NonceTaken) 
     return PayoutResult(PayoutOutcome.REVIEW, reason)
 
 
-async def abandon(pool: asyncpg.Pool, deposit_id: uuid.UUID, reason: str) -> None:
+async def abandon(pool: Pool, deposit_id: uuid.UUID, reason: str) -> None:
     """Give up on a deposit's payout for now: the deposit goes to review and its payout, if it
     holds a nonce, to 'cancelling' until the lane fills that nonce. An operator's retry then
     pays it with a new payout and a new nonce."""

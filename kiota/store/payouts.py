@@ -117,10 +117,6 @@ async def deposits_completed(conn: Connection, deposit_ids: list[uuid.UUID], tx_
     await conn.execute(load_queries().deposits_completed, deposit_ids, tx_hashes)
 
 
-async def cache_wallet_balances(conn: Connection, user_ids: list[str], balances: list[int], block: int) -> None:
-    await conn.execute(load_queries().upsert_wallet_balances, user_ids, balances, block)
-
-
 # Payouts
 
 
