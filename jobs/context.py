@@ -4,8 +4,8 @@ arq gives each job a copy of its `ctx` dict; ours holds one `WorkerContext` unde
 `WorkerContext.KEY`, and a job takes it in one line: `deps = WorkerContext.of(ctx)`. Its waits
 and backoffs come from a `WorkerTuning`, which tests shorten (`build_worker(settings, tuning=...)`).
 The process's own state across arq workers (outages, the jobs running here) is one `WorkerState`.
-arq's own keys (`redis`, `job_id`, …) are read here too, and nowhere else: `arq_redis(ctx)` and
-`ArqJob.of(ctx)`.
+arq's own keys (`redis`, `job_id`, …) are read here too, and nowhere else: `arq_redis(ctx)`,
+`ArqJob.of(ctx)` and `running_job_id(ctx)`.
 """
 
 from __future__ import annotations
@@ -173,6 +173,14 @@ class ArqJob:
     @classmethod
     def of(cls, ctx: Mapping[str, Any]) -> ArqJob:
         return cls(ctx.get("job_id"), ctx.get("job_try"), ctx.get("score"), ctx.get("enqueue_time"))
+
+
+def running_job_id(ctx: Mapping[str, Any]) -> str:
+    """The id of the job running now: arq sets it in every job's `ctx`."""
+    job_id = ArqJob.of(ctx).job_id
+    if job_id is None:
+        raise RuntimeError("no job is running in this context")
+    return job_id
 
 
 def arq_redis(ctx: Mapping[str, Any]) -> ArqRedis:

@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 from arq import Retry
 
-from jobs.context import WorkerContext
+from jobs.context import WorkerContext, running_job_id
 from kiota.confirm import Verdict, confirm_success
 from kiota.deposits import processing_since
 from kiota.errors import ChainUnavailable
@@ -57,7 +57,7 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
     """Confirm the deposit with M-Pesa and pay it out; what follows a run is `kiota.payout_policy`'s answer."""
     deps = WorkerContext.of(ctx)
     deposit = uuid.UUID(deposit_id)
-    history = JobHistory(deps.pool, ctx["job_id"], deps.worker_id)
+    history = JobHistory(deps.pool, running_job_id(ctx), deps.worker_id)
     structlog.contextvars.bind_contextvars(deposit_id=deposit_id)
     try:
         failures = await history.started()
@@ -127,11 +127,11 @@ async def _carry_out(
 async def query_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
     """A pending deposit's callback is late: ask Daraja."""
     deps = WorkerContext.of(ctx)
-    history = JobHistory(deps.pool, ctx["job_id"], deps.worker_id)
+    history = JobHistory(deps.pool, running_job_id(ctx), deps.worker_id)
     structlog.contextvars.bind_contextvars(deposit_id=deposit_id)
     await history.started()
     outcome = await query_deposit(deps.pool, deps.daraja, uuid.UUID(deposit_id), deps.query_backoff_seconds)
     if outcome.enqueue_job_id:
-        await enqueue(ctx["redis"], JobName.COMPLETE_MPESA_DEPOSIT, outcome.enqueue_job_id, deposit_id)
+        await enqueue(deps.queue, JobName.COMPLETE_MPESA_DEPOSIT, outcome.enqueue_job_id, deposit_id)
     await history.succeeded()
     return outcome.action
