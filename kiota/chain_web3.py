@@ -1,18 +1,21 @@
 """`ChainReader` on web3.py: `AsyncWeb3(AsyncHTTPProvider)` with a kept session and its batch requests.
 
-Measured against our own client (kiota/chain_rpc.py) for issue 12 item 5; the benches select it with
-KIOTA_BENCH_RPC=web3. It is a `ChainReader` (same methods, answers and errors), so the treasury and the
-ingester run on it unchanged: `rpc` goes through web3's request manager (its default middleware and
-response validation), `batch` through the provider's batch path with the same middleware, and
-`head`, `usdc_balances` and `transfer_logs` are ChainReader's own, built on those two.
+Issue 12 item 5 measured it against our own client (kiota/chain_rpc.py) on B2 and B6 and kept ours (the
+figures: bench/RESULTS.md and the top of chain_rpc.py). It stays for the benches, which select it with
+KIOTA_BENCH_RPC=web3, so the comparison can be made again (a new web3.py, a change to ours).
 
-Configured as a careful user would, so the comparison is with web3.py at its best:
+It is a `ChainReader` (same methods, answers and errors), so the treasury and the ingester run on it
+unchanged: `rpc` goes through web3's request manager (middleware and response validation), `batch`
+through the provider's batch path with the same middleware, and `head`, `usdc_balances` and
+`transfer_logs` are ChainReader's own, built on those two.
+
+Configured as a careful user would, so that web3.py is measured at its best:
 - its own aiohttp session with keep-alive (web3's default session closes the connection after each
   request: `TCPConnector(force_close=True)`);
-- no validation middleware (below), and eth_chainId cached should anything else ask for it;
+- no validation middleware (see below), and eth_chainId cached should anything else ask for it;
 - no ENS middleware (its check of an address that is not checksummed raises: the ingester's
   eth_getLogs filter is lower-case), no AttributeDict middleware (answers stay JSON, as ours);
-- no transport retries (as ours: a failure is `ChainUnavailable` at once and the job retries).
+- no transport retries: a failure is `ChainUnavailable` at once, as ours, and the job retries.
 
 What it cannot do as ours does: web3 raises on any HTTP error status before reading the body, so an
 HTTP 400 carrying a JSON-RPC range refusal (Alchemy's free tier) is `ChainUnavailable` here rather than
@@ -28,7 +31,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import Web3Exception, Web3RPCError
 from web3.types import RPCEndpoint
 
-from kiota.chain_rpc import ChainReader, RangeRefused, _is_range_refusal
+from kiota.chain_rpc import ChainReader, RangeRefused, is_range_refusal
 from kiota.errors import ChainUnavailable
 
 _TIMEOUT = aiohttp.ClientTimeout(total=10.0, connect=3.0)
@@ -79,7 +82,7 @@ class Web3ChainReader(ChainReader):
             return await self._w3.manager.coro_request(RPCEndpoint(method), params)
         except Web3RPCError as exc:
             error = dict((exc.rpc_response or {}).get("error") or {})
-            if method == "eth_getLogs" and _is_range_refusal(error):
+            if method == "eth_getLogs" and is_range_refusal(error):
                 raise RangeRefused(error) from exc
             raise ChainUnavailable(f"{method}: {error or exc}") from exc
         except (Web3Exception, aiohttp.ClientError, TimeoutError, ValueError) as exc:
