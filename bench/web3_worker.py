@@ -16,6 +16,6 @@ from kiota.chain_web3 import Web3ChainReader
 from kiota.cli import main
 
 if __name__ == "__main__":
-    kiota.treasury.ChainReader = Web3ChainReader  # type: ignore[misc]
-    jobs.context.ChainReader = Web3ChainReader  # type: ignore[misc]
+    for module in (kiota.treasury, jobs.context):  # the two places the worker builds a ChainReader
+        vars(module)["ChainReader"] = Web3ChainReader
     sys.exit(main(sys.argv[1:]))
