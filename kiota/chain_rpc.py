@@ -13,8 +13,9 @@ else halves).
 # - with web3's default middleware, B6's round at 10,000 addresses takes 2.4x ours (567 vs 235 ms,
 #   medians of 3 interleaved pairs): its validation middleware asks for the chain id before every
 #   eth_call, batched ones included, 0.3 ms of CPU each, 300 ms per batch of 800 balances;
-# - without it (web3 at its best for us), 1.18x by medians, 1.11x by the median of 8 pairs' ratios
-#   (304 vs 257 ms), and twice the CPU of the round (135 vs 65 ms);
+# - without it (web3 at its best for us), 1.11x by the median of 12 interleaved pairs' ratios (1.04x by
+#   the runs' medians, 259 vs 248 ms: a close call on a noisy machine), and 1.7-2.3x the CPU of the round in
+#   every pair (130 vs 70 ms);
 # - on B2 it costs nothing: completions/s 57.1 vs 56.0 (medians of 4 pairs, within the noise of a
 #   shared machine) with 9% less worker CPU per completion (8.5 vs 9.4 ms: aiohttp is cheaper than httpx).
 # It would also lose two things this client does: web3 raises on an HTTP error status before reading
