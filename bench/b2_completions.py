@@ -33,6 +33,7 @@ from bench import procstat
 from bench.callbacks import AMOUNT_KES, success_callback
 from bench.model import Result, Row, ratio
 from bench.noop_worker import READY_KEY
+from bench.rpc_client import described
 from bench.system import (
     REPO,
     PendingDeposit,
@@ -264,7 +265,8 @@ async def run_b2(stack: Stack, size: B2Size, profile: Path | None) -> Result:
         f"heartbeat to all {n} completed and their {n} jobs recorded as succeeded. "
         f"No-op baseline: {noop.count} jobs, same worker settings and protocol. "
         f"Raw baseline: {raw.count} USDC transfers signed with eth-account and sent one after the other to the same "
-        "anvil (automine: one block per transaction)."
+        "anvil (automine: one block per transaction). "
+        f"The worker's JSON-RPC client: {described()}."
     )
     result.notes += [
         f"Payouts: {n} completions in {paid.wall_s:.2f} s; deposits by status {payouts['statuses']}; "

@@ -54,7 +54,9 @@ import structlog
 from eth_account import Account
 from redis.asyncio import Redis
 
+from bench.rpc_client import described, reader_class, rpc_client, worker_module
 from kiota.chain_rpc import ChainReader
+from kiota.chain_web3 import Web3ChainReader
 from kiota.db import create_pool
 from kiota.dev.chain import BASE_USDC_ADDRESS, AnvilNode, anvil_binary, install_usdc, start_anvil
 from kiota.dev.chain import connect as connect_web3
@@ -316,7 +318,7 @@ async def measure_size(result: SizeResult, template: str, reader: ChainReader, c
 
 
 class TimedReader(ChainReader):
-    """A ChainReader that also adds up the wall time of its calls, per method."""
+    """A ChainReader that also adds up the wall time of its calls, per method (their `rpc`s: a batch is not timed)."""
 
     def __init__(self, rpc_url: str) -> None:
         super().__init__(rpc_url)
@@ -330,6 +332,10 @@ class TimedReader(ChainReader):
         finally:
             self.spent[method] += time.perf_counter() - started
             self.count[method] += 1
+
+
+class TimedWeb3Reader(TimedReader, Web3ChainReader):
+    """The same, on web3.py (KIOTA_BENCH_RPC=web3)."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -381,7 +387,7 @@ async def json_and_matching(
 async def breakdown(size: int, template: str, tset: TransferSet, config: ScanConfig, anvil: AnvilNode) -> Breakdown:
     names = {load_queries()[name]: name for name in load_queries().names()}
     statements: list[Any] = []  # asyncpg's LoggedQuery records
-    reader = TimedReader(anvil.rpc_url)
+    reader = TimedWeb3Reader(anvil.rpc_url) if rpc_client() == "web3" else TimedReader(anvil.rpc_url)
     try:
         async with database_copy(template, f"n{size}_breakdown") as pool:
             await warm_up(pool, reader, config, tset)
@@ -463,7 +469,7 @@ async def worker_memory(template: str, tset: TransferSet, anvil_url: str) -> Wor
             await set_cursor(pool, tset.first_block + RESCAN)  # its first round ingests the 10,000-address set
             with log_path.open("wb") as log:
                 process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "kiota.cli", "worker", env=worker_env(dsn_for(name), anvil_url),
+                    sys.executable, "-m", worker_module(), "worker", env=worker_env(dsn_for(name), anvil_url),
                     stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT, cwd=run_dir,
                 )  # fmt: skip
             try:
@@ -629,7 +635,7 @@ def render(
         "",
         f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} memory, Linux {info['kernel']}, "
         f"Python {info['python']}, {info['anvil']}, PostgreSQL and Redis local; load average before: {info['load']}.",
-        f"Code measured: {info['code']}.",
+        f"Code measured: {info['code']}. JSON-RPC client: {described()}.",
         f"Set-up: {setup['derive_s']:.1f} s to derive 10,000 deposit addresses, "
         f"{setup['mint_s']:.1f} s per 1,000-transfer set minted (median).",
         "",
@@ -726,7 +732,7 @@ async def run(reps: int) -> str:
         accounts = (await http.post(node.rpc_url, json=_request(0, "eth_accounts", []))).json()["result"]
         chain = Chain(node.rpc_url, http, accounts[0])  # anvil's unlocked account 0 mints
         await chain.call("evm_setAutomine", False)
-        reader = ChainReader(node.rpc_url)
+        reader = reader_class()(node.rpc_url)
         try:
             for size, label in [*((s, f"n{s}") for s in SIZES), (10, "n10_again")]:
                 tset = await mint_set(chain, addresses[:size], rng)

@@ -35,6 +35,7 @@ from eth_account import Account
 from redis.asyncio import Redis
 
 from bench.callbacks import checkout_id, receipt_no
+from bench.rpc_client import worker_module
 from kiota.db import create_pool
 from kiota.dev.chain import BASE_USDC_ADDRESS, AnvilNode, connect, fund_eth, install_usdc, mint_usdc, start_anvil
 from kiota.dev.daraja_sim import running_simulator
@@ -333,7 +334,7 @@ async def bare_api(stack: Stack) -> AsyncIterator[tuple[Child, str]]:
 async def kiota_worker(stack: Stack, database_url: str, pool: asyncpg.Pool) -> AsyncIterator[Child]:
     """`kiota worker`; yields once its start-up heartbeat is in PostgreSQL (pool, treasury and all built)."""
     env = stack.env(database_url, worker=True)
-    async with python_child("kiota-worker", "kiota.cli", ["worker"], env, stack.run_dir) as child:
+    async with python_child("kiota-worker", worker_module(), ["worker"], env, stack.run_dir) as child:
         deadline = time.monotonic() + 30
         # The benchmark's database is fresh: any heartbeat is this worker's.
         while not await pool.fetchval("SELECT count(*) FROM worker_heartbeats"):

@@ -1,10 +1,27 @@
 """Our JSON-RPC client for Base: one keep-alive HTTP session, calls counted, providers' limits handled.
 
 The ingester reads logs and balances through it and the treasury sends its transactions
-through it (web3.py's provider opens a TCP connection per call). Failures that may pass
-become `ChainUnavailable`; a 429 waits (`Retry-After`) and tries again; an `eth_getLogs`
-range a provider refuses is split (the range it suggests, else halves).
+through it. Failures that may pass become `ChainUnavailable`; a 429 waits (`Retry-After`)
+and tries again; an `eth_getLogs` range a provider refuses is split (the range it suggests,
+else halves).
 """
+
+# Why ours and not web3.py (issue 12 item 5, measured 2026-12-07; figures in bench/RESULTS.md,
+# "web3.py vs chain_rpc"). kiota/chain_web3.py puts AsyncWeb3(AsyncHTTPProvider) behind this same
+# interface (a kept aiohttp session, batch requests) and KIOTA_BENCH_RPC=web3 runs B2 and B6 on it.
+# The rule was: keep web3.py if it costs at most 10% on both. It does not on B6:
+# - with web3's default middleware, B6's round at 10,000 addresses takes 2.4x ours (567 vs 235 ms,
+#   medians of 3 interleaved pairs): its validation middleware asks for the chain id before every
+#   eth_call, batched ones included, 0.3 ms of CPU each, 300 ms per batch of 800 balances;
+# - without it (web3 at its best for us), 1.11x by the median of 12 interleaved pairs' ratios (1.04x by
+#   the runs' medians, 259 vs 248 ms: a close call on a noisy machine), and 1.7-2.3x the CPU of the round in
+#   every pair (130 vs 70 ms);
+# - on B2 it costs nothing: completions/s 57.1 vs 56.0 (medians of 4 pairs, within the noise of a
+#   shared machine) with 9% less worker CPU per completion (8.5 vs 9.4 ms: aiohttp is cheaper than httpx).
+# It would also lose two things this client does: web3 raises on an HTTP error status before reading
+# the body (Alchemy refuses a wide eth_getLogs range with HTTP 400 and a JSON-RPC error naming the
+# range to ask), and its batch requests are never retried (a 429 here waits Retry-After and resends).
+# Its default session closes the connection after each request (TCPConnector(force_close=True)).
 
 from __future__ import annotations
 
@@ -26,7 +43,7 @@ class RangeRefused(KiotaError):
         self.error = error
 
 
-def _is_range_refusal(error: dict[str, Any]) -> bool:
+def is_range_refusal(error: dict[str, Any]) -> bool:
     message = str(error.get("message", "")).lower()
     return error.get("code") == -32005 or any(
         word in message for word in ("block range", "range", "exceed", "too many", "limit")
@@ -71,7 +88,7 @@ class ChainReader:
         # Some providers (Alchemy's free tier) refuse a wide range with HTTP 400 and an error body.
         if "error" in body:
             error: dict[str, Any] = body["error"]
-            if method == "eth_getLogs" and _is_range_refusal(error):
+            if method == "eth_getLogs" and is_range_refusal(error):
                 raise RangeRefused(error)
             raise ChainUnavailable(f"{method}: {error}")
         return body.get("result")
