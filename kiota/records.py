@@ -13,17 +13,22 @@ from __future__ import annotations
 import dataclasses
 import types
 import uuid
-from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Self, Union, get_args, get_origin, get_type_hints
+from typing import Any, Protocol, Self, Union, get_args, get_origin, get_type_hints
+
+
+class Row(Protocol):
+    """A row read by name: the driver's (asyncpg.Record) or a plain mapping."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
 
 
 class Record:
     """Base of the records: construction from a row."""
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Self:
+    def from_row(cls, row: Row) -> Self:
         values: dict[str, Any] = {}
         for name, convert in _converters(cls):
             try:
@@ -66,6 +71,16 @@ def _converters(cls: type) -> tuple[tuple[str, Any], ...]:
             out.append((field.name, _same))
     _CONVERTERS[cls] = tuple(out)
     return _CONVERTERS[cls]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class User(Record):
+    """A user (`users`), created on first sight of a token's subject, with its own deposit address."""
+
+    id: str
+    address_index: int
+    deposit_address: str
+    created_at: datetime
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -9,9 +9,10 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from kiota.records import Attempt, Callback, Deposit, Intent, JobRun, Payout, Record, Transfer
+from kiota.records import Attempt, Callback, Deposit, Intent, JobRun, Payout, Record, Transfer, User
 
 TABLES: dict[str, type[Record]] = {
+    "users": User,
     "deposits": Deposit,
     "mpesa_callbacks": Callback,
     "payouts": Payout,
