@@ -4,7 +4,7 @@ VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7);
 
 -- name: deposit_of_request
 -- The deposit an earlier request with the same Idempotency-Key created (user, key).
-SELECT id, checkout_request_id, kes_per_usd, amount_usdc FROM deposits WHERE user_id = $1 AND request_key = $2;
+SELECT * FROM deposits WHERE user_id = $1 AND request_key = $2;
 
 -- name: forget_request_key
 -- A push Daraja refused reached no phone: the key may push again (the refused deposit stays, failed).
