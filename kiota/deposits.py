@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 import structlog
 
@@ -200,7 +199,7 @@ async def _record_push(pool: Pool, deposit_id: uuid.UUID, accepted: PushAccepted
             await store.deposit_to_review(conn, deposit_id, "a callback arrived before the push was recorded")
 
 
-async def _finish_despite_cancel(work: Coroutine[Any, Any, object]) -> None:
+async def _finish_despite_cancel(work: Awaitable[object]) -> None:
     """Run `work` to its end although the caller is being cancelled (a second cancellation leaves it
     running on its own). A failure is logged, not raised: the cancellation is what the caller re-raises."""
     try:
