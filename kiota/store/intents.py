@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from kiota import usdc
 from kiota.db import Connection, Pool
 from kiota.records import Intent
 from kiota.sql import load_queries
-from kiota.usdc import confirmations
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +24,7 @@ class IntentOnChain:
     def confirmations(self) -> int:
         if self.block_number is None or self.last_head is None:
             return 0
-        return confirmations(self.last_head, self.block_number)
+        return usdc.confirmations(self.last_head, self.block_number)
 
 
 async def insert_intent(
