@@ -19,7 +19,7 @@ from typing import Any, Protocol, Self, Union, get_args, get_origin, get_type_hi
 
 
 class Row(Protocol):
-    """A row read by name: the driver's (asyncpg.Record) or a plain mapping."""
+    """What a record is built from: anything whose columns are read by name (a driver's row, a dict)."""
 
     def __getitem__(self, name: str, /) -> Any: ...
 
