@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import asyncpg
 import structlog
 from arq.connections import ArqRedis
 from fastapi import FastAPI
@@ -21,7 +20,7 @@ from api.routers import deposits, health, intents, metrics, mpesa_callback, port
 from api.routers.metrics import SnapshotCache
 from kiota.callbacks import CallbackGroups
 from kiota.daraja import DarajaClient
-from kiota.db import close_pool, create_pool
+from kiota.db import Pool, close_pool, create_pool
 from kiota.errors import ConfigError
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.limiter import Limiter
@@ -38,7 +37,7 @@ class Resources:
     """What request handlers need, built once per process."""
 
     settings: Settings
-    pool: asyncpg.Pool
+    pool: Pool
     queue: ArqRedis
     deposit_key: ExtendedPublicKey
     daraja: DarajaClient

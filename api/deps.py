@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated
 
-import asyncpg
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from kiota.auth import verify_token
 from kiota.daraja import DarajaClient
+from kiota.db import Pool
 from kiota.errors import AuthError
+from kiota.records import User
 from kiota.settings import Settings
-from kiota.users import User, ensure_user
+from kiota.users import ensure_user
 
 if TYPE_CHECKING:
     from api.app import Resources
@@ -31,7 +32,7 @@ async def get_settings(resources: ResourcesDep) -> Settings:
     return resources.settings
 
 
-async def get_pool(resources: ResourcesDep) -> asyncpg.Pool:
+async def get_pool(resources: ResourcesDep) -> Pool:
     return resources.pool
 
 
@@ -41,7 +42,7 @@ async def get_daraja(resources: ResourcesDep) -> DarajaClient:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DarajaDep = Annotated[DarajaClient, Depends(get_daraja)]
-PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+PoolDep = Annotated[Pool, Depends(get_pool)]
 
 _bearer = HTTPBearer(auto_error=False, description="HS256 JWT whose `sub` is the user's id")
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from kiota import db
 from kiota.errors import (
     AuthError,
     CallbackNotRecorded,
@@ -76,12 +76,6 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(KiotaError, _kiota_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
-    for unavailable in (
-        asyncpg.PostgresConnectionError,
-        asyncpg.InterfaceError,
-        asyncpg.CannotConnectNowError,
-        OSError,
-        TimeoutError,
-    ):
+    for unavailable in (*db.UNAVAILABLE, OSError, TimeoutError):
         app.add_exception_handler(unavailable, _unavailable)
     app.add_exception_handler(Exception, _unexpected)

@@ -16,7 +16,9 @@ request that outlived its claim can neither complete nor release its successor's
 Usage in a router:
 
     async def create(body: Body, user: CurrentUser, idem: IdempotencyDep) -> Response:
-        return await idem.run(lambda: service(...))   # service returns (status, json)
+        return await idem.run(lambda: answer(...))   # answer returns (status, json)
+
+The keys' SQL is `kiota.store.idempotency`'s.
 """
 
 from __future__ import annotations
@@ -24,20 +26,20 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated
 
-import asyncpg
 from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from api.deps import CurrentUser, PoolDep
+from kiota.db import Pool
 from kiota.errors import IdempotencyConflict, InvalidInput
-from kiota.sql import load_queries
+from kiota.store import idempotency as store
 
 MAX_KEY_LENGTH = 255
 IN_FLIGHT_EXPIRY_SECONDS = 60
 KEEP_UNKNOWN_OUTCOME = 504
-Answer = tuple[int, Any]
+Answer = tuple[int, object]  # a status and its JSON body
 
 
 def request_hash(raw_body: bytes) -> str:
@@ -50,54 +52,46 @@ def request_hash(raw_body: bytes) -> str:
 
 
 class Idempotency:
-    def __init__(self, pool: asyncpg.Pool, user_id: str, route: str, key: str | None, body_hash: str) -> None:
+    def __init__(self, pool: Pool, user_id: str, route: str, key: str | None, body_hash: str) -> None:
         self._pool = pool
-        self._scope = (user_id, route, key)
-        self._key = key
+        self._scope = None if key is None else store.Scope(user_id, route, key)
         self._hash = body_hash
 
     @property
     def key(self) -> str | None:
         """The request's Idempotency-Key (a service may save it with what the request creates)."""
-        return self._key
+        return None if self._scope is None else self._scope.key
 
     async def run(self, handler: Callable[[], Awaitable[Answer]]) -> Response:
-        if self._key is None:
+        if self._scope is None:
             status, body = await handler()
             return JSONResponse(body, status_code=status)
-        q = load_queries()
-        claimed = await self._pool.fetchval(
-            q.claim_idempotency_key, *self._scope, self._hash, float(IN_FLIGHT_EXPIRY_SECONDS)
-        )
+        claimed = await store.claim(self._pool, self._scope, self._hash, float(IN_FLIGHT_EXPIRY_SECONDS))
         if claimed is None:
-            return await self._replay()
+            return await self._replay(self._scope)
         try:
             status, body = await handler()
         except BaseException:
-            await self._pool.execute(q.release_idempotency_key, *self._scope, claimed)
+            await store.release(self._pool, self._scope, claimed)
             raise
         if status >= 500 and status != KEEP_UNKNOWN_OUTCOME:
-            await self._pool.execute(q.release_idempotency_key, *self._scope, claimed)
+            await store.release(self._pool, self._scope, claimed)
         else:
-            await self._pool.execute(q.complete_idempotency_key, *self._scope, status, body, claimed)
+            await store.complete(self._pool, self._scope, claimed, status, body)
         return JSONResponse(body, status_code=status)
 
-    async def _replay(self) -> Response:
-        row = await self._pool.fetchrow(load_queries().idempotency_key, *self._scope)
-        if row is None:  # released between our claim and this read: the first attempt failed
+    async def _replay(self, scope: store.Scope) -> Response:
+        stored = await store.stored(self._pool, scope)
+        if stored is None:  # released between our claim and this read: the first attempt failed
             raise IdempotencyConflict("the first request with this Idempotency-Key failed; retry")
-        if row["request_hash"] != self._hash:
+        if stored.request_hash != self._hash:
             raise IdempotencyConflict("this Idempotency-Key was used with another request body")
-        if row["response_status"] is None:
+        if stored.status is None:
             raise IdempotencyConflict(
                 "a request with this Idempotency-Key is still in flight "
                 f"(if it died, the key is free again {IN_FLIGHT_EXPIRY_SECONDS} s after it started)"
             )
-        return JSONResponse(
-            row["response_body"],
-            status_code=row["response_status"],
-            headers={"Idempotent-Replayed": "true"},
-        )
+        return JSONResponse(stored.body, status_code=stored.status, headers={"Idempotent-Replayed": "true"})
 
 
 async def get_idempotency(

@@ -1,8 +1,8 @@
 """Response models of the app's API: what `/openapi.json` promises, in CONTRACT.md's field names.
 
-They describe the answers the routers already build (`kiota.deposits.deposit_out`,
-`kiota.intents.intent_out`, the idempotent POSTs' stored answers); the routers declare them so
-that clients and schemathesis can hold every answer to its schema. Money is never a float: USDC
+The routers build their answers with them from the core's records and results (and the idempotent
+POSTs store those answers); they declare them so that clients and schemathesis can hold every
+answer to its schema. Money is never a float: USDC
 are decimal strings with exactly 6 decimals, KES integers. Times are ISO 8601 strings with a
 timezone, typed as strings (not datetimes) so that declaring a model never re-formats them.
 """

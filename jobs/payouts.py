@@ -17,7 +17,6 @@ from arq import Retry
 
 from jobs.context import WorkerContext, running_job_id
 from kiota.confirm import Verdict, confirm_success
-from kiota.deposits import processing_since
 from kiota.errors import ChainUnavailable
 from kiota.job_history import JobHistory, backoff_seconds, enqueue
 from kiota.job_names import JobName
@@ -37,6 +36,7 @@ from kiota.payout_policy import (
     next_step,
 )
 from kiota.payouts import abandon, pay_deposit
+from kiota.store.deposits import processing_since
 
 log = structlog.get_logger(__name__)
 

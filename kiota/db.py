@@ -21,7 +21,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -41,6 +41,9 @@ CONNECTION_LOST = (
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
 )
+# Errors that say PostgreSQL cannot answer right now (down, restarting, or a connection unusable), which
+# an edge answers with "try again" rather than as a fault of the request.
+UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
 # asyncpg's own state errors, which a connection dying under an operation can also surface as.
 _DRIVER_CONFUSED = (asyncpg.InterfaceError, asyncpg.InternalClientError)
 
@@ -61,13 +64,18 @@ def connection_lost(exc: BaseException) -> bool:
     return False
 
 
-async def close_pool(pool: asyncpg.Pool, seconds: float = 10.0) -> None:
+async def close_pool(pool: Pool, seconds: float = 10.0) -> None:
     """Close gracefully, or terminate: after a database restart a dead connection can keep
     `close()` waiting for ever, and a process must still be able to stop."""
     try:
         await asyncio.wait_for(pool.close(), seconds)
     except TimeoutError:
         pool.terminate()
+
+
+async def ping(pool: Pool) -> None:
+    """One round trip, for readiness: raises if PostgreSQL does not answer."""
+    await pool.fetchval("SELECT 1")
 
 
 async def try_advisory_lock(conn: Connection, key: int) -> bool:

@@ -74,6 +74,16 @@ def _converters(cls: type) -> tuple[tuple[str, Any], ...]:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class User(Record):
+    """A user (`users`), created on first sight of a token's subject, with its own deposit address."""
+
+    id: str
+    address_index: int
+    deposit_address: str
+    created_at: datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Deposit(Record):
     """An M-Pesa deposit (`deposits`): KES in, USDC paid to the user's address."""
 

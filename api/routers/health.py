@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import ResourcesDep
 from api.schemas import EDGE, READY, HealthOut, ReadyOut
+from kiota.db import ping
 
 router = APIRouter(tags=["operations"])
 READY_TIMEOUT_SECONDS = 2.0
@@ -23,7 +24,7 @@ async def health() -> dict[str, str]:
 @router.get("/health/ready", response_model=ReadyOut, responses=READY)
 async def ready(resources: ResourcesDep) -> JSONResponse:
     checks = {
-        "postgres": await _check(resources.pool.fetchval("SELECT 1")),
+        "postgres": await _check(ping(resources.pool)),
         "redis": await _check(resources.queue.ping()),
     }
     ok = all(value == "ok" for value in checks.values())

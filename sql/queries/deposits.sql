@@ -4,7 +4,7 @@ VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7);
 
 -- name: deposit_of_request
 -- The deposit an earlier request with the same Idempotency-Key created (user, key).
-SELECT id, checkout_request_id, kes_per_usd, amount_usdc FROM deposits WHERE user_id = $1 AND request_key = $2;
+SELECT * FROM deposits WHERE user_id = $1 AND request_key = $2;
 
 -- name: forget_request_key
 -- A push Daraja refused reached no phone: the key may push again (the refused deposit stays, failed).
@@ -76,19 +76,6 @@ SELECT count(*) FROM mpesa_callbacks WHERE checkout_request_id = $1 AND deposit_
 
 -- name: deposit_processing_since
 SELECT processing_since FROM deposits WHERE id = $1;
-
--- name: metrics_snapshot
--- Everything /metrics reports, in one round trip.
-SELECT
-    (SELECT coalesce(json_object_agg(status, n), '{}') FROM (SELECT status, count(*) AS n FROM deposits GROUP BY status) d)
-        AS deposits,
-    (SELECT coalesce(json_object_agg(status, n), '{}') FROM (SELECT status, count(*) AS n FROM jobs GROUP BY status) j)
-        AS jobs,
-    (SELECT count(*) FROM review_items WHERE status = 'open') AS open_reviews,
-    (SELECT kill_switch FROM payout_guards) AS kill_switch,
-    (SELECT lane_paused FROM payout_guards) AS lane_paused,
-    (SELECT count(*) FROM payouts WHERE status = 'cancelling') AS payouts_cancelling,
-    (SELECT count(*) FROM worker_heartbeats WHERE seen_at > now() - interval '90 seconds') AS live_workers;
 
 -- name: deposits_due_for_query
 -- Pending deposits whose callback has not come: ask Daraja (STK query).

@@ -173,22 +173,6 @@ WHERE i.id = e.id AND i.status IN ('awaiting_payment', 'confirming');
 INSERT INTO scan_rounds (chain_id, from_block, to_block, head, rpc_calls, transfers, started_at, finished_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp());
 
--- name: insert_intent
-INSERT INTO deposit_intents (id, user_id, status, deposit_address, expected_amount_usdc, expires_at)
-VALUES ($1, $2, 'awaiting_payment', $3, $4, now() + make_interval(secs => $5))
-ON CONFLICT (user_id) WHERE status IN ('awaiting_payment', 'confirming') DO NOTHING
-RETURNING id;
-
--- name: open_intent_for_user
-SELECT id FROM deposit_intents WHERE user_id = $1 AND status IN ('awaiting_payment', 'confirming');
-
--- name: intent_of_user
-SELECT i.*, t.tx_hash, t.block_number,
-       (SELECT head FROM scan_rounds r WHERE r.chain_id = $3 ORDER BY r.id DESC LIMIT 1) AS last_head
-FROM deposit_intents i
-LEFT JOIN chain_transfers t ON t.id = i.transfer_id
-WHERE i.id = $1 AND i.user_id = $2;
-
 -- name: upsert_wallet_balances
 -- The on-chain USDC of users, read at block $3, cached (each user once in a call).
 INSERT INTO wallet_balances (user_id, usdc_micro, block_number)

@@ -1,5 +1,5 @@
 -- name: user_by_id
-SELECT id, address_index, deposit_address, created_at FROM users WHERE id = $1;
+SELECT * FROM users WHERE id = $1;
 
 -- name: next_address_index
 SELECT nextval('user_address_index_seq')::integer;
@@ -9,7 +9,7 @@ SELECT nextval('user_address_index_seq')::integer;
 INSERT INTO users (id, address_index, deposit_address)
 VALUES ($1, $2, $3)
 ON CONFLICT (id) DO NOTHING
-RETURNING id, address_index, deposit_address, created_at;
+RETURNING *;
 
 -- name: insert_user_accounts
 INSERT INTO accounts (code, kind, user_id, asset, normal_side)

@@ -9,9 +9,10 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from kiota.records import Attempt, Callback, Deposit, Guards, Intent, JobRun, Payout, Record, ReviewItem, Transfer
+from kiota.records import Attempt, Callback, Deposit, Guards, Intent, JobRun, Payout, Record, ReviewItem, Transfer, User
 
 TABLES: dict[str, type[Record]] = {
+    "users": User,
     "deposits": Deposit,
     "mpesa_callbacks": Callback,
     "payouts": Payout,

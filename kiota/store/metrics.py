@@ -1,0 +1,34 @@
+"""What the operators' metrics report, read from PostgreSQL in one round trip, so every process reports the
+same truth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kiota.db import Connection, Pool
+from kiota.sql import load_queries
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    deposits: dict[str, int]  # by status; a status no deposit has is absent
+    jobs: dict[str, int]  # the PostgreSQL job history, by status; likewise
+    open_reviews: int
+    kill_switch: bool
+    lane_paused: bool
+    payouts_cancelling: int
+    live_workers: int
+
+
+async def snapshot(conn: Connection | Pool) -> Snapshot:
+    row = await conn.fetchrow(load_queries().metrics_snapshot)
+    assert row is not None  # a SELECT of values always returns its one row
+    return Snapshot(
+        deposits=row["deposits"],
+        jobs=row["jobs"],
+        open_reviews=row["open_reviews"],
+        kill_switch=row["kill_switch"],
+        lane_paused=row["lane_paused"],
+        payouts_cancelling=row["payouts_cancelling"],
+        live_workers=row["live_workers"],
+    )
