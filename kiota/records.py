@@ -13,17 +13,22 @@ from __future__ import annotations
 import dataclasses
 import types
 import uuid
-from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Self, Union, get_args, get_origin, get_type_hints
+from typing import Any, Protocol, Self, Union, get_args, get_origin, get_type_hints
+
+
+class Row(Protocol):
+    """What a record is built from: anything whose columns are read by name (a driver's row, a dict)."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
 
 
 class Record:
     """Base of the records: construction from a row."""
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Self:
+    def from_row(cls, row: Row) -> Self:
         values: dict[str, Any] = {}
         for name, convert in _converters(cls):
             try:
