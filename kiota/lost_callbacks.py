@@ -1,15 +1,16 @@
 """Lost callbacks: ask Daraja (STK query) about pushes whose callback never came.
 
-A final answer is carried out exactly as a posted callback is: decided by `kiota.mpesa.decide`,
-planned by `kiota.mpesa_answers.plan`, written by `kiota.store.callbacks.apply`, the one write
-path of an M-Pesa answer. It writes no `mpesa_callbacks` row (nobody posted anything), and a
-success's 0 is also its confirmation (`kiota.confirm`), so it is not asked twice. The query
-carries no amount and no receipt: a success completes the deposit at its quote (the push's
-amount stands), a failure fails it. "Still processing" waits with backoff; 24 hours without an
-answer sends it to review. Only a `pending` deposit is ever changed here (a callback that got
-there first stands): the answer is decided on the deposit as read before asking, and applied only
-if the deposit still looks so, and the other writes name `pending` too, so a query never
-downgrades a callback's success.
+The query's final answer is carried out as a posted callback is, by the same apply step
+(`kiota.store.callbacks.apply`): `from_query` makes it an `StkCallback`, decided and planned as
+one (`kiota.mpesa_answers`). Two things differ. No `mpesa_callbacks` row is written: nobody
+posted anything. And a success's 0 is its confirmation (`kiota.confirm`), written with it, so it
+is not asked twice. The query carries no amount and no receipt: a success completes the deposit
+at its quote (the push's amount stands); a failure fails it.
+
+"Still processing" waits with backoff; 24 hours without an answer sends it to review. Only a
+`pending` deposit is ever changed here, so a query never downgrades a callback's success: the
+answer is decided on the deposit as read before asking and applied only if the deposit still
+looks so (a callback that got there first stands), and the other writes name `pending` too.
 """
 
 from __future__ import annotations

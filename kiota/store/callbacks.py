@@ -4,8 +4,8 @@ them out, and the rows of posted callbacks (sql/queries/callbacks.sql).
 `apply` is the only way an answer changes a deposit: paid (with its journal entry and its
 completion job), failed, or sent to review, for a posted callback and for the STK query's answer
 alike (`kiota.mpesa_answers`). A callback row is a `kiota.records.Callback`, built whole by name
-in `kiota.callbacks` and written as the table's own row type, so a new column is the record's
-field and its migration, nothing here.
+in `kiota.callbacks` (`callback_row`) and written as the table's own row type: a new column is
+the record's field, its value there, and its migration; nothing here.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import asyncpg
 
 from kiota.db import Connection
 from kiota.job_names import JobName
+from kiota.ledger import Posting
 from kiota.mpesa import DepositView, StkCallback
 from kiota.mpesa_answers import Decided, Seen
 from kiota.records import Callback, Deposit
@@ -92,9 +93,7 @@ def _item(ord_: int, decided: Decided) -> dict[str, Any]:
         "confirm_answer": plan.confirm_answer,
         "entry_key": None if entry is None else entry.key,
         "entry_kind": None if entry is None else entry.kind,
-        "postings": None
-        if entry is None
-        else [(p.account, p.asset, p.direction.value, p.amount) for p in entry.postings],
+        "postings": None if entry is None else [_posting(p) for p in entry.postings],
         "job_id": plan.job_id,
         "job_function": None if plan.job_id is None else JobName.COMPLETE_MPESA_DEPOSIT,
         "review_kind": None if review is None else review.kind,
@@ -104,8 +103,17 @@ def _item(ord_: int, decided: Decided) -> dict[str, Any]:
     }
 
 
+def _posting(p: Posting) -> tuple[str, str, str, int]:
+    """One `ledger_posting_in`."""
+    return (p.account, p.asset, p.direction.value, p.amount)
+
+
+_CALLBACK_COLUMNS = tuple(field.name for field in dataclasses.fields(Callback))
+
+
 def _columns(row: Callback) -> dict[str, Any]:
-    return {field.name: getattr(row, field.name) for field in dataclasses.fields(row)}
+    """A callback row as the table's row type, by name."""
+    return {name: getattr(row, name) for name in _CALLBACK_COLUMNS}
 
 
 async def stamp(conn: Connection | asyncpg.Pool) -> Stamp:
