@@ -44,7 +44,7 @@ import structlog
 from arq.connections import ArqRedis
 from asyncpg.pool import PoolConnectionProxy
 
-from kiota.db import Connection
+from kiota.db import Connection, Pool
 from kiota.errors import CallbackNotRecorded
 from kiota.job_history import enqueue_many
 from kiota.job_names import JobName
@@ -184,14 +184,14 @@ def split_repeats(items: Sequence[T], key: Callable[[T], StkCallback]) -> tuple[
     return group, rest
 
 
-async def record_malformed(pool: asyncpg.Pool, raw: bytes, remote_addr: str | None, error: str) -> int:
+async def record_malformed(pool: Pool, raw: bytes, remote_addr: str | None, error: str) -> int:
     """Keep a body that is not Daraja's callback shape, for audit; its row's id."""
     stamp = await store.stamp(pool)
     await store.insert_callback(pool, callback_row(stamp, raw, remote_addr, "malformed", parse_error=error))
     return stamp.id
 
 
-async def ingest_callback(pool: asyncpg.Pool, raw: bytes, remote_addr: str | None) -> CallbackResult:
+async def ingest_callback(pool: Pool, raw: bytes, remote_addr: str | None) -> CallbackResult:
     """Parse, record and apply one callback, on its own (no group, no enqueue): for callers
     outside the API. Raises MalformedCallback (after recording the raw body) when the shape
     is wrong, CallbackNotRecorded when it could not be applied."""
@@ -230,7 +230,7 @@ class CallbackGroups:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: Pool,
         queue: ArqRedis,
         *,
         lanes: int = LANES,

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-import asyncpg
 import structlog
 
 from kiota.daraja import DarajaClient
+from kiota.db import Pool
 from kiota.errors import DarajaError, DarajaRefused
 from kiota.records import Deposit
 from kiota.store import confirm as store
@@ -124,7 +124,7 @@ async def ask(daraja: DarajaClient, checkout_request_id: str) -> Answer:
 
 
 async def confirm_success(
-    pool: asyncpg.Pool,
+    pool: Pool,
     daraja: DarajaClient | None,
     deposit_id: uuid.UUID,
     *,
@@ -167,7 +167,7 @@ async def confirm_success(
     return Confirmation(Verdict.REVIEW if reason else Verdict.NOT_NEEDED, reason or "")
 
 
-async def _to_review(pool: asyncpg.Pool, deposit: Deposit, answer: Answer, timing: ConfirmTiming) -> str | None:
+async def _to_review(pool: Pool, deposit: Deposit, answer: Answer, timing: ConfirmTiming) -> str | None:
     """The deposit goes to review with both answers; None if it had left processing meanwhile."""
     callbacks = []
     if deposit.checkout_request_id is not None:

@@ -10,6 +10,8 @@ from asyncpg.pool import PoolConnectionProxy
 
 # A connection as our code receives it: direct, or borrowed from a pool.
 Connection = asyncpg.Connection | PoolConnectionProxy
+# The pool, named here so that the layers above the store never import the driver.
+Pool = asyncpg.Pool
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

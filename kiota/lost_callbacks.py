@@ -19,11 +19,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import structlog
 
 from kiota.confirm import CONFIRMED_BY_QUERY
 from kiota.daraja import DarajaClient, QueryResult
+from kiota.db import Pool
 from kiota.errors import DarajaError, DarajaRefused
 from kiota.mpesa import DepositView, StkCallback
 from kiota.mpesa_answers import Decided, Seen, plan
@@ -63,9 +63,7 @@ def from_query(deposit: Deposit, result_code: int, result_desc: str, answer: str
     return Decided(said, seen, plan(said, seen, confirmed_by=CONFIRMED_BY_QUERY, confirm_answer=answer))
 
 
-async def query_deposit(
-    pool: asyncpg.Pool, daraja: DarajaClient, deposit_id: uuid.UUID, backoff_base: float
-) -> QueryOutcome:
+async def query_deposit(pool: Pool, daraja: DarajaClient, deposit_id: uuid.UUID, backoff_base: float) -> QueryOutcome:
     deposit = await store.deposit(pool, deposit_id)
     if deposit is None or deposit.status != "pending" or deposit.checkout_request_id is None:
         return QueryOutcome("nothing")

@@ -10,9 +10,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-import asyncpg
-
-from kiota.db import Connection
+from kiota.db import Connection, Pool
 from kiota.records import Callback, Deposit
 from kiota.sql import load_queries
 
@@ -27,7 +25,7 @@ class Claim:
     under_review: bool
 
 
-async def claim(pool: asyncpg.Pool, deposit_id: uuid.UUID) -> Claim | None:
+async def claim(pool: Pool, deposit_id: uuid.UUID) -> Claim | None:
     """None unless the deposit is processing and unconfirmed."""
     row = await pool.fetchrow(load_queries().confirm_claim, deposit_id)
     if row is None:
@@ -35,14 +33,12 @@ async def claim(pool: asyncpg.Pool, deposit_id: uuid.UUID) -> Claim | None:
     return Claim(Deposit.from_row(row), timedelta(seconds=row["waited_seconds"]), row["under_review"])
 
 
-async def confirmed(
-    conn: Connection | asyncpg.Pool, deposit_id: uuid.UUID, by: str, answer: str, attempts: int
-) -> bool:
+async def confirmed(conn: Connection | Pool, deposit_id: uuid.UUID, by: str, answer: str, attempts: int) -> bool:
     """Mark it confirmed (once), counting `attempts` more questions."""
     return await conn.fetchval(load_queries().deposit_confirmed, deposit_id, by, answer, attempts) is not None
 
 
-async def ask_again(pool: asyncpg.Pool, deposit_id: uuid.UUID, answer: str) -> int | None:
+async def ask_again(pool: Pool, deposit_id: uuid.UUID, answer: str) -> int | None:
     """Keep the answer and count the question; the attempts so far, or None."""
     attempts: int | None = await pool.fetchval(load_queries().deposit_confirm_again, deposit_id, answer)
     return attempts
@@ -56,11 +52,11 @@ async def open_review(conn: Connection, deposit_id: uuid.UUID, amount_kes: int |
     await conn.execute(load_queries().open_unconfirmed_review, deposit_id, amount_kes, reason)
 
 
-async def resolve_review(pool: asyncpg.Pool, deposit_id: uuid.UUID, resolution: str) -> None:
+async def resolve_review(pool: Pool, deposit_id: uuid.UUID, resolution: str) -> None:
     await pool.execute(load_queries().resolve_unconfirmed_review, deposit_id, resolution)
 
 
-async def success_callbacks(pool: asyncpg.Pool, checkout_request_id: str) -> list[Callback]:
+async def success_callbacks(pool: Pool, checkout_request_id: str) -> list[Callback]:
     """What the success callbacks posted about a push said, in order."""
     rows = await pool.fetch(load_queries().success_callbacks_of_checkout, checkout_request_id)
     return [Callback.from_row(row) for row in rows]
