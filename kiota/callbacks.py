@@ -52,7 +52,6 @@ from kiota.mpesa import MalformedCallback, StkCallback, parse_callback
 from kiota.mpesa_answers import Decided, plan
 from kiota.records import Callback
 from kiota.store import callbacks as store
-from kiota.store.callbacks import Stamp
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -93,7 +92,7 @@ class CallbackResult:
 
 
 def callback_row(
-    stamp: Stamp,
+    stamp: store.Stamp,
     raw: bytes,
     remote_addr: str | None,
     disposition: str,

@@ -1,7 +1,7 @@
 """A success's confirmation by the STK query, in PostgreSQL (sql/queries/confirm.sql; see `kiota.confirm`).
 
-Every write names a processing, unconfirmed deposit and says whether it found one: a deposit that
-left that state meanwhile (paid, confirmed, in review) is left alone.
+Every change to a deposit names a processing, unconfirmed one and says whether it found it: a
+deposit that left that state meanwhile (paid, confirmed, in review) is left alone.
 """
 
 from __future__ import annotations
@@ -45,14 +45,17 @@ async def ask_again(pool: Pool, deposit_id: uuid.UUID, answer: str) -> int | Non
 
 
 async def to_review(conn: Connection, deposit_id: uuid.UUID, reason: str, answer: str) -> bool:
+    """Not confirmed: the deposit goes to review, unpaid, with the query's answer."""
     return await conn.fetchval(load_queries().deposit_unconfirmed_to_review, deposit_id, reason, answer) is not None
 
 
 async def open_review(conn: Connection, deposit_id: uuid.UUID, amount_kes: int | None, reason: str) -> None:
+    """List it for a person (once per deposit; opened again if a retry is refused again)."""
     await conn.execute(load_queries().open_unconfirmed_review, deposit_id, amount_kes, reason)
 
 
 async def resolve_review(pool: Pool, deposit_id: uuid.UUID, resolution: str) -> None:
+    """Close its review item: the success was confirmed after all."""
     await pool.execute(load_queries().resolve_unconfirmed_review, deposit_id, resolution)
 
 

@@ -331,7 +331,7 @@ async def test_a_query_answer_writes_what_a_callback_writes_through_the_same_app
     monkeypatch.setattr(callback_store, "apply", apply_spied)
     body = paid(checkout, 1500, "RCPTSAME01") if result_code == 0 else cancelled(checkout, result_code)
     await ingest_callback(pool, body, None)
-    answered = await query_deposit(pool, AnsweringDaraja(result_code), by_query, 1)  # type: ignore[arg-type]
+    answered = await query_deposit(pool, AnsweringDaraja(result_code), by_query, 1)
 
     assert answered.action == outcome
     # One apply step for both: the callback's with its posted row, the query's without one.
@@ -341,8 +341,8 @@ async def test_a_query_answer_writes_what_a_callback_writes_through_the_same_app
     assert callback_wrote == query_wrote
     if result_code == 0:
         assert query_wrote["deposit"]["status"] == "processing" and len(query_wrote["entries"]) == 2
-        assert query_wrote["jobs"] == [{"id": "complete_mpesa_deposit:<id>", "function": "complete_mpesa_deposit",
-                                        "status": "queued", "failures": 0, "runs": 0}]  # fmt: skip
+        job = {"id": "complete_mpesa_deposit:<id>", "function": "complete_mpesa_deposit", "status": "queued"}
+        assert query_wrote["jobs"] == [{**job, "failures": 0, "runs": 0}]
         assert answered.enqueue_job_id == f"complete_mpesa_deposit:{by_query}"
     else:
         assert query_wrote["deposit"]["status"] == "failed" and query_wrote["entries"] == []
@@ -367,7 +367,7 @@ async def test_a_callback_applied_while_the_query_was_asked_stands(pool: asyncpg
         await ingest_callback(pool, paid(checkout, 1500, "RCPTFIRST9"), None)
 
     # The query read the deposit pending, then asked; meanwhile the success callback was applied.
-    answered = await query_deposit(pool, AnsweringDaraja(1032, callback_arrives), deposit_id, 1)  # type: ignore[arg-type]
+    answered = await query_deposit(pool, AnsweringDaraja(1032, callback_arrives), deposit_id, 1)
     assert answered.action == "nothing"
     wrote = await what_was_written(pool, deposit_id)
     assert (wrote["deposit"]["status"], wrote["deposit"]["failure_code"]) == ("processing", None)
