@@ -4,19 +4,22 @@ A callback is answered 200 only after the transaction that records and applies i
 committed. Committed one by one, each callback cost a transaction, a WAL flush and a dozen
 round trips; here callbacks that arrive together share them. Whatever arrived while the
 previous group was being committed forms the next group (nothing waits for a timer), and a
-group is applied by ONE statement, the call to `mpesa_apply_callbacks`
-(sql/migrations/0008): its own transaction, committed before the statement returns. Nothing
+group is applied by ONE statement, the call to `mpesa_apply_answers`
+(sql/migrations/0012): its own transaction, committed before the statement returns. Nothing
 is answered before its commit; `synchronous_commit` is the server's.
 
 One round for a group:
-1. `callback_views` reads each callback's deposit as it is now (one statement, nothing locked);
-2. `kiota.mpesa.decide` decides each one here, in Python, and `plan` turns the decision into the
-   rows to write;
-3. `mpesa_apply_callbacks` locks the deposits and applies, set-based, every plan whose deposit
-   still looks as it did in 1; the others come back stale, nothing of them written, and are
-   decided again in the next group. A group names each CheckoutRequestID and each receipt once
-   (`split_repeats` holds repeats back for the next group), so repeats behave exactly as if sent
-   one after the other.
+1. `kiota.store.callbacks.read` reads each callback's deposit as it is now (one statement,
+   nothing locked), and draws its row's id and time;
+2. `kiota.mpesa.decide` decides each one here, in Python, `plan` (`kiota.mpesa_answers`) turns
+   the decision into the rows to write, and `callback_row` builds the callback's own row;
+3. `kiota.store.callbacks.apply` (`mpesa_apply_answers`) locks the deposits and applies,
+   set-based, every plan whose deposit still looks as it did in 1; the others come back stale,
+   nothing of them written, and are decided again in the next group. It is the one write path of
+   an M-Pesa answer: the STK query's answer for a lost callback (`kiota.lost_callbacks`) goes
+   through it too, without a callback row, since nobody posted it. A group names each
+   CheckoutRequestID and each receipt once (`split_repeats` holds repeats back for the next
+   group), so repeats behave exactly as if sent one after the other.
 4. The group's completion jobs go to Redis in one round trip, then every callback is answered.
 
 If the database refuses a group (an error in any callback fails the statement, so nothing of the
@@ -34,21 +37,21 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 import structlog
 from arq.connections import ArqRedis
 from asyncpg.pool import PoolConnectionProxy
 
-from kiota import ledger
-from kiota.db import Connection
-from kiota.deposits import complete_job_id
+from kiota.db import Connection, Pool
 from kiota.errors import CallbackNotRecorded
 from kiota.job_history import enqueue_many
 from kiota.job_names import JobName
-from kiota.mpesa import Action, DepositView, MalformedCallback, StkCallback, decide, parse_callback
-from kiota.sql import load_queries
+from kiota.mpesa import MalformedCallback, StkCallback, parse_callback
+from kiota.mpesa_answers import Decided, plan
+from kiota.records import Callback
+from kiota.store import callbacks as store
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -88,93 +91,37 @@ class CallbackResult:
     enqueue_job_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """What PostgreSQL said when the callback's deposit was read: what a decision is made on."""
-
-    callback_id: int
-    deposit_id: uuid.UUID | None
-    deposit: DepositView | None
-    receipt_taken: bool  # the callback's receipt is on some deposit already
-
-
-@dataclass(frozen=True, slots=True)
-class ReviewItem:
-    kind: str
-    key: str
-    amount_kes: int | None
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What applying one callback writes, besides its own row."""
-
-    disposition: str
-    deposit_change: str | None = None  # succeeded | receipt | failed | needs_review
-    deposit_reason: str | None = None
-    entry: ledger.Entry | None = None
-    job_id: str | None = None
-    review: ReviewItem | None = None
-
-
-def plan(cb: StkCallback, seen: Seen) -> Plan:
-    """The decision for one callback, as rows to write. Pure: the table tests call it."""
-    decision = decide(seen.deposit, cb, receipt_used_elsewhere=seen.receipt_taken)
-    deposit_id = seen.deposit_id
-    if decision.action is Action.SUCCEED:
-        assert cb.amount_kes is not None and deposit_id is not None
-        return Plan(
-            "succeeded",
-            "succeeded",
-            entry=ledger.mpesa_received(str(deposit_id), cb.amount_kes),
-            job_id=complete_job_id(deposit_id),
-        )
-    if decision.action is Action.ATTACH_RECEIPT:
-        return Plan("duplicate", "receipt")
-    if decision.action is Action.FAIL:
-        return Plan("failed", "failed", decision.reason)
-    if decision.action is Action.REVIEW:
-        return _review(cb, seen, decision.reason or "review", decision.deposit_status)
-    if decision.action is Action.NOTE_FAILURE:
-        if deposit_id is None:
-            return Plan("unknown_failure")
-        review = None
-        if decision.reason:
-            review = ReviewItem("contradiction", f"callback:{seen.callback_id}", None, decision.reason)
-        return Plan("review", review=review)
-    return Plan("duplicate")
-
-
-def _review(cb: StkCallback, seen: Seen, reason: str, new_status: str | None) -> Plan:
-    """Money arrived that we will not credit automatically: book it to suspense and list it."""
-    key = f"receipt:{cb.receipt}" if cb.receipt else f"callback:{seen.callback_id}"
-    entry = ledger.mpesa_unmatched(key, cb.amount_kes) if cb.succeeded and cb.amount_kes else None
-    to_review = new_status == "needs_review" and seen.deposit_id is not None
-    return Plan(
-        "review",
-        "needs_review" if to_review else None,
-        reason if to_review else None,
-        entry=entry,
-        review=ReviewItem("mpesa_callback", key, cb.amount_kes, reason),
+def callback_row(
+    stamp: store.Stamp,
+    raw: bytes,
+    remote_addr: str | None,
+    disposition: str,
+    *,
+    callback: StkCallback | None = None,
+    deposit_id: uuid.UUID | None = None,
+    parse_error: str | None = None,
+) -> Callback:
+    """A posted callback's row in `mpesa_callbacks`, the record of what was POSTed: built here
+    only, by name. `callback` is what it said, once parsed (None for a malformed one)."""
+    cb = callback
+    return Callback(
+        id=stamp.id,
+        received_at=stamp.received_at,
+        remote_addr=remote_addr,
+        raw_body=readable(raw),
+        parse_error=parse_error,
+        checkout_request_id=None if cb is None else cb.checkout_request_id,
+        merchant_request_id=None if cb is None else cb.merchant_request_id,
+        result_code=None if cb is None else cb.result_code,
+        result_desc=None if cb is None else cb.result_desc,
+        amount_kes=None if cb is None else cb.amount_kes,
+        mpesa_receipt=None if cb is None else cb.receipt,
+        transaction_at=None if cb is None else cb.transaction_at,
+        phone_masked=None if cb is None else cb.phone_masked,
+        deposit_id=deposit_id,
+        disposition=disposition,
+        raw_bytes=raw,
     )
-
-
-def _row(ord_: int, item: Received, seen: Seen, p: Plan) -> tuple[Any, ...]:
-    """One `mpesa_callback_in` value, attribute by attribute."""
-    cb, view, entry, review = item.callback, seen.deposit, p.entry, p.review
-    postings = None if entry is None else [(x.account, x.asset, x.direction.value, x.amount) for x in entry.postings]
-    return (
-        ord_, seen.callback_id, item.remote_addr, readable(item.raw), item.raw,
-        cb.checkout_request_id, cb.merchant_request_id, cb.result_code, cb.result_desc, cb.amount_kes,
-        cb.receipt, cb.transaction_at, cb.phone_masked,
-        seen.deposit_id, view and view.status, view and view.receipt, view and view.failure_code,
-        view and view.received_kes, seen.receipt_taken,
-        p.disposition, p.deposit_change, p.deposit_reason,
-        entry and entry.key, entry and entry.kind, postings,
-        p.job_id, JobName.COMPLETE_MPESA_DEPOSIT if p.job_id else None,
-        review and review.kind, review and review.key, review and review.amount_kes, review and review.reason,
-    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,15 +133,6 @@ class ApplyOutcome:
     error: str | None = None
 
 
-def _seen(view: asyncpg.Record) -> Seen:
-    deposit = None
-    if view["deposit_id"] is not None:
-        deposit = DepositView(
-            view["status"], view["amount_kes"], view["mpesa_receipt"], view["failure_code"], view["received_kes"]
-        )
-    return Seen(view["callback_id"], view["deposit_id"], deposit, view["receipt_taken"])
-
-
 async def apply_round(conn: Connection, items: Sequence[Received]) -> list[ApplyOutcome]:
     """Read, decide and apply a group in two statements, the second its own transaction.
 
@@ -203,27 +141,26 @@ async def apply_round(conn: Connection, items: Sequence[Received]) -> list[Apply
     ReadyForQuery, which follows the commit and its WAL flush. A database error fails the
     whole round (nothing of it is kept).
     """
-    q = load_queries()
-    views = await conn.fetch(
-        q.callback_views, [i.callback.checkout_request_id for i in items], [i.callback.receipt for i in items]
-    )
-    rows: list[tuple[Any, ...]] = []
+    views = await store.read(conn, [item.callback for item in items])
+    decided: list[Decided] = []
     outcomes: list[ApplyOutcome] = []
-    for item, view in zip(items, views, strict=True):
-        seen = _seen(view)
+    for item, (seen, stamp) in zip(items, views, strict=True):
         try:
             p = plan(item.callback, seen)
         except Exception as exc:  # a bug for this callback alone: the others go on
             outcomes.append(ApplyOutcome(error=f"deciding it failed: {type(exc).__name__}: {exc}"))
             continue
         deposit_id = None if seen.deposit_id is None else str(seen.deposit_id)
-        outcomes.append(ApplyOutcome(CallbackResult(seen.callback_id, p.disposition, deposit_id, p.job_id)))
-        rows.append(_row(view["ord"], item, seen, p))
-    if rows:
-        applied = set(await conn.fetchval(q.apply_callbacks, rows))
-        for ord_, outcome in enumerate(outcomes, start=1):
-            if outcome.result is not None and ord_ not in applied:
-                outcomes[ord_ - 1] = ApplyOutcome(stale=True)
+        outcomes.append(ApplyOutcome(CallbackResult(stamp.id, p.disposition, deposit_id, p.job_id)))
+        row = callback_row(
+            stamp, item.raw, item.remote_addr, p.disposition, callback=item.callback, deposit_id=seen.deposit_id
+        )
+        decided.append(Decided(item.callback, seen, p, row))
+    if decided:
+        applied = iter(await store.apply(conn, decided))
+        for i, outcome in enumerate(outcomes):
+            if outcome.result is not None and not next(applied):
+                outcomes[i] = ApplyOutcome(stale=True)
     return outcomes
 
 
@@ -246,15 +183,14 @@ def split_repeats(items: Sequence[T], key: Callable[[T], StkCallback]) -> tuple[
     return group, rest
 
 
-async def record_malformed(pool: asyncpg.Pool, raw: bytes, remote_addr: str | None, error: str) -> int:
-    callback_id: int = await pool.fetchval(
-        load_queries().insert_callback,
-        remote_addr, readable(raw), error, None, None, None, None, None, None, None, None, "malformed", raw,
-    )  # fmt: skip
-    return callback_id
+async def record_malformed(pool: Pool, raw: bytes, remote_addr: str | None, error: str) -> int:
+    """Keep a body that is not Daraja's callback shape, for audit; its row's id."""
+    stamp = await store.stamp(pool)
+    await store.insert_callback(pool, callback_row(stamp, raw, remote_addr, "malformed", parse_error=error))
+    return stamp.id
 
 
-async def ingest_callback(pool: asyncpg.Pool, raw: bytes, remote_addr: str | None) -> CallbackResult:
+async def ingest_callback(pool: Pool, raw: bytes, remote_addr: str | None) -> CallbackResult:
     """Parse, record and apply one callback, on its own (no group, no enqueue): for callers
     outside the API. Raises MalformedCallback (after recording the raw body) when the shape
     is wrong, CallbackNotRecorded when it could not be applied."""
@@ -293,7 +229,7 @@ class CallbackGroups:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: Pool,
         queue: ArqRedis,
         *,
         lanes: int = LANES,
@@ -445,10 +381,7 @@ class CallbackGroups:
         if conn is None:
             conn = await self._pool.acquire()
             try:
-                # A lane runs the same two statements again and again: plan them once. Left to
-                # choose, PostgreSQL re-plans the call at every group (its argument, the group, is
-                # a large constant in a custom plan). The pool's reset undoes this on release.
-                await conn.execute("SET plan_cache_mode = force_generic_plan")
+                await store.plan_once(conn)  # the pool's reset undoes it on release
             except BaseException:
                 await self._pool.release(conn)
                 raise

@@ -14,9 +14,10 @@ STK query about its CheckoutRequestID (`confirm_success`), once per deposit:
   downgrades a success; a person looks at the M-Pesa statement (`kiota ops confirm`).
 
 A deposit the STK query itself made processing (a lost callback, `kiota.lost_callbacks`) is
-confirmed in that same transaction. With MPESA_CONFIRM_SUCCESS=off the job marks its deposit
-confirmed by the setting, so the payout lane keeps one rule: it signs only confirmed deposits,
-its own and every companion it pays in the same turn (`deposits_awaiting_payout`).
+confirmed by that same answer, in the transaction that books it (`kiota.store.callbacks.apply`).
+With MPESA_CONFIRM_SUCCESS=off the job marks its deposit confirmed by the setting, so the payout
+lane keeps one rule: it signs only confirmed deposits, its own and every companion it pays in
+the same turn (`deposits_awaiting_payout`).
 
 `judge` is the rule, pure; `confirm_success` carries it out.
 """
@@ -29,12 +30,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-import asyncpg
 import structlog
 
 from kiota.daraja import DarajaClient
+from kiota.db import Pool
 from kiota.errors import DarajaError, DarajaRefused
-from kiota.sql import load_queries
+from kiota.records import Deposit
+from kiota.store import confirm as store
 
 log = structlog.get_logger(__name__)
 
@@ -122,7 +124,7 @@ async def ask(daraja: DarajaClient, checkout_request_id: str) -> Answer:
 
 
 async def confirm_success(
-    pool: asyncpg.Pool,
+    pool: Pool,
     daraja: DarajaClient | None,
     deposit_id: uuid.UUID,
     *,
@@ -133,50 +135,46 @@ async def confirm_success(
 
     `required` is MPESA_CONFIRM_SUCCESS=on; off, the deposit is marked confirmed by the setting."""
     timing = timing or ConfirmTiming()
-    q = load_queries()
     if not required:
-        off = "MPESA_CONFIRM_SUCCESS=off"
-        done = await pool.fetchval(q.deposit_confirmed, deposit_id, CONFIRMED_BY_SETTING, off, 0)
+        done = await store.confirmed(pool, deposit_id, CONFIRMED_BY_SETTING, "MPESA_CONFIRM_SUCCESS=off", 0)
         return Confirmation(Verdict.CONFIRMED if done else Verdict.NOT_NEEDED, "confirmed by the setting")
-    claim = await pool.fetchrow(q.confirm_claim, deposit_id)
+    claim = await store.claim(pool, deposit_id)
     if claim is None:  # confirmed already (or paid, failed, in review): the payout lane decides
         return Confirmation(Verdict.NOT_NEEDED)
-    bound = log.bind(deposit_id=str(deposit_id), checkout_request_id=claim["checkout_request_id"])
-    if claim["checkout_request_id"] is None:  # cannot happen for a callback's success; never pay a guess
+    checkout = claim.deposit.checkout_request_id
+    bound = log.bind(deposit_id=str(deposit_id), checkout_request_id=checkout)
+    if checkout is None:  # cannot happen for a callback's success; never pay a guess
         answer = Answer(AnswerKind.REFUSED, None, "the deposit has no CheckoutRequestID to ask about")
     else:
         assert daraja is not None, "confirming a success needs the Daraja client"
-        answer = await ask(daraja, claim["checkout_request_id"])
-    verdict = judge(answer, timedelta(seconds=claim["waited_seconds"]), timing.bound)
+        answer = await ask(daraja, checkout)
+    verdict = judge(answer, claim.waited, timing.bound)
     if verdict is Verdict.CONFIRMED:
-        if await pool.fetchval(q.deposit_confirmed, deposit_id, CONFIRMED_BY_QUERY, answer.text, 1) is None:
+        if not await store.confirmed(pool, deposit_id, CONFIRMED_BY_QUERY, answer.text, 1):
             return Confirmation(Verdict.NOT_NEEDED)  # it left processing (or was confirmed) meanwhile
-        if claim["under_review"]:  # an operator's retry of a refused success, now confirmed
-            await pool.execute(q.resolve_unconfirmed_review, deposit_id, f"confirmed by the STK query: {answer.text}")
+        if claim.under_review:  # an operator's retry of a refused success, now confirmed
+            await store.resolve_review(pool, deposit_id, f"confirmed by the STK query: {answer.text}")
         bound.info("success confirmed by the stk query", answer=answer.text)
         return Confirmation(Verdict.CONFIRMED, answer.text)
     if verdict is Verdict.WAIT:
-        attempts = await pool.fetchval(q.deposit_confirm_again, deposit_id, answer.text)
+        attempts = await store.ask_again(pool, deposit_id, answer.text)
         if attempts is None:
             return Confirmation(Verdict.NOT_NEEDED)
         retry_in = timing.backoff(attempts)
         bound.info("success not confirmed yet; asking again", answer=answer.text, retry_in=round(retry_in, 2))
         return Confirmation(Verdict.WAIT, answer.text, retry_in)
-    reason = await _to_review(pool, deposit_id, claim, answer, timing)
+    reason = await _to_review(pool, claim.deposit, answer, timing)
     return Confirmation(Verdict.REVIEW if reason else Verdict.NOT_NEEDED, reason or "")
 
 
-async def _to_review(
-    pool: asyncpg.Pool, deposit_id: uuid.UUID, claim: asyncpg.Record, answer: Answer, timing: ConfirmTiming
-) -> str | None:
+async def _to_review(pool: Pool, deposit: Deposit, answer: Answer, timing: ConfirmTiming) -> str | None:
     """The deposit goes to review with both answers; None if it had left processing meanwhile."""
-    q = load_queries()
     callbacks = []
-    if claim["checkout_request_id"] is not None:
-        callbacks = await pool.fetch(q.success_callbacks_of_checkout, claim["checkout_request_id"])
+    if deposit.checkout_request_id is not None:
+        callbacks = await store.success_callbacks(pool, deposit.checkout_request_id)
     said = "; ".join(
-        f"ResultCode {c['result_code']}, {c['amount_kes']} KES, receipt {c['mpesa_receipt']}, "
-        f"from {c['remote_addr']} at {c['received_at'].isoformat()}"
+        f"ResultCode {c.result_code}, {c.amount_kes} KES, receipt {c.mpesa_receipt}, "
+        f"from {c.remote_addr} at {c.received_at.isoformat()}"
         for c in callbacks
     )
     why = (
@@ -190,13 +188,13 @@ async def _to_review(
         f"`kiota ops confirm` (paid) or leave it unpaid"
     )[:1000]
     async with pool.acquire() as conn, conn.transaction():
-        if await conn.fetchval(q.deposit_unconfirmed_to_review, deposit_id, reason, answer.text) is None:
+        if not await store.to_review(conn, deposit.id, reason, answer.text):
             return None
-        await conn.execute(q.open_unconfirmed_review, deposit_id, claim["received_kes"], reason)
+        await store.open_review(conn, deposit.id, deposit.received_kes, reason)
     log.warning(
         "success callback not confirmed: deposit sent to review, unpaid",
-        deposit_id=str(deposit_id),
-        checkout_request_id=claim["checkout_request_id"],
+        deposit_id=str(deposit.id),
+        checkout_request_id=deposit.checkout_request_id,
         answer=answer.text,
     )
     return reason

@@ -1,10 +1,16 @@
 """Lost callbacks: ask Daraja (STK query) about pushes whose callback never came.
 
-A success completes the deposit at its quote (the query carries no amount and no
-receipt: the push's amount stands); a failure fails it; "still processing" waits
-with backoff; 24 hours without an answer sends it to review. Only a `pending`
-deposit is ever changed here, under its row lock, so a query never downgrades a
-callback's success.
+The query's final answer is carried out as a posted callback is, by the same apply step
+(`kiota.store.callbacks.apply`): `from_query` makes it an `StkCallback`, decided and planned as
+one (`kiota.mpesa_answers`). Two things differ. No `mpesa_callbacks` row is written: nobody
+posted anything. And a success's 0 is its confirmation (`kiota.confirm`), written with it, so it
+is not asked twice. The query carries no amount and no receipt: a success completes the deposit
+at its quote (the push's amount stands); a failure fails it.
+
+"Still processing" waits with backoff; 24 hours without an answer sends it to review. Only a
+`pending` deposit is ever changed here, so a query never downgrades a callback's success: the
+answer is decided on the deposit as read before asking and applied only if the deposit still
+looks so (a callback that got there first stands), and the other writes name `pending` too.
 """
 
 from __future__ import annotations
@@ -13,19 +19,16 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import structlog
 
-from kiota import ledger
 from kiota.confirm import CONFIRMED_BY_QUERY
 from kiota.daraja import DarajaClient, QueryResult
-from kiota.deposits import complete_job_id
+from kiota.db import Pool
 from kiota.errors import DarajaError, DarajaRefused
-from kiota.job_history import record_job
-from kiota.job_names import JobName
-from kiota.mpesa import Action, DepositView, StkCallback, decide
-from kiota.sql import load_queries
-from kiota.store.ledger import post_entry
+from kiota.mpesa import DepositView, StkCallback
+from kiota.mpesa_answers import Decided, Seen, plan
+from kiota.records import Deposit
+from kiota.store import callbacks as store
 
 log = structlog.get_logger(__name__)
 
@@ -43,52 +46,55 @@ def query_backoff(attempts: int, base: float) -> float:
     return min(MAX_QUERY_BACKOFF_SECONDS, base * float(2 ** min(attempts, 10)))
 
 
-async def query_deposit(
-    pool: asyncpg.Pool, daraja: DarajaClient, deposit_id: uuid.UUID, backoff_base: float
-) -> QueryOutcome:
-    q = load_queries()
-    row = await pool.fetchrow(q.deposit_by_id, deposit_id)
-    if row is None or row["status"] != "pending" or row["checkout_request_id"] is None:
+def from_query(deposit: Deposit, result_code: int, result_desc: str, answer: str) -> Decided:
+    """The STK query's final answer about a pending deposit, decided as a callback would be. Pure."""
+    assert deposit.checkout_request_id is not None
+    said = StkCallback(
+        merchant_request_id="",
+        checkout_request_id=deposit.checkout_request_id,
+        result_code=result_code,
+        result_desc=result_desc,
+        amount_kes=deposit.amount_kes if result_code == 0 else None,
+    )
+    view = DepositView(
+        deposit.status, deposit.amount_kes, deposit.mpesa_receipt, deposit.failure_code, deposit.received_kes
+    )
+    seen = Seen(None, deposit.id, view, False)
+    return Decided(said, seen, plan(said, seen, confirmed_by=CONFIRMED_BY_QUERY, confirm_answer=answer))
+
+
+async def query_deposit(pool: Pool, daraja: DarajaClient, deposit_id: uuid.UUID, backoff_base: float) -> QueryOutcome:
+    deposit = await store.deposit(pool, deposit_id)
+    if deposit is None or deposit.status != "pending" or deposit.checkout_request_id is None:
         return QueryOutcome("nothing")
-    bound = log.bind(deposit_id=str(deposit_id), checkout_request_id=row["checkout_request_id"])
+    bound = log.bind(deposit_id=str(deposit_id), checkout_request_id=deposit.checkout_request_id)
     result: QueryResult | None = None
     try:
-        result = await daraja.stk_query(row["checkout_request_id"])
+        result = await daraja.stk_query(deposit.checkout_request_id)
         answer = "pending" if result.status == "pending" else f"result {result.result_code}"
     except DarajaError as exc:
         answer = f"{'refused' if isinstance(exc, DarajaRefused) else 'unavailable'}: {exc.message}"
-    async with pool.acquire() as conn, conn.transaction():
-        locked = await conn.fetchrow(q.deposit_for_query, deposit_id)
-        if locked is None or locked["status"] != "pending":
+    if result is not None and result.status == "resolved" and result.result_code is not None:
+        item = from_query(deposit, result.result_code, result.result_desc or "", answer)
+        if item.plan.deposit_change not in ("succeeded", "failed"):
+            return QueryOutcome("nothing")  # cannot happen for a pending deposit at its own amount
+        (applied,) = await store.apply(pool, [item])
+        if not applied:
             return QueryOutcome("nothing")  # a callback got there first: it stands
-        if result is not None and result.status == "resolved" and result.result_code is not None:
-            callback = StkCallback(
-                merchant_request_id="",
-                checkout_request_id=locked["checkout_request_id"],
-                result_code=result.result_code,
-                result_desc=result.result_desc or "",
-                amount_kes=locked["amount_kes"] if result.result_code == 0 else None,
-            )
-            view = DepositView("pending", locked["amount_kes"], None, None)
-            decision = decide(view, callback)
-            if decision.action is Action.SUCCEED:
-                await conn.execute(q.deposit_succeeded, deposit_id, None, locked["amount_kes"], None)
-                # The STK query's 0 is the confirmation itself (kiota/confirm.py): not asked twice.
-                await conn.execute(q.deposit_confirmed, deposit_id, CONFIRMED_BY_QUERY, answer, 0)
-                await post_entry(conn, ledger.mpesa_received(str(deposit_id), locked["amount_kes"]))
-                await record_job(conn, complete_job_id(deposit_id), JobName.COMPLETE_MPESA_DEPOSIT, deposit_id)
-                bound.info("lost callback recovered by query: paid")
-                return QueryOutcome("completed_by_query", complete_job_id(deposit_id))
-            await conn.execute(q.deposit_failed, deposit_id, str(result.result_code), decision.reason)
-            bound.info("lost callback recovered by query: failed", result_code=result.result_code)
-            return QueryOutcome("failed_by_query")
-        pushed_at = locked["pushed_at"] or datetime.now(UTC)
-        if datetime.now(UTC) - pushed_at > GIVE_UP_AFTER:
-            reason = f"no answer from M-Pesa within 24 hours of the push (last query: {answer})"
-            await conn.execute(q.deposit_to_review, deposit_id, reason)
-            bound.warning("deposit sent to review: no answer in 24 hours")
-            return QueryOutcome("review")
-        wait = query_backoff(locked["query_attempts"], backoff_base)
-        await conn.execute(q.deposit_query_again, deposit_id, wait, answer[:500])
-        bound.info("stk query: not final yet", answer=answer, retry_in=wait)
-        return QueryOutcome("waiting")
+        if item.plan.deposit_change == "succeeded":
+            bound.info("lost callback recovered by query: paid")
+            return QueryOutcome("completed_by_query", item.plan.job_id)
+        bound.info("lost callback recovered by query: failed", result_code=result.result_code)
+        return QueryOutcome("failed_by_query")
+    pushed_at = deposit.pushed_at or datetime.now(UTC)
+    if datetime.now(UTC) - pushed_at > GIVE_UP_AFTER:
+        reason = f"no answer from M-Pesa within 24 hours of the push (last query: {answer})"
+        if not await store.unanswered_to_review(pool, deposit_id, reason):
+            return QueryOutcome("nothing")
+        bound.warning("deposit sent to review: no answer in 24 hours")
+        return QueryOutcome("review")
+    wait = query_backoff(deposit.query_attempts, backoff_base)
+    if not await store.query_again(pool, deposit_id, wait, answer[:500]):
+        return QueryOutcome("nothing")
+    bound.info("stk query: not final yet", answer=answer, retry_in=wait)
+    return QueryOutcome("waiting")

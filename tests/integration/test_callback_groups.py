@@ -22,13 +22,14 @@ from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
 from api.app import create_app
-from kiota.callbacks import MAX_ROUNDS, CallbackGroups, Received, Seen, _row, plan
+from kiota.callbacks import MAX_ROUNDS, CallbackGroups, Received, callback_row
 from kiota.errors import CallbackNotRecorded
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.mpesa import DepositView, parse_callback
+from kiota.mpesa_answers import Decided, Seen, plan
 from kiota.queue import create_queue
 from kiota.settings import Settings
-from kiota.sql import load_queries
+from kiota.store import callbacks as store
 from kiota.store.ledger import balance
 from kiota.users import ensure_user
 from tests.support import CALLBACK_TOKEN, TEST_XPUB, free_port, settings_kwargs, success_body
@@ -68,6 +69,14 @@ def cancelled(checkout: str, code: int = 1032) -> bytes:
 
 def received(raw: bytes) -> Received:
     return Received(parse_callback(raw), raw, "127.0.0.1")
+
+
+async def decided(pool: asyncpg.Pool, item: Received, seen: Seen) -> Decided:
+    """`item` decided on `seen`, with its row, as a group's round does."""
+    stamp = await store.stamp(pool)
+    p = plan(item.callback, seen)
+    row = callback_row(stamp, item.raw, None, p.disposition, callback=item.callback, deposit_id=seen.deposit_id)
+    return Decided(item.callback, seen, p, row)
 
 
 @pytest.fixture
@@ -184,12 +193,10 @@ async def test_a_decision_on_a_deposit_that_changed_is_not_applied(pool: asyncpg
     ((deposit_id, checkout),) = await pending_deposits(pool, 1)
     item = received(paid(checkout))
     # Decided while the deposit was pending ...
-    seen = Seen(await pool.fetchval("SELECT nextval('mpesa_callbacks_id_seq')"), deposit_id,
-                DepositView("pending", 1500, None, None), False)  # fmt: skip
+    pending = await decided(pool, item, Seen(None, deposit_id, DepositView("pending", 1500, None, None), False))
     # ... but a failure was applied before it.
     await pool.execute("UPDATE deposits SET status = 'failed', failure_code = '1032' WHERE id = $1", deposit_id)
-    applied = await pool.fetchval(load_queries().apply_callbacks, [_row(1, item, seen, plan(item.callback, seen))])
-    assert applied == []  # stale: nothing of it written
+    assert await store.apply(pool, [pending]) == [False]  # stale: nothing of it written
     state = await outcome_of(pool, deposit_id)
     assert (state["status"], state["dispositions"], state["entries"], state["jobs"]) == ("failed", None, 0, 0)
     # Decided again on what is there now: a success after a failure is money for review.
@@ -207,13 +214,10 @@ async def test_a_decision_on_a_deposit_that_changed_is_not_applied(pool: asyncpg
 
 async def test_the_database_refuses_a_group_that_names_a_checkout_twice(pool: asyncpg.Pool) -> None:
     ((deposit_id, checkout),) = await pending_deposits(pool, 1)
-    rows = []
-    for i, raw in enumerate((paid(checkout), paid(checkout)), start=1):
-        item = received(raw)
-        seen = Seen(i, deposit_id, DepositView("pending", 1500, None, None), False)
-        rows.append(_row(i, item, seen, plan(item.callback, seen)))
+    seen = Seen(None, deposit_id, DepositView("pending", 1500, None, None), False)
+    items = [await decided(pool, received(raw), seen) for raw in (paid(checkout), paid(checkout))]
     with pytest.raises(asyncpg.InvalidParameterValueError, match="twice"):
-        await pool.fetchval(load_queries().apply_callbacks, rows)
+        await store.apply(pool, items)
     assert (await outcome_of(pool, deposit_id))["status"] == "pending"
 
 
@@ -255,7 +259,7 @@ async def test_a_dead_connection_costs_a_5xx_never_a_false_200(client: httpx.Asy
     # PostgreSQL ends the API's connections (a restart, a failover, an operator).
     ended = await pool.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND query LIKE '%mpesa_apply_callbacks%' AND pid <> pg_backend_pid()"
+        "AND query LIKE '%mpesa_apply_answers%' AND pid <> pg_backend_pid()"
     )
     assert ended == 1  # the lane's connection
     answers = [await client.post(CALLBACK_PATH, content=paid(c)) for _, c in deposits[1:]]

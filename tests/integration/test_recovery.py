@@ -7,20 +7,26 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 from redis.asyncio import Redis
 
 from kiota.callbacks import ingest_callback
+from kiota.daraja_answers import QueryResult
 from kiota.dev.chain import BASE_USDC_ADDRESS, usdc_balance
 from kiota.dev.daraja_sim_behaviour import Scenario
 from kiota.ledger import user_account
 from kiota.lost_callbacks import query_deposit
 from kiota.mpesa import USER_CHECKING
+from kiota.mpesa_answers import Decided
+from kiota.store import callbacks as callback_store
 from kiota.store.ledger import balance
 from tests.conftest import MpesaSystem
-from tests.integration.test_callback_groups import paid
+from tests.integration.test_callback_groups import cancelled, paid, pending_deposits
 from tests.integration.test_mpesa_flow import counts, transfers_from
 
 REPO = Path(__file__).resolve().parents[2]
@@ -271,3 +277,99 @@ async def test_a_late_callback_after_the_query_booked_the_money_only_attaches_it
     assert await system.pool.fetchval("SELECT count(*) FROM review_items") == 0
     assert await balance(system.pool, user_account("rae", "USDC")) == 10_000_000
     assert await balance(system.pool, "mpesa_float:KES") == 1295  # booked once
+
+
+class AnsweringDaraja:
+    """Daraja's STK query, answering `result_code`; `meanwhile` runs while it is being asked."""
+
+    def __init__(self, result_code: int, meanwhile: Callable[[], Awaitable[object]] | None = None) -> None:
+        self.result_code, self.meanwhile = result_code, meanwhile
+
+    async def stk_query(self, checkout_request_id: str) -> QueryResult:
+        if self.meanwhile is not None:
+            await self.meanwhile()
+        return QueryResult("resolved", self.result_code, "answered")
+
+
+async def what_was_written(pool: asyncpg.Pool, deposit_id: uuid.UUID) -> dict[str, Any]:
+    """A deposit's state and everything written for it, with its own id taken out of keys."""
+    deposit = dict(await pool.fetchrow("SELECT * FROM deposits WHERE id = $1", deposit_id) or {})
+    entries = await pool.fetch(
+        """
+        SELECT replace(e.idempotency_key, $1::text, '<id>') AS key, e.kind, e.memo, a.code, p.asset, p.direction,
+               p.amount
+        FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+        WHERE e.idempotency_key LIKE '%' || $1::text || '%' ORDER BY key, a.code
+        """,
+        str(deposit_id),
+    )
+    jobs = await pool.fetch(
+        "SELECT replace(id, $1::text, '<id>') AS id, function, status, failures, runs FROM jobs WHERE deposit_id = $2",
+        str(deposit_id),
+        deposit_id,
+    )
+    return {
+        "deposit": {k: deposit[k] for k in ("status", "received_kes", "failure_code", "failure_reason")},
+        "entries": [dict(r) for r in entries],
+        "jobs": [dict(r) for r in jobs],
+        "reviews": await pool.fetchval("SELECT count(*) FROM review_items WHERE deposit_id = $1", deposit_id),
+    }
+
+
+@pytest.mark.parametrize(("result_code", "outcome"), [(0, "completed_by_query"), (1032, "failed_by_query")])
+async def test_a_query_answer_writes_what_a_callback_writes_through_the_same_apply_step(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, result_code: int, outcome: str
+) -> None:
+    (by_callback, checkout), (by_query, _) = await pending_deposits(pool, 2)
+    applied: list[Decided] = []
+    real_apply = callback_store.apply
+
+    async def apply_spied(conn: Any, items: Any) -> list[bool]:
+        applied.extend(items)
+        return await real_apply(conn, items)
+
+    monkeypatch.setattr(callback_store, "apply", apply_spied)
+    body = paid(checkout, 1500, "RCPTSAME01") if result_code == 0 else cancelled(checkout, result_code)
+    await ingest_callback(pool, body, None)
+    answered = await query_deposit(pool, AnsweringDaraja(result_code), by_query, 1)
+
+    assert answered.action == outcome
+    # One apply step for both: the callback's with its posted row, the query's without one.
+    assert [(d.seen.deposit_id, d.callback is not None) for d in applied] == [(by_callback, True), (by_query, False)]
+    assert applied[0].plan.deposit_change == applied[1].plan.deposit_change
+    callback_wrote, query_wrote = await what_was_written(pool, by_callback), await what_was_written(pool, by_query)
+    assert callback_wrote == query_wrote
+    if result_code == 0:
+        assert query_wrote["deposit"]["status"] == "processing" and len(query_wrote["entries"]) == 2
+        job = {"id": "complete_mpesa_deposit:<id>", "function": "complete_mpesa_deposit", "status": "queued"}
+        assert query_wrote["jobs"] == [{**job, "failures": 0, "runs": 0}]
+        assert answered.enqueue_job_id == f"complete_mpesa_deposit:{by_query}"
+    else:
+        assert query_wrote["deposit"]["status"] == "failed" and query_wrote["entries"] == []
+    # What differs is what each way is: only the posted callback has a row; the query's 0 is its confirmation.
+    confirmations = await pool.fetch(
+        "SELECT id, confirmed_by, confirm_answer, mpesa_receipt FROM deposits WHERE id = ANY($1::uuid[])",
+        [by_callback, by_query],
+    )
+    succeeded = result_code == 0
+    assert {r["id"]: (r["confirmed_by"], r["confirm_answer"], r["mpesa_receipt"]) for r in confirmations} == {
+        by_callback: (None, None, "RCPTSAME01" if succeeded else None),
+        by_query: ("stk_query", "result 0", None) if succeeded else (None, None, None),
+    }
+    rows = await pool.fetch("SELECT deposit_id FROM mpesa_callbacks")
+    assert [r["deposit_id"] for r in rows] == [by_callback]
+
+
+async def test_a_callback_applied_while_the_query_was_asked_stands(pool: asyncpg.Pool) -> None:
+    ((deposit_id, checkout),) = await pending_deposits(pool, 1)
+
+    async def callback_arrives() -> None:
+        await ingest_callback(pool, paid(checkout, 1500, "RCPTFIRST9"), None)
+
+    # The query read the deposit pending, then asked; meanwhile the success callback was applied.
+    answered = await query_deposit(pool, AnsweringDaraja(1032, callback_arrives), deposit_id, 1)
+    assert answered.action == "nothing"
+    wrote = await what_was_written(pool, deposit_id)
+    assert (wrote["deposit"]["status"], wrote["deposit"]["failure_code"]) == ("processing", None)
+    assert len(wrote["entries"]) == 2 and len(wrote["jobs"]) == 1
+    assert await pool.fetchval("SELECT confirmed_by FROM deposits") is None  # its callback still needs confirming

@@ -32,7 +32,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiota.callbacks import Plan, Seen, plan
 from kiota.money import kes_to_usdc
 from kiota.mpesa import (
     MAX_CALLBACK_AMOUNT,
@@ -44,6 +43,7 @@ from kiota.mpesa import (
     decide,
     parse_callback,
 )
+from kiota.mpesa_answers import Plan, Seen, plan
 from kiota.settings import Settings
 from kiota.sql import load_queries
 from kiota.users import ensure_user

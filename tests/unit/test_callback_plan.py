@@ -6,8 +6,9 @@ import uuid
 
 import pytest
 
-from kiota.callbacks import Seen, plan, split_repeats
+from kiota.callbacks import split_repeats
 from kiota.mpesa import DepositView, StkCallback
+from kiota.mpesa_answers import Seen, plan
 
 PAID = StkCallback("m", "ws_CO_1", 0, "ok", amount_kes=1500, receipt="RCPT000001")
 PAID_LESS = StkCallback("m", "ws_CO_1", 0, "ok", amount_kes=1499, receipt="RCPT000001")
