@@ -11,12 +11,12 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import structlog
 from arq import Retry
 
 from jobs.context import WorkerContext, running_job_id
 from kiota.confirm import Verdict, confirm_success
+from kiota.db import MAY_PASS
 from kiota.errors import ChainUnavailable
 from kiota.job_history import JobHistory, backoff_seconds, enqueue
 from kiota.job_names import JobName
@@ -42,15 +42,7 @@ log = structlog.get_logger(__name__)
 
 NEEDS_REVIEW = "needs_review"
 # Failures that may pass: the RPC, the database connection, the network.
-TRANSIENT = (
-    ChainUnavailable,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.OperatorInterventionError,  # e.g. the database shutting down or restarting
-    asyncpg.TransactionRollbackError,  # serialization failures and deadlocks
-    OSError,
-    TimeoutError,
-)
+TRANSIENT = (ChainUnavailable, *MAY_PASS, OSError, TimeoutError)
 
 
 async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:

@@ -12,6 +12,9 @@ from asyncpg.pool import PoolConnectionProxy
 Connection = asyncpg.Connection | PoolConnectionProxy
 # The pool, named here so that the layers above the store never import the driver.
 Pool = asyncpg.Pool
+# What a store function runs a statement on: the caller's connection (inside its transaction),
+# or the pool for a statement on its own.
+Executor = Connection | Pool
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -44,6 +47,14 @@ CONNECTION_LOST = (
 # Errors that say PostgreSQL cannot answer right now (down, restarting, or a connection unusable), which
 # an edge answers with "try again" rather than as a fault of the request.
 UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
+# Errors after which the same work may succeed if run again: the above, the server shutting down or
+# restarting, and a serialization failure or deadlock.
+MAY_PASS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TransactionRollbackError,
+)
 # asyncpg's own state errors, which a connection dying under an operation can also surface as.
 _DRIVER_CONFUSED = (asyncpg.InterfaceError, asyncpg.InternalClientError)
 

@@ -17,9 +17,8 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 
-from kiota.db import Pool
+from kiota.db import Executor, Pool
 from kiota.store import jobs as store
-from kiota.store.jobs import Executor
 
 log = structlog.get_logger(__name__)
 

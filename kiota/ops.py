@@ -19,6 +19,7 @@ from kiota.job_names import JobName
 from kiota.records import Guards, ReviewItem
 from kiota.store import ops as store
 from kiota.store import payouts as payout_store
+from kiota.store.confirm import resolve_review
 from kiota.store.ops import StuckDeposit
 
 log = structlog.get_logger(__name__)
@@ -86,7 +87,7 @@ async def confirm_deposit(pool: Pool, queue: ArqRedis, deposit_id: uuid.UUID, by
             )
         if status == "needs_review" and not await store.retry_from_review(conn, deposit_id):
             raise CannotRetry("the deposit has an open review of its callbacks (kiota ops review): resolve that first")
-        await store.resolve_unconfirmed_review(conn, deposit_id, f"confirmed by operator {by}: {note}"[:1000])
+        await resolve_review(conn, deposit_id, f"confirmed by operator {by}: {note}"[:1000])
         job_id = await _restart_job(conn, deposit_id)
     enqueued = await enqueue(queue, JobName.COMPLETE_MPESA_DEPOSIT, job_id, str(deposit_id))
     log.warning("operator confirmed an M-Pesa payment by hand", deposit_id=str(deposit_id), by=by, note=note)

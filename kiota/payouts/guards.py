@@ -12,6 +12,7 @@ from kiota.db import Connection, Pool
 from kiota.payouts.terms import CAP_RECHECK_SECONDS, GUARD_RECHECK_SECONDS, LaneItem, PayoutOutcome, PayoutResult
 from kiota.records import Deposit, Guards
 from kiota.store import payouts as store
+from kiota.store.deposits import deposit_to_review
 from kiota.treasury import TRANSFER_GAS_LIMIT, Fees, Treasury
 
 log = structlog.get_logger(__name__)
@@ -29,7 +30,7 @@ async def guards_stop(pool: Pool, guards: Guards, deposit: Deposit) -> PayoutRes
         return PayoutResult(PayoutOutcome.BLOCKED, reason, GUARD_RECHECK_SECONDS)
     if deposit.amount_usdc > guards.per_deposit_max_micro:
         reason = "the payout is above the per-deposit maximum"
-        await store.deposit_to_review(pool, deposit.id, reason)
+        await deposit_to_review(pool, deposit.id, reason)
         return PayoutResult(PayoutOutcome.REVIEW, reason)
     return None
 

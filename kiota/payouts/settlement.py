@@ -26,6 +26,7 @@ from kiota.payouts.terms import NOT_OURS_AFTER, LaneConfig, NonceTaken, PayoutOu
 from kiota.records import Attempt, Payout
 from kiota.store import payouts as store
 from kiota.store.chain import cache_wallet_balances
+from kiota.store.deposits import deposit_to_review
 from kiota.store.ledger import post_entries
 from kiota.store.payouts import Payee
 from kiota.treasury import Receipt, Treasury
@@ -117,7 +118,7 @@ async def reverted(
     (`kiota.payouts.filler`) looks again."""
     reason = f"the payout transaction {receipt.tx_hash} reverted"
     async with conn.transaction():  # the deposit's row first, then the payout's, as everywhere
-        await store.deposit_to_review(conn, deposit_id, reason)
+        await deposit_to_review(conn, deposit_id, reason)
         if final:
             await store.payout_reverted(conn, payout_id, receipt.tx_hash, receipt.block_number)
         else:
@@ -132,7 +133,7 @@ async def nonce_taken(conn: Connection, deposit_id: uuid.UUID, exc: NonceTaken) 
     nonce filler's turn settles it; only when none has for NOT_OURS_AFTER is the payout cancelled."""
     reason = f"{exc}: the treasury key may have been used elsewhere; check the treasury before retrying"
     async with conn.transaction():
-        await store.deposit_to_review(conn, deposit_id, reason)
+        await deposit_to_review(conn, deposit_id, reason)
         await store.payout_abandon(conn, deposit_id, reason)
     log.error("payout nonce taken by another transaction", deposit_id=str(deposit_id), error=str(exc))
     return PayoutResult(PayoutOutcome.REVIEW, reason)
@@ -143,7 +144,7 @@ async def abandon(pool: Pool, deposit_id: uuid.UUID, reason: str) -> None:
     holds a nonce, to 'cancelling' until the lane fills that nonce. An operator's retry then
     pays it with a new payout and a new nonce."""
     async with pool.acquire() as conn, conn.transaction():
-        await store.deposit_to_review(conn, deposit_id, reason[:1000])
+        await deposit_to_review(conn, deposit_id, reason[:1000])
         await store.payout_abandon(conn, deposit_id, reason[:1000])
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from kiota.db import Connection, Pool
+from kiota.db import Connection, Executor
 from kiota.job_names import JobName
 from kiota.ledger import Posting
 from kiota.mpesa import DepositView, StkCallback
@@ -58,7 +58,7 @@ async def plan_once(conn: Connection) -> None:
     await conn.execute("SET plan_cache_mode = force_generic_plan")
 
 
-async def apply(conn: Connection | Pool, items: Sequence[Decided]) -> list[bool]:
+async def apply(conn: Executor, items: Sequence[Decided]) -> list[bool]:
     """Carry out decided answers in one statement, its own transaction; for each, whether it was
     applied (False: its deposit changed since it was seen; nothing of it was written, decide it
     again). The items name each CheckoutRequestID and each receipt once. A database error fails
@@ -114,27 +114,27 @@ def _columns(row: Callback) -> dict[str, Any]:
     return {name: getattr(row, name) for name in _CALLBACK_COLUMNS}
 
 
-async def stamp(conn: Connection | Pool) -> Stamp:
+async def stamp(conn: Executor) -> Stamp:
     """The stamp of a callback row written on its own (a malformed callback)."""
     row = await conn.fetchrow(load_queries().callback_stamp)
     assert row is not None
     return Stamp(row["id"], row["received_at"])
 
 
-async def insert_callback(conn: Connection | Pool, row: Callback) -> None:
+async def insert_callback(conn: Executor, row: Callback) -> None:
     await conn.execute(load_queries().insert_callback, _columns(row))
 
 
-async def deposit(conn: Connection | Pool, deposit_id: uuid.UUID) -> Deposit | None:
+async def deposit(conn: Executor, deposit_id: uuid.UUID) -> Deposit | None:
     row = await conn.fetchrow(load_queries().deposit_for_query, deposit_id)
     return None if row is None else Deposit.from_row(row)
 
 
-async def query_again(conn: Connection | Pool, deposit_id: uuid.UUID, wait: float, answer: str) -> bool:
+async def query_again(conn: Executor, deposit_id: uuid.UUID, wait: float, answer: str) -> bool:
     """The STK query had no final answer: ask again in `wait` seconds. False if no longer pending."""
     return await conn.fetchval(load_queries().deposit_query_again, deposit_id, wait, answer) is not None
 
 
-async def unanswered_to_review(conn: Connection | Pool, deposit_id: uuid.UUID, reason: str) -> bool:
+async def unanswered_to_review(conn: Executor, deposit_id: uuid.UUID, reason: str) -> bool:
     """No final answer in time: a person looks. False if no longer pending."""
     return await conn.fetchval(load_queries().deposit_unanswered_to_review, deposit_id, reason) is not None

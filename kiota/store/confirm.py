@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from kiota.db import Connection, Pool
+from kiota.db import Connection, Executor, Pool
 from kiota.records import Callback, Deposit
 from kiota.sql import load_queries
 
@@ -33,7 +33,7 @@ async def claim(pool: Pool, deposit_id: uuid.UUID) -> Claim | None:
     return Claim(Deposit.from_row(row), timedelta(seconds=row["waited_seconds"]), row["under_review"])
 
 
-async def confirmed(conn: Connection | Pool, deposit_id: uuid.UUID, by: str, answer: str, attempts: int) -> bool:
+async def confirmed(conn: Executor, deposit_id: uuid.UUID, by: str, answer: str, attempts: int) -> bool:
     """Mark it confirmed (once), counting `attempts` more questions."""
     return await conn.fetchval(load_queries().deposit_confirmed, deposit_id, by, answer, attempts) is not None
 
@@ -54,9 +54,9 @@ async def open_review(conn: Connection, deposit_id: uuid.UUID, amount_kes: int |
     await conn.execute(load_queries().open_unconfirmed_review, deposit_id, amount_kes, reason)
 
 
-async def resolve_review(pool: Pool, deposit_id: uuid.UUID, resolution: str) -> None:
+async def resolve_review(db: Executor, deposit_id: uuid.UUID, resolution: str) -> None:
     """Close its review item: the success was confirmed after all."""
-    await pool.execute(load_queries().resolve_unconfirmed_review, deposit_id, resolution)
+    await db.execute(load_queries().resolve_unconfirmed_review, deposit_id, resolution)
 
 
 async def success_callbacks(pool: Pool, checkout_request_id: str) -> list[Callback]:

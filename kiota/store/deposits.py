@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from kiota.db import Connection, Pool
+from kiota.db import Connection, Executor
 from kiota.records import Deposit
 from kiota.sql import load_queries
 
@@ -50,11 +50,11 @@ async def insert_deposit(
     )  # fmt: skip
 
 
-async def deposit_push_refused(conn: Connection | Pool, deposit_id: uuid.UUID, code: str | None, reason: str) -> None:
+async def deposit_push_refused(conn: Executor, deposit_id: uuid.UUID, code: str | None, reason: str) -> None:
     await conn.execute(load_queries().deposit_push_refused, deposit_id, code, reason)
 
 
-async def deposit_to_review(conn: Connection | Pool, deposit_id: uuid.UUID, reason: str) -> None:
+async def deposit_to_review(conn: Executor, deposit_id: uuid.UUID, reason: str) -> None:
     await conn.execute(load_queries().deposit_to_review, deposit_id, reason)
 
 
@@ -76,18 +76,18 @@ async def early_callbacks(conn: Connection, checkout_request_id: str) -> int:
     return count
 
 
-async def processing_since(conn: Connection | Pool, deposit_id: uuid.UUID) -> datetime | None:
+async def processing_since(conn: Executor, deposit_id: uuid.UUID) -> datetime | None:
     """When the deposit began processing (M-Pesa said paid); None if it never did."""
     since: datetime | None = await conn.fetchval(load_queries().deposit_processing_since, deposit_id)
     return since
 
 
-async def deposit_of_user(conn: Connection | Pool, deposit_id: uuid.UUID, user_id: str) -> Deposit | None:
+async def deposit_of_user(conn: Executor, deposit_id: uuid.UUID, user_id: str) -> Deposit | None:
     """The deposit, if it is this user's (another user's is none)."""
     row = await conn.fetchrow(load_queries().deposit_of_user, deposit_id, user_id)
     return None if row is None else Deposit.from_row(row)
 
 
-async def deposits_of_user(conn: Connection | Pool, user_id: str, limit: int) -> list[Deposit]:
+async def deposits_of_user(conn: Executor, user_id: str, limit: int) -> list[Deposit]:
     """The user's deposits, newest first."""
     return [Deposit.from_row(row) for row in await conn.fetch(load_queries().deposits_of_user, user_id, limit)]

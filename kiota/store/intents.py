@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 
 from kiota import usdc
-from kiota.db import Connection, Pool
+from kiota.db import Executor
 from kiota.records import Intent
 from kiota.sql import load_queries
 
@@ -28,7 +28,7 @@ class IntentOnChain:
 
 
 async def insert_intent(
-    conn: Connection | Pool,
+    conn: Executor,
     intent_id: uuid.UUID,
     *,
     user_id: str,
@@ -43,14 +43,12 @@ async def insert_intent(
     return None if row is None else Intent.from_row(row)
 
 
-async def open_intent_of_user(conn: Connection | Pool, user_id: str) -> Intent | None:
+async def open_intent_of_user(conn: Executor, user_id: str) -> Intent | None:
     row = await conn.fetchrow(load_queries().open_intent_for_user, user_id)
     return None if row is None else Intent.from_row(row)
 
 
-async def intent_of_user(
-    conn: Connection | Pool, intent_id: uuid.UUID, user_id: str, chain_id: int
-) -> IntentOnChain | None:
+async def intent_of_user(conn: Executor, intent_id: uuid.UUID, user_id: str, chain_id: int) -> IntentOnChain | None:
     """The intent, if it is this user's (another user's is none), with what `chain_id` has shown of it."""
     row = await conn.fetchrow(load_queries().intent_of_user, intent_id, user_id, chain_id)
     if row is None:

@@ -11,13 +11,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from kiota.db import Connection, Pool
+from kiota.db import Connection, Executor
 from kiota.records import JobRun
 from kiota.sql import load_queries
 
 # A single statement may run on a borrowed connection (inside the caller's transaction) or on the pool.
-Executor = Connection | Pool
-
 # A job's history
 
 

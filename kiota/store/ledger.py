@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from kiota.db import Connection
+from kiota.db import Connection, Executor
 from kiota.errors import LedgerError
 from kiota.ledger import Direction, Entry, Posting
 from kiota.sql import load_queries
@@ -107,13 +107,13 @@ def _order(p: Posting) -> tuple[str, str, str, int]:
     return (p.account, p.asset, p.direction.value, p.amount)
 
 
-async def balance(conn: Connection | asyncpg.Pool, account: str) -> int:
+async def balance(conn: Executor, account: str) -> int:
     value = await conn.fetchval(load_queries().balance_by_code, account)
     if value is None:
         raise LedgerError(f"no account {account!r}")
     return int(value)
 
 
-async def user_balances(conn: Connection | asyncpg.Pool, user_id: str) -> dict[str, int]:
+async def user_balances(conn: Executor, user_id: str) -> dict[str, int]:
     rows = await conn.fetch(load_queries().user_balances, user_id)
     return {r["asset"]: int(r["balance"]) for r in rows}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kiota.db import Connection, Pool
+from kiota.db import Executor
 from kiota.sql import load_queries
 
 
@@ -20,7 +20,7 @@ class Snapshot:
     live_workers: int
 
 
-async def snapshot(conn: Connection | Pool) -> Snapshot:
+async def snapshot(conn: Executor) -> Snapshot:
     row = await conn.fetchrow(load_queries().metrics_snapshot)
     assert row is not None  # a SELECT of values always returns its one row
     return Snapshot(

@@ -1,8 +1,7 @@
 """What an operator reads and changes in PostgreSQL: stuck deposits, open reviews, a deposit retried or
 confirmed by hand, blocked jobs released, and each user's ledger USDC for the reconciliation.
 
-Owns the named queries of `sql/queries/ops.sql`; also runs `resolve_unconfirmed_review` (deposits.sql),
-which kiota/confirm.py shares.
+Owns the named queries of `sql/queries/ops.sql`.
 """
 
 from __future__ import annotations
@@ -11,9 +10,7 @@ import dataclasses
 import uuid
 from datetime import datetime
 
-import asyncpg
-
-from kiota.db import Connection
+from kiota.db import Connection, Pool
 from kiota.records import Deposit, JobRun, Record, ReviewItem
 from kiota.sql import load_queries
 
@@ -51,11 +48,11 @@ class UserLedger(Record):
     ledger_micro: int
 
 
-async def stuck_deposits(pool: asyncpg.Pool, older_than_seconds: float) -> list[StuckDeposit]:
+async def stuck_deposits(pool: Pool, older_than_seconds: float) -> list[StuckDeposit]:
     return [StuckDeposit.from_row(row) for row in await pool.fetch(load_queries().stuck_deposits, older_than_seconds)]
 
 
-async def open_review_items(pool: asyncpg.Pool) -> list[ReviewItem]:
+async def open_review_items(pool: Pool) -> list[ReviewItem]:
     return [ReviewItem.from_row(row) for row in await pool.fetch(load_queries().open_review_items)]
 
 
@@ -76,18 +73,14 @@ async def confirmed_by_operator(conn: Connection, deposit_id: uuid.UUID, who: st
     return status
 
 
-async def resolve_unconfirmed_review(conn: Connection, deposit_id: uuid.UUID, resolution: str) -> None:
-    await conn.execute(load_queries().resolve_unconfirmed_review, deposit_id, resolution)
-
-
-async def blocked_jobs(pool: asyncpg.Pool) -> list[JobRun]:
+async def blocked_jobs(pool: Pool) -> list[JobRun]:
     return [JobRun.from_row(row) for row in await pool.fetch(load_queries().blocked_jobs)]
 
 
-async def requeue_blocked_job(pool: asyncpg.Pool, job_id: str) -> None:
+async def requeue_blocked_job(pool: Pool, job_id: str) -> None:
     await pool.execute(load_queries().requeue_blocked_job, job_id)
 
 
-async def user_ledgers(pool: asyncpg.Pool) -> list[UserLedger]:
+async def user_ledgers(pool: Pool) -> list[UserLedger]:
     """Every user, in address order, with their ledger USDC."""
     return [UserLedger.from_row(row) for row in await pool.fetch(load_queries().reconcile_users)]

@@ -2,7 +2,7 @@
 deposit writes a payout makes (paid, or sent to review).
 
 Owns the named queries of `sql/queries/payouts.sql`; also runs, by name, the few deposit and wallet
-queries the lane shares with other areas (`deposit_by_id`, `deposit_status`, `deposit_to_review`,
+queries the lane shares with other areas (`deposit_by_id`, `deposit_status`,
 `deposits_completed`, `upsert_wallet_balances`). Every function returns records or plain values.
 """
 
@@ -15,15 +15,13 @@ from decimal import Decimal
 
 import asyncpg
 
-from kiota.db import Connection
+from kiota.db import Connection, Executor
 from kiota.records import Attempt, Deposit, Guards, Payout
 from kiota.sql import load_queries
 from kiota.treasury import SignedTx
 
+
 # A single statement may run on a borrowed connection or straight on the pool.
-Executor = Connection | asyncpg.Pool
-
-
 @dataclass(frozen=True, slots=True)
 class Payee:
     """A deposit to pay out, with where its USDC goes: its user's deposit address."""
@@ -107,10 +105,6 @@ async def deposits_awaiting_payout(
 async def deposits_still_processing(conn: Connection, deposit_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     """Of these, the deposits still processing and confirmed, locked (FOR SHARE) in id order."""
     return {row["id"] for row in await conn.fetch(load_queries().deposits_still_processing, deposit_ids)}
-
-
-async def deposit_to_review(db: Executor, deposit_id: uuid.UUID, reason: str) -> None:
-    await db.execute(load_queries().deposit_to_review, deposit_id, reason)
 
 
 async def deposits_completed(conn: Connection, deposit_ids: list[uuid.UUID], tx_hashes: list[str]) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kiota.db import Connection, Pool
+from kiota.db import Connection, Executor
 from kiota.records import User
 from kiota.sql import load_queries
 
 
-async def user_by_id(conn: Connection | Pool, user_id: str) -> User | None:
+async def user_by_id(conn: Executor, user_id: str) -> User | None:
     row = await conn.fetchrow(load_queries().user_by_id, user_id)
     return None if row is None else User.from_row(row)
 
