@@ -2,9 +2,9 @@
 
 Only the worker builds a `Treasury`: it alone holds the private key. Signing is
 local (eth-account); the node sees only raw signed transactions, sent over one
-keep-alive JSON-RPC session (web3.py's provider opens a TCP connection per call
-and adds chain-id checks: three times the cost of a payout's dozen calls). Every
-RPC failure that may pass becomes `ChainUnavailable`, which the job retries.
+keep-alive JSON-RPC session, `kiota/chain_rpc.py` (why ours and not web3.py: the
+figures at its top). Every RPC failure that may pass becomes `ChainUnavailable`,
+which the job retries.
 """
 
 from __future__ import annotations
