@@ -35,7 +35,6 @@ import logging
 import os
 import platform
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -64,6 +63,7 @@ from kiota.hdwallet import ExtendedPublicKey
 from kiota.ingester import RoundReport, ScanConfig, scan_round
 from kiota.logging import configure_logging
 from kiota.migrate import migrate
+from kiota.process import stop
 from kiota.sql import load_queries
 from kiota.usdc import TRANSFER_TOPIC, decode_transfer
 from tests.support import ADMIN_DSN, TEST_XPUB, TREASURY_KEY, admin_execute, base_env, dsn_for, free_port
@@ -476,7 +476,7 @@ async def worker_memory(template: str, tset: TransferSet, anvil_url: str) -> Wor
                 idle, rounds = await _watch_worker(process, pool, log_path)
                 rss, hwm = proc_status_mb(process.pid, "VmRSS"), proc_status_mb(process.pid, "VmHWM")
             finally:
-                await _stop(process)
+                await stop(process, grace=20)
             rows = await pool.fetch(
                 "SELECT from_block, to_block, rpc_calls, transfers, finished_at - started_at AS took"
                 " FROM scan_rounds ORDER BY id"
@@ -513,17 +513,6 @@ async def _watch_worker(process: asyncio.subprocess.Process, pool: asyncpg.Pool,
 
 def _tail(path: Path) -> str:
     return path.read_text(errors="replace")[-2000:]
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(process.wait(), 20)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
 
 
 # --- the machine and the report ----------------------------------------------------------------

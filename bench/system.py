@@ -43,6 +43,7 @@ from kiota.dev.daraja_sim_behaviour import DarajaSimulator, SimulatorConfig
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.migrate import migrate
 from kiota.money import kes_to_usdc
+from kiota.process import stop as stop_process
 from kiota.users import ensure_user
 from tests.support import ADMIN_DSN, CALLBACK_TOKEN, TEST_XPUB, TREASURY_KEY, base_env, dsn_for, free_port
 
@@ -283,17 +284,7 @@ async def py_spy(pid: int, output: Path | None, seconds_limit: float = 120) -> A
 
 
 async def stop(child: Child) -> None:
-    process = child.process
-    if process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(process.wait(), STOP_GRACE_SECONDS)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
+    await stop_process(child.process, grace=STOP_GRACE_SECONDS)
 
 
 async def wait_http(url: str, child: Child, seconds: float = 30) -> None:

@@ -1,7 +1,10 @@
-"""What a long-running process (`kiota api`, `kiota worker`) does once, just before it serves."""
+"""Processes: what a long-running one (`kiota api`, `kiota worker`) does once just before it serves,
+and how a parent stops a child it started."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 
 
@@ -12,3 +15,18 @@ def freeze_what_lives_forever() -> None:
     Garbage is collected first, so none of it is kept forever."""
     gc.collect()
     gc.freeze()
+
+
+async def stop(process: asyncio.subprocess.Process, grace: float) -> None:
+    """Stop a child: SIGTERM lets it shut down cleanly (a worker finishes its jobs); SIGKILL only if it
+    is still running after `grace` seconds. Returns once it has exited."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()

@@ -31,6 +31,7 @@ from web3.contract import AsyncContract
 from web3.types import RPCEndpoint, TxParams
 
 from kiota.errors import KiotaError
+from kiota.process import stop
 
 BASE_CHAIN_ID = 8453
 BASE_USDC_ADDRESS = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
@@ -139,7 +140,7 @@ async def start_anvil(
             await _wait_until_ready(node, startup_timeout)
             yield node
         finally:
-            await _stop(process)
+            await stop(process, grace=5.0)  # SIGTERM lets anvil shut its server down cleanly
 
 
 @contextlib.asynccontextmanager
@@ -287,17 +288,3 @@ async def _poll_chain_id(node: AnvilNode) -> None:
             await asyncio.sleep(0.02)
     finally:
         await provider.disconnect()
-
-
-async def _stop(process: asyncio.subprocess.Process, grace: float = 5.0) -> None:
-    if process.returncode is not None:
-        return
-    # SIGTERM lets anvil shut its server down cleanly; SIGKILL only if it hangs.
-    with contextlib.suppress(ProcessLookupError):
-        process.terminate()
-    try:
-        await asyncio.wait_for(process.wait(), grace)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()

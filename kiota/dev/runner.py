@@ -34,6 +34,7 @@ from kiota.dev.keys import DevSecrets, generate_dev_secrets
 from kiota.dev.options import DevOptions
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.migrate import migrate
+from kiota.process import stop
 from kiota.users import ensure_user
 
 TREASURY_ETH_WEI = 100 * 10**18
@@ -118,13 +119,7 @@ async def child_process(name: str, args: list[str], env: dict[str, str]) -> Asyn
     try:
         yield proc
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 60)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop(proc, grace=60)
         await relay_task
 
 

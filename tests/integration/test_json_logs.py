@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from kiota.process import stop
 from tests.conftest import MpesaSystem
 from tests.support import CALLBACK_TOKEN, TREASURY_KEY, bearer, free_port
 
@@ -54,13 +55,7 @@ async def kiota(command: str, env: dict[str, str], logs: Path) -> AsyncIterator[
     try:
         yield proc
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop(proc, grace=30)
 
 
 async def until(
