@@ -68,13 +68,13 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
         error = f"{type(exc).__name__}: {exc}"
         # If PostgreSQL itself is down, nothing can be counted: this raises, and the worker's
         # outage handling (jobs/outages.py) waits for it and runs the job again.
-        failures = await history.failed_once(error, backoff_seconds(1, deps.backoff_base_seconds))
+        failures = await history.failed_once(error, backoff_seconds(1, deps.backoff_base_seconds), cause=exc)
         step = next_step(failures, await processing_since(deps.pool, deposit), Failed(error), now=datetime.now(UTC))
         return await _carry_out(step, deps, history, deposit, cause=exc)
     except Exception as exc:
         # A bug, not the weather: put the deposit where operators look, then let arq fail the job.
         error = f"{type(exc).__name__}: {exc}"
-        await history.gave_up(error)
+        await history.gave_up(error, cause=exc)
         await abandon(deps.pool, deposit, f"payout job crashed: {error}")
         log.exception("payout job crashed")
         raise
