@@ -2,7 +2,10 @@
 
 Each job row names what it serves (a deposit), counts real failures (a worker
 killed mid-job is not one), and says why it waits or is blocked, so an operator
-can see and retry it without reading code or Redis.
+can see and retry it without reading code or Redis. Every run of it is an attempt row (`job_attempts`:
+start, end, outcome, error with traceback), written in the statement that records the run's step, with
+the job's own log lines (`kiota.logging.JobLogs`). Cron ticks that did real work are recorded too
+(`recorded_tick`). `job_detail` and `find_jobs` read it all back for the jobs API.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Context (request_id, job_id, deposit_id …) is bound with contextvars, so every
 line of a request or job carries it, the lines of libraries that log through
 stdlib `logging` (uvicorn, arq, httpx …) included: they are rendered by the same
 processors. Secrets are never passed to a logger; the callback token is redacted
-from paths by `redact_path`, and from every library line.
+from paths by `redact_path`, and from every library line. A job's own lines (info and above)
+are also kept for its job history (`JobLogs`), after that redaction.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ What a status means is `kiota/job_view.py`'s (the table's states mapped onto the
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from fastapi import APIRouter, HTTPException, Query
 
@@ -53,7 +54,7 @@ def job_answer(detail: JobDetail) -> JobOut:
                 JobAttemptOut.model_validate(
                     {
                         "started_at": attempt.started_at.isoformat(),
-                        "finished_at": attempt.finished_at.isoformat() if attempt.finished_at else None,
+                        "finished_at": _iso(attempt.finished_at),
                         "outcome": attempt.outcome,
                         "error": attempt.error,
                     }
@@ -63,7 +64,11 @@ def job_answer(detail: JobDetail) -> JobOut:
             "logs": run.logs,
             "last_error": run.last_error,
             "enqueued_at": run.enqueued_at.isoformat(),
-            "started_at": run.started_at.isoformat() if run.started_at else None,
-            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+            "started_at": _iso(run.started_at),
+            "finished_at": _iso(run.finished_at),
         }
     )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None

@@ -1,9 +1,10 @@
-"""The job history and the workers in PostgreSQL: the `jobs` rows, the maintenance runs, the heartbeats.
+"""The job history and the workers in PostgreSQL: the `jobs` rows and their `job_attempts`, the maintenance
+runs, the heartbeats.
 
 Owns the named queries of `sql/queries/jobs.sql` and `workers.sql` (but `blocked_jobs` and
 `requeue_blocked_job`, the operator's), and runs by name the sweeper's three deposit queries of
 `deposits.sql` (which deposits are due for an STK query, or for review). A job's row comes back as a
-`kiota.records.JobRun`; the rest as ids or plain values.
+`kiota.records.JobRun`, an attempt as a `JobAttempt`; the rest as ids or plain values.
 """
 
 from __future__ import annotations
