@@ -91,6 +91,12 @@ IDEMPOTENT: dict[int | str, dict[str, Any]] = {
     409: _error("Idempotency-Key reused with another body, or its first request is still in flight"),
     503: _error("the request limits cannot be checked (Redis is down): nothing was done, try again"),
 }
+# Every admin route (HTTP Basic): its refusals before the handler runs.
+ADMIN: dict[int | str, dict[str, Any]] = {
+    **EDGE,
+    401: _error("missing or invalid admin credentials (see WWW-Authenticate)"),
+    422: _error("the request is malformed", InvalidOut),
+}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     **AUTHENTICATED,
     404: _error("no such item of the caller's (another user's is not found either)"),
@@ -124,9 +130,7 @@ class DepositOut(Contract):
     mpesa_receipt: str | None
     tx_hash: str | None
     failure_reason: str | None
-    # In the contract; not on the wire yet (the deposit's completion job id comes with the jobs API).
-    # Optional, so that the routes (which exclude unset fields) answer exactly what they did.
-    job_id: str | None = None
+    job_id: str | None  # the deposit's completion job (`GET /api/v1/jobs/{job_id}`), once there is one
     created_at: Timestamp
     completed_at: Timestamp | None
 
@@ -192,3 +196,34 @@ READY: dict[int | str, dict[str, Any]] = {
     **EDGE,
     503: {"model": ReadyOut, "description": "PostgreSQL or Redis does not answer"},
 }
+
+
+# ------------------------------------------------------------------------------------------ jobs
+
+JobStatusOut = Literal["queued", "active", "deferred", "retrying", "blocked", "succeeded", "failed", "cancelled"]
+
+
+class JobAttemptOut(Contract):
+    started_at: Timestamp
+    finished_at: Timestamp | None  # None while it runs (or when its worker died: then 'interrupted' next run)
+    outcome: Literal["succeeded", "failed", "deferred", "blocked", "interrupted"] | None
+    error: str | None  # the error and, where the job raised, its traceback
+
+
+class JobOut(Contract):
+    job_id: str
+    function: str
+    queue: Literal["payouts", "chain", "maintenance"]
+    status: JobStatusOut
+    deposit_id: Identifier | None
+    intent_id: Identifier | None
+    attempts: list[JobAttemptOut]
+    logs: list[dict[str, Any]]  # the job's own log lines (info and above), the newest 200, oldest first
+    last_error: str | None
+    enqueued_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+
+
+class JobListOut(Contract):
+    items: list[JobOut]

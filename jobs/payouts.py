@@ -68,15 +68,15 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
         error = f"{type(exc).__name__}: {exc}"
         # If PostgreSQL itself is down, nothing can be counted: this raises, and the worker's
         # outage handling (jobs/outages.py) waits for it and runs the job again.
-        failures = await history.failed_once(error, backoff_seconds(1, deps.backoff_base_seconds))
+        failures = await history.failed_once(error, backoff_seconds(1, deps.backoff_base_seconds), cause=exc)
         step = next_step(failures, await processing_since(deps.pool, deposit), Failed(error), now=datetime.now(UTC))
         return await _carry_out(step, deps, history, deposit, cause=exc)
     except Exception as exc:
         # A bug, not the weather: put the deposit where operators look, then let arq fail the job.
         error = f"{type(exc).__name__}: {exc}"
-        await history.gave_up(error)
+        log.exception("payout job crashed")  # first: the job history keeps the lines logged before its end
+        await history.gave_up(error, cause=exc)
         await abandon(deps.pool, deposit, f"payout job crashed: {error}")
-        log.exception("payout job crashed")
         raise
     since = await processing_since(deps.pool, deposit) if asks_since(outcome) else None
     return await _carry_out(next_step(failures, since, outcome, now=datetime.now(UTC)), deps, history, deposit)
@@ -97,19 +97,20 @@ async def _carry_out(
             retry_in = backoff_seconds(failures, deps.backoff_base_seconds)
             log.warning("payout failed; retrying", failures=failures, retry_in=round(retry_in, 2), error=error)
             raise Retry(defer=retry_in) from cause
+        # (Each line is logged before the history's record, which keeps the job's lines so far.)
         case Blocked(reason, recheck_in):
-            await history.blocked(reason, recheck_in)
             log.warning("payout blocked", reason=reason)
+            await history.blocked(reason, recheck_in)
             return "blocked"
         case TooManyFailures(failures, error):
             await abandon(deps.pool, deposit, step.reason)
-            await history.gave_up(error)
             log.error("deposit moved to review after repeated payout failures", failures=failures, error=error)
+            await history.gave_up(error)
             return NEEDS_REVIEW
         case NotSettled(detail):  # e.g. a payout that never gets mined
             await abandon(deps.pool, deposit, step.reason)
-            await history.gave_up(step.reason)
             log.error("deposit moved to review: payout not settled in time", detail=detail)
+            await history.gave_up(step.reason)
             return NEEDS_REVIEW
         case Unconfirmed(detail):  # the confirmation put it in review
             await history.gave_up(detail)

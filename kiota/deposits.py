@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 import structlog
 
 from kiota.daraja import DarajaClient, PushAccepted
-from kiota.db import Pool
+from kiota.db import Executor, Pool
 from kiota.errors import DarajaRefused, DarajaUncertain, RateLimited
 from kiota.job_names import JobName
 from kiota.money import kes_to_usdc
@@ -26,6 +26,7 @@ from kiota.mpesa import mask_phone
 from kiota.ratelimits import PENDING_DEPOSITS_PER_USER, PENDING_RETRY_AFTER_SECONDS
 from kiota.records import Deposit
 from kiota.store import deposits as store
+from kiota.store import jobs as jobs_store
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +46,12 @@ TRANSACTION_DESC = "Kiota savings"
 
 def complete_job_id(deposit_id: uuid.UUID | str) -> str:
     return JobName.COMPLETE_MPESA_DEPOSIT.job_id(deposit_id)
+
+
+async def completion_job_ids(db: Executor, deposit_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The completion job of each deposit that has one (recorded once a callback or query said "paid")."""
+    wanted = {complete_job_id(deposit_id): deposit_id for deposit_id in deposit_ids}
+    return {wanted[job_id]: job_id for job_id in await jobs_store.existing_jobs(db, list(wanted))}
 
 
 class TooManyPending(RateLimited):

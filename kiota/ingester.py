@@ -94,6 +94,21 @@ class RoundReport:
     reversed: int = 0  # credited transfers whose log a reorg removed, reversed into suspense
 
 
+def round_progress(report: RoundReport) -> dict[str, object]:
+    """A round's progress for the job history: blocks done of total (a round covers its whole range at
+    once, so when it ends they are equal), and what it found."""
+    blocks = report.end - report.start + 1
+    return {
+        "blocks_done": blocks,
+        "blocks_total": blocks,
+        "from_block": report.start,
+        "to_block": report.end,
+        "head": report.head,
+        "matched": report.matched,
+        "credited": report.credited,
+    }
+
+
 def scanner_lock_key(chain_id: int) -> int:
     return 0x6B696F7461_02 + chain_id
 

@@ -2,15 +2,22 @@
 
 Each job row names what it serves (a deposit), counts real failures (a worker
 killed mid-job is not one), and says why it waits or is blocked, so an operator
-can see and retry it without reading code or Redis.
+can see and retry it without reading code or Redis. Every run of it is an attempt row (`job_attempts`:
+start, end, outcome, error with traceback), written in the statement that records the run's step, with
+the job's own log lines (`kiota.logging.JobLogs`). Cron ticks that did real work are recorded too
+(`recorded_tick`). `job_detail` and `find_jobs` read it all back for the jobs API.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
+import traceback
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import structlog
 from arq.connections import ArqRedis
@@ -18,11 +25,16 @@ from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 
 from kiota.db import Executor, Pool
+from kiota.job_names import Queue
+from kiota.job_view import JobFilter, JobStatus, TickRun, shown_status
+from kiota.logging import job_logs
+from kiota.records import JobAttempt, JobRun
 from kiota.store import jobs as store
 
 log = structlog.get_logger(__name__)
 
 MAX_BACKOFF_SECONDS = 60.0
+ERROR_DETAIL_CHARS = 16000  # an attempt's error with its traceback
 
 
 def backoff_seconds(failures: int, base: float = 1.0, rng: random.Random | None = None) -> float:
@@ -92,8 +104,22 @@ async def enqueue_many(queue: ArqRedis, function: str, jobs: Sequence[tuple[str,
     return enqueued
 
 
+def error_detail(error: str, cause: BaseException | None) -> str:
+    """An attempt's error as stored: the short error and, when an exception caused it, its traceback."""
+    if cause is None:
+        return error[:ERROR_DETAIL_CHARS]
+    trace = "".join(traceback.format_exception(cause))
+    return f"{error}\n\n{trace}"[:ERROR_DETAIL_CHARS]
+
+
+def _logs_of(job_id: str) -> list[dict[str, object]] | None:
+    """The job's log lines since its last record (kiota/logging.py keeps them), or None."""
+    return job_logs.take(job_id) or None
+
+
 class JobHistory:
-    """One job's row, as a run of it goes: started, then succeeded, waiting, blocked, failed once, or given up."""
+    """One job's row, as a run of it goes: started, then succeeded, waiting, blocked, failed once, or given up.
+    Each step is one statement: the job's row, its attempt's row and its log lines together."""
 
     def __init__(self, pool: Pool, job_id: str, worker_id: str | None = None) -> None:
         self._pool = pool
@@ -101,21 +127,83 @@ class JobHistory:
         self.worker_id = worker_id
 
     async def started(self) -> int:
-        """Mark the run (and which worker runs it); returns the failures so far."""
+        """Mark the run (and which worker runs it) and open its attempt; returns the failures so far."""
         run = await store.job_started(self._pool, self.job_id, self.worker_id)
         return run.failures if run is not None else 0
 
     async def succeeded(self) -> None:
-        await store.job_succeeded(self._pool, self.job_id)
+        await store.job_succeeded(self._pool, self.job_id, _logs_of(self.job_id))
 
-    async def failed_once(self, error: str, retry_in: float) -> int:
-        return await store.job_failed_once(self._pool, self.job_id, error[:2000], retry_in)
+    async def failed_once(self, error: str, retry_in: float, cause: BaseException | None = None) -> int:
+        detail = error_detail(error, cause)
+        return await store.job_failed_once(
+            self._pool, self.job_id, error[:2000], retry_in, detail, _logs_of(self.job_id)
+        )
 
     async def waiting(self, retry_in: float) -> None:
-        await store.job_waiting(self._pool, self.job_id, retry_in)
+        await store.job_waiting(self._pool, self.job_id, retry_in, _logs_of(self.job_id))
 
     async def blocked(self, reason: str, recheck_in: float | None = None) -> None:
-        await store.job_blocked(self._pool, self.job_id, reason, recheck_in)
+        await store.job_blocked(self._pool, self.job_id, reason, recheck_in, _logs_of(self.job_id))
 
-    async def gave_up(self, error: str) -> None:
-        await store.job_gave_up(self._pool, self.job_id, error[:2000])
+    async def gave_up(self, error: str, cause: BaseException | None = None) -> None:
+        detail = error_detail(error, cause)
+        await store.job_gave_up(self._pool, self.job_id, error[:2000], detail, _logs_of(self.job_id))
+
+
+@dataclasses.dataclass
+class TickOutcome:
+    """What a recorded tick says of itself: its progress, or that it did nothing worth a row."""
+
+    progress: dict[str, object] | None = None
+    worth_recording: bool = True
+
+
+@asynccontextmanager
+async def recorded_tick(
+    pool: Pool, job_id: str, function: str, queue: Queue, worker_id: str | None
+) -> AsyncIterator[TickOutcome]:
+    """A cron tick's real work, recorded in the job history as it ends (one statement), with its
+    outcome, error and traceback, progress and log lines. Enter it only once the tick is due."""
+    tick = TickRun(job_id, function, queue, worker_id, datetime.now(UTC))
+    outcome = TickOutcome()
+    try:
+        yield outcome
+    except Exception as exc:
+        error = error_detail(f"{type(exc).__name__}: {exc}", exc)
+        try:
+            await store.record_tick(pool, tick, error=error, progress=outcome.progress, logs=_logs_of(job_id))
+        except Exception as lost:  # the tick's own error matters more (PostgreSQL may be what failed)
+            log.warning("tick not recorded", error=f"{type(lost).__name__}: {lost}")
+        raise
+    logs = _logs_of(job_id)
+    if outcome.worth_recording:
+        await store.record_tick(pool, tick, error=None, progress=outcome.progress, logs=logs)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobDetail:
+    """A job as the jobs API shows it: its row and its attempts."""
+
+    run: JobRun
+    attempts: list[JobAttempt]
+
+    @property
+    def status(self) -> JobStatus:
+        return shown_status(self.run.status, self.run.last_outcome)
+
+
+async def job_detail(pool: Pool, job_id: str) -> JobDetail | None:
+    run = await store.job_by_id(pool, job_id)
+    if run is None:
+        return None
+    return JobDetail(run, await store.attempts_of_jobs(pool, [job_id]))
+
+
+async def find_jobs(pool: Pool, found: JobFilter, limit: int) -> list[JobDetail]:
+    """The jobs that match, newest first, each with its attempts (two statements, whatever the limit)."""
+    runs = await store.find_jobs(pool, found, limit)
+    attempts: dict[str, list[JobAttempt]] = {run.id: [] for run in runs}
+    for attempt in await store.attempts_of_jobs(pool, list(attempts)):
+        attempts[attempt.job_id].append(attempt)
+    return [JobDetail(run, attempts[run.id]) for run in runs]

@@ -26,3 +26,11 @@ class MaintenanceRun(StrEnum):
 
     SCAN_CHAIN = "scan_chain"  # one ingester round (jobs/chain.py)
     REENQUEUE_ORPHANS = "reenqueue_orphans"  # the sweeper's look for work Redis lost (kiota/sweeper.py)
+
+
+class Queue(StrEnum):
+    """The queue a job belongs to (`jobs.queue`, CHECKed by migration 0014): the values never change."""
+
+    PAYOUTS = "payouts"  # M-Pesa completions and STK queries
+    CHAIN = "chain"  # the ingester's scan rounds
+    MAINTENANCE = "maintenance"  # the sweeper

@@ -4,7 +4,8 @@ Context (request_id, job_id, deposit_id …) is bound with contextvars, so every
 line of a request or job carries it, the lines of libraries that log through
 stdlib `logging` (uvicorn, arq, httpx …) included: they are rendered by the same
 processors. Secrets are never passed to a logger; the callback token is redacted
-from paths by `redact_path`, and from every library line.
+from paths by `redact_path`, and from every library line. A job's own lines (info and above)
+are also kept for its job history (`JobLogs`), after that redaction.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 import re
 import sys
+from collections import deque
 from types import TracebackType
 from typing import Any
 
@@ -38,6 +40,53 @@ def _redact_library_line(_logger: Any, _method: str, event_dict: EventDict) -> E
         if isinstance(value, str) and "/mpesa-callback/" in value:
             event_dict[key] = redact_path(value)
     return event_dict
+
+
+# What a job keeps of its own lines: info and above, the newest JOB_LOG_LINES (the database keeps
+# as many, `job_logs_append`), each value at most JOB_LOG_VALUE_CHARS long.
+JOB_LOG_LINES = 200
+JOB_LOG_VALUE_CHARS = 4000
+_JOB_LOG_LEVELS = frozenset({"info", "warning", "error", "critical", "exception"})
+_NOT_KEPT = frozenset({"job_id", "job_try"})
+
+
+class JobLogs:
+    """The log lines of the jobs running in this process, by job id, until their history takes them
+    (`kiota.job_history.JobHistory` stores them with the attempt's end). A structlog processor:
+    a line is kept when a job id is bound (jobs/worker.py `on_job_start`), after the redaction."""
+
+    def __init__(self, per_job: int = JOB_LOG_LINES, jobs: int = 1000) -> None:
+        self._per_job = per_job
+        self._jobs = jobs  # a job that never ends (its worker cancelled) must not keep its lines forever
+        self._lines: dict[str, deque[dict[str, object]]] = {}
+
+    def __call__(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+        job_id = event_dict.get("job_id")
+        if isinstance(job_id, str) and event_dict.get("level") in _JOB_LOG_LEVELS:
+            lines = self._lines.get(job_id)
+            if lines is None:
+                if len(self._lines) >= self._jobs:
+                    del self._lines[next(iter(self._lines))]
+                lines = self._lines[job_id] = deque(maxlen=self._per_job)
+            lines.append({key: _plain(value) for key, value in event_dict.items() if key not in _NOT_KEPT})
+        return event_dict
+
+    def take(self, job_id: str) -> list[dict[str, object]]:
+        """The job's lines since the last take, oldest first."""
+        return list(self._lines.pop(job_id, ()))
+
+
+def _plain(value: object) -> object:
+    """A value as JSON keeps it: numbers, booleans and None as they are, anything else as text, shortened,
+    and a callback token never (a library may echo a URL)."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    return redact_path(text[:JOB_LOG_VALUE_CHARS])
+
+
+# This process's jobs' lines: logging is configured once per process, and the job history reads them.
+job_logs = JobLogs()
 
 
 def _not_an_arq_job_line(record: logging.LogRecord) -> bool:
@@ -67,6 +116,7 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
             *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            job_logs,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -87,6 +137,7 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
                 structlog.processors.StackInfoRenderer(),
                 structlog.processors.format_exc_info,
                 _redact_library_line,
+                job_logs,
                 renderer,
             ],
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, Self, Union, get_args, get_origin, get_type_hints
 
@@ -249,6 +249,27 @@ class JobRun(Record):
     updated_at: datetime
     finished_at: datetime | None
     worker_id: str | None
+    queue: str
+    intent_id: uuid.UUID | None
+    enqueued_at: datetime
+    started_at: datetime | None
+    last_outcome: str | None
+    progress: dict[str, object] | None
+    logs: list[dict[str, object]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobAttempt(Record):
+    """One run of a job (`job_attempts`): when, by which worker, how it ended, and its error with traceback."""
+
+    job_id: str
+    attempt: int
+    worker_id: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    duration: timedelta | None
+    outcome: str | None
+    error: str | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from api.schemas import (
     PushRefusedOut,
     PushUnknownOut,
 )
-from kiota.deposits import Initiated, Pushed, Refused, initiate
+from kiota.deposits import Initiated, Pushed, Refused, completion_job_ids, initiate
 from kiota.money import format_rate, format_usdc
 from kiota.mpesa import normalise_phone, user_failure_reason, validate_amount_kes
 from kiota.records import Deposit
@@ -99,17 +99,18 @@ async def get_deposit(deposit_id: str, user: CurrentUser, pool: PoolDep) -> Depo
     deposit = await deposit_of_user(pool, key, user.id)
     if deposit is None:  # another user's deposit is "not found", not "forbidden"
         raise HTTPException(404, "no such deposit")
-    return deposit_answer(deposit)
+    return deposit_answer(deposit, (await completion_job_ids(pool, [deposit.id])).get(deposit.id))
 
 
 @router.get("/deposits", response_model=DepositListOut, response_model_exclude_unset=True, responses=AUTHENTICATED)
 async def list_deposits(user: CurrentUser, pool: PoolDep, limit: int = 100) -> DepositListOut:
     deposits = await deposits_of_user(pool, user.id, max(1, min(limit, 500)))
-    return DepositListOut(items=[deposit_answer(deposit) for deposit in deposits])
+    jobs = await completion_job_ids(pool, [deposit.id for deposit in deposits])
+    return DepositListOut(items=[deposit_answer(deposit, jobs.get(deposit.id)) for deposit in deposits])
 
 
-def deposit_answer(deposit: Deposit) -> DepositOut:
-    """A deposit as the app sees it; `job_id` left unset, so that it is not on the wire (see `DepositOut`)."""
+def deposit_answer(deposit: Deposit, job_id: str | None) -> DepositOut:
+    """A deposit as the app sees it, with its completion job's id (None: no job yet)."""
     return DepositOut.model_validate(
         {
             "deposit_id": str(deposit.id),
@@ -120,6 +121,7 @@ def deposit_answer(deposit: Deposit) -> DepositOut:
             "kes_per_usd": format_rate(deposit.kes_per_usd),
             "mpesa_receipt": deposit.mpesa_receipt,
             "tx_hash": deposit.tx_hash,
+            "job_id": job_id,
             # Written for the user; the operators' reasons stay in review_reason / failure_reason.
             "failure_reason": user_failure_reason(deposit.status, deposit.failure_code),
             "created_at": deposit.created_at.isoformat(),

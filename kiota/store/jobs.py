@@ -1,9 +1,10 @@
-"""The job history and the workers in PostgreSQL: the `jobs` rows, the maintenance runs, the heartbeats.
+"""The job history and the workers in PostgreSQL: the `jobs` rows and their `job_attempts`, the maintenance
+runs, the heartbeats.
 
 Owns the named queries of `sql/queries/jobs.sql` and `workers.sql` (but `blocked_jobs` and
 `requeue_blocked_job`, the operator's), and runs by name the sweeper's three deposit queries of
 `deposits.sql` (which deposits are due for an STK query, or for review). A job's row comes back as a
-`kiota.records.JobRun`; the rest as ids or plain values.
+`kiota.records.JobRun`, an attempt as a `JobAttempt`; the rest as ids or plain values.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import uuid
 from datetime import datetime
 
 from kiota.db import Connection, Executor
-from kiota.records import JobRun
+from kiota.job_view import JobFilter, TickRun
+from kiota.records import JobAttempt, JobRun
 from kiota.sql import load_queries
+
+# A job's own log lines, as JSON (None: none to add).
+Logs = list[dict[str, object]] | None
 
 # A single statement may run on a borrowed connection (inside the caller's transaction) or on the pool.
 # A job's history
@@ -25,31 +30,89 @@ async def record_job(db: Executor, job_id: str, function: str, deposit_id: uuid.
 
 
 async def job_started(db: Executor, job_id: str, worker_id: str | None) -> JobRun | None:
-    """One more run of the job, by `worker_id`; None when no such job is recorded."""
+    """One more run of the job, by `worker_id`, and its attempt row; None when no such job is recorded."""
     row = await db.fetchrow(load_queries().job_started, job_id, worker_id)
     return None if row is None else JobRun.from_row(row)
 
 
-async def job_succeeded(db: Executor, job_id: str) -> None:
-    await db.execute(load_queries().job_succeeded, job_id)
+# Each end of a run closes its attempt and appends `logs` (the run's own log lines) in the same statement.
 
 
-async def job_failed_once(db: Executor, job_id: str, error: str, retry_in: float) -> int:
-    """One more failure, retried in `retry_in` seconds; the failures so far (0 when no such job)."""
-    failures: int | None = await db.fetchval(load_queries().job_failed_once, job_id, error, retry_in)
+async def job_succeeded(db: Executor, job_id: str, logs: Logs, progress: dict[str, object] | None = None) -> None:
+    await db.execute(load_queries().job_succeeded, job_id, logs, progress)
+
+
+async def job_failed_once(db: Executor, job_id: str, error: str, retry_in: float, detail: str, logs: Logs) -> int:
+    """One more failure, retried in `retry_in` seconds (`detail`: the attempt's error with its traceback);
+    the failures so far (0 when no such job)."""
+    failures: int | None = await db.fetchval(load_queries().job_failed_once, job_id, error, retry_in, detail, logs)
     return failures or 0
 
 
-async def job_waiting(db: Executor, job_id: str, retry_in: float) -> None:
-    await db.execute(load_queries().job_waiting, job_id, retry_in)
+async def job_waiting(db: Executor, job_id: str, retry_in: float, logs: Logs) -> None:
+    await db.execute(load_queries().job_waiting, job_id, retry_in, logs)
 
 
-async def job_blocked(db: Executor, job_id: str, reason: str, recheck_in: float | None) -> None:
-    await db.execute(load_queries().job_blocked, job_id, reason, recheck_in)
+async def job_blocked(db: Executor, job_id: str, reason: str, recheck_in: float | None, logs: Logs) -> None:
+    await db.execute(load_queries().job_blocked, job_id, reason, recheck_in, logs)
 
 
-async def job_gave_up(db: Executor, job_id: str, error: str) -> None:
-    await db.execute(load_queries().job_gave_up, job_id, error)
+async def job_gave_up(db: Executor, job_id: str, error: str, detail: str, logs: Logs) -> None:
+    await db.execute(load_queries().job_gave_up, job_id, error, detail, logs)
+
+
+async def record_tick(
+    db: Executor,
+    tick: TickRun,
+    *,
+    error: str | None,
+    progress: dict[str, object] | None,
+    logs: Logs,
+) -> None:
+    """A cron tick that did real work, recorded as it ends: its job row and its one attempt."""
+    await db.execute(
+        load_queries().record_tick,
+        tick.job_id,
+        tick.function,
+        tick.queue,
+        tick.worker_id,
+        tick.started_at,
+        error,
+        progress,
+        logs,
+    )
+
+
+# What the jobs API reads
+
+
+async def job_by_id(db: Executor, job_id: str) -> JobRun | None:
+    row = await db.fetchrow(load_queries().job_by_id, job_id)
+    return None if row is None else JobRun.from_row(row)
+
+
+async def attempts_of_jobs(db: Executor, job_ids: list[str]) -> list[JobAttempt]:
+    """The jobs' attempts, by job, first attempt first."""
+    return [JobAttempt.from_row(row) for row in await db.fetch(load_queries().attempts_of_jobs, job_ids)]
+
+
+async def find_jobs(db: Executor, found: JobFilter, limit: int) -> list[JobRun]:
+    """The jobs that match, newest first."""
+    rows = await db.fetch(
+        load_queries().find_jobs,
+        found.status,
+        found.deferred,
+        found.function,
+        found.deposit_id,
+        found.intent_id,
+        limit,
+    )
+    return [JobRun.from_row(row) for row in rows]
+
+
+async def existing_jobs(db: Executor, job_ids: list[str]) -> set[str]:
+    """Which of these job ids are recorded."""
+    return {row["id"] for row in await db.fetch(load_queries().existing_jobs, job_ids)}
 
 
 # What the sweeper looks for

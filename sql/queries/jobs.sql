@@ -3,41 +3,124 @@ INSERT INTO jobs (id, function, deposit_id, status)
 VALUES ($1, $2, $3, 'queued')
 ON CONFLICT (id) DO UPDATE
 SET status = 'queued', blocked_reason = NULL, failures = 0, first_run_at = NULL, last_error = NULL,
-    updated_at = now(), finished_at = NULL
+    updated_at = now(), finished_at = NULL, enqueued_at = now()
 WHERE $4::boolean  -- an operator's retry starts the count of failures again
 RETURNING id;
 
 -- name: job_started
-UPDATE jobs
-SET status = 'running', runs = runs + 1, first_run_at = coalesce(first_run_at, now()), worker_id = $2,
-    updated_at = now()
-WHERE id = $1
-RETURNING *;
+-- One more run, and its attempt row; an attempt left open (its worker died) is closed as interrupted.
+WITH job AS (
+    UPDATE jobs
+    SET status = 'running', runs = runs + 1, first_run_at = coalesce(first_run_at, now()), started_at = now(),
+        worker_id = $2, updated_at = now()
+    WHERE id = $1
+    RETURNING *
+), interrupted AS (
+    UPDATE job_attempts a SET finished_at = now(), outcome = 'interrupted'
+    FROM job WHERE a.job_id = job.id AND a.finished_at IS NULL
+), attempt AS (
+    INSERT INTO job_attempts (job_id, attempt, worker_id, started_at)
+    SELECT id, runs, worker_id, started_at FROM job
+)
+SELECT * FROM job;
+
+-- Each end of a run below also closes the run's attempt (its outcome, and $N the error with its
+-- traceback) and appends the run's log lines ($N, a jsonb array or NULL), in the same statement.
 
 -- name: job_succeeded
-UPDATE jobs SET status = 'succeeded', finished_at = now(), updated_at = now(), blocked_reason = NULL WHERE id = $1;
+WITH job AS (
+    UPDATE jobs
+    SET status = 'succeeded', finished_at = now(), updated_at = now(), blocked_reason = NULL,
+        last_outcome = 'succeeded', logs = job_logs_append(logs, $2), progress = coalesce($3, progress)
+    WHERE id = $1
+    RETURNING id, runs
+)
+UPDATE job_attempts a SET finished_at = now(), outcome = 'succeeded'
+FROM job WHERE a.job_id = job.id AND a.attempt = job.runs AND a.finished_at IS NULL;
 
 -- name: job_failed_once
-UPDATE jobs
-SET status = 'retrying', failures = failures + 1, last_error = $2,
-    next_run_at = now() + make_interval(secs => $3), updated_at = now()
-WHERE id = $1
-RETURNING failures;
+WITH job AS (
+    UPDATE jobs
+    SET status = 'retrying', failures = failures + 1, last_error = $2,
+        next_run_at = now() + make_interval(secs => $3), updated_at = now(),
+        last_outcome = 'failed', logs = job_logs_append(logs, $5)
+    WHERE id = $1
+    RETURNING id, runs, failures
+), ended AS (
+    UPDATE job_attempts a SET finished_at = now(), outcome = 'failed', error = $4
+    FROM job WHERE a.job_id = job.id AND a.attempt = job.runs AND a.finished_at IS NULL
+)
+SELECT failures FROM job;
 
 -- name: job_waiting
 -- Not a failure: the job waits (for a lock, or for a transaction to be mined) and runs again.
-UPDATE jobs
-SET status = 'retrying', next_run_at = now() + make_interval(secs => $2), updated_at = now()
-WHERE id = $1;
+WITH job AS (
+    UPDATE jobs
+    SET status = 'retrying', next_run_at = now() + make_interval(secs => $2), updated_at = now(),
+        last_outcome = 'deferred', logs = job_logs_append(logs, $3)
+    WHERE id = $1
+    RETURNING id, runs
+)
+UPDATE job_attempts a SET finished_at = now(), outcome = 'deferred'
+FROM job WHERE a.job_id = job.id AND a.attempt = job.runs AND a.finished_at IS NULL;
 
 -- name: job_blocked
-UPDATE jobs
-SET status = 'blocked', blocked_reason = $2, updated_at = now(),
-    next_run_at = CASE WHEN $3::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $3) END
-WHERE id = $1;
+WITH job AS (
+    UPDATE jobs
+    SET status = 'blocked', blocked_reason = $2, updated_at = now(),
+        next_run_at = CASE WHEN $3::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $3) END,
+        last_outcome = 'blocked', logs = job_logs_append(logs, $4)
+    WHERE id = $1
+    RETURNING id, runs
+)
+UPDATE job_attempts a SET finished_at = now(), outcome = 'blocked', error = $2
+FROM job WHERE a.job_id = job.id AND a.attempt = job.runs AND a.finished_at IS NULL;
 
 -- name: job_gave_up
-UPDATE jobs SET status = 'failed', last_error = $2, finished_at = now(), updated_at = now() WHERE id = $1;
+WITH job AS (
+    UPDATE jobs
+    SET status = 'failed', last_error = $2, finished_at = now(), updated_at = now(),
+        last_outcome = 'failed', logs = job_logs_append(logs, $4)
+    WHERE id = $1
+    RETURNING id, runs
+)
+UPDATE job_attempts a SET finished_at = now(), outcome = 'failed', error = $3
+FROM job WHERE a.job_id = job.id AND a.attempt = job.runs AND a.finished_at IS NULL;
+
+-- name: record_tick
+-- A cron tick that did real work, recorded once it ended: its job row and its one attempt. A tick's
+-- id is its time, so a tick is recorded at most once.
+WITH job AS (
+    INSERT INTO jobs (id, function, queue, status, runs, failures, last_error, first_run_at, started_at,
+                      enqueued_at, finished_at, worker_id, last_outcome, progress, logs)
+    VALUES ($1, $2, $3, CASE WHEN $6::text IS NULL THEN 'succeeded' ELSE 'failed' END, 1,
+            CASE WHEN $6::text IS NULL THEN 0 ELSE 1 END, left($6, 2000), $5, $5, $5, now(), $4,
+            CASE WHEN $6::text IS NULL THEN 'succeeded' ELSE 'failed' END, $7, job_logs_append('[]', $8))
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, worker_id, started_at, finished_at, last_outcome
+)
+INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
+SELECT id, 1, worker_id, started_at, finished_at, last_outcome, $6 FROM job;
+
+-- name: job_by_id
+SELECT * FROM jobs WHERE id = $1;
+
+-- name: attempts_of_jobs
+SELECT * FROM job_attempts WHERE job_id = ANY($1::text[]) ORDER BY job_id, attempt;
+
+-- name: find_jobs
+-- Newest first. $1: a stored status; $2: true for the latest attempt deferred, false for not, NULL either.
+SELECT * FROM jobs
+WHERE ($1::text IS NULL OR status = $1)
+  AND ($2::boolean IS NULL OR (last_outcome IS NOT DISTINCT FROM 'deferred') = $2)
+  AND ($3::text IS NULL OR function = $3)
+  AND ($4::uuid IS NULL OR deposit_id = $4)
+  AND ($5::uuid IS NULL OR intent_id = $5)
+ORDER BY enqueued_at DESC, id DESC
+LIMIT $6;
+
+-- name: existing_jobs
+SELECT id FROM jobs WHERE id = ANY($1::text[]);
 
 -- name: running_jobs_by_worker
 SELECT worker_id, array_agg(id) AS job_ids FROM jobs WHERE status = 'running' AND worker_id IS NOT NULL

@@ -148,7 +148,8 @@ async def money_state(system: MpesaSystem) -> dict[str, int]:
     row = await system.pool.fetchrow(
         "SELECT (SELECT count(*) FROM journal_entries) AS entries, (SELECT count(*) FROM postings) AS postings,"
         " (SELECT count(*) FROM payouts) AS payouts, (SELECT count(*) FROM payout_attempts) AS attempts,"
-        " (SELECT count(*) FROM review_items) AS review_items, (SELECT count(*) FROM jobs) AS jobs"
+        " (SELECT count(*) FROM review_items) AS review_items,"
+        " (SELECT count(*) FROM jobs WHERE queue = 'payouts') AS jobs"  # the scan rounds are jobs too
     )
     assert row is not None
     return dict(row)

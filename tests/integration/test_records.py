@@ -9,7 +9,20 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from kiota.records import Attempt, Callback, Deposit, Guards, Intent, JobRun, Payout, Record, ReviewItem, Transfer, User
+from kiota.records import (
+    Attempt,
+    Callback,
+    Deposit,
+    Guards,
+    Intent,
+    JobAttempt,
+    JobRun,
+    Payout,
+    Record,
+    ReviewItem,
+    Transfer,
+    User,
+)
 
 TABLES: dict[str, type[Record]] = {
     "users": User,
@@ -20,6 +33,7 @@ TABLES: dict[str, type[Record]] = {
     "deposit_intents": Intent,
     "chain_transfers": Transfer,
     "jobs": JobRun,
+    "job_attempts": JobAttempt,
     "payout_guards": Guards,
     "review_items": ReviewItem,
 }

@@ -60,7 +60,7 @@ async def effects(system: MpesaSystem) -> dict[str, int]:
         "SELECT (SELECT count(*) FROM deposits) AS deposits, (SELECT count(*) FROM deposit_intents) AS intents,"
         " (SELECT count(*) FROM idempotency_keys) AS idempotency_keys,"
         " (SELECT count(*) FROM journal_entries) AS entries, (SELECT count(*) FROM mpesa_callbacks) AS callbacks,"
-        " (SELECT count(*) FROM jobs) AS jobs, (SELECT count(*) FROM review_items) AS reviews"
+        " (SELECT count(*) FROM jobs WHERE queue = 'payouts') AS jobs, (SELECT count(*) FROM review_items) AS reviews"
     )
     assert row is not None
     return {**dict(row), "pushes": len(system.simulator.pushes)}

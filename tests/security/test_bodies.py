@@ -112,6 +112,7 @@ def every_route(app: FastAPI) -> list[tuple[str, str]]:
     for path, operations in app.openapi()["paths"].items():
         path = path.replace("{deposit_id}", "5f0c1a2e-0000-4000-8000-000000000000")
         path = path.replace("{intent_id}", "5f0c1a2e-0000-4000-8000-000000000001")
+        path = path.replace("{job_id}", "complete_mpesa_deposit:5f0c1a2e-0000-4000-8000-000000000002")
         assert "{" not in path, path
         found += [(method.upper(), path) for method in operations]
     assert ("POST", "/api/v1/deposit/initiate") in found and ("GET", "/api/v1/portfolio") in found

@@ -334,7 +334,7 @@ class Webhook:
             raise AssertionError(f"Daraja's own success for a pending deposit was not booked: {status}")
         counts = await self.pool.fetchrow(
             "SELECT (SELECT count(*) FROM journal_entries WHERE kind = 'mpesa_received') AS received,"
-            " (SELECT count(*) FROM jobs) AS jobs,"
+            " (SELECT count(*) FROM jobs WHERE queue = 'payouts') AS jobs,"
             " (SELECT count(*) FROM postings p JOIN accounts a ON a.id = p.account_id WHERE a.kind = 'user') AS credits"
         )
         assert counts is not None
