@@ -9,7 +9,21 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from kiota.records import Attempt, Callback, Deposit, Guards, Intent, JobRun, Payout, Record, ReviewItem, Transfer, User
+from kiota.records import (
+    AdminAction,
+    Attempt,
+    Callback,
+    Deposit,
+    Guards,
+    Intent,
+    JobRun,
+    Operator,
+    Payout,
+    Record,
+    ReviewItem,
+    Transfer,
+    User,
+)
 
 TABLES: dict[str, type[Record]] = {
     "users": User,
@@ -22,6 +36,8 @@ TABLES: dict[str, type[Record]] = {
     "jobs": JobRun,
     "payout_guards": Guards,
     "review_items": ReviewItem,
+    "operators": Operator,
+    "admin_actions": AdminAction,
 }
 
 
