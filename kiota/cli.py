@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kiota.errors import ConfigError, KiotaError, MigrationError
 from kiota.logging import configure_logging
-from kiota.process import freeze_what_lives_forever
+from kiota.process import freeze_what_lives_forever, restore_recursion_limit
 from kiota.settings import Settings, WorkerSettings, load_settings
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     configure_logging()
     app = create_app(settings)
+    restore_recursion_limit()
     freeze_what_lives_forever()
     uvicorn.run(
         app,
