@@ -1,44 +1,37 @@
-"""HTTP Basic for the admin surface (`/metrics`, the dashboard, the admin API), as one dependency.
+"""HTTP Basic for the admin surface (`/metrics`, the dashboard, the admin API), as dependencies.
 
-Credentials are `ADMIN_USERNAME`/`ADMIN_PASSWORD`; with either unset the admin surface is closed
-(every request 401). Both the name and the password are compared in constant time, and both always,
-so the answer's timing says nothing about which was wrong. Without valid credentials:
-401 with `WWW-Authenticate: Basic`, so a browser asks for them.
+Credentials are `ADMIN_USERNAME`/`ADMIN_PASSWORD` (the bootstrap operator) or an enabled account made by
+`kiota admin add-user` (`kiota/operators.py` checks them; a refusal's timing says nothing about which part
+was wrong, nor whether the name exists). Without valid credentials: 401 with `WWW-Authenticate: Basic`,
+so a browser asks for them. `AdminUser` is any admin, viewer or operator; `OperatorUser` answers a viewer
+403. A state-changing request also needs `api/csrf.py`'s checks.
 """
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 import structlog
 from fastapi import Depends, HTTPException
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from api.deps import SettingsDep
-from kiota.settings import Settings
+from api.deps import PoolDep, SettingsDep
+from kiota.operators import Admin, authenticate
 
 log = structlog.get_logger(__name__)
 
 REALM = "kiota-admin"
-_basic = HTTPBasic(auto_error=False, realm=REALM, description="ADMIN_USERNAME / ADMIN_PASSWORD")
-
-
-def admin_credentials_match(settings: Settings, username: str, password: str) -> bool:
-    expected_user = (settings.admin_username or "").encode()
-    expected_password = settings.admin_password.get_secret_value().encode() if settings.admin_password else b""
-    user_ok = hmac.compare_digest(username.encode(), expected_user)
-    password_ok = hmac.compare_digest(password.encode(), expected_password)
-    return settings.admin_enabled and user_ok and password_ok
+_basic = HTTPBasic(auto_error=False, realm=REALM, description="ADMIN_USERNAME / ADMIN_PASSWORD, or an operator account")
 
 
 async def require_admin(
-    settings: SettingsDep, credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
-) -> str:
-    """The admin's name, or 401."""
-    if credentials is not None and admin_credentials_match(settings, credentials.username, credentials.password):
-        return credentials.username
+    settings: SettingsDep, pool: PoolDep, credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
+) -> Admin:
+    """The admin, or 401."""
     if credentials is not None:
+        admin = await authenticate(pool, settings, credentials.username, credentials.password)
+        if admin is not None:
+            return admin
         log.warning("admin credentials refused")  # never the name or password tried
     raise HTTPException(
         status_code=401,
@@ -47,4 +40,14 @@ async def require_admin(
     )
 
 
-AdminUser = Annotated[str, Depends(require_admin)]
+AdminUser = Annotated[Admin, Depends(require_admin)]
+
+
+async def require_operator(admin: AdminUser) -> Admin:
+    """An admin who may act, or 403: viewers read."""
+    if not admin.may_act:
+        raise HTTPException(status_code=403, detail="viewers read; this needs an operator")
+    return admin
+
+
+OperatorUser = Annotated[Admin, Depends(require_operator)]

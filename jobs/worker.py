@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import sys
 from typing import Any
 
 import structlog
@@ -30,7 +29,7 @@ from jobs.outages import POSTGRES, REDIS, Outages, outage_aware, postgres_answer
 from jobs.payouts import complete_mpesa_deposit, query_mpesa_deposit
 from kiota.job_names import JobName
 from kiota.logging import configure_logging
-from kiota.process import freeze_what_lives_forever
+from kiota.process import freeze_what_lives_forever, restore_recursion_limit
 from kiota.queue import create_queue, deserialize_job, redis_settings, serialize_job
 from kiota.settings import WorkerSettings
 from kiota.sweeper import sweep
@@ -40,7 +39,6 @@ log = structlog.get_logger(__name__)
 # A killed worker's job is re-run only after its in-progress key expires
 # (job_timeout + 10 s), so jobs are kept short and the timeout low: a stuck
 # deposit waits well under a minute, not arq's default five.
-DEFAULT_RECURSION_LIMIT = 1000
 JOB_TIMEOUT_SECONDS = 40
 IN_PROGRESS_SECONDS = JOB_TIMEOUT_SECONDS + 10  # arq's in-progress key lives this long
 # Polling sets throughput (REFERENCE.md: defaults give ~20 jobs/s). 50 ms keeps
@@ -214,9 +212,7 @@ async def serve(settings: WorkerSettings) -> None:
 
 
 def run_worker(settings: WorkerSettings) -> None:
-    # web3 imports py_ecc, which raises the recursion limit to 100000 at import; with it a
-    # deeply nested JSON answer could overflow the C stack instead of raising. Put it back.
-    sys.setrecursionlimit(DEFAULT_RECURSION_LIMIT)
+    restore_recursion_limit()
     configure_logging()
     freeze_what_lives_forever()
     asyncio.run(serve(settings))

@@ -1,4 +1,4 @@
-"""The `kiota` command: migrate, api, worker, dev, reconcile and ops."""
+"""The `kiota` command: migrate, api, worker, dev, reconcile, ops and admin."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kiota.errors import ConfigError, KiotaError, MigrationError
 from kiota.logging import configure_logging
-from kiota.process import freeze_what_lives_forever
+from kiota.process import freeze_what_lives_forever, restore_recursion_limit
 from kiota.settings import Settings, WorkerSettings, load_settings
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     configure_logging()
     app = create_app(settings)
+    restore_recursion_limit()
     freeze_what_lives_forever()
     uvicorn.run(
         app,
@@ -100,6 +101,19 @@ def cmd_ops(args: argparse.Namespace) -> int:
     stores = _Stores()
     try:
         return asyncio.run(run_ops(args, stores.database_url, stores.redis_url))
+    except KiotaError as exc:
+        return _fail(str(exc))
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from kiota.admin_cli import run_admin
+
+    class _Accounts(_Stores):
+        admin_username: str | None = None  # the bootstrap operator's name, which no account may take
+
+    config = _Accounts()
+    try:
+        return asyncio.run(run_admin(args, config.database_url, config.admin_username))
     except KiotaError as exc:
         return _fail(str(exc))
 
@@ -176,6 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--daily")
     ops.add_argument("--by", default=os.environ.get("USER", "operator"), help="who is acting (recorded)")
     ops.set_defaults(func=cmd_ops)
+    admin = sub.add_parser("admin", help="operators' accounts for the admin surface")
+    admin_sub = admin.add_subparsers(dest="action", required=True)
+    add_user = admin_sub.add_parser(
+        "add-user", help="add an account; its password from a prompt, or standard input when not a terminal"
+    )
+    add_user.add_argument("name")
+    add_user.add_argument("--role", required=True, choices=["viewer", "operator"], help="viewers read, operators act")
+    add_user.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    admin_sub.add_parser("list-users", help="every account, its role and whether it is enabled")
+    disable = admin_sub.add_parser("disable-user", help="refuse an account from now on (its record stays)")
+    disable.add_argument("name")
+    admin.set_defaults(func=cmd_admin)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""What an operator does without reading code: find stuck deposits, retry them, flip the guards.
+"""What an operator does without reading code: find stuck deposits, retry them, flip the guards (each
+change of the guards recorded in `admin_actions`, before and after, with who made it).
 
 The CLI (`kiota ops …`) and, later, the dashboard call these.
 """
@@ -6,6 +7,7 @@ The CLI (`kiota ops …`) and, later, the dashboard call these.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -16,6 +18,7 @@ from kiota.deposits import complete_job_id
 from kiota.errors import KiotaError
 from kiota.job_history import enqueue, record_job
 from kiota.job_names import JobName
+from kiota.operators import Admin, record_action
 from kiota.records import Guards, ReviewItem
 from kiota.store import ops as store
 from kiota.store import payouts as payout_store
@@ -109,21 +112,58 @@ async def release_blocked(pool: Pool, queue: ArqRedis) -> int:
     return len(jobs)
 
 
-async def set_kill_switch(pool: Pool, queue: ArqRedis, on: bool, by: str) -> int:
-    await payout_store.set_kill_switch(pool, on, by)
-    log.warning("payout kill switch " + ("ON" if on else "off"), by=by)
+GuardChange = Callable[[Connection], Awaitable[None]]
+
+
+def _as_admin(by: str | Admin) -> Admin:
+    """A name alone is someone at the shell (`kiota ops`): an operator."""
+    return by if isinstance(by, Admin) else Admin(by, "operator")
+
+
+def _guard_values(guards: Guards) -> dict[str, object]:
+    return {
+        "kill_switch": guards.kill_switch,
+        "lane_paused": guards.lane_paused,
+        "pause_reason": guards.pause_reason,
+        "per_deposit_max_micro": guards.per_deposit_max_micro,
+        "hourly_cap_micro": guards.hourly_cap_micro,
+        "daily_cap_micro": guards.daily_cap_micro,
+    }
+
+
+async def _change_guards(pool: Pool, admin: Admin, action: str, change: GuardChange) -> None:
+    """The guards changed and the change recorded (before and after), in one transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        before = await payout_store.guards_for_update(conn)
+        await change(conn)
+        after = await payout_store.guards(conn)
+        await record_action(
+            conn, admin, action, "payout_guards", before=_guard_values(before), after=_guard_values(after)
+        )
+
+
+async def set_kill_switch(pool: Pool, queue: ArqRedis, on: bool, by: str | Admin) -> int:
+    admin = _as_admin(by)
+    await _change_guards(pool, admin, "kill_switch", lambda conn: payout_store.set_kill_switch(conn, on, admin.name))
+    log.warning("payout kill switch " + ("ON" if on else "off"), by=admin.name)
     return 0 if on else await release_blocked(pool, queue)
 
 
-async def resume_lane(pool: Pool, queue: ArqRedis, by: str) -> int:
-    await payout_store.resume_lane(pool, by)
-    log.warning("payout lane resumed", by=by)
+async def resume_lane(pool: Pool, queue: ArqRedis, by: str | Admin) -> int:
+    admin = _as_admin(by)
+    await _change_guards(pool, admin, "resume_lane", lambda conn: payout_store.resume_lane(conn, admin.name))
+    log.warning("payout lane resumed", by=admin.name)
     return await release_blocked(pool, queue)
 
 
-async def set_limits(pool: Pool, per_deposit: int | None, hourly: int | None, daily: int | None, by: str) -> None:
+async def set_limits(
+    pool: Pool, per_deposit: int | None, hourly: int | None, daily: int | None, by: str | Admin
+) -> None:
     """The payout limits in USDC micro-units; None leaves one as it is."""
-    await payout_store.set_limits(pool, per_deposit, hourly, daily, by)
+    admin = _as_admin(by)
+    await _change_guards(
+        pool, admin, "set_limits", lambda conn: payout_store.set_limits(conn, per_deposit, hourly, daily, admin.name)
+    )
 
 
 async def guards(pool: Pool) -> Guards:

@@ -6,6 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import sys
+
+DEFAULT_RECURSION_LIMIT = 1000
+
+
+def restore_recursion_limit() -> None:
+    """web3 imports py_ecc, which raises the recursion limit to 100000 at import; with it a deeply nested
+    JSON body or answer overflows the C stack (the process dies of SIGSEGV) instead of raising
+    RecursionError. A process that imported it (the worker; the API, through the services of `kiota/ops.py`)
+    puts it back before it serves."""
+    sys.setrecursionlimit(DEFAULT_RECURSION_LIMIT)
 
 
 def freeze_what_lives_forever() -> None:

@@ -304,3 +304,30 @@ class ReviewItem(Record):
     resolution: str | None
     chain_transfer_id: int | None
     amount_usdc_micro: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Operator(Record):
+    """A person's admin account (`operators`): a viewer reads, an operator acts."""
+
+    id: int
+    name: str
+    role: str
+    password_hash: str = dataclasses.field(repr=False)  # argon2id; never printed or logged
+    created_at: datetime
+    disabled_at: datetime | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AdminAction(Record):
+    """One thing an admin did (`admin_actions`, append-only): who, what, to which target, before and after."""
+
+    id: int
+    actor: str
+    actor_role: str
+    action: str
+    target_kind: str
+    target_id: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    at: datetime

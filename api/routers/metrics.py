@@ -1,6 +1,6 @@
 """Prometheus metrics, read from PostgreSQL so every process reports the same truth.
 
-Admin only (HTTP Basic, `api.admin_auth`). The database snapshot is kept for `SNAPSHOT_TTL_SECONDS`
+Any admin, viewer or operator (HTTP Basic, `api.admin_auth`). The database snapshot is kept for `SNAPSHOT_TTL_SECONDS`
 per process and refreshed by one request at a time, so however often (and however many at once)
 scrapers ask, they cost at most one query per process per 15 s: they cannot starve the pool that
 Safaricom's webhook needs.

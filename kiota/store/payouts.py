@@ -54,6 +54,13 @@ async def guards_for_share(conn: Connection) -> Guards:
     return Guards.from_row(row)
 
 
+async def guards_for_update(conn: Connection) -> Guards:
+    """The guards, locked for an operator's change until the caller's transaction ends."""
+    row = await conn.fetchrow(load_queries().guards_for_update)
+    assert row is not None
+    return Guards.from_row(row)
+
+
 async def set_kill_switch(db: Executor, on: bool, by: str) -> None:
     await db.execute(load_queries().set_kill_switch, on, by)
 

@@ -182,3 +182,7 @@ ON CONFLICT (dedupe_key) DO NOTHING;
 -- name: payout_in_flight_of_deposit
 -- A deposit's payout that may still be mined: signed, or given up on and not yet decided (kiota/payouts/).
 SELECT * FROM payouts WHERE deposit_id = $1 AND status IN ('signed', 'cancelling');
+
+-- name: guards_for_update
+-- An operator's change to the guards, read first for its record (kiota/ops.py): one change at a time.
+SELECT * FROM payout_guards FOR UPDATE;

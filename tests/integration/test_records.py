@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from kiota.records import (
+    AdminAction,
     Attempt,
     Callback,
     Deposit,
@@ -17,6 +18,7 @@ from kiota.records import (
     Intent,
     JobAttempt,
     JobRun,
+    Operator,
     Payout,
     Record,
     ReviewItem,
@@ -36,6 +38,8 @@ TABLES: dict[str, type[Record]] = {
     "job_attempts": JobAttempt,
     "payout_guards": Guards,
     "review_items": ReviewItem,
+    "operators": Operator,
+    "admin_actions": AdminAction,
 }
 
 

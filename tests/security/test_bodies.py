@@ -101,6 +101,8 @@ HIDDEN = [
     ("POST", f"/api/v1/deposit/mpesa-callback/{CALLBACK_TOKEN}"),
     ("POST", "/api/v1/deposit/mpesa-callback/wrong-token-0123456789"),
     ("GET", "/metrics"),
+    ("GET", "/api/v1/admin/csrf"),
+    ("POST", "/api/v1/admin/kill-switch"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("POST", "/no/such/route"),

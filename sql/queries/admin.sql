@@ -1,0 +1,29 @@
+-- Operators' accounts and the record of their actions (kiota/operators.py); owned by kiota/store/admin.py.
+
+-- name: operator_insert
+-- name, role, argon2 hash; nothing when the name is taken.
+INSERT INTO operators (name, role, password_hash) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO NOTHING
+RETURNING *;
+
+-- name: operator_by_name
+SELECT * FROM operators WHERE name = $1;
+
+-- name: operators_all
+SELECT * FROM operators ORDER BY name;
+
+-- name: operator_disable
+UPDATE operators SET disabled_at = now() WHERE name = $1 AND disabled_at IS NULL RETURNING *;
+
+-- name: admin_action_insert
+-- actor, actor_role, action, target_kind, target_id, before, after
+INSERT INTO admin_actions (actor, actor_role, action, target_kind, target_id, before, after)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING *;
+
+-- name: admin_actions_on
+-- What was done to a target (its page shows it), newest first; a NULL id: every target of that kind.
+SELECT * FROM admin_actions
+WHERE target_kind = $1 AND ($2::text IS NULL OR target_id = $2)
+ORDER BY at DESC, id DESC
+LIMIT $3;
