@@ -12,6 +12,7 @@ import structlog
 from arq.connections import ArqRedis
 from fastapi import FastAPI
 
+from api import dashboard
 from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
@@ -121,4 +122,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(intents.router, prefix="/api/v1")
     app.include_router(jobs.router, prefix="/api/v1")
     app.include_router(operators.router, prefix="/api/v1")
+    app.mount("/admin/static", dashboard.static(), name="admin-static")
+    app.include_router(dashboard.build_router())
     return app

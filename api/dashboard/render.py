@@ -1,0 +1,66 @@
+"""Rendering a dashboard page: the template, the admin who asked, a fresh CSRF token for its forms,
+and the one-line notice an action left on the redirect back (`?notice=`)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+
+from api.csrf import FORM_FIELD, issue_token, token_key
+from kiota.operators import Admin
+from kiota.settings import Settings
+
+_templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+# The navigation, in order: (path under /admin, label).
+NAV: tuple[tuple[str, str], ...] = (
+    ("/admin/queues", "Queues"),
+    ("/admin/jobs", "Jobs"),
+    ("/admin/search", "Search"),
+    ("/admin/review", "Review"),
+    ("/admin/transfers", "Transfers"),
+    ("/admin/reconciliation", "Reconciliation"),
+    ("/admin/paybill", "Paybill"),
+    ("/admin/actions", "Actions"),
+)
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
+
+
+_templates.env.filters["when"] = _when
+
+
+def page(
+    request: Request, settings: Settings, admin: Admin, template: str, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    """A whole page (or a fragment, for a template that extends nothing) for this admin."""
+    return _templates.TemplateResponse(
+        request,
+        template,
+        {
+            "admin": admin,
+            "nav": NAV,
+            "csrf_field": FORM_FIELD,
+            "csrf_token": issue_token(token_key(settings), admin.name, time.time()),
+            "notice": request.query_params.get("notice"),
+            **context,
+        },
+        status_code=status_code,
+    )
+
+
+def back(path: str, notice: str) -> RedirectResponse:
+    """After a form's action: see-other back to a dashboard page, with what was done."""
+    if not path.startswith("/admin"):  # never an open redirect
+        path = "/admin/queues"
+    separator = "&" if "?" in path else "?"
+    return RedirectResponse(f"{path}{separator}{urlencode({'notice': notice})}", status_code=303)
