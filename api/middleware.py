@@ -61,11 +61,16 @@ class RequestContextMiddleware:
 
 
 def _route_template(scope: Scope) -> str:
-    """The matched route's template, never the raw path: the callback's path carries its secret token,
-    and raw paths (ids, scanners' guesses) would make a label without bound. No route matched: `unmatched`."""
-    route = scope.get("route")
-    template = getattr(route, "path_format", None)
-    return template if isinstance(template, str) else "unmatched"
+    """The matched route's template ("/api/v1/deposits/{deposit_id}"), never the raw path: the callback's
+    path carries its secret token, and raw paths (ids, scanners' guesses) would make a label without bound.
+    Rebuilt from the path and its parameters (each parameter's segment named), because an included
+    router's route knows only its own part of the path. No route matched: `unmatched`."""
+    if scope.get("route") is None:
+        return "unmatched"
+    segments = scope["path"].split("/")
+    for name, value in (scope.get("path_params") or {}).items():
+        segments = [f"{{{name}}}" if segment == str(value) else segment for segment in segments]
+    return "/".join(segments)
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

@@ -89,7 +89,7 @@ def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, help_text, value=value)
 
 
-def _database_families(scraped: Scraped) -> Iterator[Metric]:
+def database_families(scraped: Scraped) -> Iterator[Metric]:
     snapshot = scraped.snapshot
     deposits = GaugeMetricFamily("kiota_deposits", "Deposits by status", labels=["kind", "status"])
     for status in DEPOSIT_STATUSES:
@@ -135,7 +135,7 @@ async def metrics(resources: ResourcesDep, admin: AdminUser) -> Response:
     depth = GaugeMetricFamily("kiota_queue_depth", "Jobs waiting in each queue (arq's sorted set)", labels=["queue"])
     for queue, waiting in read.depths.items():
         depth.add_metric([queue], waiting)
-    families = [*_database_families(scraped), depth, *events.render_events(read.sums, read.last)]
+    families = [*database_families(scraped), depth, *events.render_events(read.sums, read.last)]
     registry = CollectorRegistry(auto_describe=False)
     collector: Collector = _Families(families)
     registry.register(collector)
