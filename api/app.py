@@ -20,11 +20,13 @@ from api.ratelimit import ClientRateLimitMiddleware
 from api.routers import deposits, health, intents, jobs, metrics, mpesa_callback, operators, portfolio
 from api.routers.metrics import SnapshotCache
 from kiota.callbacks import CallbackGroups
+from kiota.chain_rpc import ChainReader
 from kiota.daraja import DarajaClient
 from kiota.db import Pool, close_pool, create_pool
 from kiota.errors import ConfigError
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.limiter import Limiter
+from kiota.metrics import Flusher
 from kiota.netaddr import FirstSeen, Network, parse_networks
 from kiota.queue import create_queue
 from kiota.ratelimits import Policy
@@ -48,6 +50,7 @@ class Resources:
     limiter: Limiter
     limit_policy: Policy
     metrics_cache: SnapshotCache
+    chain: ChainReader  # the chain's head, for the scan lag in /metrics
     refused_callers: FirstSeen = field(default_factory=FirstSeen)  # callers the allowlist refused, logged once
 
 
@@ -73,6 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         callbacks = CallbackGroups(pool, queue)
         callbacks.start()
         limiter = Limiter(config.redis_url)
+        chain = ChainReader(config.base_rpc_url)
+        flusher = Flusher(queue)  # this process's events, summed with every other's in Redis
+        flusher.start()
         app.state.resources = Resources(
             config,
             pool,
@@ -91,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 pepper=hashlib.sha256(b"kiota rate limits:" + jwt_secret.encode()).digest(),
             ),
             metrics_cache=SnapshotCache(),
+            chain=chain,
         )
         try:
             yield
@@ -98,6 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await limiter.aclose()
             await callbacks.aclose()
             await daraja.aclose()
+            await chain.aclose()
+            await flusher.aclose()  # the last events too, before the Redis client goes
             await queue.aclose(close_connection_pool=True)
             await close_pool(pool)
 

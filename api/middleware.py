@@ -1,4 +1,4 @@
-"""Request context and the access log (with the callback token redacted)."""
+"""Request context, the access log (with the callback token redacted) and the request duration metric."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import uuid
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kiota import metrics
 from kiota.logging import redact_path
 
 log = structlog.get_logger("kiota.access")
 
 
 class RequestContextMiddleware:
-    """Binds a request id to every log line of the request and writes one access line.
+    """Binds a request id to every log line of the request, writes one access line and counts the
+    request's duration (`kiota_http_request_duration_seconds`) in this process's tally.
 
     A plain ASGI middleware (not BaseHTTPMiddleware): it adds no task per request
     on the callback ingest path.
@@ -44,14 +46,31 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            duration = time.perf_counter() - started
+            metrics.tally.observe(
+                metrics.HTTP_DURATION, duration, _route_template(scope), scope["method"], metrics.status_class(status)
+            )
             log.info(
                 "http request",
                 method=scope["method"],
                 path=redact_path(scope["path"]),
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(duration * 1000, 2),
             )
             structlog.contextvars.clear_contextvars()
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's template ("/api/v1/deposits/{deposit_id}"), never the raw path: the callback's
+    path carries its secret token, and raw paths (ids, scanners' guesses) would make a label without bound.
+    Rebuilt from the path and its parameters (each parameter's segment named), because an included
+    router's route knows only its own part of the path. No route matched: `unmatched`."""
+    if scope.get("route") is None:
+        return "unmatched"
+    segments = scope["path"].split("/")
+    for name, value in (scope.get("path_params") or {}).items():
+        segments = [f"{{{name}}}" if segment == str(value) else segment for segment in segments]
+    return "/".join(segments)
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

@@ -28,6 +28,7 @@ from kiota.confirm import ConfirmTiming
 from kiota.daraja import DarajaClient
 from kiota.db import Pool, close_pool, create_pool
 from kiota.ingester import ScanConfig
+from kiota.metrics import Flusher
 from kiota.payouts import LaneConfig
 from kiota.settings import WorkerSettings
 from kiota.treasury import Treasury
@@ -66,6 +67,7 @@ class WorkerContext:
     worker_id: str
     started_at: datetime
     liveness: Liveness
+    metrics: Flusher  # this process's events (jobs, errors, fees), summed with every other's in Redis
 
     @classmethod
     def of(cls, ctx: Mapping[str, Any]) -> WorkerContext:
@@ -82,6 +84,7 @@ class WorkerContext:
         await self.liveness.release(self.pool)
         for client in (self.treasury, self.daraja, self.chain_reader):
             await client.aclose()
+        await self.metrics.aclose()  # the last events too
         await close_pool(self.pool)
 
 
@@ -128,8 +131,10 @@ async def build_context(
             worker_id=worker_id,
             started_at=datetime.now(UTC),
             liveness=Liveness.of_worker(worker_id),
+            metrics=Flusher(queue),
         )
         undo.pop_all()
+    context.metrics.start()
     return context
 
 

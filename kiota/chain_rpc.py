@@ -3,7 +3,7 @@
 The ingester reads logs and balances through it and the treasury sends its transactions
 through it. Failures that may pass become `ChainUnavailable`; a 429 waits (`Retry-After`)
 and tries again; an `eth_getLogs` range a provider refuses is split (the range it suggests,
-else halves).
+else halves). Every failure is counted in `kiota_rpc_errors_total` by kind (`kiota.metrics`).
 """
 
 # Why ours and not web3.py (issue 12 item 5, measured 2026-12-07; figures in bench/RESULTS.md,
@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from kiota import metrics
 from kiota.errors import ChainUnavailable, KiotaError
 from kiota.usdc import TRANSFER_TOPIC, next_ranges
 
@@ -48,6 +49,10 @@ def is_range_refusal(error: dict[str, Any]) -> bool:
     return error.get("code") == -32005 or any(
         word in message for word in ("block range", "range", "exceed", "too many", "limit")
     )
+
+
+def _failed(kind: str) -> None:
+    metrics.tally.count(metrics.RPC_ERRORS, kind)
 
 
 class ChainReader:
@@ -70,7 +75,10 @@ class ChainReader:
             try:
                 response = await self._http.post(self.rpc_url, json=payload)
             except httpx.HTTPError as exc:
+                _failed("transport")
                 raise ChainUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+            if response.status_code == 429:
+                _failed("rate_limited")
             if response.status_code == 429 and attempt < MAX_429_RETRIES:
                 retry_after = response.headers.get("retry-after", "")
                 await asyncio.sleep(float(retry_after) if retry_after.isdigit() else 0.2 * 2**attempt)
@@ -84,12 +92,15 @@ class ChainReader:
     async def rpc(self, method: str, params: list[Any]) -> Any:
         status, body = await self._post(method, {"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
         if not isinstance(body, dict) or (status >= 400 and "error" not in body):
+            _failed("http")
             raise ChainUnavailable(f"{method}: HTTP {status}")
         # Some providers (Alchemy's free tier) refuse a wide range with HTTP 400 and an error body.
         if "error" in body:
             error: dict[str, Any] = body["error"]
             if method == "eth_getLogs" and is_range_refusal(error):
+                _failed("range_refused")
                 raise RangeRefused(error)
+            _failed("rpc_error")
             raise ChainUnavailable(f"{method}: {error}")
         return body.get("result")
 
@@ -102,9 +113,11 @@ class ChainReader:
         payload = [{"jsonrpc": "2.0", "id": i, "method": method, "params": p} for i, p in enumerate(params)]
         status, body = await self._post(f"{method} batch", payload)
         if not isinstance(body, list):
+            _failed("http")
             raise ChainUnavailable(f"{method} batch: HTTP {status}, not a batch answer")
         answers = {item.get("id"): item for item in body if isinstance(item, dict)}
         if set(answers) != set(range(len(params))):
+            _failed("bad_answer")
             raise ChainUnavailable(f"{method} batch: {len(answers)} answers for {len(params)} calls")
         return [(answers[i].get("result"), answers[i].get("error")) for i in range(len(params))]
 
@@ -123,6 +136,7 @@ class ChainReader:
         answers = await self.batch("eth_call", calls)
         errors = [error for _, error in answers if error is not None]
         if errors:
+            _failed("rpc_error")
             raise ChainUnavailable(f"balanceOf batch failed: {errors[0]}")
         try:
             return [int(result, 16) for result, _ in answers]

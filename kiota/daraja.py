@@ -41,8 +41,8 @@ import asyncio
 import base64
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -53,6 +53,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from kiota import metrics
 from kiota.daraja_answers import (
     BUSY,
     DEFAULT_TOKEN_LIFETIME,
@@ -61,12 +62,13 @@ from kiota.daraja_answers import (
     Answer,
     PushAccepted,
     QueryResult,
+    error_label,
     parse_expires_in,
     push_outcome,
     query_outcome,
 )
 from kiota.daraja_token import SharedToken
-from kiota.errors import DarajaRefused, DarajaTransient, DarajaUncertain, DarajaUnreachable
+from kiota.errors import DarajaError, DarajaRefused, DarajaTransient, DarajaUncertain, DarajaUnreachable
 from kiota.mpesa import MAX_KES, NAIROBI, mask_phone
 from kiota.settings import Settings
 
@@ -267,6 +269,12 @@ class DarajaClient:
         Raises DarajaRefused (DarajaUnreachable: nothing could be sent) or DarajaUncertain (do not push
         again; the query decides).
         """
+        with _errors_counted("push"):
+            return await self._stk_push(amount_kes, phone, callback_url, account_reference, description)
+
+    async def _stk_push(
+        self, amount_kes: int, phone: str, callback_url: str, account_reference: str, description: str
+    ) -> PushAccepted:
         _check_push_fields(amount_kes, phone, callback_url, account_reference, description)
         fields = {
             "TransactionType": self._transaction_type,
@@ -300,6 +308,10 @@ class DarajaClient:
 
     async def stk_query(self, checkout_request_id: str) -> QueryResult:
         """Ask Daraja how a push ended. Raises DarajaTransient (retry later) or DarajaRefused."""
+        with _errors_counted("query"):
+            return await self._stk_query(checkout_request_id)
+
+    async def _stk_query(self, checkout_request_id: str) -> QueryResult:
         query_log = log.bind(checkout_request_id=checkout_request_id)
         deadline = time.monotonic() + self._timings.query_budget
         fields = {"CheckoutRequestID": checkout_request_id}
@@ -496,6 +508,16 @@ class DarajaClient:
             # A 4xx from OAuth (bad credentials, bad grant) will not change by itself; a 5xx or 429 may.
             definite=400 <= status < 500 and status not in TRANSIENT_STATUSES,
         )
+
+
+@contextmanager
+def _errors_counted(call: str) -> Iterator[None]:
+    """Count a failed call in `kiota_daraja_errors_total` by Daraja's code (`error_label`)."""
+    try:
+        yield
+    except DarajaError as exc:
+        metrics.tally.count(metrics.DARAJA_ERRORS, call, error_label(exc))
+        raise
 
 
 async def _pause(seconds: float, deadline: float) -> bool:

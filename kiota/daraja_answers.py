@@ -7,6 +7,7 @@ No I/O: `Answer` holds one answer already received, and `push_outcome` / `query_
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -14,7 +15,7 @@ from typing import Any, Final, Literal
 import httpx
 import structlog
 
-from kiota.errors import DarajaRefused, DarajaTransient, DarajaUncertain
+from kiota.errors import DarajaError, DarajaRefused, DarajaTransient, DarajaUncertain, DarajaUnreachable
 
 log = structlog.get_logger("kiota.daraja")  # the client's logger: these lines are its story
 
@@ -160,3 +161,23 @@ def query_outcome(answer: Answer) -> QueryResult:
         # (another process refreshed it meanwhile): asking again later is harmless.
         raise DarajaTransient(answer.error_message, code=code, http_status=status)
     raise DarajaRefused(answer.error_message, code=code, http_status=status)
+
+
+_CODE = re.compile(r"[0-9A-Za-z.]{1,24}")
+
+
+def error_label(error: DarajaError) -> str:
+    """A failure as a bounded metric label: Daraja's own code ("500.001.1001"), else the HTTP status it
+    answered with, else what kind of failure it was (nothing answered)."""
+    if error.code is not None and _CODE.fullmatch(error.code):
+        return error.code
+    if error.http_status is not None:
+        return f"http_{error.http_status}"
+    for kind, label in (
+        (DarajaUnreachable, "unreachable"),
+        (DarajaUncertain, "uncertain"),
+        (DarajaTransient, "transient"),
+    ):
+        if isinstance(error, kind):
+            return label
+    return "refused"

@@ -5,7 +5,9 @@ killed mid-job is not one), and says why it waits or is blocked, so an operator
 can see and retry it without reading code or Redis. Every run of it is an attempt row (`job_attempts`:
 start, end, outcome, error with traceback), written in the statement that records the run's step, with
 the job's own log lines (`kiota.logging.JobLogs`). Cron ticks that did real work are recorded too
-(`recorded_tick`). `job_detail` and `find_jobs` read it all back for the jobs API.
+(`recorded_tick`). `job_detail` and `find_jobs` read it all back for the jobs API. Each run's end is also
+counted, with its duration, in the process's metrics (`kiota_jobs_total`, `kiota_job_duration_seconds`):
+counted as it happens and summed in Redis, since cleaning old rows here must not make a counter go down.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 
+from kiota import metrics
 from kiota.db import Executor, Pool
 from kiota.job_names import Queue
 from kiota.job_view import JobFilter, JobStatus, TickRun, shown_status
@@ -125,30 +128,48 @@ class JobHistory:
         self._pool = pool
         self.job_id = job_id
         self.worker_id = worker_id
+        self._started = time.monotonic()
 
     async def started(self) -> int:
         """Mark the run (and which worker runs it) and open its attempt; returns the failures so far."""
+        self._started = time.monotonic()
         run = await store.job_started(self._pool, self.job_id, self.worker_id)
         return run.failures if run is not None else 0
 
     async def succeeded(self) -> None:
         await store.job_succeeded(self._pool, self.job_id, _logs_of(self.job_id))
+        self._ended("succeeded")
 
     async def failed_once(self, error: str, retry_in: float, cause: BaseException | None = None) -> int:
         detail = error_detail(error, cause)
-        return await store.job_failed_once(
+        failures = await store.job_failed_once(
             self._pool, self.job_id, error[:2000], retry_in, detail, _logs_of(self.job_id)
         )
+        self._ended("failed")
+        return failures
 
     async def waiting(self, retry_in: float) -> None:
         await store.job_waiting(self._pool, self.job_id, retry_in, _logs_of(self.job_id))
+        self._ended("deferred")
 
     async def blocked(self, reason: str, recheck_in: float | None = None) -> None:
         await store.job_blocked(self._pool, self.job_id, reason, recheck_in, _logs_of(self.job_id))
+        self._ended("blocked")
 
     async def gave_up(self, error: str, cause: BaseException | None = None) -> None:
         detail = error_detail(error, cause)
         await store.job_gave_up(self._pool, self.job_id, error[:2000], detail, _logs_of(self.job_id))
+        self._ended("failed")
+
+    def _ended(self, outcome: str) -> None:
+        """Count the run's end with the attempt's outcome (job_attempts.outcome's words), once it is recorded."""
+        job_ran(self.job_id.partition(":")[0], outcome, time.monotonic() - self._started)
+
+
+def job_ran(function: str, outcome: str, seconds: float) -> None:
+    """A run of `function` ended: counted, with its duration, in the process's metrics."""
+    metrics.tally.count(metrics.JOBS, function, outcome)
+    metrics.tally.observe(metrics.JOB_DURATION, seconds, function)
 
 
 @dataclasses.dataclass
@@ -167,15 +188,18 @@ async def recorded_tick(
     outcome, error and traceback, progress and log lines. Enter it only once the tick is due."""
     tick = TickRun(job_id, function, queue, worker_id, datetime.now(UTC))
     outcome = TickOutcome()
+    started = time.monotonic()
     try:
         yield outcome
     except Exception as exc:
+        job_ran(function, "failed", time.monotonic() - started)
         error = error_detail(f"{type(exc).__name__}: {exc}", exc)
         try:
             await store.record_tick(pool, tick, error=error, progress=outcome.progress, logs=_logs_of(job_id))
         except Exception as lost:  # the tick's own error matters more (PostgreSQL may be what failed)
             log.warning("tick not recorded", error=f"{type(lost).__name__}: {lost}")
         raise
+    job_ran(function, "succeeded", time.monotonic() - started)
     logs = _logs_of(job_id)
     if outcome.worth_recording:
         await store.record_tick(pool, tick, error=None, progress=outcome.progress, logs=logs)

@@ -75,6 +75,7 @@ class Receipt:
     tx_hash: str
     succeeded: bool
     block_number: int
+    fee_wei: int = 0  # gas used x effective gas price (+ the L1 fee on Base): for the fee metric
 
 
 def transfer_calldata(to: str, amount: int) -> str:
@@ -203,4 +204,14 @@ def _broadcast_refusal(text: str) -> ChainUnavailable | None:
 def _receipt(tx_hash: str, found: Any) -> Receipt | None:
     if not found:
         return None
-    return Receipt(tx_hash, int(found["status"], 16) == 1, int(found["blockNumber"], 16))
+    return Receipt(tx_hash, int(found["status"], 16) == 1, int(found["blockNumber"], 16), _fee_wei(found))
+
+
+def _fee_wei(found: dict[str, Any]) -> int:
+    """What the transaction cost in wei: gas used at its effective price, plus the L1 data fee an OP-stack
+    chain (Base) adds to the receipt; 0 when the node leaves those fields out."""
+    try:
+        gas = int(found.get("gasUsed") or "0x0", 16) * int(found.get("effectiveGasPrice") or "0x0", 16)
+        return gas + int(found.get("l1Fee") or "0x0", 16)
+    except (TypeError, ValueError):
+        return 0

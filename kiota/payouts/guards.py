@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import structlog
 
+from kiota import metrics
 from kiota.db import Connection, Pool
 from kiota.payouts.terms import CAP_RECHECK_SECONDS, GUARD_RECHECK_SECONDS, LaneItem, PayoutOutcome, PayoutResult
 from kiota.records import Deposit, Guards
@@ -54,6 +55,9 @@ async def check_caps_and_funds(
     in_flight = await store.in_flight_micro(conn, treasury.chain_id)
     usdc = await treasury.usdc_balance(block="latest" if funds_at is None else funds_at)
     eth = await treasury.eth_balance()
+    # The treasury-low alerts' gauges (whole units: a metric, not money we compute with).
+    metrics.tally.set(metrics.TREASURY_BALANCE, eth / 10**18, "ETH")
+    metrics.tally.set(metrics.TREASURY_BALANCE, usdc / 10**6, "USDC")
     shortfall = None
     if usdc - in_flight < amount:
         shortfall = f"treasury USDC {usdc} (in flight {in_flight}) is below the payout {amount}"

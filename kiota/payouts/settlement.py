@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from kiota import ledger
+from kiota import ledger, metrics
 from kiota.db import Connection, Pool
 from kiota.errors import ChainUnavailable
 from kiota.payouts.attempts import broadcast_or_bump, replace, stored
@@ -100,6 +100,7 @@ async def settle(conn: Connection, treasury: Treasury, mined: list[Mined]) -> No
             await cache_wallet_balances(conn, list(cached), list(cached.values()), head)
     for m in mined:
         log.info("deposit paid and credited", deposit_id=str(m.payee.deposit.id), tx_hash=m.receipt.tx_hash)
+        metrics.tally.observe(metrics.PAYOUT_FEE, m.receipt.fee_wei)
 
 
 def _paid_entry(mined: Mined) -> ledger.Entry:

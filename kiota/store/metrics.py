@@ -18,10 +18,11 @@ class Snapshot:
     lane_paused: bool
     payouts_cancelling: int
     live_workers: int
+    next_block: int | None  # the ingester's next block to scan; None before its first round
 
 
-async def snapshot(conn: Executor) -> Snapshot:
-    row = await conn.fetchrow(load_queries().metrics_snapshot)
+async def snapshot(conn: Executor, chain_id: int) -> Snapshot:
+    row = await conn.fetchrow(load_queries().metrics_snapshot, chain_id)
     assert row is not None  # a SELECT of values always returns its one row
     return Snapshot(
         deposits=row["deposits"],
@@ -31,4 +32,5 @@ async def snapshot(conn: Executor) -> Snapshot:
         lane_paused=row["lane_paused"],
         payouts_cancelling=row["payouts_cancelling"],
         live_workers=row["live_workers"],
+        next_block=row["next_block"],
     )

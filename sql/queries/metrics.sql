@@ -1,5 +1,5 @@
 -- name: metrics_snapshot
--- Everything /metrics reports, in one round trip.
+-- Everything /metrics reads from PostgreSQL, in one round trip; $1 the chain whose ingester's cursor it reports.
 SELECT
     (SELECT coalesce(json_object_agg(status, n), '{}') FROM (SELECT status, count(*) AS n FROM deposits GROUP BY status) d)
         AS deposits,
@@ -9,4 +9,5 @@ SELECT
     (SELECT kill_switch FROM payout_guards) AS kill_switch,
     (SELECT lane_paused FROM payout_guards) AS lane_paused,
     (SELECT count(*) FROM payouts WHERE status = 'cancelling') AS payouts_cancelling,
-    (SELECT count(*) FROM worker_heartbeats WHERE seen_at > now() - interval '90 seconds') AS live_workers;
+    (SELECT count(*) FROM worker_heartbeats WHERE seen_at > now() - interval '90 seconds') AS live_workers,
+    (SELECT next_block FROM chain_cursors WHERE chain_id = $1) AS next_block;

@@ -277,7 +277,7 @@ async def test_metrics_show_the_paused_lane_and_deposits(mpesa_system: MpesaSyst
     text = (await system.http.get("/metrics", auth=ADMIN_AUTH)).text
     assert "kiota_payout_lane_paused 1.0" in text
     assert 'kiota_deposits{kind="mpesa",status="processing"} 1.0' in text
-    assert 'kiota_jobs{status="blocked"} 1.0' in text
+    assert 'kiota_job_states{status="blocked"} 1.0' in text
 
 
 async def test_a_nonce_taken_by_another_transaction_cancels_the_payout_for_review(mpesa_system: MpesaSystem) -> None:
