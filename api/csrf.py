@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import time
 from typing import Annotated
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import structlog
 from fastapi import Depends, HTTPException, Request
@@ -86,10 +86,12 @@ def same_origin(public_url: str, origin: str | None, referer: str | None) -> boo
 
 
 async def _form_token(request: Request) -> str | None:
+    """The form's token. The form is parsed through the request (which keeps it): a route with `Form()`
+    fields has FastAPI parse it before this runs, and the body cannot be read a second time."""
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
         return None
-    values = parse_qs((await request.body()).decode("latin-1"), max_num_fields=100).get(FORM_FIELD)
-    return values[0] if values else None
+    value = (await request.form(max_fields=100)).get(FORM_FIELD)
+    return value if isinstance(value, str) else None
 
 
 async def require_csrf(request: Request, settings: SettingsDep, admin: AdminUser) -> Admin:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated
 
+from arq.connections import ArqRedis
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -36,12 +37,17 @@ async def get_pool(resources: ResourcesDep) -> Pool:
     return resources.pool
 
 
+async def get_queue(resources: ResourcesDep) -> ArqRedis:
+    return resources.queue
+
+
 async def get_daraja(resources: ResourcesDep) -> DarajaClient:
     return resources.daraja
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DarajaDep = Annotated[DarajaClient, Depends(get_daraja)]
+QueueDep = Annotated[ArqRedis, Depends(get_queue)]
 PoolDep = Annotated[Pool, Depends(get_pool)]
 
 _bearer = HTTPBearer(auto_error=False, description="HS256 JWT whose `sub` is the user's id")

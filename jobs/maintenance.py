@@ -1,4 +1,4 @@
-"""The worker's housekeeping on crons: the sweeper's tick and the heartbeat."""
+"""The worker's housekeeping on crons: the sweeper's tick and the heartbeat (with the queues' depth)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from kiota.errors import ChainUnavailable
 from kiota.job_history import recorded_tick
 from kiota.job_names import Queue
 from kiota.payouts import fill_abandoned_nonces, recheck_settled_payouts
+from kiota.queue_stats import sample_depth
 from kiota.store.jobs import record_heartbeat
 from kiota.sweeper import sweep
 
@@ -41,7 +42,9 @@ async def sweep_tick(ctx: dict[str, Any]) -> str:
 
 
 async def heartbeat(ctx: dict[str, Any]) -> None:
-    """Say in PostgreSQL that this worker is alive (the dashboard lists workers from it)."""
+    """Say in PostgreSQL that this worker is alive (the dashboard lists workers from it), and sample the
+    queues' depth for the dashboard's charts (the first worker of a minute writes it)."""
     deps = WorkerContext.of(ctx)
     await deps.liveness.hold(deps.pool)
     await record_heartbeat(deps.pool, deps.worker_id, socket.gethostname(), os.getpid(), deps.started_at)
+    await sample_depth(deps.pool)

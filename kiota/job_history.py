@@ -31,6 +31,7 @@ from kiota.db import Executor, Pool
 from kiota.job_names import Queue
 from kiota.job_view import JobFilter, JobStatus, TickRun, shown_status
 from kiota.logging import job_logs
+from kiota.queue import deserialize_job
 from kiota.records import JobAttempt, JobRun
 from kiota.store import jobs as store
 
@@ -224,10 +225,20 @@ async def job_detail(pool: Pool, job_id: str) -> JobDetail | None:
     return JobDetail(run, await store.attempts_of_jobs(pool, [job_id]))
 
 
-async def find_jobs(pool: Pool, found: JobFilter, limit: int) -> list[JobDetail]:
-    """The jobs that match, newest first, each with its attempts (two statements, whatever the limit)."""
-    runs = await store.find_jobs(pool, found, limit)
+async def find_jobs(pool: Pool, found: JobFilter, limit: int, offset: int = 0) -> list[JobDetail]:
+    """The jobs that match, newest first (a page: `offset` skipped), each with its attempts (two statements,
+    whatever the limit)."""
+    runs = await store.find_jobs(pool, found, limit, offset)
     attempts: dict[str, list[JobAttempt]] = {run.id: [] for run in runs}
     for attempt in await store.attempts_of_jobs(pool, list(attempts)):
         attempts[attempt.job_id].append(attempt)
     return [JobDetail(run, attempts[run.id]) for run in runs]
+
+
+async def queued_arguments(queue: ArqRedis, job_id: str) -> dict[str, object] | None:
+    """The arguments Redis holds for a job still queued there (arq's job data: args and kwargs), or None."""
+    raw = await queue.get(job_key_prefix + job_id)
+    if raw is None:
+        return None
+    data = deserialize_job(raw)
+    return {"args": data.get("a", []), "kwargs": data.get("k", {})}

@@ -11,7 +11,7 @@ the sweeper and the workers act on); the contract's are finer. The mapping, writ
     blocked       any               blocked
     succeeded     any               succeeded
     failed        any               failed
-    cancelled     any               cancelled  (no job is cancelled yet; the dashboard's cancel will store it)
+    cancelled     any               cancelled  (an operator cancelled it waiting: kiota/job_actions.py)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from datetime import datetime
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from kiota.job_names import Queue
 
@@ -44,13 +44,17 @@ def shown_status(stored: str, last_outcome: str | None) -> JobStatus:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobFilter:
-    """What `GET /api/v1/jobs` asks for, in the table's terms (None: any)."""
+    """What `GET /api/v1/jobs` and the dashboard's job list ask for, in the table's terms (None: any)."""
 
     status: str | None = None
     deferred: bool | None = None  # for a stored 'retrying': waiting (True) or failed (False)
     function: str | None = None
     deposit_id: uuid.UUID | None = None
     intent_id: uuid.UUID | None = None
+    queue: Queue | None = None
+    since: datetime | None = None  # enqueued at or after
+    until: datetime | None = None  # enqueued before
+    search: str | None = None  # a substring of the job's id or of its deposit's id
 
 
 def job_filter(
@@ -58,17 +62,20 @@ def job_filter(
     function: str | None = None,
     deposit_id: uuid.UUID | None = None,
     intent_id: uuid.UUID | None = None,
+    **narrower: Any,
 ) -> JobFilter:
-    """The filter for a shown status: the inverse of `shown_status`."""
+    """The filter for a shown status: the inverse of `shown_status`. `narrower`: JobFilter's queue, since,
+    until and search (the dashboard's)."""
     match status:
         case None:
-            return JobFilter(None, None, function, deposit_id, intent_id)
+            stored, deferred = None, None
         case "deferred" | "retrying":
-            return JobFilter("retrying", status == "deferred", function, deposit_id, intent_id)
+            stored, deferred = "retrying", status == "deferred"
         case "active":
-            return JobFilter("running", None, function, deposit_id, intent_id)
+            stored, deferred = "running", None
         case _:
-            return JobFilter(status, None, function, deposit_id, intent_id)
+            stored, deferred = status, None
+    return JobFilter(stored, deferred, function, deposit_id, intent_id, **narrower)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

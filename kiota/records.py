@@ -273,6 +273,16 @@ class JobAttempt(Record):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class QueueDepthSample(Record):
+    """A queue's depth in one minute (`queue_depth_samples`), as the workers' heartbeat saw it."""
+
+    queue: str
+    at: datetime
+    waiting: int
+    active: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Guards(Record):
     """The payout guards (`payout_guards`, one row): the kill switch, the lane's pause, the limits."""
 

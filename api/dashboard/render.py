@@ -3,8 +3,9 @@ and the one-line notice an action left on the redirect back (`?notice=`)."""
 
 from __future__ import annotations
 
+import json
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -36,7 +37,21 @@ def _when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
 
 
+def _took(duration: timedelta | None) -> str:
+    """An attempt's duration, as a person reads it."""
+    if duration is None:
+        return "—"
+    seconds = duration.total_seconds()
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _pretty(value: object) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
 _templates.env.filters["when"] = _when
+_templates.env.filters["took"] = _took
+_templates.env.filters["pretty"] = _pretty
 
 
 def page(
@@ -64,3 +79,9 @@ def back(path: str, notice: str) -> RedirectResponse:
         path = "/admin/queues"
     separator = "&" if "?" in path else "?"
     return RedirectResponse(f"{path}{separator}{urlencode({'notice': notice})}", status_code=303)
+
+
+def page_number(request: Request) -> int:
+    """The `?page=` of a paged list, from 1; anything else is the first page."""
+    text = request.query_params.get("page", "1")
+    return max(int(text), 1) if text.isdigit() and len(text) < 7 else 1

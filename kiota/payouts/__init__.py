@@ -17,7 +17,7 @@ The names below are what jobs, the CLI and tests use.
 """
 
 from kiota.payouts.lane import fill_abandoned_nonces, pay_deposit, recheck_settled_payouts
-from kiota.payouts.settlement import abandon
+from kiota.payouts.settlement import abandon, abandon_in
 from kiota.payouts.terms import LaneConfig, PayoutOutcome, PayoutResult
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "PayoutOutcome",
     "PayoutResult",
     "abandon",
+    "abandon_in",
     "fill_abandoned_nonces",
     "pay_deposit",
     "recheck_settled_payouts",

@@ -145,8 +145,13 @@ async def abandon(pool: Pool, deposit_id: uuid.UUID, reason: str) -> None:
     holds a nonce, to 'cancelling' until the lane fills that nonce. An operator's retry then
     pays it with a new payout and a new nonce."""
     async with pool.acquire() as conn, conn.transaction():
-        await deposit_to_review(conn, deposit_id, reason[:1000])
-        await store.payout_abandon(conn, deposit_id, reason[:1000])
+        await abandon_in(conn, deposit_id, reason)
+
+
+async def abandon_in(conn: Connection, deposit_id: uuid.UUID, reason: str) -> None:
+    """`abandon`, in the caller's transaction (an operator's cancel of the deposit's job)."""
+    await deposit_to_review(conn, deposit_id, reason[:1000])
+    await store.payout_abandon(conn, deposit_id, reason[:1000])
 
 
 async def recheck_settled_or_log(conn: Connection, treasury: Treasury, config: LaneConfig) -> None:

@@ -61,3 +61,18 @@ async def actions_on(db: Executor, target_kind: str, target_id: str | None, limi
     """What was done to a target, newest first (every target of the kind when `target_id` is None)."""
     rows = await db.fetch(load_queries().admin_actions_on, target_kind, target_id, limit)
     return [AdminAction.from_row(row) for row in rows]
+
+
+async def find_actions(
+    db: Executor,
+    *,
+    actor: str | None = None,
+    action: str | None = None,
+    target_kinds: list[str] | None = None,
+    target_id: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[AdminAction]:
+    """The log, newest first, narrowed by whichever of these are given."""
+    rows = await db.fetch(load_queries().admin_actions_find, actor, action, target_kinds, target_id, limit, offset)
+    return [AdminAction.from_row(row) for row in rows]

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from kiota.db import Connection, Executor
 from kiota.job_view import JobFilter, TickRun
-from kiota.records import JobAttempt, JobRun
+from kiota.records import JobAttempt, JobRun, QueueDepthSample
 from kiota.sql import load_queries
 
 # A job's own log lines, as JSON (None: none to add).
@@ -96,8 +96,8 @@ async def attempts_of_jobs(db: Executor, job_ids: list[str]) -> list[JobAttempt]
     return [JobAttempt.from_row(row) for row in await db.fetch(load_queries().attempts_of_jobs, job_ids)]
 
 
-async def find_jobs(db: Executor, found: JobFilter, limit: int) -> list[JobRun]:
-    """The jobs that match, newest first."""
+async def find_jobs(db: Executor, found: JobFilter, limit: int, offset: int = 0) -> list[JobRun]:
+    """The jobs that match, newest first (`offset` of them skipped: a page)."""
     rows = await db.fetch(
         load_queries().find_jobs,
         found.status,
@@ -105,7 +105,12 @@ async def find_jobs(db: Executor, found: JobFilter, limit: int) -> list[JobRun]:
         found.function,
         found.deposit_id,
         found.intent_id,
+        found.queue,
+        found.since,
+        found.until,
+        found.search or None,
         limit,
+        offset,
     )
     return [JobRun.from_row(row) for row in rows]
 
@@ -161,3 +166,45 @@ async def maintenance_due(db: Executor, name: str, interval_seconds: float) -> b
 
 async def record_heartbeat(db: Executor, worker_id: str, host: str, pid: int, started_at: datetime) -> None:
     await db.execute(load_queries().record_heartbeat, worker_id, host, pid, started_at)
+
+
+# The dashboard's reads (kiota/queue_stats.py) and an operator's actions (kiota/job_actions.py)
+
+
+async def job_counts(db: Executor) -> list[tuple[str, str, bool, int]]:
+    """(queue, stored status, latest attempt deferred, how many) for every such group of jobs."""
+    rows = await db.fetch(load_queries().job_counts)
+    return [(row["queue"], row["status"], row["deferred"], row["n"]) for row in rows]
+
+
+async def attempt_minutes(db: Executor, since: datetime) -> list[tuple[str, datetime, int, int]]:
+    """(queue, minute, attempts ended, of which failed) for every minute since `since` in which one ended."""
+    rows = await db.fetch(load_queries().attempt_minutes, since)
+    return [(row["queue"], row["minute"], row["ended"], row["failed"]) for row in rows]
+
+
+async def record_depth_sample(db: Executor, queues: list[str]) -> None:
+    """This minute's depth of `queues`, unless a worker sampled it already; old samples go."""
+    await db.execute(load_queries().record_depth_sample, queues)
+
+
+async def depth_samples(db: Executor, since: datetime) -> list[QueueDepthSample]:
+    return [QueueDepthSample.from_row(row) for row in await db.fetch(load_queries().depth_samples, since)]
+
+
+async def job_for_update(conn: Connection, job_id: str) -> JobRun | None:
+    row = await conn.fetchrow(load_queries().job_for_update, job_id)
+    return None if row is None else JobRun.from_row(row)
+
+
+async def cancel_job(conn: Connection, job_id: str, reason: str) -> JobRun | None:
+    """The job cancelled, if it was waiting to run (queued, retrying, blocked); else None."""
+    row = await conn.fetchrow(load_queries().cancel_job, job_id, reason)
+    return None if row is None else JobRun.from_row(row)
+
+
+async def clean_history(conn: Connection, older_than_days: int) -> tuple[int, int]:
+    """Finished jobs that ended more than `older_than_days` ago deleted with their attempts: (jobs, attempts)."""
+    row = await conn.fetchrow(load_queries().clean_history, older_than_days)
+    assert row is not None
+    return int(row["jobs"]), int(row["attempts"])

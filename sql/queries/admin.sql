@@ -27,3 +27,13 @@ SELECT * FROM admin_actions
 WHERE target_kind = $1 AND ($2::text IS NULL OR target_id = $2)
 ORDER BY at DESC, id DESC
 LIMIT $3;
+
+-- name: admin_actions_find
+-- The log, newest first: by actor ($1), action ($2), target kinds ($3) and target id ($4), each NULL for any.
+SELECT * FROM admin_actions
+WHERE ($1::text IS NULL OR actor = $1)
+  AND ($2::text IS NULL OR action = $2)
+  AND ($3::text[] IS NULL OR target_kind = ANY($3))
+  AND ($4::text IS NULL OR target_id = $4)
+ORDER BY at DESC, id DESC
+LIMIT $5 OFFSET $6;

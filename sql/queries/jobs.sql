@@ -13,7 +13,7 @@ WITH job AS (
     UPDATE jobs
     SET status = 'running', runs = runs + 1, first_run_at = coalesce(first_run_at, now()), started_at = now(),
         worker_id = $2, updated_at = now()
-    WHERE id = $1
+    WHERE id = $1 AND status <> 'cancelled'  -- an operator cancelled it: a run that raced the cancel changes nothing
     RETURNING *
 ), interrupted AS (
     UPDATE job_attempts a SET finished_at = now(), outcome = 'interrupted'
@@ -32,7 +32,7 @@ WITH job AS (
     UPDATE jobs
     SET status = 'succeeded', finished_at = now(), updated_at = now(), blocked_reason = NULL,
         last_outcome = 'succeeded', logs = job_logs_append(logs, $2), progress = coalesce($3, progress)
-    WHERE id = $1
+    WHERE id = $1 AND status <> 'cancelled'
     RETURNING id, runs
 )
 UPDATE job_attempts a SET finished_at = now(), outcome = 'succeeded'
@@ -44,7 +44,7 @@ WITH job AS (
     SET status = 'retrying', failures = failures + 1, last_error = $2,
         next_run_at = now() + make_interval(secs => $3), updated_at = now(),
         last_outcome = 'failed', logs = job_logs_append(logs, $5)
-    WHERE id = $1
+    WHERE id = $1 AND status <> 'cancelled'
     RETURNING id, runs, failures
 ), ended AS (
     UPDATE job_attempts a SET finished_at = now(), outcome = 'failed', error = $4
@@ -58,7 +58,7 @@ WITH job AS (
     UPDATE jobs
     SET status = 'retrying', next_run_at = now() + make_interval(secs => $2), updated_at = now(),
         last_outcome = 'deferred', logs = job_logs_append(logs, $3)
-    WHERE id = $1
+    WHERE id = $1 AND status <> 'cancelled'
     RETURNING id, runs
 )
 UPDATE job_attempts a SET finished_at = now(), outcome = 'deferred'
@@ -70,7 +70,7 @@ WITH job AS (
     SET status = 'blocked', blocked_reason = $2, updated_at = now(),
         next_run_at = CASE WHEN $3::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $3) END,
         last_outcome = 'blocked', logs = job_logs_append(logs, $4)
-    WHERE id = $1
+    WHERE id = $1 AND status <> 'cancelled'
     RETURNING id, runs
 )
 UPDATE job_attempts a SET finished_at = now(), outcome = 'blocked', error = $2
@@ -81,7 +81,7 @@ WITH job AS (
     UPDATE jobs
     SET status = 'failed', last_error = $2, finished_at = now(), updated_at = now(),
         last_outcome = 'failed', logs = job_logs_append(logs, $4)
-    WHERE id = $1
+    WHERE id = $1 AND status <> 'cancelled'
     RETURNING id, runs
 )
 UPDATE job_attempts a SET finished_at = now(), outcome = 'failed', error = $3
@@ -109,15 +109,20 @@ SELECT * FROM jobs WHERE id = $1;
 SELECT * FROM job_attempts WHERE job_id = ANY($1::text[]) ORDER BY job_id, attempt;
 
 -- name: find_jobs
--- Newest first. $1: a stored status; $2: true for the latest attempt deferred, false for not, NULL either.
+-- Newest first. $1: a stored status; $2: true for the latest attempt deferred, false for not, NULL either;
+-- $6: a queue; $7/$8: enqueued at or after / before; $9: a substring of the job id or of its deposit id.
 SELECT * FROM jobs
 WHERE ($1::text IS NULL OR status = $1)
   AND ($2::boolean IS NULL OR (last_outcome IS NOT DISTINCT FROM 'deferred') = $2)
   AND ($3::text IS NULL OR function = $3)
   AND ($4::uuid IS NULL OR deposit_id = $4)
   AND ($5::uuid IS NULL OR intent_id = $5)
+  AND ($6::text IS NULL OR queue = $6)
+  AND ($7::timestamptz IS NULL OR enqueued_at >= $7)
+  AND ($8::timestamptz IS NULL OR enqueued_at < $8)
+  AND ($9::text IS NULL OR strpos(id, $9) > 0 OR strpos(coalesce(deposit_id::text, ''), $9) > 0)
 ORDER BY enqueued_at DESC, id DESC
-LIMIT $6;
+LIMIT $10 OFFSET $11;
 
 -- name: existing_jobs
 SELECT id FROM jobs WHERE id = ANY($1::text[]);
@@ -146,3 +151,60 @@ INSERT INTO maintenance_runs (name, last_run_at) VALUES ($1, now())
 ON CONFLICT (name) DO UPDATE SET last_run_at = now()
 WHERE maintenance_runs.last_run_at <= now() - make_interval(secs => $2)
 RETURNING last_run_at;
+
+-- The dashboard's reads and an operator's actions (kiota/queue_stats.py, kiota/job_actions.py)
+
+-- name: job_counts
+-- Jobs by queue, stored status and whether the latest attempt was deferred (kiota/job_view.py shows them).
+SELECT queue, status, (last_outcome IS NOT DISTINCT FROM 'deferred') AS deferred, count(*) AS n
+FROM jobs GROUP BY 1, 2, 3;
+
+-- name: attempt_minutes
+-- Attempts that ended since $1, by queue and minute: how many, and how many failed.
+SELECT j.queue, date_trunc('minute', a.finished_at) AS minute, count(*) AS ended,
+       count(*) FILTER (WHERE a.outcome = 'failed') AS failed
+FROM job_attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.finished_at >= $1
+GROUP BY 1, 2;
+
+-- name: record_depth_sample
+-- This minute's depth of every queue, once (the first heartbeat of the minute writes it); samples older
+-- than two days go in the same statement.
+WITH pruned AS (
+    DELETE FROM queue_depth_samples WHERE at < now() - interval '2 days'
+)
+INSERT INTO queue_depth_samples (queue, at, waiting, active)
+SELECT q.queue, date_trunc('minute', now()),
+       count(j.id) FILTER (WHERE j.status IN ('queued', 'retrying', 'blocked')),
+       count(j.id) FILTER (WHERE j.status = 'running')
+FROM unnest($1::text[]) AS q (queue)
+LEFT JOIN jobs j ON j.queue = q.queue AND j.status IN ('queued', 'retrying', 'blocked', 'running')
+GROUP BY q.queue
+ON CONFLICT (queue, at) DO NOTHING;
+
+-- name: depth_samples
+SELECT * FROM queue_depth_samples WHERE at >= $1 ORDER BY queue, at;
+
+-- name: job_for_update
+SELECT * FROM jobs WHERE id = $1 FOR UPDATE;
+
+-- name: cancel_job
+-- Only a job waiting to run (queued, retrying or blocked) is cancelled; nothing back: it was not waiting.
+UPDATE jobs
+SET status = 'cancelled', finished_at = now(), updated_at = now(), next_run_at = NULL, last_error = $2
+WHERE id = $1 AND status IN ('queued', 'retrying', 'blocked')
+RETURNING *;
+
+-- name: clean_history
+-- Finished jobs (succeeded, failed, cancelled) that ended more than $1 days ago, and their attempts: how many
+-- of each. Nothing else: the ledger, callbacks, payouts, deposits and admin_actions are not the history's.
+WITH old AS (
+    SELECT id FROM jobs
+    WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < now() - make_interval(days => $1)
+    FOR UPDATE
+), attempts AS (
+    DELETE FROM job_attempts WHERE job_id IN (SELECT id FROM old) RETURNING 1
+), gone AS (
+    DELETE FROM jobs WHERE id IN (SELECT id FROM old) RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone) AS jobs, (SELECT count(*) FROM attempts) AS attempts;

@@ -20,6 +20,7 @@ from kiota.records import (
     JobRun,
     Operator,
     Payout,
+    QueueDepthSample,
     Record,
     ReviewItem,
     Transfer,
@@ -40,6 +41,7 @@ TABLES: dict[str, type[Record]] = {
     "review_items": ReviewItem,
     "operators": Operator,
     "admin_actions": AdminAction,
+    "queue_depth_samples": QueueDepthSample,
 }
 
 
