@@ -18,6 +18,7 @@ from kiota.records import (
     Intent,
     JobAttempt,
     JobRun,
+    MoneyProposal,
     Operator,
     Payout,
     Record,
@@ -40,6 +41,7 @@ TABLES: dict[str, type[Record]] = {
     "review_items": ReviewItem,
     "operators": Operator,
     "admin_actions": AdminAction,
+    "money_proposals": MoneyProposal,
 }
 
 
