@@ -5,7 +5,7 @@ it, so a POST/PUT/PATCH/DELETE on the admin surface needs two more things, else 
 - its `Origin` (or, without one, its `Referer`) is `PUBLIC_BASE_URL`'s origin (a browser sends `Origin`
   on every POST, so a request with neither is refused too);
 - a CSRF token that our pages embed (`GET /api/v1/admin/csrf` gives the caller's): in the `X-CSRF-Token`
-  header or an urlencoded form's `csrf_token` field. It is an HMAC of the admin's name and the time it
+  header or a form's `csrf_token` field (urlencoded or multipart). It is an HMAC of the admin's name and the time it
   was issued, under a key derived from `JWT_SECRET`, valid for `TOKEN_MAX_AGE_SECONDS`: another site can
   neither read it nor make one, and one admin's token is not another's.
 
@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import time
 from typing import Annotated
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import structlog
 from fastapi import Depends, HTTPException, Request
@@ -85,11 +85,18 @@ def same_origin(public_url: str, origin: str | None, referer: str | None) -> boo
     return ours is not None and sent is not None and origin_of(sent) == ours
 
 
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
 async def _form_token(request: Request) -> str | None:
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+    """The token field of a form, urlencoded or multipart (the paybill statement's upload). Read through
+    starlette's `request.form()`, which keeps the parsed form on the request: the handler's own `Form`
+    fields and `UploadFile` read the same parse, whichever of the two reads first."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() not in _FORM_TYPES:
         return None
-    values = parse_qs((await request.body()).decode("latin-1"), max_num_fields=100).get(FORM_FIELD)
-    return values[0] if values else None
+    form = await request.form(max_files=1, max_fields=100)
+    value = form.get(FORM_FIELD)
+    return value if isinstance(value, str) else None
 
 
 async def require_csrf(request: Request, settings: SettingsDep, admin: AdminUser) -> Admin:

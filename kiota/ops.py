@@ -40,7 +40,7 @@ class RetryResult:
     confirmed: bool = True  # False: its M-Pesa success is not confirmed, and the STK query is asked again
 
 
-async def retry_deposit(pool: Pool, queue: ArqRedis, deposit_id: uuid.UUID, by: str) -> RetryResult:
+async def retry_deposit(pool: Pool, queue: ArqRedis, deposit_id: uuid.UUID, by: str | Admin) -> RetryResult:
     """Run a deposit's completion again: one in review goes back to processing (with a fresh
     count of failures and a fresh 30-minute window); one still processing is re-enqueued.
     A success M-Pesa has not confirmed is never paid by a retry: its job asks the STK query
@@ -65,8 +65,13 @@ async def retry_deposit(pool: Pool, queue: ArqRedis, deposit_id: uuid.UUID, by: 
         elif deposit.status != "processing":
             raise CannotRetry(f"the deposit is {deposit.status}; there is nothing to retry")
         job_id = await _restart_job(conn, deposit_id)
+        admin = _as_admin(by)
+        await record_action(
+            conn, admin, "retry_deposit", "deposit", str(deposit_id), before={"status": deposit.status},
+            after={"status": "processing", "job_id": job_id},
+        )  # fmt: skip
     enqueued = await enqueue(queue, JobName.COMPLETE_MPESA_DEPOSIT, job_id, str(deposit_id))
-    log.info("operator retried a deposit", deposit_id=str(deposit_id), by=by)
+    log.info("operator retried a deposit", deposit_id=str(deposit_id), by=admin.name)
     return RetryResult(str(deposit_id), job_id, enqueued, deposit.confirmed_at is not None)
 
 

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from api.csrf import FORM_FIELD, issue_token, token_key
+from kiota.money import format_usdc
 from kiota.operators import Admin
 from kiota.settings import Settings
 
@@ -37,6 +38,7 @@ def _when(moment: datetime | None) -> str:
 
 
 _templates.env.filters["when"] = _when
+_templates.env.filters["usdc"] = format_usdc
 
 
 def page(
