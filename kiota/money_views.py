@@ -6,16 +6,20 @@ Read-only: what changes money goes through kiota/review_actions.py and kiota/ops
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 
+from kiota.chain_rpc import ChainReader
 from kiota.db import Pool
+from kiota.errors import ChainUnavailable, InvalidInput
+from kiota.reconcile import Difference, reconcile
 from kiota.records import AdminAction, Deposit, Intent, MoneyProposal, ReviewItem
 from kiota.review_rules import Resolution, money_key, resolutions
 from kiota.search import parse
 from kiota.store import proposals as proposal_store
 from kiota.store import timeline as store
-from kiota.store.timeline import SearchHit
+from kiota.store.timeline import FlaggedTransfer, SearchHit
 from kiota.timeline import Event, Story, deposit_timeline, intent_timeline
 
 
@@ -154,3 +158,41 @@ def _prefix(key: str) -> str:
 
 def _open(reviews: list[ReviewItem], deposit_status: str | None, confirmed: bool) -> list[OpenItem]:
     return [OpenItem(r, resolutions(r, deposit_status, confirmed)) for r in reviews if r.status == "open"]
+
+
+# The flags kiota/usdc.py gives a transfer (`credit_for`, `payment_flags`): BTCPay's exceptions.
+TRANSFER_FLAGS = ("late", "unsolicited", "underpaid", "overpaid")
+RECONCILE_SECONDS = 20.0
+
+
+async def flagged_transfers(pool: Pool, flag: str | None) -> list[FlaggedTransfer]:
+    if flag is not None and flag not in TRANSFER_FLAGS:
+        raise InvalidInput(f"a flag is one of {', '.join(TRANSFER_FLAGS)}")
+    return await store.flagged_transfers(pool, flag)
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """The ledger against the chain; `error` says why the chain could not be read (the ledger side still shows)."""
+
+    differences: list[Difference]
+    lines: list[str]
+    balances: list[tuple[str, str, int]]
+    treasury: str | None
+    error: str | None
+
+
+async def reconciliation(pool: Pool, rpc_url: str, token: str) -> Reconciliation:
+    """`kiota reconcile` on request (kiota/reconcile.py), bounded in time; an unreachable node is said, not raised."""
+    treasury = await store.treasury_address(pool)
+    balances = await store.system_balances(pool)
+    reader = ChainReader(rpc_url)
+    try:
+        async with asyncio.timeout(RECONCILE_SECONDS):
+            differences, lines = await reconcile(pool, reader, token, treasury)
+    except (ChainUnavailable, TimeoutError) as exc:
+        said = str(exc) or f"no answer within {RECONCILE_SECONDS:.0f}s"
+        return Reconciliation([], [], balances, treasury, f"the chain's RPC (BASE_RPC_URL) did not answer: {said}")
+    finally:
+        await reader.aclose()
+    return Reconciliation(differences, lines, balances, treasury, None)

@@ -140,3 +140,32 @@ async def retry(
     except KiotaError as exc:
         return back(next, f"refused: {exc}")
     return back(next, f"retrying {result.deposit_id} as job {result.job_id}")
+
+
+@router.get("/transfers", response_class=HTMLResponse)
+async def transfers(
+    request: Request, admin: AdminUser, settings: SettingsDep, pool: PoolDep, flag: Annotated[str, Query()] = ""
+) -> Response:
+    try:
+        rows = await money_views.flagged_transfers(pool, flag or None)
+    except InvalidInput as exc:
+        return page(
+            request,
+            settings,
+            admin,
+            "transfers.html",
+            422,
+            rows=[],
+            flag=flag,
+            error=str(exc),
+            flags=money_views.TRANSFER_FLAGS,
+        )
+    return page(
+        request, settings, admin, "transfers.html", rows=rows, flag=flag, error=None, flags=money_views.TRANSFER_FLAGS
+    )
+
+
+@router.get("/reconciliation", response_class=HTMLResponse)
+async def reconciliation(request: Request, admin: AdminUser, settings: SettingsDep, pool: PoolDep) -> Response:
+    view = await money_views.reconciliation(pool, settings.base_rpc_url, settings.base_usdc_address)
+    return page(request, settings, admin, "reconciliation.html", 503 if view.error else 200, view=view)

@@ -145,3 +145,38 @@ async def open_reviews(db: Executor) -> list[ReviewRow]:
 async def money_actions(db: Executor, limit: int = 50) -> list[AdminAction]:
     """The latest proposals, approvals, rejections and withdrawals, newest first."""
     return [AdminAction.from_row(row) for row in await db.fetch(load_queries().money_actions_recent, limit)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FlaggedTransfer:
+    """A transfer shown as an exception, with its intent's state and its latest review item."""
+
+    transfer: Transfer
+    intent_status: str | None
+    expected_amount_usdc: int | None
+    review_item_id: int | None
+    review_status: str | None
+
+
+async def flagged_transfers(db: Executor, flag: str | None, limit: int = 200) -> list[FlaggedTransfer]:
+    rows = await db.fetch(load_queries().flagged_transfers, flag, limit)
+    return [
+        FlaggedTransfer(
+            Transfer.from_row(row),
+            row["intent_status"],
+            row["expected_amount_usdc"],
+            row["review_item_id"],
+            row["review_status"],
+        )
+        for row in rows
+    ]
+
+
+async def treasury_address(db: Executor) -> str | None:
+    address: str | None = await db.fetchval(load_queries().treasury_address)
+    return address
+
+
+async def system_balances(db: Executor) -> list[tuple[str, str, int]]:
+    """Every account that is not a user's: (code, asset, balance in the smallest unit)."""
+    return [(r["code"], r["asset"], int(r["balance"])) for r in await db.fetch(load_queries().system_balances)]

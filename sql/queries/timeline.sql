@@ -90,3 +90,25 @@ ORDER BY r.created_at, r.id;
 
 -- name: money_actions_recent
 SELECT * FROM admin_actions WHERE action ~ '^(propose|approve|reject|withdraw)_' ORDER BY at DESC, id DESC LIMIT $1;
+
+-- name: flagged_transfers
+-- USDC that reached a deposit address as an exception (BTCPay's invoices): flagged late, unsolicited, underpaid or
+-- overpaid, or held for review or reversed; $1 one flag or NULL for all, $2 how many. Each with its intent and its
+-- latest review item.
+SELECT t.*, i.status AS intent_status, i.expected_amount_usdc, r.id AS review_item_id, r.status AS review_status
+FROM chain_transfers t
+LEFT JOIN deposit_intents i ON i.id = t.intent_id
+LEFT JOIN LATERAL (
+    SELECT id, status FROM review_items WHERE chain_transfer_id = t.id ORDER BY id DESC LIMIT 1
+) r ON true
+WHERE t.kind IN ('deposit', 'too_large')
+  AND (($1::text IS NULL AND (t.flags <> '{}' OR t.status IN ('review', 'reversed'))) OR $1 = ANY(t.flags))
+ORDER BY t.first_seen_at DESC, t.id DESC
+LIMIT $2;
+
+-- name: treasury_address
+-- The treasury as our own payouts name it (the API holds no key): the latest payout's sender.
+SELECT from_address FROM payouts ORDER BY id DESC LIMIT 1;
+
+-- name: system_balances
+SELECT code, asset, balance FROM account_balances WHERE kind <> 'user' ORDER BY asset, code;
