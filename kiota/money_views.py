@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 from kiota.chain_rpc import ChainReader
 from kiota.db import Pool
 from kiota.errors import ChainUnavailable, InvalidInput
+from kiota.paybill import Report, Statement, match, parse_statement, period
 from kiota.reconcile import Difference, reconcile
 from kiota.records import AdminAction, Deposit, Intent, MoneyProposal, ReviewItem
 from kiota.review_rules import Resolution, money_key, resolutions
@@ -196,3 +198,14 @@ async def reconciliation(pool: Pool, rpc_url: str, token: str) -> Reconciliation
     finally:
         await reader.aclose()
     return Reconciliation(differences, lines, balances, treasury, None)
+
+
+async def paybill_report(pool: Pool, data: bytes) -> tuple[Statement, Report]:
+    """An uploaded M-Pesa statement matched to our deposits (StatementRefused when it cannot be read)."""
+    statement = parse_statement(data)
+    receipts = [line.receipt for line in statement.lines]
+    start, end = period(statement.lines)
+    by_receipt = await store.paid_deposits_by_receipts(pool, receipts)
+    # A statement's times are whole seconds; M-Pesa's own time for a payment may fall a moment outside them.
+    in_period = await store.paid_deposits_between(pool, start, end + timedelta(seconds=1))
+    return statement, match(statement, by_receipt, in_period)

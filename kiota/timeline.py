@@ -8,13 +8,12 @@ story (what caused comes before what it caused), then the order in which they we
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from kiota.money import format_usdc
-from kiota.mpesa import mask_phone, normalise_phone
+from kiota.mpesa import mask_phones
 from kiota.records import (
     AdminAction,
     Attempt,
@@ -32,13 +31,6 @@ from kiota.store.timeline import JournalLine
 # Within one instant, the story's order: the thing itself, what reached us, our work, money, people.
 SOURCES = ("deposit", "intent", "callback", "query", "transfer", "job", "payout", "entry", "review", "action")
 RAW_BODY_SHOWN = 2000
-# A Kenyan mobile number as callbacks carry it (2547…, 2541…, or 07…/01…): never shown whole.
-_PHONE = re.compile(r"(?<!\d)(?:254[17]\d{8}|0[17]\d{8})(?!\d)")
-
-
-def mask_phones(text: str) -> str:
-    """Every phone number in a raw body masked as stored ones are (kiota/mpesa.py `mask_phone`)."""
-    return _PHONE.sub(lambda match: mask_phone(normalise_phone(match[0])), text)
 
 
 @dataclass(frozen=True, slots=True)

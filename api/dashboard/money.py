@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api.admin_auth import AdminUser, OperatorUser
@@ -169,3 +169,37 @@ async def transfers(
 async def reconciliation(request: Request, admin: AdminUser, settings: SettingsDep, pool: PoolDep) -> Response:
     view = await money_views.reconciliation(pool, settings.base_rpc_url, settings.base_usdc_address)
     return page(request, settings, admin, "reconciliation.html", 503 if view.error else 200, view=view)
+
+
+@router.get("/paybill", response_class=HTMLResponse)
+async def paybill(request: Request, admin: AdminUser, settings: SettingsDep) -> Response:
+    return page(request, settings, admin, "paybill.html", report=None, statement=None, error=None)
+
+
+@router.post("/paybill", response_class=HTMLResponse)
+async def paybill_upload(
+    request: Request,
+    admin: OperatorUser,
+    settings: SettingsDep,
+    pool: PoolDep,
+    statement: Annotated[UploadFile | None, File()] = None,
+) -> Response:
+    """Compare a statement (the body limit caps its size: api/body_limit.py); a file that cannot be read is
+    answered 422 on the page, saying why."""
+    data = await statement.read() if statement is not None else b""
+    if not data:
+        return page(
+            request,
+            settings,
+            admin,
+            "paybill.html",
+            422,
+            report=None,
+            statement=None,
+            error="choose the statement's CSV file to upload",
+        )
+    try:
+        read, report = await money_views.paybill_report(pool, data)
+    except InvalidInput as exc:
+        return page(request, settings, admin, "paybill.html", 422, report=None, statement=None, error=str(exc))
+    return page(request, settings, admin, "paybill.html", report=report, statement=read, error=None)

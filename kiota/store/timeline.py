@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from kiota.db import Executor
+from kiota.paybill import PaidDeposit
 from kiota.records import (
     AdminAction,
     Attempt,
@@ -180,3 +181,13 @@ async def treasury_address(db: Executor) -> str | None:
 async def system_balances(db: Executor) -> list[tuple[str, str, int]]:
     """Every account that is not a user's: (code, asset, balance in the smallest unit)."""
     return [(r["code"], r["asset"], int(r["balance"])) for r in await db.fetch(load_queries().system_balances)]
+
+
+async def paid_deposits_by_receipts(db: Executor, receipts: Sequence[str]) -> list[PaidDeposit]:
+    rows = await db.fetch(load_queries().paid_deposits_by_receipts, list(receipts))
+    return [PaidDeposit.from_row(row) for row in rows]
+
+
+async def paid_deposits_between(db: Executor, start: datetime, end: datetime) -> list[PaidDeposit]:
+    rows = await db.fetch(load_queries().paid_deposits_between, start, end)
+    return [PaidDeposit.from_row(row) for row in rows]

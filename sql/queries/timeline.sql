@@ -112,3 +112,16 @@ SELECT from_address FROM payouts ORDER BY id DESC LIMIT 1;
 
 -- name: system_balances
 SELECT code, asset, balance FROM account_balances WHERE kind <> 'user' ORDER BY asset, code;
+
+-- name: paid_deposits_by_receipts
+-- Deposits M-Pesa paid, by receipt (a statement's): id, receipt, shillings received, when M-Pesa paid, status.
+SELECT id, mpesa_receipt AS receipt, received_kes, paid_at_mpesa AS paid_at, status
+FROM deposits WHERE mpesa_receipt = ANY($1::text[]) AND received_kes IS NOT NULL;
+
+-- name: paid_deposits_between
+-- Deposits M-Pesa paid within a statement's period ($1, $2 inclusive).
+SELECT id, mpesa_receipt AS receipt, received_kes, paid_at_mpesa AS paid_at, status
+FROM deposits
+WHERE mpesa_receipt IS NOT NULL AND received_kes IS NOT NULL AND paid_at_mpesa BETWEEN $1 AND $2
+ORDER BY paid_at_mpesa
+LIMIT 10000;

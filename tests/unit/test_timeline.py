@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kiota.errors import InvalidInput
+from kiota.mpesa import mask_phones
 from kiota.search import Terms, parse
-from kiota.timeline import Event, mask_phones, merge
+from kiota.timeline import Event, merge
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
