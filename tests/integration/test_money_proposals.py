@@ -253,3 +253,18 @@ async def test_the_cli_proposes_and_another_operator_approves(
     second = await pool.fetchval("SELECT max(id) FROM money_proposals")
     code, out = await kiota_ops(database_url, redis_url, "reject", str(second), "--by", "pat", "--note", "wait")
     assert code == 0 and "rejected by pat" in out
+
+
+async def test_a_confirmation_overtaken_by_events_moves_nothing(pool: asyncpg.Pool, queue: ArqRedis) -> None:
+    """Proposed while the deposit waited, approved after the STK query confirmed it (or it was paid out): the
+    approval is refused, the proposal stays for a person to reject, and the deposit is left as it is."""
+    deposit_id = await unconfirmed_deposit(pool)
+    proposal = await review_actions.propose(pool, OLGA, Resolution.CONFIRM_DEPOSIT, deposit_id=deposit_id)
+    await pool.execute("UPDATE deposits SET confirmed_at = now(), confirmed_by = 'stk_query' WHERE id = $1", deposit_id)
+    with pytest.raises(ProposalRefused, match="confirmed already"):
+        await review_actions.approve(pool, queue, proposal.id, PAT)
+    row = await pool.fetchrow("SELECT status, confirmed_by FROM deposits WHERE id = $1", deposit_id)
+    assert (row["status"], row["confirmed_by"]) == ("needs_review", "stk_query")
+    assert await pool.fetchval("SELECT status FROM money_proposals WHERE id = $1", proposal.id) == "proposed"
+    assert await pool.fetchval("SELECT count(*) FROM jobs") == 0
+    assert (await review_actions.reject(pool, proposal.id, PAT, "overtaken")).status == "rejected"
