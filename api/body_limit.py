@@ -1,4 +1,5 @@
-"""The one body-size rule of every route: more than 64 KiB is answered 413, before anything else reads it.
+"""The one body-size rule of every route: more than 64 KiB is answered 413, before anything else reads it
+(4 MiB for the one upload, an M-Pesa statement to `/admin/paybill`).
 
 A plain ASGI middleware (not BaseHTTPMiddleware). It runs before routing, authentication and the
 handlers: a declared Content-Length over the limit is refused without reading a byte; otherwise
@@ -20,21 +21,25 @@ from api.asgi import send_json
 log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
-_TOO_LARGE = {"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}
+# The one larger body: an M-Pesa statement (a month of a busy paybill), uploaded by an operator to the dashboard.
+PAYBILL_STATEMENT_PATH = "/admin/paybill"
+MAX_STATEMENT_BYTES = 4 * 1024 * 1024
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, larger: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = {PAYBILL_STATEMENT_PATH: MAX_STATEMENT_BYTES} if larger is None else larger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope.get("path", ""), self.max_bytes)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(send, declared=declared)
+        if declared is not None and declared > limit:
+            await self._refuse(send, limit, declared=declared)
             return
         chunks: list[bytes] = []
         size = 0
@@ -44,8 +49,8 @@ class BodyLimitMiddleware:
                 return
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await self._refuse(send, declared=declared)
+            if size > limit:
+                await self._refuse(send, limit, declared=declared)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -61,9 +66,9 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send, *, declared: int | None) -> None:
-        log.warning("request body too large", limit=self.max_bytes, content_length=declared)
-        await send_json(send, 413, _TOO_LARGE)
+    async def _refuse(self, send: Send, limit: int, *, declared: int | None) -> None:
+        log.warning("request body too large", limit=limit, content_length=declared)
+        await send_json(send, 413, {"detail": f"request body larger than {limit} bytes"})
 
 
 def _content_length(scope: Scope) -> int | None:

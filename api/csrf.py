@@ -5,7 +5,7 @@ it, so a POST/PUT/PATCH/DELETE on the admin surface needs two more things, else 
 - its `Origin` (or, without one, its `Referer`) is `PUBLIC_BASE_URL`'s origin (a browser sends `Origin`
   on every POST, so a request with neither is refused too);
 - a CSRF token that our pages embed (`GET /api/v1/admin/csrf` gives the caller's): in the `X-CSRF-Token`
-  header or an urlencoded form's `csrf_token` field. It is an HMAC of the admin's name and the time it
+  header or a form's `csrf_token` field (urlencoded or multipart). It is an HMAC of the admin's name and the time it
   was issued, under a key derived from `JWT_SECRET`, valid for `TOKEN_MAX_AGE_SECONDS`: another site can
   neither read it nor make one, and one admin's token is not another's.
 
@@ -85,12 +85,17 @@ def same_origin(public_url: str, origin: str | None, referer: str | None) -> boo
     return ours is not None and sent is not None and origin_of(sent) == ours
 
 
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
 async def _form_token(request: Request) -> str | None:
-    """The form's token. The form is parsed through the request (which keeps it): a route with `Form()`
-    fields has FastAPI parse it before this runs, and the body cannot be read a second time."""
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+    """The token field of a form, urlencoded or multipart (the paybill statement's upload). Read through
+    starlette's `request.form()`, which keeps the parsed form on the request: the handler's own `Form`
+    fields and `UploadFile` read the same parse, whichever of the two reads first."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() not in _FORM_TYPES:
         return None
-    value = (await request.form(max_fields=100)).get(FORM_FIELD)
+    form = await request.form(max_files=1, max_fields=100)
+    value = form.get(FORM_FIELD)
     return value if isinstance(value, str) else None
 
 

@@ -175,11 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
     retry = ops_sub.add_parser("retry", help="run a deposit's completion again")
     retry.add_argument("deposit_id")
     confirm = ops_sub.add_parser(
-        "confirm", help="confirm by hand an M-Pesa payment found on the statement (recorded), then complete it"
+        "confirm",
+        help="propose confirming by hand an M-Pesa payment found on the statement; another operator approves",
     )
     confirm.add_argument("deposit_id")
     confirm.add_argument("--by", required=True, help="who checked the M-Pesa statement (recorded)")
     confirm.add_argument("--note", help="what was seen, e.g. the receipt on the statement (recorded)")
+    credit = ops_sub.add_parser("credit", help="propose crediting a user the USDC a review item holds")
+    credit.add_argument("review_item_id", type=int)
+    credit.add_argument("--user", required=True, help="the user to credit")
+    credit.add_argument("--by", required=True, help="who proposes (recorded)")
+    credit.add_argument("--note")
+    write_off = ops_sub.add_parser("write-off", help="propose writing off the money a review item holds in suspense")
+    write_off.add_argument("review_item_id", type=int)
+    write_off.add_argument("--by", required=True, help="who proposes (recorded)")
+    write_off.add_argument("--note")
+    ops_sub.add_parser("proposals", help="money actions waiting for a second operator")
+    for verb, text in (("approve", "approve (and so run) another operator's proposal"), ("reject", "reject one")):
+        decide = ops_sub.add_parser(verb, help=text + "; the proposer's own reject withdraws it")
+        decide.add_argument("proposal_id", type=int)
+        decide.add_argument("--by", required=True, help="who decides (recorded; never the proposer, to approve)")
+        decide.add_argument("--note")
     switch = ops_sub.add_parser("kill-switch", help="stop (on) or allow (off) every payout")
     switch.add_argument("state", choices=["on", "off"])
     ops_sub.add_parser("resume-lane", help="resume the payout lane after a pause (e.g. a treasury refill)")

@@ -29,6 +29,7 @@ FX_KES = "fx:KES"
 FX_USDC = "fx:USDC"
 SUSPENSE_KES = "suspense:KES"
 SUSPENSE_USDC = "suspense:USDC"
+WRITTEN_OFF = {"KES": "written_off:KES", "USDC": "written_off:USDC"}
 
 
 class Direction(StrEnum):
@@ -145,4 +146,28 @@ def usdc_reversed(credit_key: str, user_id: str, amount_micro: int) -> Entry:
         key=f"{credit_key}:reversed",
         kind="usdc_reversed",
         postings=transfer(user_account(user_id, "USDC"), SUSPENSE_USDC, "USDC", amount_micro),
+    )
+
+
+def review_credit(money_key: str, held_in: str, user_id: str, amount_micro: int) -> Entry:
+    """Two operators resolved a review item by crediting a user the USDC it holds (in suspense, or at a
+    deposit address and never booked: then custody is debited, as a deposit's credit does).
+
+    Keyed by the money under review (kiota/review_rules.py `money_key`): one entry resolves it, whatever the
+    action and however many items list it, so it is credited or written off once.
+    """
+    return Entry(
+        key=f"{money_key}:resolved",
+        kind="review_credit",
+        postings=transfer(held_in, user_account(user_id, "USDC"), "USDC", amount_micro),
+    )
+
+
+def review_write_off(money_key: str, held_in: str, asset: str, amount: int) -> Entry:
+    """Two operators resolved a review item by writing off the money suspense holds for it: nobody will claim it.
+    The same key as `review_credit`: money is credited or written off, never both."""
+    return Entry(
+        key=f"{money_key}:resolved",
+        kind="review_write_off",
+        postings=transfer(held_in, WRITTEN_OFF[asset], asset, amount),
     )

@@ -68,6 +68,15 @@ def mask_phone(phone: str | None) -> str:
     return digits[:4] + "*" * (len(digits) - 8) + digits[-4:]
 
 
+# A Kenyan mobile number as callbacks carry it (2547…, 2541…, or 07…/01…): never shown whole.
+_PHONE = re.compile(r"(?<!\d)(?:254[17]\d{8}|0[17]\d{8})(?!\d)")
+
+
+def mask_phones(text: str) -> str:
+    """Every phone number in a raw body masked as stored ones are (kiota/mpesa.py `mask_phone`)."""
+    return _PHONE.sub(lambda match: mask_phone(normalise_phone(match[0])), text)
+
+
 def validate_amount_kes(amount: object, minimum: int) -> int:
     if isinstance(amount, bool) or not isinstance(amount, int):
         raise InvalidInput("amount_kes must be a whole number of shillings")

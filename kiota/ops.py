@@ -40,7 +40,7 @@ class RetryResult:
     confirmed: bool = True  # False: its M-Pesa success is not confirmed, and the STK query is asked again
 
 
-async def retry_deposit(pool: Pool, queue: ArqRedis, deposit_id: uuid.UUID, by: str) -> RetryResult:
+async def retry_deposit(pool: Pool, queue: ArqRedis, deposit_id: uuid.UUID, by: str | Admin) -> RetryResult:
     """Run a deposit's completion again: one in review goes back to processing (with a fresh
     count of failures and a fresh 30-minute window); one still processing is re-enqueued.
     A success M-Pesa has not confirmed is never paid by a retry: its job asks the STK query
@@ -65,36 +65,39 @@ async def retry_deposit(pool: Pool, queue: ArqRedis, deposit_id: uuid.UUID, by: 
         elif deposit.status != "processing":
             raise CannotRetry(f"the deposit is {deposit.status}; there is nothing to retry")
         job_id = await _restart_job(conn, deposit_id)
+        admin = _as_admin(by)
+        await record_action(
+            conn, admin, "retry_deposit", "deposit", str(deposit_id), before={"status": deposit.status},
+            after={"status": "processing", "job_id": job_id},
+        )  # fmt: skip
     enqueued = await enqueue(queue, JobName.COMPLETE_MPESA_DEPOSIT, job_id, str(deposit_id))
-    log.info("operator retried a deposit", deposit_id=str(deposit_id), by=by)
+    log.info("operator retried a deposit", deposit_id=str(deposit_id), by=admin.name)
     return RetryResult(str(deposit_id), job_id, enqueued, deposit.confirmed_at is not None)
 
 
-async def confirm_deposit(pool: Pool, queue: ArqRedis, deposit_id: uuid.UUID, by: str, note: str = "") -> RetryResult:
+async def confirm_in(conn: Connection, deposit_id: uuid.UUID, by: str, note: str = "") -> str:
     """An operator found the payment on the M-Pesa statement: the deposit's success is confirmed by them
-    (recorded with their name and note, in place of the STK query's 0), and its completion runs again,
-    from review if it was there. Only money received for this deposit and never paid out, once."""
+    (recorded with their name and note, in place of the STK query's 0), and its completion is set to run again,
+    from review if it was there; returns the job to enqueue once the caller's transaction commits. Only money
+    received for this deposit and never paid out, once. Two people decide it (kiota/review_actions.py)."""
     who = f"operator:{by}"
     said = f"checked on the M-Pesa statement by {by}" + (f": {note}" if note else "")
-    async with pool.acquire() as conn, conn.transaction():
-        deposit = await store.deposit_for_retry(conn, deposit_id)
-        if deposit is None:
-            raise CannotRetry(f"no deposit {deposit_id}")
-        if deposit.confirmed_at is not None:
-            raise CannotRetry("the deposit is confirmed already; `kiota ops retry` runs its completion again")
-        status = await store.confirmed_by_operator(conn, deposit_id, who, said[:500])
-        if status is None:
-            raise CannotRetry(
-                f"the deposit is {deposit.status}: only a success received for it (processing or in review) "
-                "and never paid out can be confirmed"
-            )
-        if status == "needs_review" and not await store.retry_from_review(conn, deposit_id):
-            raise CannotRetry("the deposit has an open review of its callbacks (kiota ops review): resolve that first")
-        await resolve_review(conn, deposit_id, f"confirmed by operator {by}: {note}"[:1000])
-        job_id = await _restart_job(conn, deposit_id)
-    enqueued = await enqueue(queue, JobName.COMPLETE_MPESA_DEPOSIT, job_id, str(deposit_id))
+    deposit = await store.deposit_for_retry(conn, deposit_id)
+    if deposit is None:
+        raise CannotRetry(f"no deposit {deposit_id}")
+    if deposit.confirmed_at is not None:
+        raise CannotRetry("the deposit is confirmed already; `kiota ops retry` runs its completion again")
+    status = await store.confirmed_by_operator(conn, deposit_id, who, said[:500])
+    if status is None:
+        raise CannotRetry(
+            f"the deposit is {deposit.status}: only a success received for it (processing or in review) "
+            "and never paid out can be confirmed"
+        )
+    if status == "needs_review" and not await store.retry_from_review(conn, deposit_id):
+        raise CannotRetry("the deposit has an open review of its callbacks (kiota ops review): resolve that first")
+    await resolve_review(conn, deposit_id, f"confirmed by operator {by}: {note}"[:1000])
     log.warning("operator confirmed an M-Pesa payment by hand", deposit_id=str(deposit_id), by=by, note=note)
-    return RetryResult(str(deposit_id), job_id, enqueued)
+    return await _restart_job(conn, deposit_id)
 
 
 async def _restart_job(conn: Connection, deposit_id: uuid.UUID) -> str:

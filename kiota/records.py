@@ -341,3 +341,25 @@ class AdminAction(Record):
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     at: datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MoneyProposal(Record):
+    """A money action one operator proposed and another must approve (`money_proposals`): the two-person rule."""
+
+    id: int
+    action: str
+    review_item_id: int | None
+    deposit_id: uuid.UUID | None
+    user_id: str | None
+    asset: str | None
+    amount: int | None
+    note: str
+    status: str
+    proposed_by: str
+    proposed_at: datetime
+    approved_by: str | None
+    closed_by: str | None
+    closed_at: datetime | None
+    close_note: str | None
+    entry_id: int | None

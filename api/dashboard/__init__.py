@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends
 from fastapi.staticfiles import StaticFiles
 
 from api.csrf import require_csrf
-from api.dashboard import actions, home, jobs, queues
+from api.dashboard import actions, home, jobs, money, queues
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -22,7 +22,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 def build_router() -> APIRouter:
     """Every dashboard page under `/admin`; the app mounts `static()` beside it."""
     router = APIRouter(include_in_schema=False, dependencies=[Depends(require_csrf)])
-    for pages in (home.router, queues.router, jobs.router, actions.router):
+    for pages in (home.router, queues.router, jobs.router, actions.router, money.router):
         router.include_router(pages, prefix="/admin")
     return router
 

@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from api.csrf import FORM_FIELD, issue_token, token_key
+from kiota.money import format_usdc
 from kiota.operators import Admin
 from kiota.settings import Settings
 
@@ -52,6 +53,7 @@ def _pretty(value: object) -> str:
 _templates.env.filters["when"] = _when
 _templates.env.filters["took"] = _took
 _templates.env.filters["pretty"] = _pretty
+_templates.env.filters["usdc"] = format_usdc
 
 
 def page(

@@ -236,8 +236,13 @@ async def test_an_operator_retry_asks_again_and_an_operator_confirmation_pays(mp
         system.settings.database_url, system.settings.redis_url,
         "confirm", body["deposit_id"], "--by", "olga", "--note", "statement line QWE123",
     )  # fmt: skip
-    assert code == 0, out
-    assert f"confirmed {body['deposit_id']} by olga" in out
+    assert code == 0 and "proposed confirm_deposit" in out, out
+    assert await deposit_row(system, body["deposit_id"]) == again  # one person's word moves nothing
+    proposal_id = await system.pool.fetchval("SELECT id FROM money_proposals")
+    code, out = await kiota_ops(
+        system.settings.database_url, system.settings.redis_url, "approve", str(proposal_id), "--by", "pat"
+    )
+    assert code == 0 and f"completing {body['deposit_id']}" in out, out
     done = await system.wait_status("ursula", body["deposit_id"], "completed")
     assert done["failure_reason"] is None
     row = await deposit_row(system, body["deposit_id"])

@@ -18,6 +18,7 @@ from kiota.records import (
     Intent,
     JobAttempt,
     JobRun,
+    MoneyProposal,
     Operator,
     Payout,
     QueueDepthSample,
@@ -42,6 +43,7 @@ TABLES: dict[str, type[Record]] = {
     "operators": Operator,
     "admin_actions": AdminAction,
     "queue_depth_samples": QueueDepthSample,
+    "money_proposals": MoneyProposal,
 }
 
 
