@@ -95,12 +95,21 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return main(options)
 
 
-def cmd_ops(args: argparse.Namespace) -> int:
-    from kiota.ops_cli import run_ops
+class _OpsConfig(_Stores):
+    """What `kiota ops` needs: the stores, and the chain for `reconcile`."""
 
-    stores = _Stores()
+    base_rpc_url: str = Settings.model_fields["base_rpc_url"].default
+    base_usdc_address: str = Settings.model_fields["base_usdc_address"].default
+
+
+def cmd_ops(args: argparse.Namespace) -> int:
+    from kiota.ops_cli import Chain, run_ops
+
+    configure_logging()  # log lines on standard error: standard output is the answer (`--json`: one document)
+    config = _OpsConfig()
+    chain = Chain(config.base_rpc_url, config.base_usdc_address)
     try:
-        return asyncio.run(run_ops(args, stores.database_url, stores.redis_url))
+        return asyncio.run(run_ops(args, config.database_url, config.redis_url, chain))
     except KiotaError as exc:
         return _fail(str(exc))
 
@@ -119,35 +128,9 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from kiota.chain_rpc import ChainReader
-    from kiota.db import create_pool
-    from kiota.money import format_usdc
-    from kiota.reconcile import reconcile
-
-    class _Chain(_Stores):
-        base_rpc_url: str = Settings.model_fields["base_rpc_url"].default
-        base_usdc_address: str = Settings.model_fields["base_usdc_address"].default
-
-    config = _Chain()
-
-    async def run() -> int:
-        pool = await create_pool(config.database_url, min_size=1, max_size=2)
-        reader = ChainReader(config.base_rpc_url)
-        try:
-            differences, lines = await reconcile(pool, reader, config.base_usdc_address, args.treasury)
-        finally:
-            await reader.aclose()
-            await pool.close()
-        print("\n".join(lines))
-        for d in differences:
-            print(
-                f"DIFFERENCE {d.who} {d.address}: ledger {format_usdc(d.ledger_micro)}, "
-                f"chain {format_usdc(d.chain_micro)}, chain - ledger {format_usdc(d.chain_micro - d.ledger_micro)}"
-            )
-        print(f"{len(differences)} difference(s)")
-        return 1 if differences else 0
-
-    return asyncio.run(run())
+    """`kiota reconcile` is `kiota ops reconcile`, kept for the scripts that call it."""
+    args.action = "reconcile"
+    return cmd_ops(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(func=cmd_dev)
     rec = sub.add_parser("reconcile", help="compare ledger balances with on-chain USDC; exit 1 on differences")
     rec.add_argument("--treasury", help="the treasury address, to report its on-chain USDC")
-    rec.set_defaults(func=cmd_reconcile)
+    rec.set_defaults(func=cmd_reconcile, json=False, progress=False, by="reconcile")
     ops = sub.add_parser("ops", help="operator commands: find and retry stuck deposits, payout guards")
     ops_sub = ops.add_subparsers(dest="action", required=True)
     stuck = ops_sub.add_parser("stuck", help="deposits in review, or pending/processing for too long")
@@ -204,7 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--per-deposit")
     limits.add_argument("--hourly")
     limits.add_argument("--daily")
+    _add_ops_jobs(ops_sub)
     ops.add_argument("--by", default=os.environ.get("USER", "operator"), help="who is acting (recorded)")
+    ops.add_argument("--json", action="store_true", help="print one JSON document (money in its smallest unit)")
+    ops.add_argument("--progress", action="store_true", help="draw progress bars even when stderr is no terminal")
     ops.set_defaults(func=cmd_ops)
     admin = sub.add_parser("admin", help="operators' accounts for the admin surface")
     admin_sub = admin.add_subparsers(dest="action", required=True)
@@ -219,6 +205,28 @@ def build_parser() -> argparse.ArgumentParser:
     disable.add_argument("name")
     admin.set_defaults(func=cmd_admin)
     return parser
+
+
+def _add_ops_jobs(ops_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`kiota ops` for jobs, history and the chain: what the dashboard's queues and jobs pages do."""
+    rec = ops_sub.add_parser("reconcile", help="ledger USDC against the chain; exit 1 on a difference")
+    rec.add_argument("--treasury", help="the treasury address, to report its on-chain USDC")
+    jobs = ops_sub.add_parser("jobs", help="the job history, newest first; exit 1 if a listed job failed")
+    retry_jobs = ops_sub.add_parser("retry-jobs", help="retry every job the filter matches (up to 500)")
+    for listing in (jobs, retry_jobs):
+        listing.add_argument("--queue", choices=["payouts", "chain", "maintenance"])
+        listing.add_argument("--status", help="queued, active, deferred, retrying, blocked, succeeded, failed, ...")
+        listing.add_argument("--function")
+        listing.add_argument("--deposit-id")
+    jobs.add_argument("--limit", type=int, default=50)
+    for verb, text in (
+        ("job", "one job: its attempts and log lines"),
+        ("retry-job", "run a failed or cancelled job again"),
+        ("cancel-job", "cancel a job waiting to run (its deposit goes to review)"),
+    ):
+        ops_sub.add_parser(verb, help=text).add_argument("job_id")
+    clean = ops_sub.add_parser("clean", help="delete finished job history older than N days (never the ledger)")
+    clean.add_argument("--older-than-days", type=int, required=True)
 
 
 def _dev_defaults() -> DevOptions:

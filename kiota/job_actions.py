@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Callable
 
 import structlog
 from arq.connections import ArqRedis
@@ -42,6 +43,7 @@ log = structlog.get_logger(__name__)
 RETRYABLE: frozenset[JobStatus] = frozenset({"failed", "cancelled"})
 CANCELLABLE = frozenset({"queued", "retrying", "blocked"})  # stored: waiting to run (deferred is 'retrying')
 BATCH_LIMIT = 500  # jobs a batch retry takes at most; the notice says when more matched
+CLEAN_BATCH = 1000  # jobs a clean deletes per transaction
 JOB = "job"
 JOBS = "jobs"
 
@@ -152,20 +154,38 @@ async def _forget_in_redis(queue: ArqRedis, job_id: str) -> None:
         log.warning("a cancelled job was already taken by a worker: its run changes nothing", job_id=job_id)
 
 
-async def clean_history(pool: Pool, older_than_days: int, admin: Admin) -> tuple[int, int]:
+async def clean_history(
+    pool: Pool,
+    older_than_days: int,
+    admin: Admin,
+    *,
+    batch: int = CLEAN_BATCH,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[int, int]:
     """Delete finished jobs (succeeded, failed, cancelled) that ended more than `older_than_days` ago, with
-    their attempts; (jobs, attempts) deleted. Refuses fewer than one day: today's history explains today."""
+    their attempts; (jobs, attempts) deleted. Refuses fewer than one day: today's history explains today.
+    Deleted `batch` jobs a transaction, oldest first, so a large clean neither holds locks for long nor
+    starts again from nothing if it is stopped; `on_progress(done, total)` after each. Recorded once, with
+    the totals, when it ends."""
     if older_than_days < 1:
         raise CannotClean("history is cleaned only when older than at least 1 day")
-    async with pool.acquire() as conn, conn.transaction():
-        jobs, attempts = await store.clean_history(conn, older_than_days)
-        await record_action(
-            conn,
-            admin,
-            "clean_history",
-            JOBS,
-            before={"older_than_days": older_than_days},
-            after={"jobs_deleted": jobs, "attempts_deleted": attempts},
-        )
+    total = await store.count_old_history(pool, older_than_days)
+    jobs = attempts = 0
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            deleted, their_attempts = await store.clean_history(conn, older_than_days, batch)
+        jobs, attempts = jobs + deleted, attempts + their_attempts
+        if on_progress is not None:
+            on_progress(jobs, max(total, jobs))
+        if deleted < batch:
+            break
+    await record_action(
+        pool,
+        admin,
+        "clean_history",
+        JOBS,
+        before={"older_than_days": older_than_days, "matching": total},
+        after={"jobs_deleted": jobs, "attempts_deleted": attempts},
+    )
     log.warning("operator cleaned the job history", by=admin.name, older_than_days=older_than_days, jobs=jobs)
     return jobs, attempts

@@ -58,8 +58,8 @@ class Output:
         for values in picked:
             print("  ".join(f"{name}={value}" for name, value in values.items() if value is not None), file=self.stream)
 
-    def result(self, values: Mapping[str, object], text: str) -> None:
-        """One answer: `values` as JSON, or the sentence `text` for a person."""
+    def result(self, values: object, text: str) -> None:
+        """One answer: `values` (a mapping or a record) as JSON, or the sentence `text` for a person."""
         if self.as_json:
             self._json(values)
         else:

@@ -6,6 +6,7 @@ transfer, a reorg deeper than the confirmations, a payout that was never booked)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kiota.chain_rpc import ChainReader
@@ -25,16 +26,25 @@ class Difference:
 
 
 async def reconcile(
-    pool: Pool, reader: ChainReader, token: str, treasury: str | None
+    pool: Pool,
+    reader: ChainReader,
+    token: str,
+    treasury: str | None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[Difference], list[str]]:
+    """Each user's ledger USDC against their deposit address on chain (one RPC call each: `on_progress(done,
+    total)` after each), then the treasury's."""
     differences: list[Difference] = []
     lines: list[str] = []
-    for user in await user_ledgers(pool):
+    users = await user_ledgers(pool)
+    for done, user in enumerate(users, 1):
         chain = await reader.usdc_balance(token, user.deposit_address)
         ledger = user.ledger_micro
         lines.append(f"user {user.id} {user.deposit_address} ledger {format_usdc(ledger)} chain {format_usdc(chain)}")
         if chain != ledger:
             differences.append(Difference(f"user {user.id}", user.deposit_address, ledger, chain))
+        if on_progress is not None:
+            on_progress(done, len(users))
     if treasury:
         # The treasury's funding is not booked, so its ledger account holds only the payouts (negative).
         paid_out = -await balance(pool, TREASURY_USDC)

@@ -203,8 +203,14 @@ async def cancel_job(conn: Connection, job_id: str, reason: str) -> JobRun | Non
     return None if row is None else JobRun.from_row(row)
 
 
-async def clean_history(conn: Connection, older_than_days: int) -> tuple[int, int]:
-    """Finished jobs that ended more than `older_than_days` ago deleted with their attempts: (jobs, attempts)."""
-    row = await conn.fetchrow(load_queries().clean_history, older_than_days)
+async def count_old_history(db: Executor, older_than_days: int) -> int:
+    count: int = await db.fetchval(load_queries().count_old_history, older_than_days)
+    return count
+
+
+async def clean_history(conn: Connection, older_than_days: int, limit: int) -> tuple[int, int]:
+    """Up to `limit` finished jobs that ended more than `older_than_days` ago deleted with their attempts,
+    oldest first: (jobs, attempts)."""
+    row = await conn.fetchrow(load_queries().clean_history, older_than_days, limit)
     assert row is not None
     return int(row["jobs"]), int(row["attempts"])

@@ -195,13 +195,21 @@ SET status = 'cancelled', finished_at = now(), updated_at = now(), next_run_at =
 WHERE id = $1 AND status IN ('queued', 'retrying', 'blocked')
 RETURNING *;
 
+-- name: count_old_history
+-- How many finished jobs ended more than $1 days ago: what a clean will delete.
+SELECT count(*) FROM jobs
+WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < now() - make_interval(days => $1);
+
 -- name: clean_history
--- Finished jobs (succeeded, failed, cancelled) that ended more than $1 days ago, and their attempts: how many
--- of each. Nothing else: the ledger, callbacks, payouts, deposits and admin_actions are not the history's.
+-- Up to $2 finished jobs (succeeded, failed, cancelled) that ended more than $1 days ago, oldest first, and
+-- their attempts: how many of each. Nothing else: the ledger, callbacks, payouts, deposits and admin_actions
+-- are not the history's.
 WITH old AS (
     SELECT id FROM jobs
     WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < now() - make_interval(days => $1)
-    FOR UPDATE
+    ORDER BY finished_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
 ), attempts AS (
     DELETE FROM job_attempts WHERE job_id IN (SELECT id FROM old) RETURNING 1
 ), gone AS (

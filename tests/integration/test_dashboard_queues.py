@@ -17,7 +17,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from kiota import ledger, operators
+from kiota import job_actions, ledger, operators
 from kiota.deposits import complete_job_id
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.job_history import JobHistory, record_job
@@ -415,6 +415,23 @@ async def test_cancel_leaves_the_deposit_in_review_and_neither_the_sweeper_nor_a
         await queue.aclose(close_connection_pool=True)
 
 
+async def test_a_large_clean_goes_by_batches_and_reports_its_progress(pool: asyncpg.Pool) -> None:
+    ids = [f"cron:scan_chain_tick:{n}" for n in range(5)]
+    for job_id in ids:
+        await tick(pool, job_id, Queue.CHAIN)
+    await pool.execute("UPDATE jobs SET finished_at = now() - interval '9 days' WHERE id = ANY($1::text[])", ids)
+    seen: list[tuple[int, int]] = []
+    admin = operators.Admin("olga", "operator")
+    done = await job_actions.clean_history(pool, 7, admin, batch=2, on_progress=lambda *p: seen.append(p))
+    assert done == (5, 5) and seen == [(2, 5), (4, 5), (5, 5)]
+    assert await pool.fetchval("SELECT count(*) FROM jobs") == 0
+    [action] = await actions(pool, "clean_history")
+    assert (action["before"], action["after"]) == (
+        {"older_than_days": 7, "matching": 5},
+        {"jobs_deleted": 5, "attempts_deleted": 5},
+    )
+
+
 # What a clean never touches.
 KEPT = """SELECT (SELECT count(*) FROM deposits) AS deposits, (SELECT count(*) FROM journal_entries) AS journal_entries,
     (SELECT count(*) FROM postings) AS postings, (SELECT count(*) FROM mpesa_callbacks) AS mpesa_callbacks,
@@ -449,7 +466,7 @@ async def test_clean_deletes_only_old_finished_job_history(
     assert await pool.fetchval("SELECT count(*) FROM job_attempts") == 1
     assert dict(await pool.fetchrow(KEPT)) == {**dict(before), "admin_actions": before["admin_actions"] + 1}
     [action] = await actions(pool, "clean_history")
-    assert action["before"] == {"older_than_days": 30}
+    assert action["before"] == {"older_than_days": 30, "matching": 2}
     assert action["after"] == {"jobs_deleted": 2, "attempts_deleted": 3}
     assert "clean_history" in await get(client, "/admin/queues")  # shown on the page it changed
 

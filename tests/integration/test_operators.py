@@ -208,7 +208,7 @@ async def test_the_ops_cli_records_its_changes_of_the_guards(
     code, out = await kiota_ops(database_url, redis_url, "kill-switch", "on")
     assert code == 0, out
     code, out = await kiota_ops(database_url, redis_url, "limits", "--hourly", "500")
-    assert code == 0, out
+    assert code == 1, out  # the kill switch is on: exit 1 says so
     actions = await operators.actions_on(pool, "payout_guards")
     assert [(a.actor, a.action) for a in actions] == [("tester", "set_limits"), ("tester", "kill_switch")]
     assert actions[0].after is not None and actions[0].after["hourly_cap_micro"] == 500_000_000

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import uuid
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
@@ -20,7 +22,8 @@ from kiota.users import ensure_user
 from tests.support import TEST_XPUB
 
 
-async def kiota_ops(database_url: str, redis_url: str, *args: str) -> tuple[int, str]:
+async def kiota_ops(database_url: str, redis_url: str, *args: str, stderr_too: bool = True) -> tuple[int, str]:
+    """The command's exit code and output (standard error too, unless only what a script reads is wanted)."""
     env = {"PATH": os.environ["PATH"], "DATABASE_URL": database_url, "REDIS_URL": redis_url}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -33,10 +36,16 @@ async def kiota_ops(database_url: str, redis_url: str, *args: str) -> tuple[int,
         env=env,
         cwd=Path(__file__).parent,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=asyncio.subprocess.STDOUT if stderr_too else asyncio.subprocess.DEVNULL,
     )
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode()
+
+
+async def ops_json(database_url: str, redis_url: str, *args: str) -> tuple[int, Any]:
+    """`kiota ops --json …`: its exit code and the one JSON document on its standard output."""
+    code, out = await kiota_ops(database_url, redis_url, "--json", *args, stderr_too=False)
+    return code, json.loads(out)
 
 
 async def paid_deposit_in_review(pool: asyncpg.Pool) -> uuid.UUID:
@@ -58,7 +67,7 @@ async def paid_deposit_in_review(pool: asyncpg.Pool) -> uuid.UUID:
 async def test_find_and_retry_a_stuck_deposit(pool: asyncpg.Pool, database_url: str, redis_url: str) -> None:
     deposit_id = await paid_deposit_in_review(pool)
     code, out = await kiota_ops(database_url, redis_url, "stuck")
-    assert code == 0, out
+    assert code == 1, out  # something needs a person
     assert str(deposit_id) in out and "payout failed 5 times" in out
 
     code, out = await kiota_ops(database_url, redis_url, "retry", str(deposit_id))
@@ -88,7 +97,7 @@ async def test_guards_from_the_command_line(pool: asyncpg.Pool, database_url: st
     code, out = await kiota_ops(database_url, redis_url, "kill-switch", "on")
     assert code == 0 and "kill switch on" in out
     code, out = await kiota_ops(database_url, redis_url, "limits", "--per-deposit", "150.5", "--daily", "5000")
-    assert code == 0, out
+    assert code == 1, out  # payouts are stopped: that needs a person
     assert "kill_switch=True" in out and "per_deposit_max=150.500000" in out and "daily_cap=5000.000000" in out
     code, out = await kiota_ops(database_url, redis_url, "kill-switch", "off")
     assert code == 0
@@ -96,3 +105,44 @@ async def test_guards_from_the_command_line(pool: asyncpg.Pool, database_url: st
     assert not guards["kill_switch"] and guards["updated_by"] == "tester"
     code, out = await kiota_ops(database_url, redis_url, "review")
     assert code == 0 and "(none)" in out
+
+
+async def test_the_shell_answers_scripts_in_json_and_says_by_its_exit_what_needs_a_person(
+    pool: asyncpg.Pool, database_url: str, redis_url: str
+) -> None:
+    assert await ops_json(database_url, redis_url, "stuck") == (0, {"items": []})
+    deposit_id = await paid_deposit_in_review(pool)
+    code, answer = await ops_json(database_url, redis_url, "stuck")
+    [row] = answer["items"]
+    assert code == 1 and row["id"] == str(deposit_id) and row["amount_kes"] == 1295  # money as an integer
+
+    code, answer = await ops_json(database_url, redis_url, "retry", str(deposit_id))
+    job_id = complete_job_id(deposit_id)
+    assert code == 0 and answer["job_id"] == job_id
+    code, answer = await ops_json(database_url, redis_url, "jobs", "--deposit-id", str(deposit_id))
+    [job] = answer["items"]
+    assert code == 0 and (job["job_id"], job["status"], job["queue"]) == (job_id, "queued", "payouts")
+    code, out = await kiota_ops(database_url, redis_url, "cancel-job", job_id)
+    assert code == 0 and f"its deposit {deposit_id} is in review" in out
+    code, answer = await ops_json(database_url, redis_url, "job", job_id)
+    assert code == 0 and answer["status"] == "cancelled" and answer["job"]["id"] == job_id
+    code, out = await kiota_ops(database_url, redis_url, "cancel-job", job_id)
+    assert code == 2 and "kiota:" in out  # refused: it is not waiting any more
+
+
+async def test_a_clean_draws_its_progress_and_refuses_today(
+    pool: asyncpg.Pool, database_url: str, redis_url: str
+) -> None:
+    for n in range(3):
+        await pool.execute(
+            "INSERT INTO jobs (id, function, queue, status, enqueued_at, finished_at) "
+            "VALUES ($1, 'scan_chain_tick', 'chain', 'succeeded', now() - interval '9 days', "
+            "now() - interval '9 days')",
+            f"cron:scan_chain_tick:{n}",
+        )
+    code, out = await kiota_ops(database_url, redis_url, "clean", "--older-than-days", "0")
+    assert code == 2 and "at least 1 day" in out
+    code, out = await kiota_ops(database_url, redis_url, "--progress", "clean", "--older-than-days", "7")
+    assert code == 0 and "cleaning [" + "#" * 30 + "] 3/3 100%" in out, out
+    assert out.rstrip().endswith("cleaned 3 job(s) and 0 attempt(s) that ended more than 7 days ago")
+    assert await pool.fetchval("SELECT count(*) FROM jobs") == 0
