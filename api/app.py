@@ -16,7 +16,7 @@ from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
 from api.ratelimit import ClientRateLimitMiddleware
-from api.routers import deposits, health, intents, jobs, metrics, mpesa_callback, operators, portfolio
+from api.routers import deposits, health, intents, jobs, metrics, mpesa_callback, operators, portfolio, queues
 from api.routers.metrics import SnapshotCache
 from kiota.callbacks import CallbackGroups
 from kiota.daraja import DarajaClient
@@ -121,4 +121,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(intents.router, prefix="/api/v1")
     app.include_router(jobs.router, prefix="/api/v1")
     app.include_router(operators.router, prefix="/api/v1")
+    app.include_router(queues.router, prefix="/api/v1")
     return app

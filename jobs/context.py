@@ -10,6 +10,7 @@ arq's own keys (`redis`, `job_id`, …) are read here too, and nowhere else: `ar
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
@@ -27,6 +28,7 @@ from kiota.chain_rpc import ChainReader
 from kiota.confirm import ConfirmTiming
 from kiota.daraja import DarajaClient
 from kiota.db import Pool, close_pool, create_pool
+from kiota.errors import ConfigError
 from kiota.ingester import ScanConfig
 from kiota.payouts import LaneConfig
 from kiota.settings import WorkerSettings
@@ -55,7 +57,7 @@ class WorkerContext:
     settings: WorkerSettings
     pool: Pool
     queue: ArqRedis  # arq's Redis client: the queue the jobs come from and go to
-    treasury: Treasury
+    treasury: Treasury | None  # None: no TREASURY_PRIVATE_KEY, so this worker serves no payouts
     daraja: DarajaClient
     chain_reader: ChainReader
     scan_config: ScanConfig
@@ -78,9 +80,17 @@ class WorkerContext:
         context: WorkerContext | None = ctx.get(cls.KEY)
         return context
 
+    def signer(self) -> Treasury:
+        """The treasury that signs payouts; only a worker that serves `payouts` has it (settings ensure that)."""
+        if self.treasury is None:
+            raise ConfigError("this worker has no TREASURY_PRIVATE_KEY: it cannot serve the payouts queue")
+        return self.treasury
+
     async def aclose(self) -> None:
         await self.liveness.release(self.pool)
-        for client in (self.treasury, self.daraja, self.chain_reader):
+        if self.treasury is not None:
+            await self.treasury.aclose()
+        for client in (self.daraja, self.chain_reader):
             await client.aclose()
         await close_pool(self.pool)
 
@@ -94,13 +104,9 @@ async def build_context(
         # is down and log a traceback for each try; the outage handling waits for it instead.
         pool = await create_pool(settings.database_url, min_size=0, max_size=pool_size)
         undo.push_async_callback(close_pool, pool)
-        treasury = Treasury(
-            settings.base_rpc_url,
-            settings.treasury_private_key.get_secret_value(),
-            settings.base_chain_id,
-            settings.base_usdc_address,
-        )
-        undo.push_async_callback(treasury.aclose)
+        treasury = _treasury(settings)
+        if treasury is not None:
+            undo.push_async_callback(treasury.aclose)
         daraja = DarajaClient.from_settings(settings, redis=queue)  # one token for the app
         undo.push_async_callback(daraja.aclose)
         chain_reader = ChainReader(settings.base_rpc_url)
@@ -116,7 +122,7 @@ async def build_context(
             scan_config=ScanConfig(
                 chain_id=settings.base_chain_id,
                 token=settings.base_usdc_address,
-                treasury=treasury.address,
+                treasury=treasury.address if treasury is not None else str(settings.treasury_address),
                 confirmations_required=settings.deposit_confirmations_required,
                 max_checks=settings.intent_max_checks,
             ),
@@ -131,6 +137,20 @@ async def build_context(
         )
         undo.pop_all()
     return context
+
+
+def _treasury(settings: WorkerSettings) -> Treasury | None:
+    """The signing treasury when the key is given (a worker for chain and maintenance only may go without it,
+    knowing the treasury by TREASURY_ADDRESS); both given must name the same account."""
+    key = settings.treasury_private_key
+    if key is None:
+        return None
+    treasury = Treasury(
+        settings.base_rpc_url, key.get_secret_value(), settings.base_chain_id, settings.base_usdc_address
+    )
+    if settings.treasury_address is not None and settings.treasury_address.lower() != treasury.address.lower():
+        raise ConfigError("TREASURY_ADDRESS is not the address of TREASURY_PRIVATE_KEY")
+    return treasury
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +174,7 @@ class WorkerState:
     outages: Outages
     running: dict[str, RunningJob] = field(default_factory=dict)
     started: bool = False
+    heartbeats: asyncio.Task[None] | None = None  # the process's heartbeat (jobs/worker.py), from its first start
 
     @classmethod
     def of(cls, ctx: Mapping[str, Any]) -> WorkerState | None:

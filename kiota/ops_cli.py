@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from arq.connections import ArqRedis
 
-from kiota import ops
+from kiota import ops, queues
 from kiota.db import Pool, create_pool
 from kiota.errors import InvalidInput
 from kiota.money import format_usdc, parse_usdc
@@ -31,6 +31,15 @@ def _deposit_id(text: str) -> uuid.UUID:
         return uuid.UUID(text)
     except ValueError:
         raise InvalidInput(f"not a deposit id: {text}") from None
+
+
+def _print_queues(stats: queues.Stats) -> None:
+    for name, counts in stats.queues.items():
+        print(f"{name}  " + "  ".join(f"{word}={value}" for word, value in counts.items()))
+    for worker in stats.workers:
+        print(f"worker {worker.worker_id}  queues={','.join(worker.queues)}  seen_at={worker.seen_at.isoformat()}")
+    if not stats.workers:
+        print("no live worker")
 
 
 async def run_ops(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
@@ -100,6 +109,12 @@ async def _dispatch(args: argparse.Namespace, pool: Pool, queue: ArqRedis) -> in
         print(f"kill switch {args.state}" + (f"; {released} blocked job(s) re-enqueued" if released else ""))
     elif args.action == "resume-lane":
         print(f"lane resumed; {await ops.resume_lane(pool, queue, args.by)} blocked job(s) re-enqueued")
+    elif args.action in ("pause", "resume"):
+        change = queues.pause if args.action == "pause" else queues.resume
+        state = await change(pool, queue, args.queue, args.by)
+        print(f"queue {state.queue} {'paused' if state.paused else 'resumed'} by {state.changed_by}")
+    elif args.action == "queues":
+        _print_queues(await queues.stats(pool))
     elif args.action == "limits":
         per_deposit, hourly, daily = (parse_usdc(v) if v else None for v in (args.per_deposit, args.hourly, args.daily))
         await ops.set_limits(pool, per_deposit, hourly, daily, args.by)

@@ -159,5 +159,7 @@ async def maintenance_due(db: Executor, name: str, interval_seconds: float) -> b
     return await db.fetchval(load_queries().maintenance_due, name, interval_seconds) is not None
 
 
-async def record_heartbeat(db: Executor, worker_id: str, host: str, pid: int, started_at: datetime) -> None:
-    await db.execute(load_queries().record_heartbeat, worker_id, host, pid, started_at)
+async def record_heartbeat(
+    db: Executor, worker_id: str, host: str, pid: int, started_at: datetime, queues: list[str]
+) -> None:
+    await db.execute(load_queries().record_heartbeat, worker_id, host, pid, started_at, queues)

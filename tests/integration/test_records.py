@@ -20,10 +20,12 @@ from kiota.records import (
     JobRun,
     Operator,
     Payout,
+    QueueState,
     Record,
     ReviewItem,
     Transfer,
     User,
+    WorkerHeartbeat,
 )
 
 TABLES: dict[str, type[Record]] = {
@@ -40,6 +42,8 @@ TABLES: dict[str, type[Record]] = {
     "review_items": ReviewItem,
     "operators": Operator,
     "admin_actions": AdminAction,
+    "queue_states": QueueState,
+    "worker_heartbeats": WorkerHeartbeat,
 }
 
 
