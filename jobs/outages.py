@@ -344,19 +344,7 @@ async def _run_until_outage(workers: Sequence[Worker], outages: Outages) -> str 
     for worker in workers:
         worker.main_task = asyncio.create_task(worker.main(), name=f"arq worker {worker.queue_name}")
         mains.add(worker.main_task)
-    stopping = asyncio.create_task(outages.stopping.wait())
-    redis_lost = asyncio.create_task(outages.wait_lost(REDIS))
-    running, failed = set(mains), None
-    try:
-        while running and failed is None and not stopping.done() and not redis_lost.done():
-            done, _ = await asyncio.wait({*running, stopping, redis_lost}, return_when=asyncio.FIRST_COMPLETED)
-            for main in done & running:
-                running.discard(main)
-                if main.cancelled() or main.exception() is not None:
-                    failed = main
-    finally:
-        stopping.cancel()
-        redis_lost.cancel()
+    running, failed = await _until_one_fails(mains, outages)
     if outages.stopping.is_set():
         return None  # the poll loops go on, picking nothing, until the running jobs are done
     if not running and failed is None:  # burst workers that are done
@@ -367,6 +355,9 @@ async def _run_until_outage(workers: Sequence[Worker], outages: Outages) -> str 
     for main in running:
         main.cancel()
     await asyncio.wait(mains)
+    for main in mains:  # each failure read (the first decides), so none is reported as never retrieved
+        if not main.cancelled():
+            main.exception()
     exc = None if failed is None or failed.cancelled() else failed.exception()
     if exc is None:  # a job met the Redis outage before the poll loops did
         return REDIS
@@ -374,6 +365,28 @@ async def _run_until_outage(workers: Sequence[Worker], outages: Outages) -> str 
     if verdict is None:
         raise exc
     return verdict[0]
+
+
+async def _until_one_fails(
+    mains: set[asyncio.Task[None]], outages: Outages
+) -> tuple[set[asyncio.Task[None]], asyncio.Task[Any] | None]:
+    """Wait until a worker's main loop fails, all end, the worker stops, or a job loses Redis; returns the
+    loops still running and the failed one (None: none failed)."""
+    stopping = asyncio.create_task(outages.stopping.wait())
+    redis_lost = asyncio.create_task(outages.wait_lost(REDIS))
+    running = set(mains)
+    failed: asyncio.Task[Any] | None = None
+    try:
+        while running and failed is None and not stopping.done() and not redis_lost.done():
+            done, _ = await asyncio.wait({*running, stopping, redis_lost}, return_when=asyncio.FIRST_COMPLETED)
+            for main in done & running:
+                running.discard(main)
+                if main.cancelled() or main.exception() is not None:
+                    failed = main
+    finally:
+        stopping.cancel()
+        redis_lost.cancel()
+    return running, failed
 
 
 def _without_finished(workers: list[Worker]) -> list[Worker]:
