@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import os
@@ -283,13 +282,18 @@ class MpesaSystem:
         for worker in workers:
             await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
             worker.tasks.clear()
-        for worker in workers:
-            await worker.close()
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await shutdown(workers[0].ctx)
+        # Their poll loops end before any closes the Redis client they share (a close ends it for all). A
+        # cancellation can be lost in redis-py's own timeouts (the loop then polls on): cancel until they end.
+        while not all(task.done() for task in tasks):
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=0.5)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            for worker in workers:
+                await worker.close()
+        finally:
+            await shutdown(workers[0].ctx)
 
     def env(self, **extra: str) -> dict[str, str]:
         """This system's configuration as the environment of a `kiota worker` process."""
