@@ -17,7 +17,7 @@ from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
 from api.ratelimit import ClientRateLimitMiddleware
-from api.routers import deposits, health, intents, jobs, metrics, mpesa_callback, operators, portfolio
+from api.routers import deposits, health, intents, jobs, metrics, mpesa_callback, operators, portfolio, queues
 from api.routers.metrics import SnapshotCache
 from kiota.callbacks import CallbackGroups
 from kiota.chain_rpc import ChainReader
@@ -131,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(intents.router, prefix="/api/v1")
     app.include_router(jobs.router, prefix="/api/v1")
     app.include_router(operators.router, prefix="/api/v1")
+    app.include_router(queues.router, prefix="/api/v1")
     app.mount("/admin/static", dashboard.static(), name="admin-static")
     app.include_router(dashboard.build_router())
     return app

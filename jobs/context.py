@@ -2,7 +2,7 @@
 
 arq gives each job a copy of its `ctx` dict; ours holds one `WorkerContext` under
 `WorkerContext.KEY`, and a job takes it in one line: `deps = WorkerContext.of(ctx)`. Its waits
-and backoffs come from a `WorkerTuning`, which tests shorten (`build_worker(settings, tuning=...)`).
+and backoffs come from a `WorkerTuning`, which tests shorten (`build_workers(settings, queue, ctx, tuning=...)`).
 The process's own state across arq workers (outages, the jobs running here) is one `WorkerState`.
 arq's own keys (`redis`, `job_id`, …) are read here too, and nowhere else: `arq_redis(ctx)`,
 `ArqJob.of(ctx)` and `running_job_id(ctx)`.
@@ -10,6 +10,7 @@ arq's own keys (`redis`, `job_id`, …) are read here too, and nowhere else: `ar
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
@@ -27,6 +28,7 @@ from kiota.chain_rpc import ChainReader
 from kiota.confirm import ConfirmTiming
 from kiota.daraja import DarajaClient
 from kiota.db import Pool, close_pool, create_pool
+from kiota.errors import ConfigError
 from kiota.ingester import ScanConfig
 from kiota.metrics import Flusher
 from kiota.payouts import LaneConfig
@@ -56,7 +58,7 @@ class WorkerContext:
     settings: WorkerSettings
     pool: Pool
     queue: ArqRedis  # arq's Redis client: the queue the jobs come from and go to
-    treasury: Treasury
+    treasury: Treasury | None  # None: no TREASURY_PRIVATE_KEY, so this worker serves no payouts
     daraja: DarajaClient
     chain_reader: ChainReader
     scan_config: ScanConfig
@@ -80,9 +82,17 @@ class WorkerContext:
         context: WorkerContext | None = ctx.get(cls.KEY)
         return context
 
+    def signer(self) -> Treasury:
+        """The treasury that signs payouts; only a worker that serves `payouts` has it (settings ensure that)."""
+        if self.treasury is None:
+            raise ConfigError("this worker has no TREASURY_PRIVATE_KEY: it cannot serve the payouts queue")
+        return self.treasury
+
     async def aclose(self) -> None:
         await self.liveness.release(self.pool)
-        for client in (self.treasury, self.daraja, self.chain_reader):
+        if self.treasury is not None:
+            await self.treasury.aclose()
+        for client in (self.daraja, self.chain_reader):
             await client.aclose()
         await self.metrics.aclose()  # the last events too
         await close_pool(self.pool)
@@ -97,13 +107,9 @@ async def build_context(
         # is down and log a traceback for each try; the outage handling waits for it instead.
         pool = await create_pool(settings.database_url, min_size=0, max_size=pool_size)
         undo.push_async_callback(close_pool, pool)
-        treasury = Treasury(
-            settings.base_rpc_url,
-            settings.treasury_private_key.get_secret_value(),
-            settings.base_chain_id,
-            settings.base_usdc_address,
-        )
-        undo.push_async_callback(treasury.aclose)
+        treasury = _treasury(settings)
+        if treasury is not None:
+            undo.push_async_callback(treasury.aclose)
         daraja = DarajaClient.from_settings(settings, redis=queue)  # one token for the app
         undo.push_async_callback(daraja.aclose)
         chain_reader = ChainReader(settings.base_rpc_url)
@@ -119,7 +125,7 @@ async def build_context(
             scan_config=ScanConfig(
                 chain_id=settings.base_chain_id,
                 token=settings.base_usdc_address,
-                treasury=treasury.address,
+                treasury=treasury.address if treasury is not None else str(settings.treasury_address),
                 confirmations_required=settings.deposit_confirmations_required,
                 max_checks=settings.intent_max_checks,
             ),
@@ -136,6 +142,20 @@ async def build_context(
         undo.pop_all()
     context.metrics.start()
     return context
+
+
+def _treasury(settings: WorkerSettings) -> Treasury | None:
+    """The signing treasury when the key is given (a worker for chain and maintenance only may go without it,
+    knowing the treasury by TREASURY_ADDRESS); both given must name the same account."""
+    key = settings.treasury_private_key
+    if key is None:
+        return None
+    treasury = Treasury(
+        settings.base_rpc_url, key.get_secret_value(), settings.base_chain_id, settings.base_usdc_address
+    )
+    if settings.treasury_address is not None and settings.treasury_address.lower() != treasury.address.lower():
+        raise ConfigError("TREASURY_ADDRESS is not the address of TREASURY_PRIVATE_KEY")
+    return treasury
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +179,7 @@ class WorkerState:
     outages: Outages
     running: dict[str, RunningJob] = field(default_factory=dict)
     started: bool = False
+    heartbeats: asyncio.Task[None] | None = None  # the process's heartbeat (jobs/worker.py), from its first start
 
     @classmethod
     def of(cls, ctx: Mapping[str, Any]) -> WorkerState | None:

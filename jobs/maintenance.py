@@ -1,4 +1,5 @@
-"""The worker's housekeeping on crons: the sweeper's tick and the heartbeat (with the queues' depth)."""
+"""The worker's housekeeping: the sweeper's tick and the lane's upkeep on crons, and the heartbeat (with
+the queues' depth)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from kiota.job_history import recorded_tick
 from kiota.job_names import Queue
 from kiota.payouts import fill_abandoned_nonces, recheck_settled_payouts
 from kiota.queue_stats import sample_depth
+from kiota.queues import mirror_pauses
 from kiota.store.jobs import record_heartbeat
 from kiota.sweeper import sweep
 
@@ -30,21 +32,30 @@ async def sweep_tick(ctx: dict[str, Any]) -> str:
         tick.progress = dataclasses.asdict(report)
         # Every 5 s: a look that found nothing is not worth a row (a failed one always is).
         tick.worth_recording = report.recovered + report.reenqueued + report.queries > 0
-        try:  # abandoned nonces are filled by the lane's next owner; this is for when no payout comes
-            await fill_abandoned_nonces(deps.pool, deps.treasury, deps.lane)
-        except ChainUnavailable as exc:
-            log.warning("nonce filler could not reach the chain; next sweep tries again", error=str(exc))
-        try:  # settled payouts are re-checked by the lane's turns too; this is for when none comes
-            await recheck_settled_payouts(deps.pool, deps.treasury, deps.lane)
-        except ChainUnavailable as exc:
-            log.warning("settled payouts could not be re-checked; next sweep tries again", error=str(exc))
     return f"recovered={report.recovered} reenqueued={report.reenqueued} queries={report.queries}"
 
 
+async def lane_upkeep_tick(ctx: dict[str, Any]) -> None:
+    """The payout lane's upkeep when no payout comes (queue `payouts`: it signs, so it needs the treasury key):
+    abandoned nonces filled, settled payouts re-checked. The lane's own turns do both too."""
+    deps = WorkerContext.of(ctx)
+    treasury = deps.signer()
+    try:
+        await fill_abandoned_nonces(deps.pool, treasury, deps.lane)
+    except ChainUnavailable as exc:
+        log.warning("nonce filler could not reach the chain; next tick tries again", error=str(exc))
+    try:
+        await recheck_settled_payouts(deps.pool, treasury, deps.lane)
+    except ChainUnavailable as exc:
+        log.warning("settled payouts could not be re-checked; next tick tries again", error=str(exc))
+
+
 async def heartbeat(ctx: dict[str, Any]) -> None:
-    """Say in PostgreSQL that this worker is alive (the dashboard lists workers from it), and sample the
-    queues' depth for the dashboard's charts (the first worker of a minute writes it)."""
+    """Say in PostgreSQL that this worker is alive and which queues it consumes (`kiota worker --check`,
+    the stats), and tell Redis each queue's pause again from PostgreSQL (a Redis wipe must not resume one)."""
     deps = WorkerContext.of(ctx)
     await deps.liveness.hold(deps.pool)
-    await record_heartbeat(deps.pool, deps.worker_id, socket.gethostname(), os.getpid(), deps.started_at)
-    await sample_depth(deps.pool)
+    queues = [queue.value for queue in deps.settings.queues]
+    await record_heartbeat(deps.pool, deps.worker_id, socket.gethostname(), os.getpid(), deps.started_at, queues)
+    await mirror_pauses(deps.pool, deps.queue)
+    await sample_depth(deps.pool)  # the dashboard's depth charts: the first worker of a minute writes it

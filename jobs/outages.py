@@ -22,7 +22,7 @@ import contextvars
 import functools
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -38,6 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.context import ArqJob, RunningJob, WorkerState
 from kiota.db import connection_lost
+from kiota.job_names import arq_queue_of
 
 log = structlog.get_logger(__name__)
 
@@ -289,7 +290,7 @@ async def restore_running_jobs(queue: ArqRedis, running: Mapping[str, RunningJob
             )
             tr.set(in_progress_key_prefix + job_id, b"1", px=int(in_progress_seconds * 1000))
             tr.set(job_key_prefix + job_id, data, px=queue.expires_extra_ms, nx=True)
-            tr.zadd(queue.default_queue_name, {job_id: job.score}, nx=True)
+            tr.zadd(arq_queue_of(job.function), {job_id: job.score}, nx=True)
         await tr.execute()
     return len(jobs)
 
@@ -297,8 +298,9 @@ async def restore_running_jobs(queue: ArqRedis, running: Mapping[str, RunningJob
 # --- the supervisor ----------------------------------------------------------------------------
 
 
-async def supervise(new_worker: Callable[[], Worker], outages: Outages, completion_wait: float) -> None:
-    """Run arq workers until SIGTERM or SIGINT, through outages (see the module's docstring).
+async def supervise(new_workers: Callable[[], Sequence[Worker]], outages: Outages, completion_wait: float) -> None:
+    """Run the process's arq workers (one per queue) until SIGTERM or SIGINT, through outages (see the
+    module's docstring): an outage met by any of them retires them all, and a fresh set starts.
 
     On a signal no job is picked any more; running jobs get `completion_wait` seconds to finish
     (during an outage too), then the rest are cancelled (arq runs them again later)."""
@@ -317,14 +319,14 @@ async def supervise(new_worker: Callable[[], Worker], outages: Outages, completi
         loop.add_signal_handler(sig, stop, sig)
     try:
         while not outages.stopping.is_set():
-            worker = new_worker()
-            workers.append(worker)
+            current = new_workers()
+            workers = [*_without_finished(workers), *current]
             started = loop.time()
-            service = await _run_until_outage(worker, outages)
+            service = await _run_until_outage(current, outages)
             if service is None:
                 break
-            worker.allow_pick_jobs = False  # retired: the jobs it runs finish on their own
-            workers = _without_finished(workers)
+            for worker in current:
+                worker.allow_pick_jobs = False  # retired: the jobs they run finish on their own
             await outages.wait_reachable(service)
             if loop.time() - started < PROBE_SECONDS:  # failing at once again: do not spin
                 await asyncio.sleep(PROBE_SECONDS)
@@ -336,38 +338,62 @@ async def supervise(new_worker: Callable[[], Worker], outages: Outages, completi
                 loop.remove_signal_handler(sig)
 
 
-async def _run_until_outage(worker: Worker, outages: Outages) -> str | None:
-    """Run `worker` until the worker stops (None) or an outage ends it (the service)."""
-    main = worker.main_task = asyncio.create_task(worker.main(), name="arq worker")
-    stopping = asyncio.create_task(outages.stopping.wait())
-    redis_lost = asyncio.create_task(outages.wait_lost(REDIS))
-    try:
-        await asyncio.wait({main, stopping, redis_lost}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        redis_lost.cancel()
+async def _run_until_outage(workers: Sequence[Worker], outages: Outages) -> str | None:
+    """Run `workers` until they stop (None) or an outage ends one of them (the service)."""
+    mains = set()
+    for worker in workers:
+        worker.main_task = asyncio.create_task(worker.main(), name=f"arq worker {worker.queue_name}")
+        mains.add(worker.main_task)
+    running, failed = await _until_one_fails(mains, outages)
     if outages.stopping.is_set():
-        return None  # the poll loop goes on, picking nothing, until the running jobs are done
-    if not main.done():  # a job met the Redis outage before the poll loop did
-        worker.allow_pick_jobs = False
-        main.cancel()
-        await asyncio.wait({main})
-        return REDIS
-    exc = None if main.cancelled() else main.exception()
-    if exc is None:  # a burst worker that is done
+        return None  # the poll loops go on, picking nothing, until the running jobs are done
+    if not running and failed is None:  # burst workers that are done
         outages.stopping.set()
         return None
+    for worker in workers:  # one met an outage: all retire (their running jobs finish on their own)
+        worker.allow_pick_jobs = False
+    for main in running:
+        main.cancel()
+    await asyncio.wait(mains)
+    for main in mains:  # each failure read (the first decides), so none is reported as never retrieved
+        if not main.cancelled():
+            main.exception()
+    exc = None if failed is None or failed.cancelled() else failed.exception()
+    if exc is None:  # a job met the Redis outage before the poll loops did
+        return REDIS
     verdict = await outages.assess(exc)
     if verdict is None:
         raise exc
     return verdict[0]
 
 
+async def _until_one_fails(
+    mains: set[asyncio.Task[None]], outages: Outages
+) -> tuple[set[asyncio.Task[None]], asyncio.Task[Any] | None]:
+    """Wait until a worker's main loop fails, all end, the worker stops, or a job loses Redis; returns the
+    loops still running and the failed one (None: none failed)."""
+    stopping = asyncio.create_task(outages.stopping.wait())
+    redis_lost = asyncio.create_task(outages.wait_lost(REDIS))
+    running = set(mains)
+    failed: asyncio.Task[Any] | None = None
+    try:
+        while running and failed is None and not stopping.done() and not redis_lost.done():
+            done, _ = await asyncio.wait({*running, stopping, redis_lost}, return_when=asyncio.FIRST_COMPLETED)
+            for main in done & running:
+                running.discard(main)
+                if main.cancelled() or main.exception() is not None:
+                    failed = main
+    finally:
+        stopping.cancel()
+        redis_lost.cancel()
+    return running, failed
+
+
 def _without_finished(workers: list[Worker]) -> list[Worker]:
     """Forget retired workers whose jobs are all done (their failures were the outage's)."""
     kept = []
-    for i, worker in enumerate(workers):
-        if i < len(workers) - 1 and all(t.done() for t in worker.tasks.values()):
+    for worker in workers:
+        if all(t.done() for t in worker.tasks.values()):
             for task in worker.tasks.values():
                 if not task.cancelled():
                     task.exception()

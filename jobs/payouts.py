@@ -63,7 +63,7 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
         )
         outcome: RunResult = confirmation
         if confirmation.verdict in (Verdict.CONFIRMED, Verdict.NOT_NEEDED):
-            outcome = await pay_deposit(deps.pool, deps.treasury, deposit, deps.lane)
+            outcome = await pay_deposit(deps.pool, deps.signer(), deposit, deps.lane)
     except TRANSIENT as exc:
         error = f"{type(exc).__name__}: {exc}"
         # If PostgreSQL itself is down, nothing can be counted: this raises, and the worker's

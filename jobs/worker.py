@@ -1,4 +1,8 @@
-"""The arq worker: its settings, start-up and shutdown, and the registered functions.
+"""The arq workers: one per named queue, their settings, start-up and shutdown, and the registered functions.
+
+arq has no priorities: each queue (`payouts`, `chain`, `maintenance`) has its own arq worker, with its own
+number of jobs at once (QUEUE_CONCURRENCY_*), so a payout never waits behind a scan round. `kiota worker
+--queues payouts,chain` serves a subset; the process's queue workers share one context and start up once.
 
 Every job is `async def f(ctx, ...)`; what it needs arrives in `ctx` as one
 `WorkerContext` (jobs/context.py), built once in `startup`. A job function only
@@ -17,21 +21,23 @@ from typing import Any
 import structlog
 from arq import cron
 from arq.connections import ArqRedis
-from arq.constants import default_queue_name, health_check_key_suffix
-from arq.typing import StartupShutdown
+from arq.constants import health_check_key_suffix
+from arq.cron import CronJob
 from arq.worker import Function, Worker, func
 from redis.exceptions import RedisError
 
 from jobs.chain import scan_chain_tick
 from jobs.context import ArqJob, WorkerContext, WorkerState, WorkerTuning, arq_redis, build_context
-from jobs.maintenance import heartbeat, sweep_tick
+from jobs.maintenance import heartbeat, lane_upkeep_tick, sweep_tick
 from jobs.outages import POSTGRES, REDIS, Outages, outage_aware, postgres_answers, restore_running_jobs, supervise
 from jobs.payouts import complete_mpesa_deposit, query_mpesa_deposit
-from kiota.job_names import JobName
+from kiota.job_names import JobName, Queue, arq_queue_name, queue_of
 from kiota.logging import configure_logging
 from kiota.process import freeze_what_lives_forever, restore_recursion_limit
-from kiota.queue import create_queue, deserialize_job, redis_settings, serialize_job
+from kiota.queue import adopt_default_queue, create_queue, deserialize_job, serialize_job
+from kiota.queues import HEARTBEAT_SECONDS, paused_in_redis
 from kiota.settings import WorkerSettings
+from kiota.store.queues import forget_worker
 from kiota.sweeper import sweep
 
 log = structlog.get_logger(__name__)
@@ -44,42 +50,85 @@ IN_PROGRESS_SECONDS = JOB_TIMEOUT_SECONDS + 10  # arq's in-progress key lives th
 # Polling sets throughput (REFERENCE.md: defaults give ~20 jobs/s). 50 ms keeps
 # latency low without spinning Redis; 20 concurrent jobs fit a 20-connection pool.
 POLL_DELAY_SECONDS = 0.05
-MAX_JOBS = 20
+MAX_JOBS = 20  # the benchmark's baseline; each queue's own is QUEUE_CONCURRENCY_* (payouts: 20 too)
 # On SIGTERM arq waits this long for running jobs before cancelling them; it is
 # below Render's maxShutdownDelaySeconds (render.yaml) and above JOB_TIMEOUT.
 JOB_COMPLETION_WAIT_SECONDS = 45
 
 
 async def startup(ctx: dict[str, Any], *, settings: WorkerSettings, tuning: WorkerTuning) -> None:
-    """Every start of an arq worker: the first, and each after an outage (`jobs/outages.py`), which
-    keeps the context (clients, the worker's id) and the running jobs, and puts those jobs back in Redis."""
+    """Every start of the process's queue workers (once for all of them, `_StartOnce`): the first, and each
+    after an outage (`jobs/outages.py`), which keeps the context (clients, the worker's id) and the running
+    jobs, and puts those jobs back in Redis."""
     state: WorkerState = ctx.setdefault(WorkerState.KEY, WorkerState(_outages(ctx, settings)))
     if WorkerContext.KEY not in ctx:  # the first start builds the context; a start after an outage keeps it
-        ctx[WorkerContext.KEY] = await build_context(settings, tuning, arq_redis(ctx), pool_size=MAX_JOBS + 2)
+        pool_size = sum(settings.concurrency(q) for q in settings.queues) + 3  # + liveness, heartbeat, sweep
+        ctx[WorkerContext.KEY] = await build_context(settings, tuning, arq_redis(ctx), pool_size=pool_size)
         state.outages.on_back(POSTGRES, functools.partial(_database_back, ctx))
     deps = WorkerContext.of(ctx)
-    # Liveness: a session lock held for the worker's whole life (jobs/liveness.py).
+    # Liveness: a session lock held for the worker's whole life (jobs/liveness.py); the heartbeat also
+    # tells Redis each queue's pause from PostgreSQL, before any job is taken.
     await deps.liveness.hold(deps.pool)
     await heartbeat(ctx)
+    adopted = await adopt_default_queue(deps.queue)
     restored = await restore_running_jobs(deps.queue, state.running, IN_PROGRESS_SECONDS)
     report = await sweep(deps.pool, deps.queue, deps.settings.sweep_seconds, force=True)
     state.outages.mark_up(REDIS)
     state.outages.mark_up(POSTGRES)
+    if state.heartbeats is None:
+        state.heartbeats = asyncio.create_task(_beat(ctx), name="heartbeat")
     resumed, state.started = state.started, True
     log.info(
         "worker resumed" if resumed else "worker started",
         worker_id=deps.worker_id,
+        queues=",".join(deps.settings.queues),
         running=restored,
         recovered=report.recovered,
         reenqueued=report.reenqueued,
+        adopted=adopted,
     )
 
 
-def _startup_with(settings: WorkerSettings, tuning: WorkerTuning) -> StartupShutdown:
-    async def start(ctx: dict[str, Any]) -> None:
-        await startup(ctx, settings=settings, tuning=tuning)
+async def _beat(ctx: dict[str, Any]) -> None:
+    """The process's heartbeat, one for all its queue workers (an arq cron's job could be run by another
+    process's worker). A missed beat during an outage is only late: the start after it beats at once."""
+    while True:
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+        try:
+            await heartbeat(ctx)
+        except Exception as exc:
+            log.debug("heartbeat missed", error=f"{type(exc).__name__}: {exc}")
 
-    return start
+
+class _StartOnce:
+    """The start-up of one generation of the process's queue workers: the first worker to start runs it,
+    the others wait for it (they share the context). A failed start-up is tried again by the next."""
+
+    def __init__(self, settings: WorkerSettings, tuning: WorkerTuning) -> None:
+        self._settings, self._tuning = settings, tuning
+        self._lock = asyncio.Lock()
+        self._done = False
+
+    async def __call__(self, ctx: dict[str, Any]) -> None:
+        async with self._lock:
+            if not self._done:
+                await startup(ctx, settings=self._settings, tuning=self._tuning)
+                self._done = True
+
+
+class QueueWorker(Worker):
+    """One named queue's arq worker. While its queue is paused (a Redis key, `kiota/queues.py`) it takes
+    no job: the check is made on each poll that finds due jobs, so a pause is honoured within one poll."""
+
+    def __init__(self, queue: Queue, *, ctx: dict[str, Any], **options: Any) -> None:
+        super().__init__(queue_name=arq_queue_name(queue), ctx=ctx, **options)
+        self.ctx = ctx  # shared by the process's queue workers (arq's `ctx or {}` would part an empty one)
+        self.queue = queue
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        if job_ids and await paused_in_redis(self.pool, self.queue):
+            return
+        await super().start_jobs(job_ids)
 
 
 def _outages(ctx: dict[str, Any], settings: WorkerSettings) -> Outages:
@@ -101,8 +150,13 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     state = WorkerState.of(ctx)
     if state is not None:
         await state.outages.aclose()
+        if state.heartbeats is not None:
+            state.heartbeats.cancel()
+            await asyncio.gather(state.heartbeats, return_exceptions=True)
     deps = WorkerContext.find(ctx)
     if deps is not None:
+        with contextlib.suppress(Exception):  # stopped: no longer counted as consuming (else it ages out)
+            await forget_worker(deps.pool, deps.worker_id)
         await deps.aclose()
     log.info("worker stopped", worker_id=deps.worker_id if deps is not None else None)
 
@@ -125,22 +179,26 @@ async def on_job_end(ctx: dict[str, Any]) -> None:
 # max_tries is high because arq counts every run, waits included; real failures are
 # counted in PostgreSQL and end in needs_review after five.
 # Every function is outage-aware: an outage skips a cron tick or makes a job wait, never a traceback.
+# Each function and cron runs on its queue's worker (kiota/job_names.py's JOB_QUEUES).
 FUNCTIONS: list[Function] = [
     func(outage_aware(complete_mpesa_deposit), name=JobName.COMPLETE_MPESA_DEPOSIT, max_tries=10_000, keep_result=0),
     func(outage_aware(query_mpesa_deposit), name=JobName.QUERY_MPESA_DEPOSIT, max_tries=10_000, keep_result=0),
 ]
 SWEEP_TICK_SECONDS = 5  # how often the sweeper looks; SWEEP_SECONDS gates the Redis re-enqueue
+_EVERY_SWEEP = set(range(0, 60, SWEEP_TICK_SECONDS))
 CRON_JOBS = [
-    cron(outage_aware(heartbeat, cron=True), second={0, 30}, run_at_startup=False, timeout=10),
-    cron(
-        outage_aware(sweep_tick, cron=True),
-        second=set(range(0, 60, SWEEP_TICK_SECONDS)),
-        unique=True,
-        timeout=30,
-        keep_result=0,
-    ),
+    cron(outage_aware(sweep_tick, cron=True), second=_EVERY_SWEEP, unique=True, timeout=30, keep_result=0),
+    cron(outage_aware(lane_upkeep_tick, cron=True), second=_EVERY_SWEEP, unique=True, timeout=30, keep_result=0),
     cron(outage_aware(scan_chain_tick, cron=True), second=set(range(60)), unique=True, timeout=30, keep_result=0),
 ]
+
+
+def functions_of(queue: Queue) -> list[Function]:
+    return [f for f in FUNCTIONS if queue_of(f.name) == queue]
+
+
+def crons_of(queue: Queue) -> list[CronJob]:
+    return [c for c in CRON_JOBS if queue_of(c.name.removeprefix("cron:")) == queue]
 
 
 def queue_options() -> dict[str, Any]:
@@ -156,57 +214,52 @@ def queue_options() -> dict[str, Any]:
     }
 
 
-def build_worker(
+def build_workers(
     settings: WorkerSettings,
+    queue: ArqRedis,
+    ctx: dict[str, Any],
     *,
-    burst: bool = False,
-    handle_signals: bool = True,
     tuning: WorkerTuning | None = None,
-) -> Worker:
-    """One arq worker; tests pass `tuning` to shorten the lane's waits and backoffs."""
-    return Worker(
-        functions=FUNCTIONS,
-        cron_jobs=CRON_JOBS,
-        redis_settings=redis_settings(settings.redis_url),
-        on_startup=_startup_with(settings, tuning or WorkerTuning()),
-        on_shutdown=shutdown,
-        on_job_start=on_job_start,
-        on_job_end=on_job_end,
-        burst=burst,
-        handle_signals=handle_signals,
-        **queue_options(),
-    )
-
-
-def _supervised_worker(ctx: dict[str, Any], queue: ArqRedis, settings: WorkerSettings) -> Worker:
-    """One of the supervisor's workers: they share the context (pools, clients, the worker's id,
-    its running jobs) and the Redis client; shutdown is the supervisor's, once, at the end."""
-    return Worker(
-        functions=FUNCTIONS,
-        cron_jobs=CRON_JOBS,
-        redis_pool=queue,
-        on_startup=_startup_with(settings, WorkerTuning()),
-        on_job_start=on_job_start,
-        on_job_end=on_job_end,
-        handle_signals=False,  # the supervisor's
-        **queue_options(),
-        ctx=ctx,
-    )
+    burst: bool = False,
+) -> list[QueueWorker]:
+    """One arq worker per queue the settings name (`kiota worker --queues`), each with its own concurrency,
+    sharing `ctx` (pools, clients, the worker's id, its running jobs) and the Redis client; they start up
+    once together. Signals and shutdown are the caller's (the supervisor's, or a test's). Tests pass
+    `tuning` to shorten the lane's waits and backoffs."""
+    start = _StartOnce(settings, tuning or WorkerTuning())
+    workers = []
+    for served in settings.queues:
+        workers.append(
+            QueueWorker(
+                served,
+                ctx=ctx,
+                functions=functions_of(served),
+                cron_jobs=crons_of(served),
+                redis_pool=queue,
+                on_startup=start,
+                on_job_start=on_job_start,
+                on_job_end=on_job_end,
+                handle_signals=False,
+                burst=burst,
+                **{**queue_options(), "max_jobs": settings.concurrency(served)},
+            )
+        )
+    return workers
 
 
 async def serve(settings: WorkerSettings) -> None:
-    """`kiota worker`: arq workers under the outage supervisor until SIGTERM (jobs/outages.py).
-    Redis or PostgreSQL down, at start or later, is waited out."""
+    """`kiota worker`: a queue worker per served queue under the outage supervisor until SIGTERM
+    (jobs/outages.py). Redis or PostgreSQL down, at start or later, is waited out."""
     queue = create_queue(settings.redis_url)  # connects on first use: a start with Redis down waits
     outages = Outages(
         {REDIS: queue.ping, POSTGRES: functools.partial(postgres_answers, settings.database_url)}, supervised=True
     )
     ctx: dict[str, Any] = {WorkerState.KEY: WorkerState(outages)}
     try:
-        await supervise(lambda: _supervised_worker(ctx, queue, settings), outages, JOB_COMPLETION_WAIT_SECONDS)
+        await supervise(lambda: build_workers(settings, queue, ctx), outages, JOB_COMPLETION_WAIT_SECONDS)
     finally:
         with contextlib.suppress(RedisError):
-            await queue.delete(default_queue_name + health_check_key_suffix)
+            await queue.delete(*(arq_queue_name(q) + health_check_key_suffix for q in settings.queues))
         await shutdown(ctx)
         await queue.aclose(close_connection_pool=True)
 

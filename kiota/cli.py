@@ -73,11 +73,45 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from jobs.worker import run_worker
 
+    if args.check:
+        return _check_workers(args.queues)
     try:
-        settings = load_settings(WorkerSettings)
+        settings = load_settings(WorkerSettings, **({"worker_queues": args.queues} if args.queues else {}))
     except ConfigError as exc:
         return _fail(str(exc))
     run_worker(settings)
+    return 0
+
+
+def _check_workers(queues: str | None) -> int:
+    """`kiota worker --check`: 0 when a live worker consumes each queue asked for (all by default), else 1;
+    one line either way. It needs only the stores, no secrets: a health probe can run it anywhere."""
+    from kiota.db import create_pool
+    from kiota.job_names import Queue
+    from kiota.queues import consumers
+
+    try:
+        wanted = Queue.parse(queues) if queues else list(Queue)
+    except KiotaError as exc:
+        return _fail(str(exc))
+
+    async def count() -> dict[Queue, int]:
+        pool = await create_pool(_Stores().database_url, min_size=1, max_size=2)
+        try:
+            return await consumers(pool, wanted)
+        finally:
+            await pool.close()
+
+    try:
+        counts = asyncio.run(count())
+    except (OSError, asyncio.TimeoutError) as exc:  # noqa: UP041 - asyncpg's connect raises the builtin one too
+        print(f"kiota worker --check: PostgreSQL unreachable ({type(exc).__name__})", file=sys.stderr)
+        return 1
+    idle = [queue.value for queue, n in counts.items() if n == 0]
+    if idle:
+        print(f"kiota worker --check: no live worker consumes {', '.join(idle)}", file=sys.stderr)
+        return 1
+    print("kiota worker --check: ok: " + ", ".join(f"{queue.value} ({n} worker(s))" for queue, n in counts.items()))
     return 0
 
 
@@ -138,7 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply the SQL migrations to DATABASE_URL").set_defaults(func=cmd_migrate)
     sub.add_parser("api", help="serve the HTTP API on 0.0.0.0:$PORT").set_defaults(func=cmd_api)
-    sub.add_parser("worker", help="run the job worker").set_defaults(func=cmd_worker)
+    worker = sub.add_parser("worker", help="run the job workers, one per queue")
+    worker.add_argument(
+        "--queues", help="comma-separated queues to consume: payouts, chain, maintenance (default: WORKER_QUEUES, all)"
+    )
+    worker.add_argument(
+        "--check", action="store_true", help="exit 1 unless a live worker consumes each of the queues (all by default)"
+    )
+    worker.set_defaults(func=cmd_worker)
     dev = sub.add_parser("dev", help="the whole system on this machine, with generated local secrets")
     defaults = _dev_defaults()
     dev.add_argument("--port", type=int, default=defaults.api_port, help="API port")
@@ -155,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     stuck = ops_sub.add_parser("stuck", help="deposits in review, or pending/processing for too long")
     stuck.add_argument("--older-than", type=float, default=600, help="seconds without progress (default 600)")
     ops_sub.add_parser("review", help="open review items (money whose owner or amount is unclear)")
+    for verb, says in (("pause", "hold a queue's jobs (none lost)"), ("resume", "let a paused queue's jobs run")):
+        queue_action = ops_sub.add_parser(verb, help=says + "; recorded")
+        queue_action.add_argument("queue", choices=["payouts", "chain", "maintenance"])
+    ops_sub.add_parser("queues", help="each queue's jobs by status, whether it is paused, and the live workers")
     retry = ops_sub.add_parser("retry", help="run a deposit's completion again")
     retry.add_argument("deposit_id")
     confirm = ops_sub.add_parser(

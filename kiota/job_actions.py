@@ -27,7 +27,7 @@ from arq.connections import ArqRedis
 from kiota.db import Executor, Pool
 from kiota.errors import KiotaError
 from kiota.job_history import enqueue, record_job
-from kiota.job_names import JobName
+from kiota.job_names import ARQ_DEFAULT_QUEUE, JobName, arq_queue_of
 from kiota.job_view import JobFilter, JobStatus, shown_status
 from kiota.operators import Admin, record_action
 from kiota.ops import CannotRetry, retry_deposit
@@ -140,15 +140,17 @@ async def cancel_job(pool: Pool, queue: ArqRedis, job_id: str, admin: Admin) -> 
             await abandon_in(conn, job.deposit_id, f"{job.function} job {reason}: an operator decides what follows")
         after = {"status": "cancelled", "deposit_status": await _deposit_status(conn, job.deposit_id)}
         await record_action(conn, admin, "cancel_job", JOB, job_id, before=before, after=after)
-    await _forget_in_redis(queue, job_id)
+    await _forget_in_redis(queue, job)
     log.warning("operator cancelled a job", job_id=job_id, by=admin.name, deposit_id=str(job.deposit_id))
     return cancelled
 
 
-async def _forget_in_redis(queue: ArqRedis, job_id: str) -> None:
-    """Out of arq's queue, and its data deleted: a worker that pops it anyway finds no job and drops it
-    (arq's "job expired"), whichever queue name it was pushed to."""
-    await queue.zrem(queue.default_queue_name, job_id)
+async def _forget_in_redis(queue: ArqRedis, job: JobRun) -> None:
+    """Out of its queue (and arq's old default one, where an earlier release put it), and its data deleted: a
+    worker that pops it anyway finds no job and drops it (arq's "job expired")."""
+    job_id = job.id
+    await queue.zrem(arq_queue_of(job.function), job_id)
+    await queue.zrem(ARQ_DEFAULT_QUEUE, job_id)
     await queue.delete(JOB_KEY_PREFIX + job_id)
     if await queue.exists(IN_PROGRESS_KEY_PREFIX + job_id):
         log.warning("a cancelled job was already taken by a worker: its run changes nothing", job_id=job_id)

@@ -28,7 +28,7 @@ from arq.jobs import serialize_job
 
 from kiota import metrics
 from kiota.db import Executor, Pool
-from kiota.job_names import Queue
+from kiota.job_names import Queue, arq_queue_of
 from kiota.job_view import JobFilter, JobStatus, TickRun, shown_status
 from kiota.logging import job_logs
 from kiota.queue import deserialize_job
@@ -60,7 +60,7 @@ async def enqueue(queue: ArqRedis, function: str, job_id: str, *args: object) ->
     """Tell Redis about a job already recorded in PostgreSQL. Failing here loses nothing:
     the sweeper re-enqueues recorded work that Redis never heard of."""
     try:
-        await queue.enqueue_job(function, *args, _job_id=job_id)
+        await queue.enqueue_job(function, *args, _job_id=job_id, _queue_name=arq_queue_of(function))
     except Exception as exc:
         log.warning("enqueue failed; the sweeper will retry", job_id=job_id, error=f"{type(exc).__name__}: {exc}")
         return False
@@ -91,7 +91,7 @@ async def enqueue_many(queue: ArqRedis, function: str, jobs: Sequence[tuple[str,
     (job id, args). Returns how many were queued (a job id Redis holds is refused, as arq's
     `enqueue_job` does). Failing loses nothing: the sweeper re-enqueues what Redis never heard of."""
     enqueued_at = int(time.time() * 1000)
-    keys: list[str] = [queue.default_queue_name]
+    keys: list[str] = [arq_queue_of(function)]
     args: list[int | str | bytes] = [enqueued_at, queue.expires_extra_ms]
     for job_id, job_args in jobs:
         keys += [job_key_prefix + job_id, result_key_prefix + job_id]

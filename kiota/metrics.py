@@ -44,12 +44,11 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 import structlog
-from arq.constants import default_queue_name
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from kiota.job_names import Queue
+from kiota.job_names import Queue, arq_queue_name
 
 log = structlog.get_logger(__name__)
 
@@ -286,7 +285,7 @@ def render_events(sums: Mapping[bytes, bytes], last: Mapping[bytes, bytes]) -> l
 
 # Each queue's arq sorted set (arq names it after the queue; depth = ZCARD). Until every job moves to its
 # named queue, arq's default queue holds them all: it is reported as `default`, and dropped once empty for good.
-QUEUE_KEYS: Final = {**{queue.value: queue.value for queue in Queue}, "default": default_queue_name}
+QUEUE_KEYS: Final = {queue.value: arq_queue_name(queue) for queue in Queue}
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,7 @@ async def retry_deposit(pool: Pool, queue: ArqRedis, deposit_id: uuid.UUID, by: 
         elif deposit.status != "processing":
             raise CannotRetry(f"the deposit is {deposit.status}; there is nothing to retry")
         job_id = await _restart_job(conn, deposit_id)
-        admin = _as_admin(by)
+        admin = as_admin(by)
         await record_action(
             conn, admin, "retry_deposit", "deposit", str(deposit_id), before={"status": deposit.status},
             after={"status": "processing", "job_id": job_id},
@@ -118,7 +118,7 @@ async def release_blocked(pool: Pool, queue: ArqRedis) -> int:
 GuardChange = Callable[[Connection], Awaitable[None]]
 
 
-def _as_admin(by: str | Admin) -> Admin:
+def as_admin(by: str | Admin) -> Admin:
     """A name alone is someone at the shell (`kiota ops`): an operator."""
     return by if isinstance(by, Admin) else Admin(by, "operator")
 
@@ -146,14 +146,14 @@ async def _change_guards(pool: Pool, admin: Admin, action: str, change: GuardCha
 
 
 async def set_kill_switch(pool: Pool, queue: ArqRedis, on: bool, by: str | Admin) -> int:
-    admin = _as_admin(by)
+    admin = as_admin(by)
     await _change_guards(pool, admin, "kill_switch", lambda conn: payout_store.set_kill_switch(conn, on, admin.name))
     log.warning("payout kill switch " + ("ON" if on else "off"), by=admin.name)
     return 0 if on else await release_blocked(pool, queue)
 
 
 async def resume_lane(pool: Pool, queue: ArqRedis, by: str | Admin) -> int:
-    admin = _as_admin(by)
+    admin = as_admin(by)
     await _change_guards(pool, admin, "resume_lane", lambda conn: payout_store.resume_lane(conn, admin.name))
     log.warning("payout lane resumed", by=admin.name)
     return await release_blocked(pool, queue)
@@ -163,7 +163,7 @@ async def set_limits(
     pool: Pool, per_deposit: int | None, hourly: int | None, daily: int | None, by: str | Admin
 ) -> None:
     """The payout limits in USDC micro-units; None leaves one as it is."""
-    admin = _as_admin(by)
+    admin = as_admin(by)
     await _change_guards(
         pool, admin, "set_limits", lambda conn: payout_store.set_limits(conn, per_deposit, hourly, daily, admin.name)
     )

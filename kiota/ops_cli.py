@@ -16,7 +16,7 @@ from datetime import datetime
 
 from arq.connections import ArqRedis
 
-from kiota import job_actions, ops, review_actions
+from kiota import job_actions, ops, queues, review_actions
 from kiota.chain_rpc import ChainReader
 from kiota.db import Pool, create_pool
 from kiota.errors import InvalidInput
@@ -347,6 +347,29 @@ async def resume_lane(shell: Shell) -> int:
     return OK
 
 
+# --- queues -------------------------------------------------------------------------------------------
+
+
+async def pause_or_resume(shell: Shell) -> int:
+    change = queues.pause if shell.args.action == "pause" else queues.resume
+    state = await change(shell.pool, shell.queue, shell.args.queue, shell.admin)
+    shell.out.result(state, f"queue {state.queue} {'paused' if state.paused else 'resumed'} by {state.changed_by}")
+    return OK
+
+
+async def queue_stats(shell: Shell) -> int:
+    """The queues' jobs by status and pause, and the live workers: exit 1 with none, or a queue paused."""
+    stats = await queues.stats(shell.pool)
+    lines = [f"{name}  " + "  ".join(f"{word}={value}" for word, value in counts.items())
+             for name, counts in stats.queues.items()]  # fmt: skip
+    lines += [
+        f"worker {w.worker_id}  queues={','.join(w.queues)}  seen_at={w.seen_at.isoformat()}" for w in stats.workers
+    ]
+    shell.out.result(stats, "\n".join(lines or ["(no queue)"]) + ("" if stats.workers else "\nno live worker"))
+    paused = any(counts.get("paused") for counts in stats.queues.values())
+    return ATTENTION if paused or not stats.workers else OK
+
+
 COMMANDS: dict[str, Callable[[Shell], Awaitable[int]]] = {
     "stuck": stuck,
     "review": review,
@@ -368,4 +391,7 @@ COMMANDS: dict[str, Callable[[Shell], Awaitable[int]]] = {
     "clean": clean,
     "kill-switch": kill_switch,
     "resume-lane": resume_lane,
+    "pause": pause_or_resume,
+    "resume": pause_or_resume,
+    "queues": queue_stats,
 }

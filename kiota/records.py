@@ -363,3 +363,25 @@ class MoneyProposal(Record):
     closed_at: datetime | None
     close_note: str | None
     entry_id: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueState(Record):
+    """Whether a named queue is paused, and who changed it last (`queue_states`)."""
+
+    queue: str
+    paused: bool
+    changed_by: str | None
+    changed_at: datetime | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerHeartbeat(Record):
+    """A worker process that said it is alive (`worker_heartbeats`), and the queues it consumes."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    started_at: datetime
+    seen_at: datetime
+    queues: list[str]

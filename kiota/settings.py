@@ -4,7 +4,7 @@ Every variable of the contract lives here. Required ones have no default, so a
 missing one stops the process with one line naming it (`load_settings`). Nothing
 here runs at import: the CLI, the FastAPI lifespan and the arq `startup` build it.
 The API process uses `Settings`, which has no treasury key at all; the worker
-uses `WorkerSettings`, which requires it.
+uses `WorkerSettings`, which requires it when the worker serves the `payouts` queue.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kiota.errors import ConfigError, InvalidInput
 from kiota.hdwallet import ExtendedPublicKey
+from kiota.job_names import Queue
 from kiota.money import parse_rate
 from kiota.ratelimits import parse_limit
 
 SANDBOX_DARAJA_HOST = "sandbox.safaricom.co.ke"
 PRODUCTION_DARAJA_HOST = "api.safaricom.co.ke"
 BASE_MAINNET_CHAIN_ID = 8453
+MISSING = "missing required setting "
 MIN_JWT_SECRET_BYTES = 32
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})  # noqa: S104 - a host name, not a bind
 # Where Safaricom's production callbacks come from (integrators' published lists, not an official API):
@@ -233,20 +235,73 @@ class Settings(BaseSettings):
 
 
 class WorkerSettings(Settings):
-    """The worker alone signs payouts, so only it needs the treasury key."""
+    """What `kiota worker` needs. Only a worker that serves the `payouts` queue signs payouts, so only it
+    needs the treasury key; one that scans the chain without it is told the treasury's address, so that
+    the treasury's own payouts never count as deposits."""
 
-    treasury_private_key: SecretStr
+    # The queues this worker consumes (`kiota worker --queues` overrides it); each has its own arq worker
+    # and its own number of jobs at once (QUEUE_CONCURRENCY_*): arq has no priorities, queues give them.
+    worker_queues: str = "payouts,chain,maintenance"
+    queue_concurrency_payouts: int = Field(default=20, ge=1, le=200)
+    queue_concurrency_chain: int = Field(default=2, ge=1, le=50)
+    queue_concurrency_maintenance: int = Field(default=2, ge=1, le=50)
+    treasury_private_key: SecretStr | None = None
+    treasury_address: str | None = None
     # The worker verifies no bearer token: JWT_SECRET lives with the web service only (render.yaml).
     # Empty unless given (and then checked like the API's); `api.app` refuses to serve with an empty one.
     jwt_secret: SecretStr = Field(default=SecretStr(""), validate_default=False)
 
     @field_validator("treasury_private_key")
     @classmethod
-    def _is_a_private_key(cls, value: SecretStr) -> SecretStr:
+    def _is_a_private_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
         raw = value.get_secret_value().strip().removeprefix("0x")
         if len(raw) != 64 or any(c not in "0123456789abcdefABCDEF" for c in raw):
             raise ValueError("must be a 32-byte hex private key")
         return value
+
+    @field_validator("worker_queues")
+    @classmethod
+    def _queues_parse(cls, value: str) -> str:
+        try:
+            return ",".join(Queue.parse(value))
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("treasury_address")
+    @classmethod
+    def _is_an_address(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        raw = value.strip()
+        if len(raw) != 42 or not raw.startswith("0x") or any(c not in "0123456789abcdefABCDEF" for c in raw[2:]):
+            raise ValueError("must be a 20-byte hex address (0x...)")
+        return raw
+
+    @model_validator(mode="after")
+    def _treasury_for_the_queues(self) -> WorkerSettings:
+        if self.treasury_private_key is not None:
+            return self
+        if Queue.PAYOUTS in self.queues:
+            raise ValueError(MISSING + "TREASURY_PRIVATE_KEY")  # the payouts queue signs payouts
+        if Queue.CHAIN in self.queues and self.treasury_address is None:
+            # the chain queue must know the treasury, whose payouts are never deposits
+            raise ValueError(MISSING + "TREASURY_ADDRESS (or TREASURY_PRIVATE_KEY)")
+        return self
+
+    @property
+    def queues(self) -> list[Queue]:
+        return Queue.parse(self.worker_queues)
+
+    def concurrency(self, queue: Queue) -> int:
+        """How many of `queue`'s jobs this worker runs at once."""
+        limits = {
+            Queue.PAYOUTS: self.queue_concurrency_payouts,
+            Queue.CHAIN: self.queue_concurrency_chain,
+            Queue.MAINTENANCE: self.queue_concurrency_maintenance,
+        }
+        return limits[queue]
 
 
 SettingsT = TypeVar("SettingsT", bound=Settings)
@@ -275,10 +330,14 @@ def _one_line(exc: ValidationError) -> str:
         elif name:
             invalid.append(f"{name} ({error['msg']})")
         else:
-            invalid.append(str(error["msg"]).removeprefix("Value error, "))
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if message.startswith(MISSING):  # a setting required only with others (a model validator's)
+                missing.append(message.removeprefix(MISSING))
+            else:
+                invalid.append(message)
     parts = []
     if missing:
-        parts.append("missing required setting " + ", ".join(missing))
+        parts.append(MISSING + ", ".join(missing))
     if invalid:
         parts.append("invalid setting " + "; ".join(invalid))
     return "; ".join(parts)

@@ -62,7 +62,7 @@ class SweepReport:
     unknown_pushes: int = 0
 
 
-async def _worker_is_dead(conn: Connection, worker_id: str) -> bool:
+async def worker_is_dead(conn: Connection, worker_id: str) -> bool:
     """A live worker holds its lock on its own connection; if we can take it, the worker is gone."""
     key = worker_lock_key(worker_id)
     if await try_advisory_lock(conn, key):
@@ -75,7 +75,7 @@ async def recover_dead_workers(pool: Pool, queue: ArqRedis) -> int:
     recovered = 0
     async with pool.acquire() as conn:
         for worker_id, job_ids in (await store.jobs_running_by_worker(conn)).items():
-            if not await _worker_is_dead(conn, worker_id):
+            if not await worker_is_dead(conn, worker_id):
                 continue
             for job_id in await store.requeue_jobs_of_worker(conn, worker_id):
                 await queue.delete(IN_PROGRESS_KEY_PREFIX + job_id)

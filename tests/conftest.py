@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import os
@@ -33,7 +32,7 @@ from web3.types import RPCEndpoint
 
 from api.app import create_app
 from jobs.context import WorkerContext, WorkerState, WorkerTuning
-from jobs.worker import build_worker
+from jobs.worker import QueueWorker, build_workers, shutdown
 from kiota.confirm import ConfirmTiming
 from kiota.db import create_pool
 from kiota.dev.chain import (
@@ -195,8 +194,13 @@ class MpesaSystem:
     treasury_address: str
     callback_url: str
     queue: ArqRedis
-    worker: Worker | None = None
-    _worker_task: asyncio.Task[None] | None = None
+    workers: list[QueueWorker] = dataclasses.field(default_factory=list)  # one per queue, sharing one ctx
+    _worker_tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+
+    @property
+    def worker(self) -> Worker | None:
+        """The running worker (its first queue worker: they share their `ctx`), or None."""
+        return self.workers[0] if self.workers else None
 
     async def initiate(self, user: str, amount_kes: int, phone: str = "254708374149", **headers: str) -> httpx.Response:
         return await self.http.post(
@@ -226,12 +230,16 @@ class MpesaSystem:
         reason = await self.pool.fetchval("SELECT review_reason FROM deposits WHERE id = $1::uuid", deposit_id)
         return str(reason)
 
-    async def start_worker(self) -> Worker:
-        """A real arq worker in this process (its lane waits and backoffs shortened for tests)."""
-        assert self.worker is None
-        self.worker = build_worker(
-            self.settings,
-            handle_signals=False,
+    async def start_worker(self, queues: str | None = None) -> Worker:
+        """The real arq workers (one per queue) in this process, their lane waits and backoffs shortened for
+        tests; `queues`: a subset, as `kiota worker --queues`."""
+        assert not self.workers
+        settings = self.settings if queues is None else self.settings.model_copy(update={"worker_queues": queues})
+        ctx: dict[str, Any] = {}
+        self.workers = build_workers(
+            settings,
+            create_queue(settings.redis_url),
+            ctx,
             tuning=WorkerTuning(
                 lane=LaneConfig(poll_seconds=0.02, watch_seconds=3),
                 backoff_base_seconds=0.05,
@@ -239,12 +247,12 @@ class MpesaSystem:
                 confirm_timing=ConfirmTiming(backoff_base_seconds=0.1, backoff_max_seconds=0.5),
             ),
         )
-        self._worker_task = asyncio.create_task(self.worker.async_run())
+        self._worker_tasks = [asyncio.create_task(worker.async_run()) for worker in self.workers]
         async with asyncio.timeout(20):  # until its start-up (and start-up sweep) is done
-            while (state := WorkerState.of(self.worker.ctx)) is None or not state.started:
-                assert not self._worker_task.done(), self._worker_task
+            while (state := WorkerState.of(ctx)) is None or not state.started:
+                assert not any(task.done() for task in self._worker_tasks), self._worker_tasks
                 await asyncio.sleep(0.01)
-        return self.worker
+        return self.workers[0]
 
     @property
     def context(self) -> WorkerContext:
@@ -260,22 +268,32 @@ class MpesaSystem:
         return context.treasury
 
     async def stop_worker(self) -> None:
-        if self.worker is None:
+        if not self.workers:
             return
-        worker, task = self.worker, self._worker_task
-        self.worker, self._worker_task = None, None
+        workers, tasks = self.workers, self._worker_tasks
+        self.workers, self._worker_tasks = [], []
         # arq's close() cancels the running jobs, then gathers them: a job cancelled while it
         # fetches or finishes itself ends cancelled, the gather raises CancelledError out of
         # close() and its shutdown never runs (a leaked worker, and every later test broken).
-        # So the jobs are cancelled and reaped here first; close() then finds none.
-        worker.handle_sig(signal.SIGUSR1)
-        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
-        worker.tasks.clear()
-        await worker.close()
-        assert task is not None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # So the jobs are cancelled and reaped here first; close() then finds none. The shutdown
+        # is the process's, once for its queue workers.
+        for worker in workers:
+            worker.handle_sig(signal.SIGUSR1)
+        for worker in workers:
+            await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+            worker.tasks.clear()
+        # Their poll loops end before any closes the Redis client they share (a close ends it for all). A
+        # cancellation can be lost in redis-py's own timeouts (the loop then polls on): cancel until they end.
+        while not all(task.done() for task in tasks):
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=0.5)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            for worker in workers:
+                await worker.close()
+        finally:
+            await shutdown(workers[0].ctx)
 
     def env(self, **extra: str) -> dict[str, str]:
         """This system's configuration as the environment of a `kiota worker` process."""

@@ -164,8 +164,10 @@ async def maintenance_due(db: Executor, name: str, interval_seconds: float) -> b
     return await db.fetchval(load_queries().maintenance_due, name, interval_seconds) is not None
 
 
-async def record_heartbeat(db: Executor, worker_id: str, host: str, pid: int, started_at: datetime) -> None:
-    await db.execute(load_queries().record_heartbeat, worker_id, host, pid, started_at)
+async def record_heartbeat(
+    db: Executor, worker_id: str, host: str, pid: int, started_at: datetime, queues: list[str]
+) -> None:
+    await db.execute(load_queries().record_heartbeat, worker_id, host, pid, started_at, queues)
 
 
 # The dashboard's reads (kiota/queue_stats.py) and an operator's actions (kiota/job_actions.py)

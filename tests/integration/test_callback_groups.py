@@ -126,7 +126,7 @@ async def test_fifty_concurrent_callbacks_over_http_are_each_applied_once(
     assert await balance(pool, "customer_pending:KES") == 50 * 1500
     redis = Redis.from_url(redis_url)
     try:
-        queued = {member.decode() for member in await redis.zrange("arq:queue", 0, -1)}
+        queued = {member.decode() for member in await redis.zrange("arq:queue:payouts", 0, -1)}
     finally:
         await redis.aclose()
     assert queued == {f"complete_mpesa_deposit:{deposit_id}" for deposit_id, _ in deposits}

@@ -78,7 +78,7 @@ async def test_find_and_retry_a_stuck_deposit(pool: asyncpg.Pool, database_url: 
     assert job["id"] == complete_job_id(deposit_id) and job["status"] == "queued" and job["failures"] == 0
     redis = Redis.from_url(redis_url)
     try:
-        assert await redis.zscore("arq:queue", complete_job_id(deposit_id)) is not None
+        assert await redis.zscore("arq:queue:payouts", complete_job_id(deposit_id)) is not None
     finally:
         await redis.aclose()
 

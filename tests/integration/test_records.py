@@ -22,10 +22,12 @@ from kiota.records import (
     Operator,
     Payout,
     QueueDepthSample,
+    QueueState,
     Record,
     ReviewItem,
     Transfer,
     User,
+    WorkerHeartbeat,
 )
 
 TABLES: dict[str, type[Record]] = {
@@ -44,6 +46,8 @@ TABLES: dict[str, type[Record]] = {
     "admin_actions": AdminAction,
     "queue_depth_samples": QueueDepthSample,
     "money_proposals": MoneyProposal,
+    "queue_states": QueueState,
+    "worker_heartbeats": WorkerHeartbeat,
 }
 
 

@@ -55,7 +55,7 @@ async def test_redis_flushed_after_callbacks_were_accepted_every_deposit_complet
 
     await wait_until(all_processing)
     redis = Redis.from_url(system.settings.redis_url)
-    assert await redis.zcard("arq:queue") == 5  # the callbacks enqueued the completions...
+    assert await redis.zcard("arq:queue:payouts") == 5  # the callbacks enqueued the completions...
     await redis.flushdb()  # ...and Redis loses them all (it keeps nothing on disk)
     await redis.aclose()
     await system.start_worker()  # its start-up sweep finds the work PostgreSQL recorded

@@ -1,6 +1,7 @@
 import pytest
 
 from kiota.errors import ConfigError
+from kiota.job_names import Queue
 from kiota.settings import Settings, WorkerSettings, load_settings
 from tests.support import TREASURY_KEY, settings_kwargs
 
@@ -205,3 +206,44 @@ def test_a_limit_must_be_in_the_limits_notation(name: str, value: str, refused: 
             load_settings(Settings, **kwargs(**{name: value}))
     else:
         load_settings(Settings, **kwargs(**{name: value}))
+
+
+ADDRESS = "0x" + "ab" * 20
+
+
+@pytest.mark.parametrize(
+    ("queues", "key", "address", "error"),
+    [
+        (None, None, None, "missing required setting TREASURY_PRIVATE_KEY"),  # all queues by default
+        ("payouts", None, ADDRESS, "missing required setting TREASURY_PRIVATE_KEY"),
+        ("chain,maintenance", None, None, "missing required setting TREASURY_ADDRESS (or TREASURY_PRIVATE_KEY)"),
+        ("chain,maintenance", None, ADDRESS, None),
+        ("maintenance", None, None, None),
+        ("chain", TREASURY_KEY, None, None),
+        ("payouts", TREASURY_KEY, None, None),
+        ("payouts,nope", TREASURY_KEY, None, "WORKER_QUEUES"),
+        ("", TREASURY_KEY, None, "WORKER_QUEUES"),
+        ("chain", None, "0x1234", "TREASURY_ADDRESS"),
+    ],
+)
+def test_only_a_worker_that_serves_payouts_needs_the_treasury_key(
+    queues: str | None, key: str | None, address: str | None, error: str | None
+) -> None:
+    values = kwargs(worker_queues=queues, treasury_private_key=key, treasury_address=address)
+    if error is None:
+        settings = load_settings(WorkerSettings, **values)
+        assert ",".join(settings.queues) == (queues or "payouts,chain,maintenance")
+    else:
+        with pytest.raises(ConfigError) as caught:
+            load_settings(WorkerSettings, **values)
+        assert error in str(caught.value)
+
+
+def test_queues_are_parsed_in_one_order_and_each_has_its_concurrency() -> None:
+    settings = load_settings(
+        WorkerSettings,
+        **kwargs(worker_queues=" maintenance,payouts ,payouts", treasury_private_key=TREASURY_KEY),
+        queue_concurrency_payouts=7,
+    )
+    assert settings.queues == [Queue.PAYOUTS, Queue.MAINTENANCE]
+    assert [settings.concurrency(q) for q in Queue] == [7, 2, 2]
