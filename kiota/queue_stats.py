@@ -25,6 +25,7 @@ from kiota.job_names import Queue
 from kiota.job_view import DEFERRED, JOB_STATUSES, JobStatus, shown_status
 from kiota.records import QueueDepthSample
 from kiota.store import jobs as store
+from kiota.store import queues as queue_store
 
 RATE_MINUTES = 60  # the window of the rates: the last hour
 DEPTH_HOURS = 6  # the window of the depth chart
@@ -83,7 +84,7 @@ class QueueCard:
     processed: list[int]  # per minute, the last hour, oldest first
     failed: list[int]
     depth: list[int]  # the most waiting per DEPTH_BUCKET_MINUTES, the last DEPTH_HOURS, oldest first
-    paused: bool | None = None  # None: not known here (queue pause is kiota/queues.py's, wired by the integrator)
+    paused: bool = False  # held by an operator (kiota/queues.py): its jobs wait, none lost
 
 
 def queue_cards(
@@ -91,6 +92,7 @@ def queue_cards(
     counts: list[tuple[str, str, bool, int]],
     minutes: list[tuple[str, datetime, int, int]],
     samples: list[QueueDepthSample],
+    pauses: Mapping[str, bool],
 ) -> list[QueueCard]:
     """The cards, one per queue in `Queue`'s order, from what `queue_overview` read."""
     rate_start = minute_of(now) - timedelta(minutes=RATE_MINUTES - 1)
@@ -113,17 +115,19 @@ def queue_cards(
                 processed=processed_series,
                 failed=failed_series,
                 depth=bucket_series(depth, depth_start, timedelta(minutes=DEPTH_BUCKET_MINUTES), depth_buckets),
+                paused=pauses.get(queue.value, False),
             )
         )
     return cards
 
 
 async def queue_overview(db: Executor, now: datetime) -> list[QueueCard]:
-    """Every queue's card as of `now` (three statements)."""
+    """Every queue's card as of `now` (four statements)."""
     counts = await store.job_counts(db)
     minutes = await store.attempt_minutes(db, minute_of(now) - timedelta(minutes=RATE_MINUTES - 1))
     samples = await store.depth_samples(db, now - timedelta(hours=DEPTH_HOURS))
-    return queue_cards(now, counts, minutes, samples)
+    pauses = {state.queue: state.paused for state in await queue_store.queue_states(db)}
+    return queue_cards(now, counts, minutes, samples, pauses)
 
 
 async def sample_depth(db: Executor) -> None:

@@ -17,6 +17,8 @@ from api.admin_auth import AdminUser, OperatorUser
 from api.dashboard.render import back, page
 from api.deps import PoolDep, QueueDep, SettingsDep
 from kiota import job_actions, ops
+from kiota import queues as queue_pauses
+from kiota.errors import InvalidInput
 from kiota.operators import find_actions
 from kiota.queue_stats import queue_overview
 
@@ -60,6 +62,20 @@ async def kill_switch(
 async def resume_lane(pool: PoolDep, queue: QueueDep, operator: OperatorUser) -> RedirectResponse:
     released = await ops.resume_lane(pool, queue, operator)
     return back(HERE, f"payout lane resumed; {released} blocked jobs released")
+
+
+@router.post("/queues/{name}/pause")
+@router.post("/queues/{name}/resume")
+async def pause_or_resume(
+    request: Request, name: str, pool: PoolDep, queue: QueueDep, operator: OperatorUser
+) -> RedirectResponse:
+    """Hold a queue's jobs (none lost; running ones finish) or let them run again (kiota/queues.py)."""
+    change = queue_pauses.pause if request.url.path.endswith("/pause") else queue_pauses.resume
+    try:
+        state = await change(pool, queue, name, operator)
+    except InvalidInput as exc:
+        return back(HERE, f"refused: {exc}")
+    return back(HERE, f"queue {state.queue} {'paused: its jobs wait' if state.paused else 'resumed'}")
 
 
 @router.post("/queues/clean")

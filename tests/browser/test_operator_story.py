@@ -85,3 +85,33 @@ async def test_a_missing_deposit_is_found_by_its_receipt_and_credited_by_two_ope
     (artifacts / "missing-to-credited.txt").write_text(f"{elapsed:.1f} s from 'my deposit is missing' to credited\n")
     print(f"\nmissing → credited in {elapsed:.1f} s")
     assert elapsed < 120  # the issue's two minutes, with the two operators' clicks
+
+
+async def test_a_paused_queue_holds_its_jobs_in_the_browser_and_resuming_completes_them(
+    browser: Browser, mpesa_system: MpesaSystem, artifacts: Path
+) -> None:
+    system = mpesa_system
+    context, page = await operator(browser, system, "amina")
+    try:
+        await page.goto("/admin/queues")
+        await page.get_by_role("button", name="pause payouts").click()
+        await expect(page.locator(".notice")).to_have_text("queue payouts paused: its jobs wait")
+
+        deposits = [(user, (await system.initiate(user, 1295)).json()["deposit_id"]) for user in ("kamau", "njeri")]
+        held = page.locator('section[data-queue="payouts"] td[data-status="queued"]')
+        await expect(held).to_have_text("2", timeout=15_000)  # the card refreshes itself every 5 s
+        await page.wait_for_timeout(1_000)  # a worker polls every 50 ms: long enough to see nothing taken
+        for user, deposit_id in deposits:  # M-Pesa said paid; the payout waits for the queue
+            assert (await system.deposit(user, deposit_id))["status"] == "processing"
+        await page.screenshot(path=artifacts / "5-payouts-paused-jobs-held.png", full_page=True)
+
+        await page.get_by_role("button", name="resume payouts").click()
+        await expect(page.locator(".notice")).to_have_text("queue payouts resumed")
+        for user, deposit_id in deposits:
+            await system.wait_status(user, deposit_id, "completed", seconds=30)
+        await page.goto("/admin/queues")
+        await expect(held).to_have_text("0")
+        await expect(page.locator('section[data-queue="payouts"] td[data-status="succeeded"]')).to_have_text("2")
+        await page.screenshot(path=artifacts / "6-payouts-resumed-jobs-done.png", full_page=True)
+    finally:
+        await context.close()

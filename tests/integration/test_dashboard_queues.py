@@ -36,7 +36,7 @@ from tests.support import ADMIN_AUTH, TEST_XPUB
 
 PASSWORD = "correct horse battery staple 7"
 VIEWER = ("viewer1", PASSWORD)
-ARQ_QUEUE = "arq:queue"
+ARQ_QUEUE = "arq:queue:payouts"  # completions and STK queries wait here
 
 
 @pytest.fixture
@@ -369,7 +369,7 @@ async def test_cancel_leaves_the_deposit_in_review_and_neither_the_sweeper_nor_a
     await record_job(pool, job_id, JobName.COMPLETE_MPESA_DEPOSIT, paid)
     queue = create_queue(settings.redis_url)
     try:
-        await queue.enqueue_job(JobName.COMPLETE_MPESA_DEPOSIT, str(paid), _job_id=job_id)
+        await queue.enqueue_job(JobName.COMPLETE_MPESA_DEPOSIT, str(paid), _job_id=job_id, _queue_name=ARQ_QUEUE)
         assert await redis.zscore(ARQ_QUEUE, job_id) is not None
 
         said = notice(await post(client, settings, f"{job_page(job_id)}/cancel"))
@@ -492,6 +492,30 @@ async def test_the_kill_switch_and_lane_resume_from_the_queues_page(
     assert (recorded[2]["before"]["lane_paused"], recorded[2]["after"]["lane_paused"]) == (True, False)
 
 
+async def test_a_queue_is_paused_and_resumed_from_its_card(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, settings: Settings, redis_url: str
+) -> None:
+    said = notice(await post(client, settings, "/admin/queues/payouts/pause"))
+    assert said == "queue payouts paused: its jobs wait"
+    live = await get(client, "/admin/queues/live")
+    payouts = live[live.index('data-queue="payouts"') : live.index('data-queue="chain"')]
+    assert "s-paused" in payouts and "resume payouts" in payouts and "pause chain" in live
+    redis = Redis.from_url(redis_url)
+    try:
+        assert await redis.exists("kiota:queue-paused:payouts")  # what the workers read on every poll
+    finally:
+        await redis.aclose()
+    assert notice(await post(client, settings, "/admin/queues/nowhere/pause")).startswith("refused: no queue 'nowhere'")
+    assert notice(await post(client, settings, "/admin/queues/payouts/resume")) == "queue payouts resumed"
+    assert "pause payouts" in await get(client, "/admin/queues/live")
+    recorded = await pool.fetch("SELECT action, target_kind, target_id FROM admin_actions ORDER BY id")
+    assert [tuple(r) for r in recorded] == [
+        ("pause_queue", "queue", "payouts"),
+        ("resume_queue", "queue", "payouts"),
+    ]
+    assert "pause_queue" in await get(client, "/admin/queues")  # shown on the page it changed
+
+
 async def test_the_actions_log_filters_by_who_and_what(
     client: httpx.AsyncClient, pool: asyncpg.Pool, settings: Settings
 ) -> None:
@@ -511,6 +535,8 @@ ROUTES = [
     ("/admin/queues/kill-switch", {"on": "true"}),
     ("/admin/queues/resume-lane", {}),
     ("/admin/queues/clean", {"days": "1"}),
+    ("/admin/queues/payouts/pause", {}),
+    ("/admin/queues/payouts/resume", {}),
     ("/admin/jobs/retry", {"status": "failed"}),
     ("/admin/jobs/JOB/retry", {}),
     ("/admin/jobs/JOB/cancel", {}),

@@ -78,7 +78,8 @@ def test_each_queue_gets_its_card_from_what_was_read() -> None:
                ("payouts", T0 - 2 * timedelta(hours=1), 99, 99)]  # fmt: skip  # the last: outside the hour
     samples = [QueueDepthSample("payouts", T0 - 5 * MINUTE, 3, 1), QueueDepthSample("payouts", T0, 8, 0),
                QueueDepthSample("payouts", T0 - timedelta(hours=7), 50, 0)]  # fmt: skip
-    cards = queue_cards(now, [("payouts", "failed", False, 2), ("chain", "succeeded", False, 9)], minutes, samples)
+    counts = [("payouts", "failed", False, 2), ("chain", "succeeded", False, 9)]
+    cards = queue_cards(now, counts, minutes, samples, {"chain": True})
     assert [card.queue for card in cards] == list(Queue)
     payouts, chain, maintenance = cards
     assert payouts.counts["failed"] == 2 and chain.counts["succeeded"] == 9 and sum(maintenance.counts.values()) == 0
@@ -89,4 +90,4 @@ def test_each_queue_gets_its_card_from_what_was_read() -> None:
     assert maintenance.failure_percent is None
     assert len(payouts.depth) == DEPTH_HOURS * 60 // DEPTH_BUCKET_MINUTES
     assert payouts.depth[-1] == 8 and sum(payouts.depth) == 8  # 3 and 8 share the last ten minutes; 50 is too old
-    assert payouts.paused is None
+    assert (payouts.paused, chain.paused, maintenance.paused) == (False, True, False)
