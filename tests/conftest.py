@@ -196,6 +196,7 @@ class MpesaSystem:
     queue: ArqRedis
     workers: list[QueueWorker] = dataclasses.field(default_factory=list)  # one per queue, sharing one ctx
     _worker_tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+    _worker_redis: ArqRedis | None = None
 
     @property
     def worker(self) -> Worker | None:
@@ -236,9 +237,10 @@ class MpesaSystem:
         assert not self.workers
         settings = self.settings if queues is None else self.settings.model_copy(update={"worker_queues": queues})
         ctx: dict[str, Any] = {}
+        self._worker_redis = create_queue(settings.redis_url)
         self.workers = build_workers(
             settings,
-            create_queue(settings.redis_url),
+            self._worker_redis,
             ctx,
             tuning=WorkerTuning(
                 lane=LaneConfig(poll_seconds=0.02, watch_seconds=3),
@@ -294,6 +296,10 @@ class MpesaSystem:
                 await worker.close()
         finally:
             await shutdown(workers[0].ctx)
+            # Each close() closed the Redis client they share, and the shutdown's last metrics flush opened it
+            # again: closed for good here, as `kiota worker` does after its shutdown (jobs/worker.py serve).
+            if self._worker_redis is not None:
+                await self._worker_redis.aclose(close_connection_pool=True)
 
     def env(self, **extra: str) -> dict[str, str]:
         """This system's configuration as the environment of a `kiota worker` process."""

@@ -247,3 +247,20 @@ async def ledger_balance(pool: asyncpg.Pool, account: str) -> int:
     from kiota.store.ledger import balance
 
     return await balance(pool, account)
+
+
+async def test_retry_from_the_review_queue_asks_the_query_again_and_is_recorded(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, settings: Settings, accounts: None
+) -> None:
+    deposit_id = await unconfirmed_deposit(pool)
+    path = f"/admin/deposits/{deposit_id}/retry"
+    said = notice(await post(client, settings, PAT, path, "/admin/review", next="/admin/review"))
+    assert said.startswith(f"retrying {deposit_id} as job complete_mpesa_deposit:{deposit_id}"), said
+    assert await pool.fetchval("SELECT status FROM deposits WHERE id = $1", deposit_id) == "processing"
+    assert await pool.fetchval("SELECT confirmed_at FROM deposits WHERE id = $1", deposit_id) is None  # never skipped
+    [action] = await pool.fetch("SELECT actor, action FROM admin_actions WHERE target_id = $1", str(deposit_id))
+    assert tuple(action) == ("pat", "retry_deposit")
+    refused = notice(await post(client, settings, PAT, path, "/admin/review", next="/admin/review"))
+    assert refused.startswith("retrying")  # still processing: re-enqueued again, harmlessly
+    junk = await post(client, settings, PAT, "/admin/deposits/not-a-uuid/retry", "/admin/review")
+    assert junk.status_code == 404 and junk.json() == {"detail": "no such page"}

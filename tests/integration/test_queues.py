@@ -205,8 +205,8 @@ async def test_kiota_ops_pauses_and_resumes_a_queue_and_records_it(
     queue = create_queue(redis_url)
     try:
         assert await queues.paused_in_redis(queue, Queue.MAINTENANCE)
-        code, out = await kiota_ops(database_url, redis_url, "queues")
-        assert code == 0 and "maintenance  queued=0" in out and "paused=True" in out and "no live worker" in out
+        code, out = await kiota_ops(database_url, redis_url, "queues")  # exit 1: a paused queue, no live worker
+        assert code == 1 and "maintenance  queued=0" in out and "paused=True" in out and "no live worker" in out
         code, out = await kiota_ops(database_url, redis_url, "resume", "maintenance")
         assert (code, out.strip().splitlines()[-1]) == (0, "queue maintenance resumed by tester"), out
         assert not await queues.paused_in_redis(queue, Queue.MAINTENANCE)
