@@ -9,14 +9,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import asyncpg
+import httpx
 import pytest
 from arq.connections import ArqRedis
 
 from kiota import job_actions, ledger, queues, review_actions
 from kiota.callbacks import ingest_callback
-from kiota.job_history import record_job
+from kiota.job_history import JobHistory, record_job
 from kiota.job_names import JobName, Queue, arq_queue_name
 from kiota.operators import Admin
 from kiota.queue import create_queue
@@ -26,6 +28,7 @@ from kiota.store.ledger import balance
 from tests.conftest import MpesaSystem
 from tests.integration.test_callback_groups import paid, pending_deposits
 from tests.integration.test_money_proposals import OLGA, kes_in_suspense
+from tests.support import ADMIN_AUTH
 
 PAT = Admin("pat", "operator")
 
@@ -76,3 +79,16 @@ async def test_a_paused_queue_does_not_pile_up_its_cron_ticks(mpesa_system: Mpes
     await asyncio.sleep(4.0)
     ticks = [m for m in await system.queue.zrange(chain, 0, -1) if m.decode().startswith("cron:scan_chain_tick")]
     assert len(ticks) <= 1, f"{len(ticks)} scan ticks held after 4 s of pause"
+
+
+async def test_the_jobs_api_masks_secrets_as_the_dashboard_does(pool: asyncpg.Pool, client: httpx.AsyncClient) -> None:
+    """`/admin/jobs/{id}` masks a job's errors and log lines (kiota/masking.py); `GET /api/v1/jobs/{id}`, which
+    a viewer reads too, answered them raw: a traceback's Daraja token or a customer's phone number."""
+    job_id = "query_mpesa_deposit:leaky"
+    await record_job(pool, job_id, JobName.QUERY_MPESA_DEPOSIT, None)
+    run = JobHistory(pool, job_id)
+    await run.started()
+    await run.failed_once("DarajaError: Authorization: Bearer abcDEF123secret for phone 254708374149", 30.0)
+    body = (await client.get(f"/api/v1/jobs/{job_id}", auth=ADMIN_AUTH)).json()
+    shown = json.dumps(body)
+    assert "abcDEF123secret" not in shown and "254708374149" not in shown, shown
