@@ -92,3 +92,6 @@ async def test_the_jobs_api_masks_secrets_as_the_dashboard_does(pool: asyncpg.Po
     body = (await client.get(f"/api/v1/jobs/{job_id}", auth=ADMIN_AUTH)).json()
     shown = json.dumps(body)
     assert "abcDEF123secret" not in shown and "254708374149" not in shown, shown
+    listed = await client.get("/admin/jobs", auth=ADMIN_AUTH)
+    assert listed.status_code == 200 and job_id in listed.text
+    assert "abcDEF123secret" not in listed.text and "254708374149" not in listed.text
