@@ -128,6 +128,13 @@ async def cancel_job(pool: Pool, queue: ArqRedis, job_id: str, admin: Admin) -> 
         if first.deposit_id is not None:  # the deposit first, as the callbacks and the lane lock it
             await ops_store.deposit_for_retry(conn, first.deposit_id)
         job = await store.job_for_update(conn, job_id)
+        if job is not None and job.function == JobName.QUERY_MPESA_DEPOSIT:
+            # Its deposit is unpaid as far as we know: the query is how we learn whether the customer paid, and
+            # a payment that arrives after its deposit left `pending` would be held in suspense.
+            raise CannotCancel(
+                "an STK query is how we learn whether the customer paid: it is not cancelled "
+                "(pause the payouts queue to hold it)"
+            )
         if job is None or job.status not in CANCELLABLE:
             status = "gone" if job is None else _status(job)
             raise CannotCancel(

@@ -97,6 +97,11 @@ async def authenticate(db: Executor, settings: Settings, name: str, password: st
     """The admin these credentials name, or None: the bootstrap operator, or an enabled account."""
     if bootstrap_matches(settings, name, password):
         return Admin(name, "operator")
+    return await verify_account(db, name, password)
+
+
+async def verify_account(db: Executor, name: str, password: str) -> Admin | None:
+    """The enabled account these credentials name, or None (one argon2 verification either way)."""
     account = await store.operator_by_name(db, name) if _NAME.fullmatch(name) else None
     usable = account is not None and account.disabled_at is None
     password_hash = account.password_hash if account is not None and usable else _dummy_hash()

@@ -8,6 +8,7 @@ needs a person (`kiota/ops_output.py`: 0 fine, 1 attention, 2 failed or refused)
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,7 @@ from kiota.job_history import find_jobs, job_detail
 from kiota.job_names import Queue
 from kiota.job_view import JOB_STATUSES, JobFilter, JobStatus, job_filter
 from kiota.money import format_usdc, parse_usdc
-from kiota.operators import Admin
+from kiota.operators import Admin, verify_account
 from kiota.ops_output import ATTENTION, OK, Output, Progress
 from kiota.queue import create_queue
 from kiota.reconcile import reconcile
@@ -186,7 +187,8 @@ async def proposals(shell: Shell) -> int:
 
 
 async def approve(shell: Shell) -> int:
-    done = await review_actions.approve(shell.pool, shell.queue, shell.args.proposal_id, shell.admin, _note(shell))
+    admin = await person(shell)
+    done = await review_actions.approve(shell.pool, shell.queue, shell.args.proposal_id, admin, _note(shell))
     text = f"approved proposal {done.proposal.id} ({done.proposal.action}) by {shell.args.by}; done"
     if done.job_id is not None:
         text += f"\ncompleting {done.proposal.deposit_id} as job {done.job_id}" + (
@@ -197,25 +199,41 @@ async def approve(shell: Shell) -> int:
 
 
 async def reject(shell: Shell) -> int:
-    closed = await review_actions.reject(shell.pool, shell.args.proposal_id, shell.admin, _note(shell))
+    closed = await review_actions.reject(shell.pool, shell.args.proposal_id, await person(shell), _note(shell))
     shell.out.result(closed, f"proposal {closed.id} {closed.status} by {shell.args.by}")
     return OK
 
 
+async def person(shell: Shell) -> Admin:
+    """Who moves money at the shell, proven: `--by` must be an operator account, its password read from
+    standard input (a prompt on a terminal). A free-text `--by` would let one person propose as one name and
+    approve as another; with the password, the two-person rule holds at the shell as on the dashboard."""
+    prompt = f"{shell.args.by}'s password: "
+    password = getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.readline().rstrip("\r\n")
+    admin = await verify_account(shell.pool, shell.args.by.strip(), password)
+    if admin is None or not admin.may_act:
+        raise InvalidInput(
+            "money actions need --by to be an operator account (kiota admin add-user NAME --role operator) "
+            "and its password on standard input"
+        )
+    return admin
+
+
 async def propose(shell: Shell) -> int:
     args, note = shell.args, _note(shell)
+    admin = await person(shell)
     if args.action == "confirm":
         proposal = await review_actions.propose(
-            shell.pool, shell.admin, Resolution.CONFIRM_DEPOSIT, deposit_id=_deposit_id(args.deposit_id), note=note
+            shell.pool, admin, Resolution.CONFIRM_DEPOSIT, deposit_id=_deposit_id(args.deposit_id), note=note
         )
     elif args.action == "credit":
         proposal = await review_actions.propose(
-            shell.pool, shell.admin, Resolution.CREDIT_USER, review_item_id=args.review_item_id, user_id=args.user,
+            shell.pool, admin, Resolution.CREDIT_USER, review_item_id=args.review_item_id, user_id=args.user,
             note=note,
         )  # fmt: skip
     else:
         proposal = await review_actions.propose(
-            shell.pool, shell.admin, Resolution.WRITE_OFF, review_item_id=args.review_item_id, note=note
+            shell.pool, admin, Resolution.WRITE_OFF, review_item_id=args.review_item_id, note=note
         )
     shell.out.result(
         proposal,

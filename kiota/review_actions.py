@@ -72,6 +72,12 @@ def _values(proposal: MoneyProposal) -> dict[str, object]:
     }
 
 
+def same_person(name: str, other: str) -> bool:
+    """Whether two recorded names are one person's: an account, the bootstrap ADMIN_USERNAME and a shell's
+    `--by` may spell one name in another case or with spaces, and the two-person rule must not count twice."""
+    return name.strip().casefold() == other.strip().casefold()
+
+
 def _must_act(admin: Admin) -> None:
     if not admin.may_act:
         raise ProposalRefused(f"{admin.name} is a viewer: only an operator proposes or decides a money action")
@@ -118,7 +124,7 @@ async def approve(pool: Pool, queue: ArqRedis, proposal_id: int, admin: Admin, n
     job_id: str | None = None
     async with pool.acquire() as conn, conn.transaction():
         proposal = await _live(conn, proposal_id)
-        if proposal.proposed_by == admin.name:
+        if same_person(proposal.proposed_by, admin.name):
             raise ProposalRefused(
                 f"the two-person rule: {admin.name} proposed this, so another operator must approve it"
             )
@@ -149,7 +155,7 @@ async def reject(pool: Pool, proposal_id: int, admin: Admin, note: str = "") -> 
     _must_act(admin)
     async with pool.acquire() as conn, conn.transaction():
         proposal = await _live(conn, proposal_id)
-        status = "withdrawn" if proposal.proposed_by == admin.name else "rejected"
+        status = "withdrawn" if same_person(proposal.proposed_by, admin.name) else "rejected"
         closed = await store.close_proposal(conn, proposal.id, status, admin.name, note[:1000], None)
         assert closed is not None
         kind, target = _target(closed)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from kiota.masking import mask_text
 from kiota.money import format_usdc
 from kiota.mpesa import mask_phones
 from kiota.records import (
@@ -171,7 +172,7 @@ def _job_events(jobs: Sequence[JobRun], attempts: Sequence[JobAttempt]) -> list[
             j.enqueued_at,
             "job",
             f"job {j.function} enqueued on {j.queue} ({j.status})",
-            j.last_error or "",
+            mask_text(j.last_error or ""),
             link=f"/admin/jobs/{j.id}",
         )
         for j in jobs
@@ -186,7 +187,7 @@ def _job_events(jobs: Sequence[JobRun], attempts: Sequence[JobAttempt]) -> list[
                     a.finished_at,
                     "job",
                     f"job attempt {a.attempt}: {a.outcome}{took}",
-                    a.error or "",
+                    mask_text(a.error or ""),
                     link=link,
                     tone="bad" if a.error else "",
                 )

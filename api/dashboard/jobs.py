@@ -161,7 +161,7 @@ async def job(
         attempts=[(attempt, mask_secrets(attempt.error) if attempt.error else None) for attempt in detail.attempts],
         last_error=mask_secrets(run.last_error) if run.last_error else None,
         retryable=detail.status in job_actions.RETRYABLE,
-        cancellable=run.status in job_actions.CANCELLABLE,
+        cancellable=run.status in job_actions.CANCELLABLE and run.function != JobName.QUERY_MPESA_DEPOSIT,
         actions=await find_actions(pool, target_kinds=[job_actions.JOB], target_id=job_id),
         here=job_path(job_id),
     )

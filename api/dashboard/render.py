@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from api.csrf import FORM_FIELD, issue_token, token_key
+from kiota.masking import mask_text
 from kiota.money import format_usdc
 from kiota.operators import Admin
 from kiota.settings import Settings
@@ -54,6 +55,7 @@ _templates.env.filters["when"] = _when
 _templates.env.filters["took"] = _took
 _templates.env.filters["pretty"] = _pretty
 _templates.env.filters["usdc"] = format_usdc
+_templates.env.filters["masked"] = mask_text  # a job's error as shown in lists and timelines
 
 
 def page(

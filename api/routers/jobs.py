@@ -1,6 +1,7 @@
 """The job history for operators (admin): one job with its attempts and log lines, or a filtered list.
 
-What a status means is `kiota/job_view.py`'s (the table's states mapped onto the contract's)."""
+What a status means is `kiota/job_view.py`'s (the table's states mapped onto the contract's). Errors and log lines
+are masked as the dashboard masks them (`kiota/masking.py`): viewers read this too."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from api.deps import PoolDep
 from api.schemas import ADMIN, JobAttemptOut, JobListOut, JobOut, JobStatusOut
 from kiota.job_history import JobDetail, find_jobs, job_detail
 from kiota.job_view import job_filter
+from kiota.masking import mask_secrets
 
 router = APIRouter(tags=["operations"])
 
@@ -56,13 +58,13 @@ def job_answer(detail: JobDetail) -> JobOut:
                         "started_at": attempt.started_at.isoformat(),
                         "finished_at": _iso(attempt.finished_at),
                         "outcome": attempt.outcome,
-                        "error": attempt.error,
+                        "error": mask_secrets(attempt.error) if attempt.error else None,
                     }
                 )
                 for attempt in detail.attempts
             ],
-            "logs": run.logs,
-            "last_error": run.last_error,
+            "logs": mask_secrets(run.logs),
+            "last_error": mask_secrets(run.last_error) if run.last_error else None,
             "enqueued_at": run.enqueued_at.isoformat(),
             "started_at": _iso(run.started_at),
             "finished_at": _iso(run.finished_at),

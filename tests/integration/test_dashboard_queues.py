@@ -401,16 +401,13 @@ async def test_cancel_leaves_the_deposit_in_review_and_neither_the_sweeper_nor_a
         assert notice(await post(client, settings, f"{job_page(job_id)}/retry")) == "deposit completion retried"
         assert await pool.fetchval("SELECT status FROM deposits WHERE id = $1", paid) == "processing"
 
-        # An STK query cancelled: its pending deposit goes to review, and the sweeper asks no query again.
+        # An STK query is not cancelled: it is how we learn whether the customer paid (review finding 4).
         pending = await deposit(pool, "pending", paid=False)
         await record_job(pool, query_job_id(pending), JobName.QUERY_MPESA_DEPOSIT, pending)
-        await pool.execute("UPDATE deposits SET next_query_at = now() - interval '1 minute' WHERE id = $1", pending)
-        assert notice(await post(client, settings, f"{job_page(query_job_id(pending))}/cancel")).startswith(
-            "job cancelled"
-        )
-        await sweep(pool, queue, 0, force=True)
-        assert await pool.fetchval("SELECT status FROM jobs WHERE id = $1", query_job_id(pending)) == "cancelled"
-        assert await pool.fetchval("SELECT status FROM deposits WHERE id = $1", pending) == "needs_review"
+        said = notice(await post(client, settings, f"{job_page(query_job_id(pending))}/cancel"))
+        assert said.startswith("refused: an STK query is how we learn whether the customer paid"), said
+        assert await pool.fetchval("SELECT status FROM jobs WHERE id = $1", query_job_id(pending)) == "queued"
+        assert await pool.fetchval("SELECT status FROM deposits WHERE id = $1", pending) == "pending"
     finally:
         await queue.aclose(close_connection_pool=True)
 

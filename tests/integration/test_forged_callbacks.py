@@ -41,7 +41,7 @@ from kiota.sweeper import UNKNOWN_PUSH_REASON, sweep
 from kiota.users import ensure_user
 from tests.conftest import MpesaSystem
 from tests.integration.test_mpesa_flow import counts, transfers_from
-from tests.integration.test_ops_cli import kiota_ops
+from tests.integration.test_ops_cli import SHELL_PASSWORD, kiota_ops, shell_operators
 from tests.integration.test_payout_lane import job_of, treasury_for, wait_for
 from tests.support import CALLBACK_TOKEN, TEST_CHILDREN, TEST_XPUB, bearer, settings_kwargs, success_body
 
@@ -232,16 +232,18 @@ async def test_an_operator_retry_asks_again_and_an_operator_confirmation_pays(mp
     assert await system.pool.fetchval("SELECT status FROM review_items WHERE kind = 'unconfirmed_success'") == "open"
 
     # An operator finds the payment on the M-Pesa statement (the sandbox has said FAILED for paid pushes).
+    await shell_operators(system.pool, "olga", "pat")
     code, out = await kiota_ops(
         system.settings.database_url, system.settings.redis_url,
-        "confirm", body["deposit_id"], "--by", "olga", "--note", "statement line QWE123",
+        "confirm", body["deposit_id"], "--by", "olga", "--note", "statement line QWE123", password=SHELL_PASSWORD,
     )  # fmt: skip
     assert code == 0 and "proposed confirm_deposit" in out, out
     assert await deposit_row(system, body["deposit_id"]) == again  # one person's word moves nothing
     proposal_id = await system.pool.fetchval("SELECT id FROM money_proposals")
     code, out = await kiota_ops(
-        system.settings.database_url, system.settings.redis_url, "approve", str(proposal_id), "--by", "pat"
-    )
+        system.settings.database_url, system.settings.redis_url, "approve", str(proposal_id), "--by", "pat",
+        password=SHELL_PASSWORD,
+    )  # fmt: skip
     assert code == 0 and f"completing {body['deposit_id']}" in out, out
     done = await system.wait_status("ursula", body["deposit_id"], "completed")
     assert done["failure_reason"] is None
@@ -253,8 +255,9 @@ async def test_an_operator_retry_asks_again_and_an_operator_confirmation_pays(mp
     assert await balance(system.pool, user_account("ursula", "USDC")) == 10_000_000
 
     code, out = await kiota_ops(
-        system.settings.database_url, system.settings.redis_url, "confirm", body["deposit_id"], "--by", "olga"
-    )
+        system.settings.database_url, system.settings.redis_url, "confirm", body["deposit_id"], "--by", "olga",
+        password=SHELL_PASSWORD,
+    )  # fmt: skip
     assert code == 2 and "confirmed already" in out  # once
     code, out = await kiota_ops(system.settings.database_url, system.settings.redis_url, "confirm", body["deposit_id"])
     assert code == 2 and "--by" in out  # who confirmed is never left to a default
@@ -267,9 +270,11 @@ async def test_an_operator_cannot_confirm_money_that_never_arrived(mpesa_system:
     treasury_before = await usdc_balance(system.w3, BASE_USDC_ADDRESS, system.treasury_address)
     system.simulator.set_scenario(Scenario(outcome="none"), next_push=True)  # no callback ever comes
     body = (await system.initiate("oscar", 1295)).json()
+    await shell_operators(system.pool, "mallory")
     code, out = await kiota_ops(
-        system.settings.database_url, system.settings.redis_url, "confirm", body["deposit_id"], "--by", "mallory"
-    )
+        system.settings.database_url, system.settings.redis_url, "confirm", body["deposit_id"], "--by", "mallory",
+        password=SHELL_PASSWORD,
+    )  # fmt: skip
     assert code == 2 and "only a success received" in out, out
     row = await deposit_row(system, body["deposit_id"])
     assert (row["status"], row["confirmed_at"]) == ("pending", None)

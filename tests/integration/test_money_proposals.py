@@ -5,13 +5,14 @@ step is recorded. Each test also tries to fool the rule."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 
 import asyncpg
 import pytest
 from arq.connections import ArqRedis
 
-from kiota import ledger, review_actions
+from kiota import ledger, operators, review_actions
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.operators import Admin
 from kiota.queue import create_queue
@@ -19,7 +20,7 @@ from kiota.review_actions import ProposalRefused
 from kiota.review_rules import Resolution
 from kiota.store.ledger import balance, post_entry
 from kiota.users import ensure_user
-from tests.integration.test_ops_cli import kiota_ops, paid_deposit_in_review
+from tests.integration.test_ops_cli import SHELL_PASSWORD, kiota_ops, paid_deposit_in_review, shell_operators
 from tests.support import TEST_XPUB
 
 OLGA = Admin("olga", "operator")
@@ -235,23 +236,34 @@ async def test_the_cli_proposes_and_another_operator_approves(
     pool: asyncpg.Pool, database_url: str, redis_url: str
 ) -> None:
     deposit_id = await unconfirmed_deposit(pool)
-    code, out = await kiota_ops(database_url, redis_url, "confirm", str(deposit_id), "--by", "olga", "--note", "seen")
+    await shell_operators(pool, "olga", "pat", "quinn")
+    await operators.add_operator(pool, "vic", "viewer", SHELL_PASSWORD)
+    money = functools.partial(kiota_ops, database_url, redis_url, password=SHELL_PASSWORD)
+    # Moving money at the shell takes an operator account's password: a free-text name would let one person
+    # propose as one name and approve as another.
+    for who, password in (("olga", "wrong password"), ("nobody", SHELL_PASSWORD), ("vic", SHELL_PASSWORD)):
+        code, out = await kiota_ops(database_url, redis_url, "confirm", str(deposit_id), "--by", who, password=password)
+        assert code == 2 and "an operator account" in out, (who, out)
+    assert await pool.fetchval("SELECT count(*) FROM money_proposals") == 0
+    code, out = await money("confirm", str(deposit_id), "--by", "olga", "--note", "seen")
     assert code == 0 and "proposed confirm_deposit as proposal" in out, out
     proposal_id = await pool.fetchval("SELECT id FROM money_proposals")
     code, out = await kiota_ops(database_url, redis_url, "proposals")
     assert code == 1 and f"id={proposal_id}" in out and "proposed_by=olga" in out  # waiting for a person
-    code, out = await kiota_ops(database_url, redis_url, "approve", str(proposal_id), "--by", "olga")
+    code, out = await money("approve", str(proposal_id), "--by", "olga")
     assert code == 2 and "two-person rule" in out
-    code, out = await kiota_ops(database_url, redis_url, "approve", str(proposal_id), "--by", "pat")
+    code, out = await kiota_ops(database_url, redis_url, "approve", str(proposal_id), "--by", "pat", password="guess")
+    assert code == 2 and "an operator account" in out
+    code, out = await money("approve", str(proposal_id), "--by", "pat")
     assert code == 0 and f"completing {deposit_id}" in out, out
-    code, out = await kiota_ops(database_url, redis_url, "approve", str(proposal_id), "--by", "quinn")
+    code, out = await money("approve", str(proposal_id), "--by", "quinn")
     assert code == 2 and "approved already" in out
 
     item = await kes_in_suspense(pool)
-    code, out = await kiota_ops(database_url, redis_url, "write-off", str(item), "--by", "olga")
+    code, out = await money("write-off", str(item), "--by", "olga")
     assert code == 0, out
     second = await pool.fetchval("SELECT max(id) FROM money_proposals")
-    code, out = await kiota_ops(database_url, redis_url, "reject", str(second), "--by", "pat", "--note", "wait")
+    code, out = await money("reject", str(second), "--by", "pat", "--note", "wait")
     assert code == 0 and "rejected by pat" in out
 
 

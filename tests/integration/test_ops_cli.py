@@ -14,16 +14,27 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from kiota import ledger
+from kiota import ledger, operators
 from kiota.deposits import complete_job_id
 from kiota.hdwallet import ExtendedPublicKey
 from kiota.store.ledger import post_entry
 from kiota.users import ensure_user
 from tests.support import TEST_XPUB
 
+SHELL_PASSWORD = "an operator's shell password 1"
 
-async def kiota_ops(database_url: str, redis_url: str, *args: str, stderr_too: bool = True) -> tuple[int, str]:
-    """The command's exit code and output (standard error too, unless only what a script reads is wanted)."""
+
+async def shell_operators(pool: asyncpg.Pool, *names: str) -> None:
+    """Operator accounts for the shell's money actions, each with SHELL_PASSWORD."""
+    for name in names:
+        await operators.add_operator(pool, name, "operator", SHELL_PASSWORD)
+
+
+async def kiota_ops(
+    database_url: str, redis_url: str, *args: str, stderr_too: bool = True, password: str | None = None
+) -> tuple[int, str]:
+    """The command's exit code and output (standard error too, unless only what a script reads is wanted);
+    `password` is typed on its standard input (the money actions ask for `--by`'s)."""
     env = {"PATH": os.environ["PATH"], "DATABASE_URL": database_url, "REDIS_URL": redis_url}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -35,10 +46,11 @@ async def kiota_ops(database_url: str, redis_url: str, *args: str, stderr_too: b
         *args,
         env=env,
         cwd=Path(__file__).parent,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT if stderr_too else asyncio.subprocess.DEVNULL,
     )
-    out, _ = await proc.communicate()
+    out, _ = await proc.communicate(b"" if password is None else f"{password}\n".encode())
     return proc.returncode or 0, out.decode()
 
 
