@@ -22,7 +22,7 @@ import contextvars
 import functools
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -352,8 +352,7 @@ async def _run_until_outage(workers: Sequence[Worker], outages: Outages) -> str 
         return None
     for worker in workers:  # one met an outage: all retire (their running jobs finish on their own)
         worker.allow_pick_jobs = False
-    for main in running:
-        main.cancel()
+    await cancel_until_done(running)
     await asyncio.wait(mains)
     for main in mains:  # each failure read (the first decides), so none is reported as never retrieved
         if not main.cancelled():
@@ -413,7 +412,15 @@ async def _finish(workers: list[Worker], completion_wait: float) -> None:
         if late:
             log.warning("jobs still running at shutdown were cancelled; they run again later", jobs=len(late))
     await asyncio.gather(*tasks, return_exceptions=True)
-    for worker in workers:
-        if worker.main_task is not None:
-            worker.main_task.cancel()
-            await asyncio.gather(worker.main_task, return_exceptions=True)
+    await cancel_until_done([w.main_task for w in workers if w.main_task is not None])
+
+
+async def cancel_until_done(tasks: Collection[asyncio.Task[Any]], every: float = 0.5) -> None:
+    """Cancel `tasks` until each has ended. A poll loop's cancellation can be lost inside redis-py (its
+    timeouts catch the CancelledError and go on), and one cancel would leave the loop polling for ever and
+    the process never exiting on SIGTERM: it is asked again until it ends."""
+    while pending := [task for task in tasks if not task.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=every)
+    await asyncio.gather(*tasks, return_exceptions=True)

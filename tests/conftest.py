@@ -32,6 +32,7 @@ from web3.types import RPCEndpoint
 
 from api.app import create_app
 from jobs.context import WorkerContext, WorkerState, WorkerTuning
+from jobs.outages import cancel_until_done
 from jobs.worker import QueueWorker, build_workers, shutdown
 from kiota.confirm import ConfirmTiming
 from kiota.db import create_pool
@@ -284,13 +285,8 @@ class MpesaSystem:
         for worker in workers:
             await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
             worker.tasks.clear()
-        # Their poll loops end before any closes the Redis client they share (a close ends it for all). A
-        # cancellation can be lost in redis-py's own timeouts (the loop then polls on): cancel until they end.
-        while not all(task.done() for task in tasks):
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks, timeout=0.5)
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Their poll loops end before any closes the Redis client they share (a close ends it for all).
+        await cancel_until_done(tasks)
         try:
             for worker in workers:
                 await worker.close()
