@@ -147,19 +147,3 @@ async def record_action(
 
 async def actions_on(db: Executor, target_kind: str, target_id: str | None = None) -> list[AdminAction]:
     return await store.actions_on(db, target_kind, target_id)
-
-
-async def find_actions(
-    db: Executor,
-    *,
-    actor: str | None = None,
-    action: str | None = None,
-    target_kinds: list[str] | None = None,
-    target_id: str | None = None,
-    limit: int = 50,
-    offset: int = 0,
-) -> list[AdminAction]:
-    """The record of admin actions, newest first, narrowed by who, what and on which targets."""
-    return await store.find_actions(
-        db, actor=actor, action=action, target_kinds=target_kinds, target_id=target_id, limit=limit, offset=offset
-    )

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse
 from api.admin_auth import AdminUser
 from api.dashboard.render import page, page_number
 from api.deps import PoolDep, SettingsDep
-from kiota.operators import find_actions
+from kiota.store.admin import find_actions
 
 router = APIRouter()
 

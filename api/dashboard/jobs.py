@@ -26,8 +26,8 @@ from kiota.job_history import find_jobs, job_detail, queued_arguments
 from kiota.job_names import JobName, Queue
 from kiota.job_view import JOB_STATUSES, JobFilter, JobStatus, job_filter
 from kiota.masking import mask_secrets
-from kiota.operators import find_actions
 from kiota.ops import CannotRetry
+from kiota.store.admin import find_actions
 
 router = APIRouter()
 

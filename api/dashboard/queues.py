@@ -19,8 +19,8 @@ from api.deps import PoolDep, QueueDep, SettingsDep
 from kiota import job_actions, ops
 from kiota import queues as queue_pauses
 from kiota.errors import InvalidInput
-from kiota.operators import find_actions
 from kiota.queue_stats import queue_overview
+from kiota.store.admin import find_actions
 
 router = APIRouter()
 
