@@ -46,12 +46,23 @@ CONNECTION_LOST = (
 )
 # Errors that say PostgreSQL cannot answer right now (down, restarting, or a connection unusable), which
 # an edge answers with "try again" rather than as a fault of the request.
-UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
+UNAVAILABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,
+)
 # Errors after which the same work may succeed if run again: the above, the server shutting down or
-# restarting, and a serialization failure or deadlock.
+# restarting, and a serialization failure or deadlock. InternalClientError is asyncpg's protocol state
+# machine lost, which a server shutting down causes: it sends an unsolicited FATAL error to each idle
+# connection, which asyncpg, idle, cannot place; the connection is left consuming an error, and the next
+# statement on it raises "cannot switch to state …; another operation (2) is in progress" (seen on a
+# lane waiter's connection, held idle between polls, when PostgreSQL restarted). That connection is
+# unusable; the pool drops it, and the same work passes on another.
 MAY_PASS = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.OperatorInterventionError,
     asyncpg.TransactionRollbackError,
 )
