@@ -164,9 +164,12 @@ async def test_a_payment_replaced_after_a_reorg_is_credited_once(mpesa_system: M
     await mint_usdc(system.w3, BASE_USDC_ADDRESS, created["deposit_address"], 7_000_000)
     await wait_intent(system, "hal", created["intent_id"], "confirming")
     await system.stop_worker()
-    await rpc(system, "anvil_reorg", 1, [])  # the payment's block is replaced; the payer sends it again
+    await rpc(system, "anvil_reorg", 1, [])  # the payment's block is replaced; the payer pays again
+    # A new transaction, from another wallet: a second mint from the same sender at the same nonce, with the
+    # same base fee, is the same transaction with the same hash (a re-sent payment, tested elsewhere).
+    again = await signed_payment(system, created["deposit_address"], 7_000_000)
     await system.start_worker()
-    await mint_usdc(system.w3, BASE_USDC_ADDRESS, created["deposit_address"], 7_000_000)
+    await rpc(system, "eth_sendRawTransaction", again.raw_tx)
     await rpc(system, "anvil_mine", 4)
     done = await wait_intent(system, "hal", created["intent_id"], "completed")
     assert done["received_amount_usdc"] == "7.000000"
