@@ -25,7 +25,9 @@ review with its reason while the round, the cursor, the intents and the other cr
 on. A credited deposit whose log a reorg removed (deeper than the confirmations, within
 the rescanned blocks) is reversed into `suspense:USDC` and listed for review; if its log
 comes back, at any index, it stays there for a person (a second review item says so): never
-credited twice. A node must prove the log gone (`usdc.gone_verdict`): its receipt exists
+credited twice. Transfers held for a person (in review, or reversed) are re-checked every round: only one
+whose log is on chain, confirmed, may be credited by two operators (`missing_since`).
+A node must prove the log gone (`usdc.gone_verdict`): its receipt exists
 without it, or, on a null receipt, the node holds another block at its height in two rounds
 in a row. A node behind a load balancer that simply lacks the block reverses nothing.
 """
@@ -157,6 +159,7 @@ async def _scan_round(conn: Connection, reader: ChainReader, config: ScanConfig)
         orphaned = await store.orphan_missing(conn, config.chain_id, start, end, answered)
         reversed_ = await _reverse(conn, config, judged)
         await _reversed_back(conn, config, transfers, back, head)
+        await _check_held(conn, config, start, end, answered, head)
         credited, review = await _credit(conn, config, head, start)
         await _advance_intents(conn, config, started)
         await store.store_next_block(conn, config.chain_id, end + 1)
@@ -390,6 +393,22 @@ async def _reversed_back(
         (t, blocks[_key(t)]) for t in back if confirmations(head, blocks[_key(t)]) >= config.confirmations_required
     ]
     await _review_items(conn, [(t, "usdc_reappeared", _reappeared_reason(t, block)) for t, block in confirmed])
+
+
+async def _check_held(
+    conn: Connection, config: ScanConfig, start: int, end: int, answered: list[int], head: int
+) -> None:
+    """Transfers waiting for a person are re-checked every round, as `seen` ones are orphaned: USDC in review
+    (too large, or its credit failed) or reversed is creditable by two operators only while its log is on
+    chain, confirmed. A reorg that takes it away after it was listed makes it not creditable, until it is back."""
+    changed = await store.check_held_presence(
+        conn, config.chain_id, start, end, answered, head - config.confirmations_required + 1
+    )
+    for transfer_id, missing in changed:
+        if missing:
+            log.warning("a transfer held for review is not on chain now: not creditable", transfer_id=transfer_id)
+        else:
+            log.info("a transfer held for review is on chain again, confirmed", transfer_id=transfer_id)
 
 
 def _describe(transfer: Transfer) -> str:

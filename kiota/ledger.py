@@ -163,11 +163,20 @@ def review_credit(money_key: str, held_in: str, user_id: str, amount_micro: int)
     )
 
 
-def review_write_off(money_key: str, held_in: str, asset: str, amount: int) -> Entry:
+def review_write_off(money_key: str, held_in: str, asset: str, amount: int, *, gone: bool = False) -> Entry:
     """Two operators resolved a review item by writing off the money suspense holds for it: nobody will claim it.
-    The same key as `review_credit`: money is credited or written off, never both."""
+    The same key as `review_credit`: money is credited or written off, never both.
+
+    USDC that is `gone` (a reorg removed its transfer, which never came back: `usdc_reversed`) was never ours to
+    hold: its deposit's entry debited custody for USDC the chain does not have. Writing it off then takes it out
+    of custody (suspense is debited, custody credited) so that custody is again what the deposit addresses hold.
+    USDC still on chain, and shillings, go to `written_off:<asset>`: the money is ours, and nobody claims it.
+    """
+    if gone and asset != "USDC":
+        raise LedgerError("only USDC a reorg took away is gone from custody")
     return Entry(
         key=f"{money_key}:resolved",
         kind="review_write_off",
-        postings=transfer(held_in, WRITTEN_OFF[asset], asset, amount),
+        postings=transfer(held_in, CUSTODY_USDC if gone else WRITTEN_OFF[asset], asset, amount),
+        memo="the USDC is not on chain: out of custody" if gone else None,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,8 +17,8 @@ from kiota.db import Pool
 from kiota.errors import ChainUnavailable, InvalidInput
 from kiota.paybill import Report, Statement, match, parse_statement, period
 from kiota.reconcile import Difference, reconcile
-from kiota.records import AdminAction, Deposit, Intent, MoneyProposal, ReviewItem
-from kiota.review_rules import Resolution, money_key, resolutions
+from kiota.records import AdminAction, Deposit, Intent, MoneyProposal, ReviewItem, Transfer
+from kiota.review_rules import Resolution, money_key, resolutions, usdc_here
 from kiota.search import parse
 from kiota.store import proposals as proposal_store
 from kiota.store import timeline as store
@@ -81,7 +82,12 @@ async def review_page(pool: Pool) -> ReviewPage:
     entries = [
         ReviewEntry(
             row.item,
-            resolutions(row.item, row.deposit_status, row.deposit_confirmed),
+            resolutions(
+                row.item,
+                row.deposit_status,
+                row.deposit_confirmed,
+                usdc_on_chain=usdc_here(row.item, row.transfer_status, row.transfer_missing),
+            ),
             row.user_id,
             row.intent_id,
             by_item.get(row.item.id) or (by_deposit.get(row.item.deposit_id) if row.item.deposit_id else None),
@@ -143,7 +149,7 @@ async def intent_page(pool: Pool, intent_id: uuid.UUID) -> IntentPage | None:
     return IntentPage(
         intent,
         intent_timeline(intent, story),
-        _open(reviews, None, False),
+        _open(reviews, None, False, {t.id: t for t in transfers}),
         await proposal_store.proposals_of(pool, [r.id for r in reviews], None),
     )
 
@@ -158,8 +164,23 @@ def _prefix(key: str) -> str:
     return f"mpesa:{key}:"
 
 
-def _open(reviews: list[ReviewItem], deposit_status: str | None, confirmed: bool) -> list[OpenItem]:
-    return [OpenItem(r, resolutions(r, deposit_status, confirmed)) for r in reviews if r.status == "open"]
+def _open(
+    reviews: list[ReviewItem],
+    deposit_status: str | None,
+    confirmed: bool,
+    transfers: Mapping[int, Transfer] | None = None,
+) -> list[OpenItem]:
+    """The open items and what resolves each; an item's USDC is credited only while its transfer is on chain."""
+    return [
+        OpenItem(r, resolutions(r, deposit_status, confirmed, usdc_on_chain=_on_chain(r, transfers or {})))
+        for r in reviews
+        if r.status == "open"
+    ]
+
+
+def _on_chain(item: ReviewItem, transfers: Mapping[int, Transfer]) -> bool:
+    transfer = transfers.get(item.chain_transfer_id) if item.chain_transfer_id is not None else None
+    return transfer is not None and usdc_here(item, transfer.status, transfer.missing_since is not None)
 
 
 # The flags kiota/usdc.py gives a transfer (`credit_for`, `payment_flags`): BTCPay's exceptions.

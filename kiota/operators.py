@@ -38,6 +38,7 @@ class Admin:
 
     name: str
     role: Role
+    bootstrap: bool = False  # ADMIN_USERNAME/ADMIN_PASSWORD, not an account
 
     @property
     def may_act(self) -> bool:
@@ -96,7 +97,7 @@ def bootstrap_matches(settings: Settings, name: str, password: str) -> bool:
 async def authenticate(db: Executor, settings: Settings, name: str, password: str) -> Admin | None:
     """The admin these credentials name, or None: the bootstrap operator, or an enabled account."""
     if bootstrap_matches(settings, name, password):
-        return Admin(name, "operator")
+        return Admin(name, "operator", bootstrap=True)
     return await verify_account(db, name, password)
 
 
@@ -112,12 +113,23 @@ async def verify_account(db: Executor, name: str, password: str) -> Admin | None
 
 
 async def add_operator(db: Executor, name: str, role: str, password: str) -> Operator:
+    """A new account. A name is one person's whatever its case: "ALICE" is refused when "alice" exists (the
+    table's unique index on `person_key(name)`, sql/migrations/0018), as the two-person rule counts them as one."""
     checked_role = check_new_account(name, role, password)
     password_hash = await asyncio.to_thread(_hasher().hash, password)
     account = await store.insert_operator(db, name, checked_role, password_hash)
     if account is None:
-        raise OperatorExists(f"an operator named {name} exists already")
+        taken = await store.operator_of_person(db, name)
+        said = name if taken is None or taken.name == name else f"{taken.name} (names are compared ignoring case)"
+        raise OperatorExists(f"an operator named {said} exists already")
     return account
+
+
+async def may_move_money(db: Executor, admin: Admin) -> bool:
+    """Whether this admin may propose or approve a money action. The bootstrap operator may only while no
+    enabled operator account exists: once people have accounts, one of them could propose under their own
+    name and approve as ADMIN_USERNAME, two identities for one person, and the two-person rule would count two."""
+    return admin.may_act and not (admin.bootstrap and await store.operator_accounts_exist(db))
 
 
 async def disable_operator(db: Executor, name: str) -> Operator:

@@ -229,6 +229,7 @@ class Transfer(Record):
     seq: int
     credit_key: str | None
     gone_rounds: int
+    missing_since: datetime | None  # held for a person and not confirmed on chain now (sql/migrations/0018)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -23,10 +23,10 @@ from kiota.db import Connection, Pool
 from kiota.errors import KiotaError
 from kiota.job_history import enqueue
 from kiota.job_names import JobName
-from kiota.operators import Admin, record_action
+from kiota.operators import Admin, may_move_money, record_action
 from kiota.ops import confirm_in
 from kiota.records import MoneyProposal, ReviewItem
-from kiota.review_rules import Held, Resolution, held_by, money_key, resolutions
+from kiota.review_rules import Held, Resolution, held_by, money_key, resolutions, usdc_here
 from kiota.store import ops as ops_store
 from kiota.store import proposals as store
 from kiota.store import users as users_store
@@ -83,6 +83,16 @@ def _must_act(admin: Admin) -> None:
         raise ProposalRefused(f"{admin.name} is a viewer: only an operator proposes or decides a money action")
 
 
+async def _must_move_money(conn: Connection, admin: Admin) -> None:
+    """Proposing or approving needs an operator who is one person: not the bootstrap login once accounts exist."""
+    _must_act(admin)
+    if not await may_move_money(conn, admin):
+        raise ProposalRefused(
+            f"{admin.name} is the bootstrap login (ADMIN_USERNAME): once operator accounts exist, money actions "
+            "are proposed and approved from named accounts only, so that one person cannot be two"
+        )
+
+
 async def propose(
     pool: Pool,
     admin: Admin,
@@ -94,8 +104,8 @@ async def propose(
     note: str = "",
 ) -> MoneyProposal:
     """Record a money action for a second operator to approve; nothing moves yet."""
-    _must_act(admin)
     async with pool.acquire() as conn, conn.transaction():
+        await _must_move_money(conn, admin)
         what = await _what(conn, action, review_item_id, deposit_id, user_id)
         if action is Resolution.CONFIRM_DEPOSIT:
             review_item_id = None  # the deposit is what is confirmed; its review item is resolved with it
@@ -120,9 +130,9 @@ async def propose(
 
 async def approve(pool: Pool, queue: ArqRedis, proposal_id: int, admin: Admin, note: str = "") -> Approved:
     """A second operator approves: the action runs now, in this transaction, once."""
-    _must_act(admin)
     job_id: str | None = None
     async with pool.acquire() as conn, conn.transaction():
+        await _must_move_money(conn, admin)
         proposal = await _live(conn, proposal_id)
         if same_person(proposal.proposed_by, admin.name):
             raise ProposalRefused(
@@ -232,13 +242,29 @@ async def _item_holding_money(conn: Connection, item_id: int, action: Resolution
     if item.status != "open":
         raise ProposalRefused(f"review item {item_id} is {item.status} already")
     held = held_by(item)
-    if held is None or action not in resolutions(item, None, False):
+    on_chain = await _usdc_on_chain(conn, item)
+    if held is None or action not in resolutions(item, None, False, usdc_on_chain=on_chain):
+        if held is not None and held.asset == "USDC" and not on_chain:
+            raise ProposalRefused(
+                f"review item {item_id} ({item.kind}): its USDC is not on chain now (its transfer is gone, or "
+                "not confirmed again since a reorg), so it cannot be credited"
+            )
         raise ProposalRefused(f"review item {item_id} ({item.kind}) is not resolved by {action}")
     return item, held
 
 
+async def _usdc_on_chain(conn: Connection, item: ReviewItem) -> bool:
+    """Whether the USDC the item is about is at the deposit address now (`review_rules.usdc_here`)."""
+    if item.chain_transfer_id is None:
+        return False
+    transfer = await store.held_transfer(conn, item.chain_transfer_id)
+    return transfer is not None and usdc_here(item, *transfer)
+
+
 async def _move_money(conn: Connection, proposal: MoneyProposal, admin: Admin) -> int:
-    """Book the credit or the write-off the proposal names, and resolve its item; the entry's id."""
+    """Book the credit or the write-off the proposal names, and resolve its item; the entry's id. What is on
+    chain is read again now: a credit of USDC gone since the proposal is refused, and a write-off takes USDC
+    that is gone out of custody (kiota/ledger.py `review_write_off`)."""
     action = Resolution(proposal.action)
     assert proposal.review_item_id is not None
     item, held = await _item_holding_money(conn, proposal.review_item_id, action)
@@ -250,8 +276,9 @@ async def _move_money(conn: Connection, proposal: MoneyProposal, admin: Admin) -
         entry = ledger.review_credit(key, held.account, proposal.user_id, held.amount)
         said = f"credited to user {proposal.user_id}"
     else:
-        entry = ledger.review_write_off(key, held.account, held.asset, held.amount)
-        said = "written off"
+        gone = held.asset == "USDC" and not await _usdc_on_chain(conn, item)
+        entry = ledger.review_write_off(key, held.account, held.asset, held.amount, gone=gone)
+        said = "written off (not on chain: out of custody)" if gone else "written off"
     entry_id, created = await post_entry(conn, entry)
     if not created:
         raise ProposalRefused(f"the money of review item {item.id} was resolved already (entry {entry_id})")

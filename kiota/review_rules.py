@@ -56,6 +56,20 @@ def held_by(item: ReviewItem) -> Held | None:
     return None
 
 
+# The transfer's status while its USDC waits for a person, by the kind of item that holds it.
+_HELD_STATUS = {**dict.fromkeys(_USDC_SUSPENSE_KINDS, "reversed"), **dict.fromkeys(_USDC_UNBOOKED_KINDS, "review")}
+
+
+def usdc_here(item: ReviewItem, transfer_status: str | None, missing: bool) -> bool:
+    """Whether the USDC a transfer's item is about is at the deposit address now, as the scanner last saw it:
+    the transfer still waits for a person (reversed, or in review and never booked) and its log is on chain,
+    confirmed (`chain_transfers.missing_since` is NULL, kept by kiota/ingester.py every round). Only such USDC
+    may be credited to a user: a reversed transfer that never came back, or one in review whose block a reorg
+    took away, is money that never arrived."""
+    expected = _HELD_STATUS.get(item.kind)
+    return expected is not None and transfer_status == expected and not missing
+
+
 def money_key(item: ReviewItem) -> str:
     """What names the money under review: a transfer's row (a reversed credit and its reappearance are two items
     for one transfer's USDC), else the item itself. The resolving entry's key (kiota/ledger.py `review_credit`)."""
@@ -64,18 +78,22 @@ def money_key(item: ReviewItem) -> str:
     return f"review:item:{item.id}"
 
 
-def resolutions(item: ReviewItem, deposit_status: str | None, deposit_confirmed: bool) -> tuple[Resolution, ...]:
+def resolutions(
+    item: ReviewItem, deposit_status: str | None, deposit_confirmed: bool, *, usdc_on_chain: bool = False
+) -> tuple[Resolution, ...]:
     """What resolves an open item. Shillings in suspense are only written off here: paying them to a user
-    takes a deposit (a quote and a payout), not a journal entry. USDC never booked is credited, not written off:
-    there is nothing in suspense to write off."""
+    takes a deposit (a quote and a payout), not a journal entry. USDC is credited only while it is on chain
+    (`usdc_on_chain`, from `usdc_here`): USDC never booked is then credited, not written off (there is nothing in
+    suspense to write off), and while it is gone it waits for its log to come back. USDC in suspense whose
+    transfer is gone is only written off (`kiota/ledger.py` `review_write_off` then takes it out of custody)."""
     if item.status != "open":
         return ()
     held = held_by(item)
     if held is not None:
         if held.account == CUSTODY_USDC:
-            return (Resolution.CREDIT_USER,)
+            return (Resolution.CREDIT_USER,) if usdc_on_chain else ()
         if held.asset == "USDC":
-            return (Resolution.CREDIT_USER, Resolution.WRITE_OFF)
+            return (Resolution.CREDIT_USER, Resolution.WRITE_OFF) if usdc_on_chain else (Resolution.WRITE_OFF,)
         return (Resolution.WRITE_OFF,)
     if item.deposit_id is not None and item.kind in _DEPOSIT_KINDS and deposit_status == "needs_review":
         return (Resolution.RETRY,) if deposit_confirmed else (Resolution.CONFIRM_DEPOSIT, Resolution.RETRY)

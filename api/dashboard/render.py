@@ -1,5 +1,10 @@
 """Rendering a dashboard page: the template, the admin who asked, a fresh CSRF token for its forms,
-and the one-line notice an action left on the redirect back (`?notice=`)."""
+and the one-line notice an action left for the page it went back to.
+
+The notice rides in a cookie (`kiota_notice`, path /admin, HttpOnly, SameSite=Strict) that the next page shows
+once and clears, never in the URL: a `?notice=` anyone can write would let another site link an operator to
+our own admin page saying whatever it likes ("your session expired: sign in at ..."). Another site cannot set
+our cookie, and a strict cookie is not even sent when it links here."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, unquote
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -62,7 +67,8 @@ def page(
     request: Request, settings: Settings, admin: Admin, template: str, status_code: int = 200, **context: Any
 ) -> HTMLResponse:
     """A whole page (or a fragment, for a template that extends nothing) for this admin."""
-    return _templates.TemplateResponse(
+    notice = _notice(request)
+    response = _templates.TemplateResponse(
         request,
         template,
         {
@@ -70,19 +76,43 @@ def page(
             "nav": NAV,
             "csrf_field": FORM_FIELD,
             "csrf_token": issue_token(token_key(settings), admin.name, time.time()),
-            "notice": request.query_params.get("notice"),
+            "notice": notice,
             **context,
         },
         status_code=status_code,
     )
+    if notice is not None and not _is_fragment(template):  # shown: once; a live refresh leaves it for its page
+        response.delete_cookie(NOTICE_COOKIE, path=_COOKIE_PATH, httponly=True, samesite="strict")
+    return response
+
+
+NOTICE_COOKIE = "kiota_notice"
+_COOKIE_PATH = "/admin"
+_NOTICE_MAX_CHARS = 1500
+_FRAGMENTS = frozenset({"job_rows.html", "queue_cards.html"})
+_COOKIE_MAX_BYTES = 3800  # a browser keeps a cookie of up to 4096 bytes, name and attributes included
+
+
+def _notice(request: Request) -> str | None:
+    value = request.cookies.get(NOTICE_COOKIE)
+    return unquote(value) if value else None
+
+
+def _is_fragment(template: str) -> bool:
+    """A live refresh's part of a page, which shows no notice: the cookie is left for the page itself."""
+    return template in _FRAGMENTS
 
 
 def back(path: str, notice: str) -> RedirectResponse:
-    """After a form's action: see-other back to a dashboard page, with what was done."""
+    """After a form's action: see-other back to a dashboard page, with what was done (in the notice cookie)."""
     if not path.startswith("/admin"):  # never an open redirect
         path = "/admin/queues"
-    separator = "&" if "?" in path else "?"
-    return RedirectResponse(f"{path}{separator}{urlencode({'notice': notice})}", status_code=303)
+    response = RedirectResponse(path, status_code=303)
+    text = notice[:_NOTICE_MAX_CHARS]
+    while len(value := quote(text, safe="")) > _COOKIE_MAX_BYTES:  # quoting may triple it
+        text = text[: len(text) * 3 // 4]
+    response.set_cookie(NOTICE_COOKIE, value, path=_COOKIE_PATH, httponly=True, samesite="strict")
+    return response
 
 
 def page_number(request: Request) -> int:

@@ -23,6 +23,17 @@ async def operator_by_name(db: Executor, name: str) -> Operator | None:
     return None if row is None else Operator.from_row(row)
 
 
+async def operator_of_person(db: Executor, name: str) -> Operator | None:
+    """The account whose name is `name` in any case or spacing."""
+    row = await db.fetchrow(load_queries().operator_of_person, name)
+    return None if row is None else Operator.from_row(row)
+
+
+async def operator_accounts_exist(db: Executor) -> bool:
+    """Whether any enabled account has the operator role."""
+    return bool(await db.fetchval(load_queries().operator_accounts_exist))
+
+
 async def operators(db: Executor) -> list[Operator]:
     return [Operator.from_row(row) for row in await db.fetch(load_queries().operators_all)]
 

@@ -85,6 +85,16 @@ async def orphan_missing(conn: Connection, chain_id: int, start: int, end: int, 
     return [row["id"] for row in await conn.fetch(load_queries().orphan_missing, chain_id, start, end, answered)]
 
 
+async def check_held_presence(
+    conn: Connection, chain_id: int, start: int, end: int, answered: list[int], confirmed_up_to: int
+) -> list[tuple[int, bool]]:
+    """Transfers held for a person (in review, or reversed) checked against a round's answer: missing when the
+    rescanned range lacks them or holds them unconfirmed, on chain when it holds them confirmed. Each row whose
+    state changed: (id, missing now)."""
+    rows = await conn.fetch(load_queries().held_transfers_presence, chain_id, start, end, answered, confirmed_up_to)
+    return [(row["id"], row["missing"]) for row in rows]
+
+
 async def credited_gone_or_back(
     conn: Connection, chain_id: int, start: int, end: int, answered: Sequence[TransferLog]
 ) -> tuple[list[Transfer], list[Transfer]]:

@@ -60,6 +60,12 @@ async def review_item_for_update(conn: Connection, item_id: int) -> ReviewItem |
     return None if row is None else ReviewItem.from_row(row)
 
 
+async def held_transfer(conn: Connection, transfer_id: int) -> tuple[str, bool] | None:
+    """The status of the transfer a review item holds and whether its log is missing from chain now (locked)."""
+    row = await conn.fetchrow(load_queries().held_transfer_for_share, transfer_id)
+    return None if row is None else (row["status"], row["missing"])
+
+
 async def resolve_review_item(conn: Connection, item_id: int, resolution: str, transfer_id: int | None) -> bool:
     """True when the item was open and is now resolved (with every open item listing the same transfer)."""
     return bool(await conn.fetch(load_queries().review_item_resolve, item_id, resolution, transfer_id))

@@ -127,6 +127,8 @@ class ReviewRow:
     deposit_confirmed: bool
     user_id: str | None
     intent_id: uuid.UUID | None
+    transfer_status: str | None = None
+    transfer_missing: bool = False
 
 
 async def open_reviews(db: Executor) -> list[ReviewRow]:
@@ -138,6 +140,8 @@ async def open_reviews(db: Executor) -> list[ReviewRow]:
             bool(row["deposit_confirmed"]),
             row["deposit_user"] or row["transfer_user"],
             row["transfer_intent"],
+            row["transfer_status"],
+            bool(row["transfer_missing"]),
         )
         for row in rows
     ]

@@ -1,13 +1,21 @@
 -- Operators' accounts and the record of their actions (kiota/operators.py); owned by kiota/store/admin.py.
 
 -- name: operator_insert
--- name, role, argon2 hash; nothing when the name is taken.
+-- name, role, argon2 hash; nothing when the name is taken, in any case or spacing (0018's person_key index).
 INSERT INTO operators (name, role, password_hash) VALUES ($1, $2, $3)
-ON CONFLICT (name) DO NOTHING
+ON CONFLICT DO NOTHING
 RETURNING *;
 
 -- name: operator_by_name
 SELECT * FROM operators WHERE name = $1;
+
+-- name: operator_of_person
+-- The account whose name is this person's, whatever its case.
+SELECT * FROM operators WHERE person_key(name) = person_key($1);
+
+-- name: operator_accounts_exist
+-- Whether an enabled account may act: the bootstrap operator then moves no money (kiota/operators.py).
+SELECT EXISTS (SELECT 1 FROM operators WHERE role = 'operator' AND disabled_at IS NULL);
 
 -- name: operators_all
 SELECT * FROM operators ORDER BY name;

@@ -32,6 +32,12 @@ ORDER BY proposed_at, id;
 -- name: review_item_for_update
 SELECT * FROM review_items WHERE id = $1 FOR UPDATE;
 
+-- name: held_transfer_for_share
+-- The transfer whose USDC a review item holds: its status, and whether its log is missing from chain now
+-- (kept by the scanner, sql/queries/usdc.sql `held_transfers_presence`). Shared-locked: a round that changes
+-- it waits for the approval's transaction, or the approval reads what the round wrote.
+SELECT status, missing_since IS NOT NULL AS missing FROM chain_transfers WHERE id = $1 FOR SHARE;
+
 -- name: review_item_resolve
 -- id, resolution, the transfer whose USDC it held: every open item listing that money is resolved with it.
 UPDATE review_items SET status = 'resolved', resolved_at = now(), resolution = $2

@@ -79,9 +79,10 @@ SELECT * FROM chain_transfers WHERE intent_id = $1 OR id = $2 ORDER BY block_num
 
 -- name: review_open
 -- The open review items, oldest first, with what the page needs to offer their actions: the deposit's state,
--- and the user a transfer reached.
+-- and the user a transfer reached, its status and whether its log is missing from chain now.
 SELECT r.*, d.status AS deposit_status, d.confirmed_at IS NOT NULL AS deposit_confirmed, d.user_id AS deposit_user,
-       t.user_id AS transfer_user, t.intent_id AS transfer_intent
+       t.user_id AS transfer_user, t.intent_id AS transfer_intent, t.status AS transfer_status,
+       t.missing_since IS NOT NULL AS transfer_missing
 FROM review_items r
 LEFT JOIN deposits d ON d.id = r.deposit_id
 LEFT JOIN chain_transfers t ON t.id = r.chain_transfer_id

@@ -50,6 +50,20 @@ WHERE t.chain_id = $1 AND t.block_number BETWEEN $2 AND $3 AND t.status = 'seen'
   AND t.id NOT IN (SELECT unnest($4::bigint[]))
 RETURNING t.id;
 
+-- name: held_transfers_presence
+-- Transfers held for a person (in review, or reversed) against this round's answer ($4: the ids of its rows):
+-- one in the rescanned range ($2..$3) that the answer lacks, or that it holds in a block not yet confirmed
+-- (above $5), is missing now; one it holds confirmed is on chain. A round is enough either way: this moves
+-- no money, it only says whether a person may credit the transfer's USDC (kiota/review_rules.py `usdc_here`).
+-- Returns each row whose state changed, and whether it is missing now.
+UPDATE chain_transfers t
+SET missing_since = CASE WHEN t.id = ANY($4::bigint[]) AND t.block_number <= $5 THEN NULL
+                         ELSE coalesce(t.missing_since, now()) END
+WHERE t.chain_id = $1 AND t.status IN ('review', 'reversed')
+  AND (t.block_number BETWEEN $2 AND $3 OR t.id = ANY($4::bigint[]))
+  AND (t.missing_since IS NULL) <> (t.id = ANY($4::bigint[]) AND t.block_number <= $5)  -- only a change
+RETURNING t.id, t.missing_since IS NOT NULL AS missing;
+
 -- name: transfers_to_credit
 -- Confirmed transfers seen in this round's answer: deposits to credit, and those too large to credit
 -- (the caller sends them to review).
@@ -88,7 +102,8 @@ UPDATE chain_transfers SET gone_rounds = CASE WHEN id = ANY($1::bigint[]) THEN g
 WHERE (id = ANY($1::bigint[]) OR id = ANY($2::bigint[])) AND status = 'credited';
 
 -- name: transfers_reversed
-UPDATE chain_transfers SET status = 'reversed', reversed_at = now(), gone_rounds = 0
+-- Reversed because its log is gone: its USDC is missing from chain until a round sees it again, confirmed.
+UPDATE chain_transfers SET status = 'reversed', reversed_at = now(), gone_rounds = 0, missing_since = now()
 WHERE id = ANY($1::bigint[]) AND status = 'credited'
 RETURNING *;
 

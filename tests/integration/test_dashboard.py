@@ -26,8 +26,6 @@ async def test_its_assets_come_from_the_app_not_a_cdn(client: httpx.AsyncClient)
 
 
 def test_an_action_goes_back_only_to_a_dashboard_page() -> None:
-    assert back("/admin/jobs?queue=payouts", "retried 2").headers["location"] == (
-        "/admin/jobs?queue=payouts&notice=retried+2"
-    )
-    assert back("https://evil.example/", "x").headers["location"].startswith("/admin/queues?")
-    assert back("//evil.example/admin", "x").headers["location"].startswith("/admin/queues?")
+    assert back("/admin/jobs?queue=payouts", "retried 2").headers["location"] == "/admin/jobs?queue=payouts"
+    assert back("https://evil.example/", "x").headers["location"] == "/admin/queues"
+    assert back("//evil.example/admin", "x").headers["location"] == "/admin/queues"

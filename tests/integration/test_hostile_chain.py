@@ -336,6 +336,7 @@ async def test_a_credited_deposit_whose_log_a_deep_reorg_removed_is_reversed_int
             7_000_000,
         )
         assert (await one_round(system, reader)).reversed == 0  # once
+        assert (await transfer_row(system, signed.tx_hash))["missing_since"] is not None  # not creditable
 
         # The same transaction mined again: listed for review a second time, never credited twice.
         await call(system, "eth_sendRawTransaction", signed.raw_tx)
@@ -345,7 +346,8 @@ async def test_a_credited_deposit_whose_log_a_deep_reorg_removed_is_reversed_int
         await one_round(system, reader)
     finally:
         await reader.aclose()
-    assert (await transfer_row(system, signed.tx_hash))["status"] == "reversed"
+    back = await transfer_row(system, signed.tx_hash)
+    assert back["status"] == "reversed" and back["missing_since"] is None  # on chain, confirmed: creditable by two
     assert [i["kind"] for i in await review_items(system)] == ["usdc_reversed", "usdc_reappeared"]
     assert await entry_keys(system, "usdc_received") == [f"usdc:8453:{signed.tx_hash}:0"]
     assert await balance(system.pool, user_account("rey", "USDC")) == 0

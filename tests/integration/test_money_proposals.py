@@ -36,9 +36,12 @@ async def queue(redis_url: str) -> asyncio.AsyncIterator[ArqRedis]:  # type: ign
     await redis.aclose(close_connection_pool=True)
 
 
-async def reversed_usdc(pool: asyncpg.Pool, user: str = "amani", amount: int = 5_000_000) -> tuple[int, int, int]:
+async def reversed_usdc(
+    pool: asyncpg.Pool, user: str = "amani", amount: int = 5_000_000, *, back: bool = True
+) -> tuple[int, int, int]:
     """A credited USDC deposit a reorg reversed into suspense, then seen again: two review items for one
-    transfer's money. (reversed item id, reappeared item id, transfer id)"""
+    transfer's money. (reversed item id, reappeared item id, transfer id). Not `back`: the transfer never came
+    back (its log is missing from chain, as the ingester records it); the reappeared item is then -1."""
     await ensure_user(pool, user, ExtendedPublicKey.parse(TEST_XPUB))
     credit = ledger.usdc_received(8453, TX, 0, user, amount)
     async with pool.acquire() as conn, conn.transaction():
@@ -52,6 +55,8 @@ async def reversed_usdc(pool: asyncpg.Pool, user: str = "amani", amount: int = 5
             user,
             credit.key,
         )
+        if not back:
+            await conn.execute("UPDATE chain_transfers SET missing_since = now() WHERE id = $1", transfer_id)
         await post_entry(conn, credit)
         await post_entry(conn, ledger.usdc_reversed(credit.key, user, amount))
         ids = [
@@ -63,9 +68,9 @@ async def reversed_usdc(pool: asyncpg.Pool, user: str = "amani", amount: int = 5
                 transfer_id,
                 amount,
             )
-            for kind in ("usdc_reversed", "usdc_reappeared")
+            for kind in ("usdc_reversed", "usdc_reappeared")[: 2 if back else 1]
         ]
-    return ids[0], ids[1], transfer_id
+    return ids[0], ids[1] if back else -1, transfer_id
 
 
 async def kes_in_suspense(pool: asyncpg.Pool, amount: int = 1500, receipt: str = "QWE123RTY9") -> int:
