@@ -258,3 +258,39 @@ async def test_retry_from_the_review_queue_asks_the_query_again_and_is_recorded(
     assert refused.startswith("retrying")  # still processing: re-enqueued again, harmlessly
     junk = await post(client, settings, PAT, "/admin/deposits/not-a-uuid/retry", "/admin/review")
     assert junk.status_code == 404 and junk.json() == {"detail": "no such page"}
+
+
+async def test_a_proposal_is_rejected_by_another_operator_or_withdrawn_by_its_proposer_and_nothing_moves(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, settings: Settings, accounts: None
+) -> None:
+    item = await kes_in_suspense(pool)
+    suspense = ledger.SUSPENSE_KES
+    held = await ledger_balance(pool, suspense)
+
+    async def propose() -> int:
+        form = {"action": "write_off", "review_item_id": str(item), "note": "unclaimed"}
+        said = notice(await post(client, settings, OLGA, "/admin/proposals", "/admin/review", **form))
+        assert "recorded" in said, said
+        return int(await pool.fetchval("SELECT max(id) FROM money_proposals WHERE review_item_id = $1", item))
+
+    first = await propose()
+    said = notice(await post(client, settings, PAT, f"/admin/proposals/{first}/reject", "/admin/review"))
+    assert said == f"proposal {first} rejected", said
+    late = notice(await post(client, settings, PAT, f"/admin/proposals/{first}/approve", "/admin/review"))
+    assert late.startswith("refused"), late  # a rejected proposal cannot be approved afterwards
+    second = await propose()
+    said = notice(await post(client, settings, OLGA, f"/admin/proposals/{second}/reject", "/admin/review"))
+    assert said == f"proposal {second} withdrawn", said
+
+    assert await pool.fetchval("SELECT status FROM review_items WHERE id = $1", item) == "open"
+    assert await ledger_balance(pool, suspense) == held
+    assert await ledger_balance(pool, ledger.WRITTEN_OFF["KES"]) == 0
+    statuses = await pool.fetch("SELECT id, status, closed_by FROM money_proposals ORDER BY id")
+    assert [tuple(row) for row in statuses] == [(first, "rejected", "pat"), (second, "withdrawn", "olga")]
+    actions = await pool.fetch("SELECT actor, action FROM admin_actions WHERE action LIKE '%write_off' ORDER BY id")
+    assert [tuple(a) for a in actions] == [
+        ("olga", "propose_write_off"),
+        ("pat", "reject_write_off"),
+        ("olga", "propose_write_off"),
+        ("olga", "withdraw_write_off"),
+    ]
