@@ -103,8 +103,9 @@ async def test_a_treasury_without_usdc_pauses_the_lane_and_resuming_completes(mp
         return (await job_of(system, body["deposit_id"])).get("status") == "blocked"
 
     await wait_for(blocked)
-    guards = await system.pool.fetchrow("SELECT * FROM payout_guards")
-    assert guards["lane_paused"] and "USDC" in guards["pause_reason"]
+    lane = await system.pool.fetchrow("SELECT * FROM treasury_lanes")  # the treasury's own lane
+    assert lane["address"] == system.treasury_address
+    assert lane["paused"] and "USDC" in lane["pause_reason"]
     assert (await system.deposit("bob", body["deposit_id"]))["status"] == "processing"
     assert (await counts(system))["attempts"] == 0  # nothing was signed
 
