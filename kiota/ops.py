@@ -171,7 +171,7 @@ async def resume_lane(pool: Pool, queue: ArqRedis, by: str | Admin, treasury: st
 
 
 async def treasury_lanes(pool: Pool) -> list[TreasuryLane]:
-    """The treasuries' lanes that were ever paused, and whether they are now (a lane with no row runs)."""
+    """Every treasury known here (it signed a payout, or its lane was paused) and whether its lane is paused."""
     return await payout_store.treasury_lanes(pool)
 
 

@@ -94,7 +94,8 @@ async def resume_treasuries(db: Executor, address: str | None, by: str) -> list[
 
 
 async def treasury_lanes(db: Executor, chain_id: int | None = None) -> list[TreasuryLane]:
-    """The lanes of treasuries that were ever paused (a lane with no row runs); all chains when None."""
+    """On `chain_id`: the lanes of treasuries that were ever paused (a lane with no row runs). All chains when
+    None: every treasury known here (it signed a payout, or was paused), for operators."""
     q = load_queries()
     rows = await (db.fetch(q.all_treasury_lanes) if chain_id is None else db.fetch(q.treasury_lanes, chain_id))
     return [TreasuryLane(r["chain_id"], r["address"], r["paused"], r["pause_reason"]) for r in rows]

@@ -28,7 +28,11 @@ RETURNING address, pause_reason;
 SELECT * FROM treasury_lanes WHERE chain_id = $1 ORDER BY address;
 
 -- name: all_treasury_lanes
-SELECT * FROM treasury_lanes ORDER BY chain_id, address;
+-- Every treasury known here (it signed a payout, or its lane was paused), with its lane's state.
+SELECT k.chain_id, k.address, coalesce(l.paused, false) AS paused, l.pause_reason
+FROM (SELECT chain_id, address FROM treasury_nonces UNION SELECT chain_id, address FROM treasury_lanes) k
+LEFT JOIN treasury_lanes l USING (chain_id, address)
+ORDER BY k.chain_id, k.address;
 
 -- name: caps_lock
 -- Held until the signing transaction ends: lanes sign one batch at a time against the shared caps.
