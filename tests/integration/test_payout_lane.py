@@ -475,3 +475,4 @@ async def test_a_batch_the_treasurys_eth_cannot_cover_shrinks_to_the_owners_payo
     assert len(await transfers_from(system, system.treasury_address)) == 1
     assert await system.pool.fetchval("SELECT count(*) FROM payouts WHERE status = 'signed'") == 0
     assert not await system.pool.fetchval("SELECT lane_paused FROM payout_guards")  # one payout fit: no alert
+    assert not await system.pool.fetchval("SELECT count(*) FROM treasury_lanes WHERE paused")
