@@ -10,6 +10,7 @@ import hashlib
 import uuid
 from typing import Any
 
+import asyncpg
 import pytest
 from eth_account import Account
 from pydantic import SecretStr
@@ -317,3 +318,14 @@ async def test_the_kill_switch_stops_every_treasury(mpesa_system: MpesaSystem) -
         finally:
             await lane.aclose()
     assert await system.pool.fetchval("SELECT count(*) FROM payout_attempts") == 0
+
+
+async def test_the_lanes_companion_query_hashes_a_deposit_to_the_same_slot_as_its_job(pool: asyncpg.Pool) -> None:
+    ids = [uuid.uuid4() for _ in range(300)]
+    for lanes in (2, 3, 4, 7):
+        rows = await pool.fetch(
+            "SELECT id, ('x' || substr(md5(id::text), 1, 7))::bit(28)::int % $2 AS slot FROM unnest($1::uuid[]) AS id",
+            ids,
+            lanes,
+        )
+        assert {row["id"]: row["slot"] for row in rows} == {i: slot_of(i, lanes) for i in ids}
