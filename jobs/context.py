@@ -70,6 +70,7 @@ class WorkerContext:
     started_at: datetime
     liveness: Liveness
     metrics: Flusher  # this process's events (jobs, errors, fees), summed with every other's in Redis
+    more_treasuries: tuple[Treasury, ...] = ()  # TREASURY_PRIVATE_KEY's other keys: a lane each
 
     @classmethod
     def of(cls, ctx: Mapping[str, Any]) -> WorkerContext:
@@ -83,15 +84,20 @@ class WorkerContext:
         return context
 
     def signer(self) -> Treasury:
-        """The treasury that signs payouts; only a worker that serves `payouts` has it (settings ensure that)."""
+        """The (first) treasury that signs payouts; only a worker serving `payouts` has it (settings ensure that)."""
         if self.treasury is None:
             raise ConfigError("this worker has no TREASURY_PRIVATE_KEY: it cannot serve the payouts queue")
         return self.treasury
 
+    def signers(self) -> tuple[Treasury, ...]:
+        """Every treasury that signs payouts, one lane each (kiota/payouts/lanes.py)."""
+        return (self.signer(), *self.more_treasuries)
+
     async def aclose(self) -> None:
         await self.liveness.release(self.pool)
-        if self.treasury is not None:
-            await self.treasury.aclose()
+        for treasury in (self.treasury, *self.more_treasuries):
+            if treasury is not None:
+                await treasury.aclose()
         for client in (self.daraja, self.chain_reader):
             await client.aclose()
         await self.metrics.aclose()  # the last events too
@@ -107,9 +113,10 @@ async def build_context(
         # is down and log a traceback for each try; the outage handling waits for it instead.
         pool = await create_pool(settings.database_url, min_size=0, max_size=pool_size)
         undo.push_async_callback(close_pool, pool)
-        treasury = _treasury(settings)
-        if treasury is not None:
-            undo.push_async_callback(treasury.aclose)
+        treasuries = _treasuries(settings)
+        for built in treasuries:
+            undo.push_async_callback(built.aclose)
+        treasury = treasuries[0] if treasuries else None
         daraja = DarajaClient.from_settings(settings, redis=queue)  # one token for the app
         undo.push_async_callback(daraja.aclose)
         chain_reader = ChainReader(settings.base_rpc_url)
@@ -120,12 +127,15 @@ async def build_context(
             pool=pool,
             queue=queue,
             treasury=treasury,
+            more_treasuries=tuple(treasuries[1:]),
             daraja=daraja,
             chain_reader=chain_reader,
             scan_config=ScanConfig(
                 chain_id=settings.base_chain_id,
                 token=settings.base_usdc_address,
-                treasury=treasury.address if treasury is not None else str(settings.treasury_address),
+                treasury=settings.treasury_addresses[0],
+                # every treasury's payouts are ours, never deposits
+                other_treasuries=tuple(settings.treasury_addresses[1:]),
                 confirmations_required=settings.deposit_confirmations_required,
                 max_checks=settings.intent_max_checks,
             ),
@@ -144,18 +154,17 @@ async def build_context(
     return context
 
 
-def _treasury(settings: WorkerSettings) -> Treasury | None:
-    """The signing treasury when the key is given (a worker for chain and maintenance only may go without it,
-    knowing the treasury by TREASURY_ADDRESS); both given must name the same account."""
-    key = settings.treasury_private_key
-    if key is None:
-        return None
-    treasury = Treasury(
-        settings.base_rpc_url, key.get_secret_value(), settings.base_chain_id, settings.base_usdc_address
-    )
-    if settings.treasury_address is not None and settings.treasury_address.lower() != treasury.address.lower():
-        raise ConfigError("TREASURY_ADDRESS is not the address of TREASURY_PRIVATE_KEY")
-    return treasury
+def _treasuries(settings: WorkerSettings) -> list[Treasury]:
+    """The signing treasuries, one per key of TREASURY_PRIVATE_KEY (a worker for chain and maintenance only may
+    go without, knowing the treasuries by TREASURY_ADDRESS; settings check that both name the same accounts).
+    Each knows all of them: deposits are spread over their lanes."""
+    treasuries = [
+        Treasury(settings.base_rpc_url, key.get_secret_value(), settings.base_chain_id, settings.base_usdc_address)
+        for key in settings.treasury_keys
+    ]
+    for treasury in treasuries:
+        treasury.join([t.address for t in treasuries])
+    return treasuries
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,15 +39,15 @@ async def lane_upkeep_tick(ctx: dict[str, Any]) -> None:
     """The payout lane's upkeep when no payout comes (queue `payouts`: it signs, so it needs the treasury key):
     abandoned nonces filled, settled payouts re-checked. The lane's own turns do both too."""
     deps = WorkerContext.of(ctx)
-    treasury = deps.signer()
-    try:
-        await fill_abandoned_nonces(deps.pool, treasury, deps.lane)
-    except ChainUnavailable as exc:
-        log.warning("nonce filler could not reach the chain; next tick tries again", error=str(exc))
-    try:
-        await recheck_settled_payouts(deps.pool, treasury, deps.lane)
-    except ChainUnavailable as exc:
-        log.warning("settled payouts could not be re-checked; next tick tries again", error=str(exc))
+    for treasury in deps.signers():  # each treasury's lane
+        try:
+            await fill_abandoned_nonces(deps.pool, treasury, deps.lane)
+        except ChainUnavailable as exc:
+            log.warning("nonce filler could not reach the chain; next tick tries again", error=str(exc))
+        try:
+            await recheck_settled_payouts(deps.pool, treasury, deps.lane)
+        except ChainUnavailable as exc:
+            log.warning("settled payouts could not be re-checked; next tick tries again", error=str(exc))
 
 
 async def heartbeat(ctx: dict[str, Any]) -> None:

@@ -35,7 +35,8 @@ from kiota.payout_policy import (
     asks_since,
     next_step,
 )
-from kiota.payouts import abandon, pay_deposit
+from kiota.payouts import PayoutResult, abandon, pay_deposit
+from kiota.payouts.lanes import choose_lane
 from kiota.store.deposits import processing_since
 
 log = structlog.get_logger(__name__)
@@ -63,7 +64,9 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
         )
         outcome: RunResult = confirmation
         if confirmation.verdict in (Verdict.CONFIRMED, Verdict.NOT_NEEDED):
-            outcome = await pay_deposit(deps.pool, deps.signer(), deposit, deps.lane)
+            # Several treasuries: the lane of the deposit's slot (or of its signed payout) pays it.
+            lane = await choose_lane(deps.pool, deps.signers(), deposit)
+            outcome = lane if isinstance(lane, PayoutResult) else await pay_deposit(deps.pool, lane, deposit, deps.lane)
     except TRANSIENT as exc:
         error = f"{type(exc).__name__}: {exc}"
         # If PostgreSQL itself is down, nothing can be counted: this raises, and the worker's

@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--redis-url", default=defaults.redis_url, help="flushed on every start")
     dev.set_defaults(func=cmd_dev)
     rec = sub.add_parser("reconcile", help="compare ledger balances with on-chain USDC; exit 1 on differences")
-    rec.add_argument("--treasury", help="the treasury address, to report its on-chain USDC")
+    rec.add_argument("--treasury", help="treasury addresses (comma-separated) to report; default: every one that paid")
     rec.set_defaults(func=cmd_reconcile, json=False, progress=False, by="reconcile")
     ops = sub.add_parser("ops", help="operator commands: find and retry stuck deposits, payout guards")
     ops_sub = ops.add_subparsers(dest="action", required=True)
@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         decide.add_argument("--note")
     switch = ops_sub.add_parser("kill-switch", help="stop (on) or allow (off) every payout")
     switch.add_argument("state", choices=["on", "off"])
-    ops_sub.add_parser("resume-lane", help="resume the payout lane after a pause (e.g. a treasury refill)")
+    resume = ops_sub.add_parser("resume-lane", help="resume the payout lanes after a pause (e.g. a treasury refill)")
+    resume.add_argument("--treasury", help="resume only this treasury's lane (default: every lane)")
     ops_sub.add_parser("guards", help="show the payout guards")
     limits = ops_sub.add_parser("limits", help="change payout limits (USDC decimal strings)")
     limits.add_argument("--per-deposit")
@@ -255,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_ops_jobs(ops_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`kiota ops` for jobs, history and the chain: what the dashboard's queues and jobs pages do."""
     rec = ops_sub.add_parser("reconcile", help="ledger USDC against the chain; exit 1 on a difference")
-    rec.add_argument("--treasury", help="the treasury address, to report its on-chain USDC")
+    rec.add_argument("--treasury", help="treasury addresses (comma-separated) to report; default: every one that paid")
     jobs = ops_sub.add_parser("jobs", help="the job history, newest first; exit 1 if a listed job failed")
     retry_jobs = ops_sub.add_parser("retry-jobs", help="retry every job the filter matches (up to 500)")
     for listing in (jobs, retry_jobs):

@@ -81,6 +81,11 @@ class ScanConfig:
     confirmations_required: int
     max_checks: int
     rescan_blocks: int = 12
+    other_treasuries: tuple[str, ...] = ()  # several treasuries: none of their payouts is a deposit either
+
+    @property
+    def treasuries(self) -> tuple[str, ...]:
+        return (*((self.treasury,) if self.treasury else ()), *self.other_treasuries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +159,7 @@ async def _scan_round(conn: Connection, reader: ChainReader, config: ScanConfig)
     async with conn.transaction():
         answered = await store.upsert_transfers(
             conn, config.chain_id, transfers, [addresses[t.recipient] for t in transfers],
-            [classify(t, config.token, config.treasury, own) for t in transfers],
+            [classify(t, config.token, config.treasuries, own) for t in transfers],
         )  # fmt: skip
         orphaned = await store.orphan_missing(conn, config.chain_id, start, end, answered)
         reversed_ = await _reverse(conn, config, judged)

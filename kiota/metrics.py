@@ -122,8 +122,8 @@ PAYOUT_FEE = Event(
 TREASURY_BALANCE = Event(
     "kiota_treasury_balance",
     "gauge",
-    "The treasury's balance by asset (ETH, USDC), in whole units, as the payout lane last read it",
-    ("asset",),
+    "Each treasury's balance by asset (ETH, USDC), in whole units, as its payout lane last read it",
+    ("asset", "treasury"),
 )
 
 EVENTS: Final = (

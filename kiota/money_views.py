@@ -22,6 +22,7 @@ from kiota.review_rules import Resolution, money_key, resolutions, usdc_here
 from kiota.search import parse
 from kiota.store import proposals as proposal_store
 from kiota.store import timeline as store
+from kiota.store.payouts import treasury_addresses
 from kiota.store.timeline import FlaggedTransfer, SearchHit
 from kiota.timeline import Event, Story, deposit_timeline, intent_timeline
 
@@ -207,12 +208,13 @@ class Reconciliation:
 
 async def reconciliation(pool: Pool, rpc_url: str, token: str) -> Reconciliation:
     """`kiota reconcile` on request (kiota/reconcile.py), bounded in time; an unreachable node is said, not raised."""
-    treasury = await store.treasury_address(pool)
+    treasuries = await treasury_addresses(pool)  # every treasury that ever signed a payout
+    treasury = ", ".join(treasuries) or None
     balances = await store.system_balances(pool)
     reader = ChainReader(rpc_url)
     try:
         async with asyncio.timeout(RECONCILE_SECONDS):
-            differences, lines = await reconcile(pool, reader, token, treasury)
+            differences, lines = await reconcile(pool, reader, token, treasuries)
     except (ChainUnavailable, TimeoutError) as exc:
         said = str(exc) or f"no answer within {RECONCILE_SECONDS:.0f}s"
         return Reconciliation([], [], balances, treasury, f"the chain's RPC (BASE_RPC_URL) did not answer: {said}")

@@ -24,6 +24,7 @@ from kiota.store import ops as store
 from kiota.store import payouts as payout_store
 from kiota.store.confirm import resolve_review
 from kiota.store.ops import StuckDeposit
+from kiota.store.payouts import TreasuryLane
 
 log = structlog.get_logger(__name__)
 
@@ -115,6 +116,8 @@ async def release_blocked(pool: Pool, queue: ArqRedis) -> int:
     return len(jobs)
 
 
+TREASURY_LANE = "treasury_lane"  # the target of a treasury lane's resume in the record of actions
+
 GuardChange = Callable[[Connection], Awaitable[None]]
 
 
@@ -152,11 +155,24 @@ async def set_kill_switch(pool: Pool, queue: ArqRedis, on: bool, by: str | Admin
     return 0 if on else await release_blocked(pool, queue)
 
 
-async def resume_lane(pool: Pool, queue: ArqRedis, by: str | Admin) -> int:
+async def resume_lane(pool: Pool, queue: ArqRedis, by: str | Admin, treasury: str | None = None) -> int:
+    """Resume the payout lanes: every one (the global pause and each treasury's), or with `treasury` only that
+    treasury's lane (its shortfall refilled). Blocked jobs are released either way; the number released."""
     admin = as_admin(by)
-    await _change_guards(pool, admin, "resume_lane", lambda conn: payout_store.resume_lane(conn, admin.name))
-    log.warning("payout lane resumed", by=admin.name)
+    if treasury is None:
+        await _change_guards(pool, admin, "resume_lane", lambda conn: payout_store.resume_lane(conn, admin.name))
+    async with pool.acquire() as conn, conn.transaction():
+        for address in await payout_store.resume_treasuries(conn, treasury, admin.name):
+            await record_action(
+                conn, admin, "resume_lane", TREASURY_LANE, address, before={"paused": True}, after={"paused": False}
+            )
+    log.warning("payout lane resumed", by=admin.name, treasury=treasury or "all")
     return await release_blocked(pool, queue)
+
+
+async def treasury_lanes(pool: Pool) -> list[TreasuryLane]:
+    """Every treasury known here (it signed a payout, or its lane was paused) and whether its lane is paused."""
+    return await payout_store.treasury_lanes(pool)
 
 
 async def set_limits(

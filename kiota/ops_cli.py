@@ -32,6 +32,7 @@ from kiota.reconcile import reconcile
 from kiota.records import JobRun
 from kiota.review_rules import Resolution
 from kiota.store import proposals as proposal_store
+from kiota.store.payouts import treasury_addresses
 
 STUCK_COLUMNS = [
     "id", "status", "amount_kes", "mpesa_receipt", "review_reason", "confirmed_by", "confirm_answer",
@@ -124,12 +125,20 @@ async def guards(shell: Shell) -> int:
         "hourly_cap": format_usdc(now.hourly_cap_micro),
         "daily_cap": format_usdc(now.daily_cap_micro),
     }
+    paused = [lane for lane in await ops.treasury_lanes(shell.pool) if lane.paused]  # each treasury's own lane
     shell.out.result(
-        {"kill_switch": now.kill_switch, "lane_paused": now.lane_paused, "pause_reason": now.pause_reason, **limits},
+        {
+            "kill_switch": now.kill_switch,
+            "lane_paused": now.lane_paused,
+            "pause_reason": now.pause_reason,
+            **limits,
+            "treasury_lanes_paused": {lane.address: lane.pause_reason for lane in paused},
+        },
         f"kill_switch={now.kill_switch} lane_paused={now.lane_paused} pause_reason={now.pause_reason}\n"
-        + " ".join(f"{name}={value}" for name, value in limits.items()),
+        + " ".join(f"{name}={value}" for name, value in limits.items())
+        + "".join(f"\ntreasury {lane.address} lane paused: {lane.pause_reason}" for lane in paused),
     )
-    return ATTENTION if now.kill_switch or now.lane_paused else OK
+    return ATTENTION if now.kill_switch or now.lane_paused or paused else OK
 
 
 async def reconcile_chain(shell: Shell) -> int:
@@ -141,8 +150,11 @@ async def reconcile_chain(shell: Shell) -> int:
             bar.total = total
             bar.advance(done - bar.done)
 
+        # Every treasury: those given (comma-separated), else every one that ever signed a payout.
+        given = [t.strip() for t in (shell.args.treasury or "").split(",") if t.strip()]
+        treasuries = given or await treasury_addresses(shell.pool)
         differences, lines = await reconcile(
-            shell.pool, reader, shell.chain.usdc_address, shell.args.treasury, on_progress=advance
+            shell.pool, reader, shell.chain.usdc_address, treasuries, on_progress=advance
         )
         bar.finish()
     finally:
@@ -360,8 +372,12 @@ async def kill_switch(shell: Shell) -> int:
 
 
 async def resume_lane(shell: Shell) -> int:
-    released = await ops.resume_lane(shell.pool, shell.queue, shell.admin)
-    shell.out.result({"released_jobs": released}, f"lane resumed; {released} blocked job(s) re-enqueued")
+    treasury = shell.args.treasury
+    released = await ops.resume_lane(shell.pool, shell.queue, shell.admin, treasury)
+    which = f"lane of treasury {treasury}" if treasury else "lanes"
+    shell.out.result(
+        {"treasury": treasury, "released_jobs": released}, f"{which} resumed; {released} blocked job(s) re-enqueued"
+    )
     return OK
 
 

@@ -1,5 +1,6 @@
 """`kiota reconcile`: every user's ledger USDC against the USDC at their deposit address, custody against
-all of them, and the treasury.
+all of them, and each treasury (several treasuries: each on chain and what its payouts paid, then all of
+them against the ledger's payouts).
 
 Custody (`custody:USDC`) is what the ledger says the deposit addresses hold: every user's USDC, plus USDC held
 in suspense for a person. A user's line can agree while custody does not: a reorg took a credited deposit away
@@ -12,7 +13,7 @@ transfer, a reorg deeper than the confirmations, a payout that was never booked)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kiota.chain_rpc import ChainReader
@@ -21,6 +22,7 @@ from kiota.ledger import CUSTODY_USDC, TREASURY_USDC
 from kiota.money import format_usdc
 from kiota.store.ledger import balance
 from kiota.store.ops import user_ledgers
+from kiota.store.payouts import paid_out_by_treasury
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +37,11 @@ async def reconcile(
     pool: Pool,
     reader: ChainReader,
     token: str,
-    treasury: str | None,
+    treasury: str | Sequence[str] | None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[Difference], list[str]]:
     """Each user's ledger USDC against their deposit address on chain (one RPC call each: `on_progress(done,
-    total)` after each), then the treasury's."""
+    total)` after each), then each treasury's (`treasury`: one address, or several)."""
     differences: list[Difference] = []
     lines: list[str] = []
     users = await user_ledgers(pool)
@@ -57,9 +59,24 @@ async def reconcile(
     lines.append(f"custody per ledger {format_usdc(custody)}; at deposit addresses on chain {format_usdc(held)}")
     if custody != held:
         differences.append(Difference("custody:USDC", "all deposit addresses", custody, held))
-    if treasury:
-        # The treasury's funding is not booked, so its ledger account holds only the payouts (negative).
-        paid_out = -await balance(pool, TREASURY_USDC)
-        chain = await reader.usdc_balance(token, treasury)
-        lines.append(f"treasury {treasury} on chain {format_usdc(chain)}; paid out per ledger {format_usdc(paid_out)}")
+    treasuries = [treasury] if isinstance(treasury, str) else list(treasury or [])
+    if treasuries:
+        lines += await _treasuries(pool, reader, token, treasuries)
     return differences, lines
+
+
+async def _treasuries(pool: Pool, reader: ChainReader, token: str, treasuries: list[str]) -> list[str]:
+    """Each treasury's USDC on chain and what its settled payouts paid, then all of them together against the
+    ledger. The treasuries' funding is not booked, so the ledger's account holds only the payouts (negative)."""
+    lines = []
+    by_payouts = await paid_out_by_treasury(pool)
+    on_chain = 0
+    for address in treasuries:
+        chain = await reader.usdc_balance(token, address)
+        on_chain += chain
+        paid = format_usdc(by_payouts.get(address.lower(), 0))
+        lines.append(f"treasury {address} on chain {format_usdc(chain)}; paid out by its payouts {paid}")
+    paid_out = -await balance(pool, TREASURY_USDC)
+    every = "treasuries" if len(treasuries) > 1 else "treasury"
+    lines.append(f"{every} on chain {format_usdc(on_chain)}; paid out per ledger {format_usdc(paid_out)}")
+    return lines

@@ -253,12 +253,19 @@ class WorkerSettings(Settings):
 
     @field_validator("treasury_private_key")
     @classmethod
-    def _is_a_private_key(cls, value: SecretStr | None) -> SecretStr | None:
+    def _are_private_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        """One key, or several comma-separated (several treasuries, each with its own lane)."""
         if value is None:
             return None
-        raw = value.get_secret_value().strip().removeprefix("0x")
-        if len(raw) != 64 or any(c not in "0123456789abcdefABCDEF" for c in raw):
-            raise ValueError("must be a 32-byte hex private key")
+        keys = _listed(value.get_secret_value())
+        for key in keys:
+            raw = key.removeprefix("0x")
+            if len(raw) != 64 or any(c not in "0123456789abcdefABCDEF" for c in raw):
+                raise ValueError("must be 32-byte hex private keys, comma-separated")
+        if not keys:
+            raise ValueError("must be 32-byte hex private keys, comma-separated")
+        if len({k.removeprefix("0x").lower() for k in keys}) != len(keys):
+            raise ValueError("lists one key twice")
         return value
 
     @field_validator("worker_queues")
@@ -271,17 +278,22 @@ class WorkerSettings(Settings):
 
     @field_validator("treasury_address")
     @classmethod
-    def _is_an_address(cls, value: str | None) -> str | None:
+    def _are_addresses(cls, value: str | None) -> str | None:
+        """One address, or several comma-separated (a worker without the keys knows every treasury)."""
         if value is None or not value.strip():
             return None
-        raw = value.strip()
-        if len(raw) != 42 or not raw.startswith("0x") or any(c not in "0123456789abcdefABCDEF" for c in raw[2:]):
-            raise ValueError("must be a 20-byte hex address (0x...)")
-        return raw
+        addresses = _listed(value)
+        for raw in addresses:
+            if len(raw) != 42 or not raw.startswith("0x") or any(c not in "0123456789abcdefABCDEF" for c in raw[2:]):
+                raise ValueError("must be 20-byte hex addresses (0x...), comma-separated")
+        if len({a.lower() for a in addresses}) != len(addresses):
+            raise ValueError("lists one address twice")
+        return ",".join(addresses)
 
     @model_validator(mode="after")
     def _treasury_for_the_queues(self) -> WorkerSettings:
         if self.treasury_private_key is not None:
+            self._keys_match_addresses()
             return self
         if Queue.PAYOUTS in self.queues:
             raise ValueError(MISSING + "TREASURY_PRIVATE_KEY")  # the payouts queue signs payouts
@@ -289,6 +301,40 @@ class WorkerSettings(Settings):
             # the chain queue must know the treasury, whose payouts are never deposits
             raise ValueError(MISSING + "TREASURY_ADDRESS (or TREASURY_PRIVATE_KEY)")
         return self
+
+    def _keys_match_addresses(self) -> None:
+        """TREASURY_ADDRESS, when given with the keys, names exactly their accounts (in any order)."""
+        if self.treasury_address is None:
+            return
+        from_keys = [a.lower() for a in self.treasury_addresses_of_keys]
+        given = [a.lower() for a in _listed(self.treasury_address)]
+        if len(given) != len(from_keys):
+            raise ValueError(
+                f"TREASURY_ADDRESS lists {len(given)} addresses but TREASURY_PRIVATE_KEY has {len(from_keys)} keys"
+            )
+        strangers = [a for a in given if a not in from_keys]
+        if strangers:
+            raise ValueError(f"TREASURY_ADDRESS {strangers[0]} is the address of none of TREASURY_PRIVATE_KEY's keys")
+
+    @property
+    def treasury_keys(self) -> list[SecretStr]:
+        """The treasuries' private keys, one lane each (empty: this worker signs nothing)."""
+        if self.treasury_private_key is None:
+            return []
+        return [SecretStr(k) for k in _listed(self.treasury_private_key.get_secret_value())]
+
+    @property
+    def treasury_addresses_of_keys(self) -> list[str]:
+        from eth_account import Account  # only a worker with keys pays for the import
+
+        return [str(Account.from_key(key.get_secret_value()).address) for key in self.treasury_keys]
+
+    @property
+    def treasury_addresses(self) -> list[str]:
+        """Every treasury's address: its keys' accounts, else TREASURY_ADDRESS (a worker without keys)."""
+        if self.treasury_private_key is not None:
+            return self.treasury_addresses_of_keys
+        return _listed(self.treasury_address or "")
 
     @property
     def queues(self) -> list[Queue]:
@@ -302,6 +348,11 @@ class WorkerSettings(Settings):
             Queue.MAINTENANCE: self.queue_concurrency_maintenance,
         }
         return limits[queue]
+
+
+def _listed(value: str) -> list[str]:
+    """A comma-separated setting's values, stripped, empty ones left out."""
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 SettingsT = TypeVar("SettingsT", bound=Settings)

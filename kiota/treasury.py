@@ -88,6 +88,14 @@ class Treasury:
         self._account: LocalAccount = Account.from_key(private_key)
         self.chain_id = chain_id
         self.token_address = to_checksum_address(token_address)
+        # Every treasury of the service, this one included, each with its own lane (kiota/payouts/lanes.py);
+        # the worker sets them all (`join`), alone it is its only lane.
+        self.lanes: tuple[str, ...] = (self.address,)
+
+    def join(self, addresses: list[str]) -> None:
+        """This treasury is one of `addresses` (its own among them): deposits are spread over their lanes."""
+        assert self.address in addresses, "a treasury is one of the service's treasuries"
+        self.lanes = tuple(sorted(addresses, key=str.lower))
 
     @property
     def address(self) -> str:

@@ -106,7 +106,7 @@ def decode_transfer(log: object) -> TransferLog | None:
         return None
 
 
-def classify(transfer: TransferLog, token: str, treasury: str | None, own_tx_hashes: set[str]) -> str:
+def classify(transfer: TransferLog, token: str, treasury: str | tuple[str, ...] | None, own_tx_hashes: set[str]) -> str:
     """What a log to a deposit address is; only DEPOSIT is ever credited (the module docstring says why).
 
     The first that applies wins: a foreign contract's log is not USDC at all; a log that adds nothing is
@@ -118,7 +118,8 @@ def classify(transfer: TransferLog, token: str, treasury: str | None, own_tx_has
         return ZERO_VALUE
     if transfer.sender == transfer.recipient:
         return SELF_TRANSFER
-    if treasury is not None and transfer.sender == treasury.lower():
+    treasuries = (treasury,) if isinstance(treasury, str) else treasury or ()  # one, or all of several
+    if any(transfer.sender == t.lower() for t in treasuries):
         return TREASURY
     if transfer.tx_hash in own_tx_hashes:
         return OWN_PAYOUT

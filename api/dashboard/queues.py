@@ -26,7 +26,7 @@ router = APIRouter()
 
 HERE = "/admin/queues"
 # The targets whose actions this page shows: the guards, the queues (pause/resume), the history's clean.
-SHOWN_TARGETS = ["payout_guards", "queue", job_actions.JOBS]
+SHOWN_TARGETS = ["payout_guards", ops.TREASURY_LANE, "queue", job_actions.JOBS]
 
 
 @router.get("/queues")
@@ -38,6 +38,7 @@ async def queues(request: Request, settings: SettingsDep, pool: PoolDep, admin: 
         "queues.html",
         cards=await queue_overview(pool, datetime.now(UTC)),
         guards=await ops.guards(pool),
+        treasury_lanes=await ops.treasury_lanes(pool),
         actions=await find_actions(pool, target_kinds=SHOWN_TARGETS, limit=20),
     )
 
@@ -59,9 +60,13 @@ async def kill_switch(
 
 
 @router.post("/queues/resume-lane")
-async def resume_lane(pool: PoolDep, queue: QueueDep, operator: OperatorUser) -> RedirectResponse:
-    released = await ops.resume_lane(pool, queue, operator)
-    return back(HERE, f"payout lane resumed; {released} blocked jobs released")
+async def resume_lane(
+    pool: PoolDep, queue: QueueDep, operator: OperatorUser, treasury: Annotated[str | None, Form()] = None
+) -> RedirectResponse:
+    """Every lane, or with `treasury` that treasury's lane only (its shortfall refilled)."""
+    released = await ops.resume_lane(pool, queue, operator, treasury or None)
+    which = f"payout lane of treasury {treasury}" if treasury else "payout lane"
+    return back(HERE, f"{which} resumed; {released} blocked jobs released")
 
 
 @router.post("/queues/{name}/pause")

@@ -102,8 +102,18 @@ def database_families(scraped: Scraped) -> Iterator[Metric]:
     yield _gauge("kiota_review_items_open", "Money or events waiting for a person", snapshot.open_reviews)
     yield _gauge("kiota_payout_kill_switch", "1 when the payout kill switch is on", int(snapshot.kill_switch))
     yield _gauge(
-        "kiota_payout_lane_paused", "1 when the payout lane is paused (alert on it)", int(snapshot.lane_paused)
+        "kiota_payout_lane_paused",
+        "1 when a payout lane is paused: all of them, or one treasury's (alert on it)",
+        int(snapshot.lane_paused),
     )
+    lanes = GaugeMetricFamily(
+        "kiota_treasury_lane_paused",
+        "1 when this treasury's payout lane is paused (its shortfall)",
+        labels=["treasury"],
+    )
+    for address, paused in sorted(snapshot.treasury_lanes.items()):
+        lanes.add_metric([address], int(paused))
+    yield lanes
     yield _gauge(
         "kiota_payouts_cancelling",
         "Payouts given up on whose nonce is not filled yet (alert if it stays above 0)",

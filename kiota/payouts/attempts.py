@@ -12,6 +12,7 @@ import structlog
 from kiota.db import Connection
 from kiota.errors import ChainUnavailable
 from kiota.payouts.failpoint import failpoint
+from kiota.payouts.guards import caps_hold
 from kiota.payouts.terms import LaneItem, SignedItem
 from kiota.records import Attempt, Payout
 from kiota.store import payouts as store
@@ -44,10 +45,12 @@ async def sign_and_store(
         # Deposits then payouts, locked: one sent to review meanwhile (by its job, or a callback) is left out.
         processing = await store.deposits_still_processing(conn, [item.payee.deposit.id for item in batch])
         candidates = [item.payout.id for item in batch if item.payee.deposit.id in processing]
-        unsigned = await store.payouts_still_created(conn, candidates)
+        unsigned = await store.payouts_still_created(conn, candidates, treasury.address)  # claimed for this lane
         payable = [item for item in batch if item.payee.deposit.id in processing and item.payout.id in unsigned]
         if not payable:
             return []
+        if not await caps_hold(conn, treasury.chain_id, guards, payable):  # every lane's payouts together
+            return None
         nonce = await allocate_nonces(conn, treasury, len(payable), chain_nonce)
         signed = [
             SignedItem(item.payee, item.payout, _sign(treasury, item.payout, "payout", nonce + i, fees))

@@ -1,10 +1,16 @@
-"""The payout guards, checked before anything is signed: the kill switch, the lane's pause, the
+"""The payout guards, checked before anything is signed: the kill switch, the lanes' pause, the
 per-deposit maximum, the hourly and daily caps, and the treasury's USDC and ETH.
 
-A shortfall of the treasury is an alert: it pauses the lane (an operator resumes it).
+The kill switch, the global pause and the caps are the guards of all treasuries together: the caps sum
+every treasury's payouts, and `caps_hold` checks them again while signing, under one lock, so that two
+lanes signing at once cannot both fit under what is left. Funds are each treasury's own: a shortfall is an
+alert that pauses that treasury's lane only (an operator resumes it); the other lanes go on and take its
+deposits (kiota/payouts/lanes.py).
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import structlog
 
@@ -19,6 +25,8 @@ from kiota.treasury import TRANSFER_GAS_LIMIT, Fees, Treasury
 log = structlog.get_logger(__name__)
 
 HOUR, DAY = 3600.0, 86400.0
+# The advisory lock every lane's signing transaction takes for the caps (transaction-scoped).
+CAPS_LOCK_KEY = int.from_bytes(hashlib.sha256(b"kiota-payout-caps").digest()[:8], "big", signed=True)
 
 
 async def guards_stop(pool: Pool, guards: Guards, deposit: Deposit) -> PayoutResult | None:
@@ -48,16 +56,15 @@ async def check_caps_and_funds(
 ) -> PayoutResult | None:
     """Whether the batch fits the caps and the treasury; with `alert`, a shortfall pauses the lane."""
     amount = sum(item.payee.deposit.amount_usdc for item in batch)
-    for window, name, cap in ((HOUR, "hourly", guards.hourly_cap_micro), (DAY, "daily", guards.daily_cap_micro)):
-        spent = await store.paid_out_since(conn, treasury.chain_id, window)
-        if spent + amount > cap:
-            return PayoutResult(PayoutOutcome.BLOCKED, f"the {name} payout cap would be exceeded", CAP_RECHECK_SECONDS)
-    in_flight = await store.in_flight_micro(conn, treasury.chain_id)
+    over = await _cap_exceeded(conn, treasury.chain_id, guards, amount)
+    if over is not None:
+        return PayoutResult(PayoutOutcome.BLOCKED, f"the {over} payout cap would be exceeded", CAP_RECHECK_SECONDS)
+    in_flight = await store.in_flight_micro(conn, treasury.chain_id, treasury.address)
     usdc = await treasury.usdc_balance(block="latest" if funds_at is None else funds_at)
     eth = await treasury.eth_balance()
-    # The treasury-low alerts' gauges (whole units: a metric, not money we compute with).
-    metrics.tally.set(metrics.TREASURY_BALANCE, eth / 10**18, "ETH")
-    metrics.tally.set(metrics.TREASURY_BALANCE, usdc / 10**6, "USDC")
+    # The treasury-low alerts' gauges, one per treasury (whole units: a metric, not money we compute with).
+    metrics.tally.set(metrics.TREASURY_BALANCE, eth / 10**18, "ETH", treasury.address)
+    metrics.tally.set(metrics.TREASURY_BALANCE, usdc / 10**6, "USDC", treasury.address)
     shortfall = None
     if usdc - in_flight < amount:
         shortfall = f"treasury USDC {usdc} (in flight {in_flight}) is below the payout {amount}"
@@ -67,7 +74,26 @@ async def check_caps_and_funds(
         return None
     if not alert:
         return PayoutResult(PayoutOutcome.BLOCKED, shortfall)
-    await store.pause_lane(conn, shortfall)
+    await store.pause_treasury(conn, treasury.chain_id, treasury.address, shortfall)
     # An alert: an error line here and the paused lane in /metrics and the dashboard.
-    log.error("payout lane paused: treasury shortfall", reason=shortfall, treasury=treasury.address)
-    return PayoutResult(PayoutOutcome.BLOCKED, f"the payout lane is paused: {shortfall}", GUARD_RECHECK_SECONDS)
+    log.error("treasury lane paused: treasury shortfall", reason=shortfall, treasury=treasury.address)
+    reason = f"the payout lane of treasury {treasury.address} is paused: {shortfall}"
+    if len(treasury.lanes) > 1:  # the job's next run, in a moment, goes to another treasury's lane (lanes.py)
+        return PayoutResult(PayoutOutcome.WAITING, reason)
+    return PayoutResult(PayoutOutcome.BLOCKED, reason, GUARD_RECHECK_SECONDS)
+
+
+async def _cap_exceeded(conn: Connection, chain_id: int, guards: Guards, amount: int) -> str | None:
+    """Which cap (hourly, daily) `amount` more would exceed, counting every treasury's payouts; None: none."""
+    for window, name, cap in ((HOUR, "hourly", guards.hourly_cap_micro), (DAY, "daily", guards.daily_cap_micro)):
+        if await store.paid_out_since(conn, chain_id, window) + amount > cap:
+            return name
+    return None
+
+
+async def caps_hold(conn: Connection, chain_id: int, guards: Guards, batch: list[LaneItem]) -> bool:
+    """Inside a signing transaction: whether the batch still fits the caps, with the caps' lock held until the
+    transaction ends, so that the lanes of several treasuries sign one batch at a time against them."""
+    await store.lock_caps(conn, CAPS_LOCK_KEY)
+    amount = sum(item.payee.deposit.amount_usdc for item in batch)
+    return await _cap_exceeded(conn, chain_id, guards, amount) is None

@@ -28,6 +28,7 @@ from kiota.payouts.attempts import broadcast_all, broadcast_or_bump, sign_and_st
 from kiota.payouts.failpoint import failpoint
 from kiota.payouts.filler import resolve_abandoned
 from kiota.payouts.guards import check_caps_and_funds, guards_stop
+from kiota.payouts.lanes import lane_slots
 from kiota.payouts.settlement import (
     Mined,
     nonce_taken,
@@ -270,10 +271,12 @@ async def _companions(
     conn: Connection, treasury: Treasury, guards: Guards, own: uuid.UUID | None, limit: int
 ) -> list[LaneItem]:
     """Other processing deposits that have no payout yet and whose M-Pesa success is confirmed (a forged
-    callback never rides in another deposit's turn), oldest first, each given its payout row."""
+    callback never rides in another deposit's turn), of this treasury's lane (kiota/payouts/lanes.py),
+    oldest first, each given its payout row."""
     if limit <= 0:
         return []
-    payees = await store.deposits_awaiting_payout(conn, own, guards.per_deposit_max_micro, limit)
+    lanes, slots = await lane_slots(conn, treasury)
+    payees = await store.deposits_awaiting_payout(conn, own, guards.per_deposit_max_micro, limit, lanes, slots)
     return [LaneItem(p, payout) for p, payout in zip(payees, await _live_payouts(conn, treasury, payees), strict=True)]
 
 

@@ -3,7 +3,7 @@ same truth."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kiota.db import Executor
 from kiota.sql import load_queries
@@ -15,10 +15,12 @@ class Snapshot:
     jobs: dict[str, int]  # the PostgreSQL job history, by status; likewise
     open_reviews: int
     kill_switch: bool
-    lane_paused: bool
+    lane_paused: bool  # any lane: all of them, or one treasury's
     payouts_cancelling: int
     live_workers: int
     next_block: int | None  # the ingester's next block to scan; None before its first round
+    # by treasury address: paused (treasuries never paused are absent)
+    treasury_lanes: dict[str, bool] = field(default_factory=dict)
 
 
 async def snapshot(conn: Executor, chain_id: int) -> Snapshot:
@@ -30,6 +32,7 @@ async def snapshot(conn: Executor, chain_id: int) -> Snapshot:
         open_reviews=row["open_reviews"],
         kill_switch=row["kill_switch"],
         lane_paused=row["lane_paused"],
+        treasury_lanes=row["treasury_lanes"],
         payouts_cancelling=row["payouts_cancelling"],
         live_workers=row["live_workers"],
         next_block=row["next_block"],

@@ -30,6 +30,16 @@ class Payee:
     address: str
 
 
+@dataclass(frozen=True, slots=True)
+class TreasuryLane:
+    """A treasury's lane as operators left it: paused (why) or running."""
+
+    chain_id: int
+    address: str
+    paused: bool
+    pause_reason: str | None
+
+
 def _payee(row: asyncpg.Record) -> Payee:
     return Payee(Deposit.from_row(row), row["deposit_address"])
 
@@ -73,6 +83,40 @@ async def resume_lane(db: Executor, by: str) -> None:
     await db.execute(load_queries().resume_lane, by)
 
 
+async def pause_treasury(db: Executor, chain_id: int, address: str, reason: str) -> None:
+    """One treasury's lane paused (its own shortfall); the others go on."""
+    await db.execute(load_queries().pause_treasury, chain_id, address, reason)
+
+
+async def resume_treasuries(db: Executor, address: str | None, by: str) -> list[str]:
+    """The treasury lanes resumed (`address`, or all when None); the addresses that were paused."""
+    return [row["address"] for row in await db.fetch(load_queries().resume_treasuries, address, by)]
+
+
+async def treasury_lanes(db: Executor, chain_id: int | None = None) -> list[TreasuryLane]:
+    """On `chain_id`: the lanes of treasuries that were ever paused (a lane with no row runs). All chains when
+    None: every treasury known here (it signed a payout, or was paused), for operators."""
+    q = load_queries()
+    rows = await (db.fetch(q.all_treasury_lanes) if chain_id is None else db.fetch(q.treasury_lanes, chain_id))
+    return [TreasuryLane(r["chain_id"], r["address"], r["paused"], r["pause_reason"]) for r in rows]
+
+
+async def treasury_addresses(db: Executor) -> list[str]:
+    """Every treasury that ever signed a payout."""
+    return [row["address"] for row in await db.fetch(load_queries().treasury_addresses)]
+
+
+async def paid_out_by_treasury(db: Executor) -> dict[str, int]:
+    """USDC micro-units each treasury paid out by its settled payouts, by lower-cased address."""
+    rows = await db.fetch(load_queries().paid_out_by_treasury)
+    return {row["from_address"].lower(): int(row["paid"]) for row in rows}
+
+
+async def lock_caps(conn: Connection, key: int) -> None:
+    """Until the caller's transaction ends, no other lane signs against the shared caps."""
+    await conn.execute(load_queries().caps_lock, key)
+
+
 async def set_limits(db: Executor, per_deposit: int | None, hourly: int | None, daily: int | None, by: str) -> None:
     """Each limit in USDC micro-units; None leaves it as it is."""
     await db.execute(load_queries().set_limits, per_deposit, hourly, daily, by)
@@ -83,9 +127,9 @@ async def paid_out_since(db: Executor, chain_id: int, seconds: float) -> int:
     return int(await db.fetchval(load_queries().paid_out_since, chain_id, seconds))
 
 
-async def in_flight_micro(db: Executor, chain_id: int) -> int:
-    """USDC signed for and not settled (or settled and sent again after a reorg)."""
-    return int(await db.fetchval(load_queries().in_flight_micro, chain_id))
+async def in_flight_micro(db: Executor, chain_id: int, address: str) -> int:
+    """The treasury's USDC signed for and not settled (or settled and sent again after a reorg)."""
+    return int(await db.fetchval(load_queries().in_flight_micro, chain_id, address))
 
 
 # Deposits, as the lane reads and writes them
@@ -102,10 +146,16 @@ async def deposit_status(db: Executor, deposit_id: uuid.UUID) -> str | None:
 
 
 async def deposits_awaiting_payout(
-    conn: Connection, other_than: uuid.UUID | None, max_micro: int, limit: int
+    conn: Connection,
+    other_than: uuid.UUID | None,
+    max_micro: int,
+    limit: int,
+    lanes: int = 1,
+    slots: Sequence[int] = (0,),
 ) -> list[Payee]:
-    """Confirmed processing deposits with no signed payout, oldest first (`other_than` left out)."""
-    rows = await conn.fetch(load_queries().deposits_awaiting_payout, other_than, max_micro, limit)
+    """Confirmed processing deposits with no signed payout, oldest first (`other_than` left out); of `lanes`
+    lanes, only the deposits whose slot (kiota/payouts/lanes.py `slot_of`) is one of `slots`."""
+    rows = await conn.fetch(load_queries().deposits_awaiting_payout, other_than, max_micro, limit, lanes, list(slots))
     return [_payee(row) for row in rows]
 
 
@@ -142,9 +192,9 @@ async def live_payouts(
     return [payouts[deposit_id] for deposit_id in ids]
 
 
-async def payouts_still_created(conn: Connection, payout_ids: list[int]) -> set[int]:
-    """Of these, the payouts never signed, locked (FOR UPDATE) in id order."""
-    return {row["id"] for row in await conn.fetch(load_queries().payouts_still_created, payout_ids)}
+async def payouts_still_created(conn: Connection, payout_ids: list[int], from_address: str) -> set[int]:
+    """Of these, the payouts never signed, locked (FOR UPDATE) in id order and claimed for `from_address`."""
+    return {row["id"] for row in await conn.fetch(load_queries().payouts_still_created, payout_ids, from_address)}
 
 
 async def payouts_signed(conn: Connection, payout_ids: list[int], nonces: list[int]) -> None:

@@ -7,7 +7,11 @@ SELECT
         AS jobs,
     (SELECT count(*) FROM review_items WHERE status = 'open') AS open_reviews,
     (SELECT kill_switch FROM payout_guards) AS kill_switch,
-    (SELECT lane_paused FROM payout_guards) AS lane_paused,
+    -- Any lane paused: all of them (a reverted payout), or one treasury's (its shortfall).
+    (SELECT lane_paused FROM payout_guards) OR EXISTS (SELECT 1 FROM treasury_lanes WHERE paused AND chain_id = $1)
+        AS lane_paused,
+    (SELECT coalesce(json_object_agg(address, paused), '{}') FROM treasury_lanes WHERE chain_id = $1)
+        AS treasury_lanes,
     (SELECT count(*) FROM payouts WHERE status = 'cancelling') AS payouts_cancelling,
     (SELECT count(*) FROM worker_heartbeats WHERE seen_at > now() - interval '90 seconds') AS live_workers,
     (SELECT next_block FROM chain_cursors WHERE chain_id = $1) AS next_block;

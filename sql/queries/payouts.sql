@@ -11,6 +11,33 @@ WHERE NOT lane_paused;
 -- name: resume_lane
 UPDATE payout_guards SET lane_paused = false, pause_reason = NULL, updated_at = now(), updated_by = $1;
 
+-- name: pause_treasury
+-- One treasury's lane paused (its shortfall); the first reason is kept until an operator resumes it.
+INSERT INTO treasury_lanes (chain_id, address, paused, pause_reason, updated_by) VALUES ($1, $2, true, $3, 'worker')
+ON CONFLICT (chain_id, address) DO UPDATE
+SET paused = true, pause_reason = EXCLUDED.pause_reason, updated_at = now(), updated_by = 'worker'
+WHERE NOT treasury_lanes.paused;
+
+-- name: resume_treasuries
+-- Treasury lanes resumed: one ($1) or, with $1 null, all of them; returns the ones that were paused.
+UPDATE treasury_lanes SET paused = false, pause_reason = NULL, updated_at = now(), updated_by = $2
+WHERE paused AND ($1::text IS NULL OR lower(address) = lower($1))
+RETURNING address, pause_reason;
+
+-- name: treasury_lanes
+SELECT * FROM treasury_lanes WHERE chain_id = $1 ORDER BY address;
+
+-- name: all_treasury_lanes
+-- Every treasury known here (it signed a payout, or its lane was paused), with its lane's state.
+SELECT k.chain_id, k.address, coalesce(l.paused, false) AS paused, l.pause_reason
+FROM (SELECT chain_id, address FROM treasury_nonces UNION SELECT chain_id, address FROM treasury_lanes) k
+LEFT JOIN treasury_lanes l USING (chain_id, address)
+ORDER BY k.chain_id, k.address;
+
+-- name: caps_lock
+-- Held until the signing transaction ends: lanes sign one batch at a time against the shared caps.
+SELECT pg_advisory_xact_lock($1);
+
 -- name: set_limits
 UPDATE payout_guards
 SET per_deposit_max_micro = coalesce($1, per_deposit_max_micro),
@@ -36,10 +63,10 @@ SELECT coalesce(sum(amount_micro), 0)::bigint FROM payouts
 WHERE status IN ('signed', 'cancelling', 'confirmed') AND chain_id = $1 AND signed_at > now() - make_interval(secs => $2);
 
 -- name: in_flight_micro
--- Signed and not settled: a payout being cancelled may still be mined. And settled payouts whose block a
+-- One treasury's ($2) USDC on its way. Signed and not settled: a payout being cancelled may still be mined. And settled payouts whose block a
 -- reorg removed: they are sent again, so the USDC the treasury shows again is not there to spend twice.
 SELECT coalesce(sum(amount_micro), 0)::bigint FROM payouts
-WHERE chain_id = $1
+WHERE chain_id = $1 AND from_address = $2
   AND (status IN ('signed', 'cancelling') OR (status = 'confirmed' AND final_at IS NULL AND block_number IS NULL));
 
 -- name: lock_nonce
@@ -50,8 +77,16 @@ INSERT INTO treasury_nonces (chain_id, address, next_nonce) VALUES ($1, $2, $3)
 ON CONFLICT (chain_id, address) DO UPDATE SET next_nonce = EXCLUDED.next_nonce;
 
 -- name: payouts_still_created
--- Locked in id order (as every multi-row lock here), so two batches can never wait on each other in a circle.
-SELECT id FROM payouts WHERE id = ANY($1::bigint[]) AND status = 'created' ORDER BY id FOR UPDATE;
+-- Locked in id order (as every multi-row lock here), so two batches can never wait on each other in a circle,
+-- and claimed for the signing treasury ($2): a payout never signed may move to another lane (its own lane
+-- paused, or a treasury added), but once signed its nonce is its treasury's, and another lane's claim waits
+-- for this lock and then finds it signed. So two lanes never both sign one deposit.
+WITH locked AS (
+    SELECT id FROM payouts WHERE id = ANY($1::bigint[]) AND status = 'created' ORDER BY id FOR UPDATE
+)
+UPDATE payouts p SET from_address = $2, updated_at = now()
+FROM locked WHERE p.id = locked.id
+RETURNING p.id;
 
 -- name: payouts_signed
 UPDATE payouts p SET nonce = v.nonce, status = 'signed', updated_at = now()
@@ -111,6 +146,8 @@ FROM deposits d JOIN users u ON u.id = d.user_id
 WHERE d.status = 'processing' AND d.confirmed_at IS NOT NULL AND d.id IS DISTINCT FROM $1::uuid
   AND d.amount_usdc <= $2
   AND NOT EXISTS (SELECT 1 FROM payouts p WHERE p.deposit_id = d.id AND p.status <> 'created')
+  -- Only the deposits of this lane's slots (of $4 lanes): kiota/payouts/lanes.py `slot_of`, the same hash.
+  AND ($4::int <= 1 OR ('x' || substr(md5(d.id::text), 1, 7))::bit(28)::int % $4 = ANY($5::int[]))
 ORDER BY d.processing_since, d.id  -- ties (callbacks committed in one group) in a fixed order
 LIMIT $3;
 
@@ -186,3 +223,12 @@ SELECT * FROM payouts WHERE deposit_id = $1 AND status IN ('signed', 'cancelling
 -- name: guards_for_update
 -- An operator's change to the guards, read first for its record (kiota/ops.py): one change at a time.
 SELECT * FROM payout_guards FOR UPDATE;
+
+-- name: treasury_addresses
+-- Every treasury that ever signed a payout (its nonce counter), for reconcile and the dashboard.
+SELECT DISTINCT address FROM treasury_nonces ORDER BY address;
+
+-- name: paid_out_by_treasury
+-- USDC each treasury paid out, by its settled payouts.
+SELECT from_address, coalesce(sum(amount_micro), 0)::bigint AS paid FROM payouts
+WHERE status = 'confirmed' AND purpose = 'deposit' GROUP BY from_address;

@@ -490,6 +490,26 @@ async def test_the_kill_switch_and_lane_resume_from_the_queues_page(
     assert (recorded[2]["before"]["lane_paused"], recorded[2]["after"]["lane_paused"]) == (True, False)
 
 
+async def test_one_treasurys_lane_is_shown_and_resumed_alone_from_the_queues_page(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    dry, wet = "0x" + "aB" * 20, "0x" + "Cd" * 20
+    await pool.execute(
+        "INSERT INTO treasury_lanes (chain_id, address, paused, pause_reason) VALUES "
+        "(8453, $1, true, 'treasury USDC 0 is below the payout 10'), (8453, $2, true, 'treasury ETH 0 wei')",
+        dry,
+        wet,
+    )
+    html = await get(client, "/admin/queues")
+    assert dry in html and wet in html and "treasury USDC 0 is below the payout 10" in html
+    said = notice(await post(client, settings, "/admin/queues/resume-lane", {"treasury": dry}))
+    assert said == f"payout lane of treasury {dry} resumed; 0 blocked jobs released"
+    lanes = {r["address"]: r["paused"] for r in await pool.fetch("SELECT * FROM treasury_lanes")}
+    assert lanes == {dry: False, wet: True}  # the other treasury's lane stays paused
+    [recorded] = await pool.fetch("SELECT * FROM admin_actions")
+    assert (recorded["action"], recorded["target_kind"], recorded["target_id"]) == ("resume_lane", "treasury_lane", dry)
+
+
 async def test_a_queue_is_paused_and_resumed_from_its_card(
     client: httpx.AsyncClient, pool: asyncpg.Pool, settings: Settings, redis_url: str
 ) -> None:

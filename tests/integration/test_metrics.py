@@ -115,8 +115,9 @@ async def test_metrics_name_the_contract_and_move_with_callbacks_and_jobs(mpesa_
 
     after = await until(system.http, unmoved)
     assert value(after, "kiota_payout_fee_wei_sum") > 0
-    assert value(after, "kiota_treasury_balance", asset="USDC") > 0
-    assert value(after, "kiota_treasury_balance", asset="ETH") > 0
+    treasury = system.treasury_address
+    assert value(after, "kiota_treasury_balance", asset="USDC", treasury=treasury) > 0
+    assert value(after, "kiota_treasury_balance", asset="ETH", treasury=treasury) > 0
 
 
 @asynccontextmanager

@@ -119,6 +119,30 @@ async def test_guards_from_the_command_line(pool: asyncpg.Pool, database_url: st
     assert code == 0 and "(none)" in out
 
 
+async def test_a_treasurys_lane_is_shown_and_resumed_alone_from_the_command_line(
+    pool: asyncpg.Pool, database_url: str, redis_url: str
+) -> None:
+    dry, other = "0x" + "aB" * 20, "0x" + "Cd" * 20
+    await pool.execute(
+        "INSERT INTO treasury_lanes (chain_id, address, paused, pause_reason) VALUES "
+        "(8453, $1, true, 'treasury USDC 0 is below the payout 10'), (8453, $2, true, 'treasury ETH 0 wei')",
+        dry,
+        other,
+    )
+    code, out = await kiota_ops(database_url, redis_url, "guards")
+    assert code == 1, out  # a paused lane needs a person
+    assert f"treasury {dry} lane paused: treasury USDC 0 is below the payout 10" in out
+    code, out = await kiota_ops(database_url, redis_url, "resume-lane", "--treasury", dry.lower())
+    assert code == 0 and f"lane of treasury {dry.lower()} resumed" in out, out
+    lanes = {r["address"]: r["paused"] for r in await pool.fetch("SELECT * FROM treasury_lanes")}
+    assert lanes == {dry: False, other: True}
+    code, out = await kiota_ops(database_url, redis_url, "resume-lane")  # every lane
+    assert code == 0 and "lanes resumed" in out
+    assert not await pool.fetchval("SELECT bool_or(paused) FROM treasury_lanes")
+    code, out = await kiota_ops(database_url, redis_url, "guards")
+    assert code == 0, out
+
+
 async def test_the_shell_answers_scripts_in_json_and_says_by_its_exit_what_needs_a_person(
     pool: asyncpg.Pool, database_url: str, redis_url: str
 ) -> None:

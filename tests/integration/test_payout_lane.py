@@ -103,8 +103,9 @@ async def test_a_treasury_without_usdc_pauses_the_lane_and_resuming_completes(mp
         return (await job_of(system, body["deposit_id"])).get("status") == "blocked"
 
     await wait_for(blocked)
-    guards = await system.pool.fetchrow("SELECT * FROM payout_guards")
-    assert guards["lane_paused"] and "USDC" in guards["pause_reason"]
+    lane = await system.pool.fetchrow("SELECT * FROM treasury_lanes")  # the treasury's own lane
+    assert lane["address"] == system.treasury_address
+    assert lane["paused"] and "USDC" in lane["pause_reason"]
     assert (await system.deposit("bob", body["deposit_id"]))["status"] == "processing"
     assert (await counts(system))["attempts"] == 0  # nothing was signed
 
@@ -474,3 +475,4 @@ async def test_a_batch_the_treasurys_eth_cannot_cover_shrinks_to_the_owners_payo
     assert len(await transfers_from(system, system.treasury_address)) == 1
     assert await system.pool.fetchval("SELECT count(*) FROM payouts WHERE status = 'signed'") == 0
     assert not await system.pool.fetchval("SELECT lane_paused FROM payout_guards")  # one payout fit: no alert
+    assert not await system.pool.fetchval("SELECT count(*) FROM treasury_lanes WHERE paused")

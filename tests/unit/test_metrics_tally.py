@@ -14,6 +14,8 @@ from kiota.errors import DarajaRefused, DarajaTransient, DarajaUncertain, Daraja
 from kiota.metrics import _SEP, Tally, render_events
 from kiota.store.metrics import Snapshot
 
+TREASURY = "0x00000000000000000000000000000000000000aa"
+
 
 def as_redis(values: dict[str, int | float]) -> dict[bytes, bytes]:
     """A tally's deltas as HGETALL would return them once flushed."""
@@ -58,26 +60,26 @@ def test_counters_sum_and_gauges_keep_the_newest_value() -> None:
     tally = Tally()
     tally.count(metrics.CALLBACKS_REFUSED, "wrong_token")
     tally.count(metrics.CALLBACKS_REFUSED, "wrong_token", amount=2)
-    tally.set(metrics.TREASURY_BALANCE, 1.5, "ETH")
-    tally.set(metrics.TREASURY_BALANCE, 1.25, "ETH")
+    tally.set(metrics.TREASURY_BALANCE, 1.5, "ETH", TREASURY)
+    tally.set(metrics.TREASURY_BALANCE, 1.25, "ETH", TREASURY)
     sums, last = tally.take()
     assert tally.take() == ({}, {})  # taken once
     out = rendered(sums, last)
     assert out["kiota_mpesa_callbacks_refused_total[('reason', 'wrong_token')]"] == 3
-    assert out["kiota_treasury_balance[('asset', 'ETH')]"] == 1.25
+    assert out[f"kiota_treasury_balance[('asset', 'ETH'), ('treasury', '{TREASURY}')]"] == 1.25
 
 
 def test_a_failed_flush_gives_its_deltas_back_to_the_next() -> None:
     tally = Tally()
     tally.count(metrics.RPC_ERRORS, "transport")
-    tally.set(metrics.TREASURY_BALANCE, 1.0, "USDC")
+    tally.set(metrics.TREASURY_BALANCE, 1.0, "USDC", TREASURY)
     sums, last = tally.take()
     tally.count(metrics.RPC_ERRORS, "transport")  # counted while the flush failed
-    tally.set(metrics.TREASURY_BALANCE, 2.0, "USDC")  # newer than the one given back
+    tally.set(metrics.TREASURY_BALANCE, 2.0, "USDC", TREASURY)  # newer than the one given back
     tally.give_back(sums, last)
     assert tally.take() == (
         {f"kiota_rpc_errors{_SEP}transport": 2},
-        {f"kiota_treasury_balance{_SEP}USDC": 2.0},
+        {f"kiota_treasury_balance{_SEP}USDC{_SEP}{TREASURY}": 2.0},
     )
 
 
