@@ -283,6 +283,8 @@ class WorkerSettings(Settings):
         if value is None or not value.strip():
             return None
         addresses = _listed(value)
+        if not addresses:  # "," names no treasury: as if not given (the chain queue then refuses to start)
+            return None
         for raw in addresses:
             if len(raw) != 42 or not raw.startswith("0x") or any(c not in "0123456789abcdefABCDEF" for c in raw[2:]):
                 raise ValueError("must be 20-byte hex addresses (0x...), comma-separated")

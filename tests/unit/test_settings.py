@@ -224,6 +224,8 @@ ADDRESS = "0x" + "ab" * 20
         ("payouts,nope", TREASURY_KEY, None, "WORKER_QUEUES"),
         ("", TREASURY_KEY, None, "WORKER_QUEUES"),
         ("chain", None, "0x1234", "TREASURY_ADDRESS"),
+        # a list of no address is no address: the chain queue would credit a treasury's own transfers
+        ("chain", None, " , ", "missing required setting TREASURY_ADDRESS (or TREASURY_PRIVATE_KEY)"),
     ],
 )
 def test_only_a_worker_that_serves_payouts_needs_the_treasury_key(
