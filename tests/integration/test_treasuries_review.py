@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
 import pytest
 from pydantic import SecretStr
 from web3.types import RPCEndpoint
@@ -143,3 +144,19 @@ async def test_one_large_deposit_does_not_pause_every_treasury_that_can_still_pa
     small = [deposit for slot in await deposits_in_every_slot(system, 2, 1, "small") for deposit in slot]
     await wait_completed(system, small, 30)  # each treasury can pay 10 USDC
     assert (await system.deposit("bigone", big))["status"] == "processing"
+
+
+async def test_resuming_a_treasury_whose_lane_is_not_paused_is_refused_not_reported_done(
+    pool: asyncpg.Pool, database_url: str, redis_url: str
+) -> None:
+    # An operator who mistypes the address (or names the wrong treasury) was told "lane of treasury … resumed",
+    # while the dry one stayed paused.
+    dry = "0x" + "aB" * 20
+    await pool.execute(
+        "INSERT INTO treasury_lanes (chain_id, address, paused, pause_reason) VALUES (8453, $1, true, 'dry')", dry
+    )
+    typo = "0x" + "aB" * 19 + "aC"
+    code, out = await kiota_ops(database_url, redis_url, "resume-lane", "--treasury", typo)
+    assert code == 2 and f"no paused lane of treasury {typo}" in out, out
+    assert await pool.fetchval("SELECT paused FROM treasury_lanes WHERE address = $1", dry)
+    assert await pool.fetchval("SELECT count(*) FROM admin_actions") == 0
