@@ -10,7 +10,7 @@ caller's connection, so a round's writes commit (or roll back to a savepoint) to
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -54,9 +54,14 @@ async def record_round(
 # What a round matches against
 
 
-async def deposit_addresses(conn: Connection) -> dict[str, str]:
-    """Every user's deposit address (lower case) and whose it is."""
-    return {row["address"]: row["id"] for row in await conn.fetch(load_queries().deposit_addresses)}
+async def deposit_addresses_among(conn: Connection, addresses: Collection[str]) -> dict[str, str]:
+    """Those of `addresses` (lower case) that are deposit addresses, and whose each is.
+
+    The database is asked about the round's recipients only, by its index on lower(deposit_address): the
+    answer costs one index probe per recipient, the same at 10 or 100,000 users, and the worker keeps no
+    copy of every address (which also means a user created a moment ago is matched by the next round)."""
+    rows = await conn.fetch(load_queries().deposit_addresses_among, list(addresses))
+    return {row["address"]: row["id"] for row in rows}
 
 
 async def own_payout_hashes(conn: Connection, tx_hashes: list[str]) -> set[str]:
