@@ -445,7 +445,7 @@ async def _advance_intents(conn: Connection, config: ScanConfig, started: dateti
     now = datetime.now(UTC)
     ended = [
         (intent.id, end)
-        for intent in await store.open_intents(conn)
+        for intent in await store.intents_maybe_ending(conn, now, config.max_checks)
         if (end := intent_end(credited=False, expires_at=intent.expires_at, now=now, checks=intent.checks,
                               max_checks=config.max_checks)) is not None
     ]  # fmt: skip

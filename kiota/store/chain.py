@@ -3,7 +3,7 @@ the intents they complete, and the round's log.
 
 Owns the ingester's named queries of `sql/queries/usdc.sql`. Transfers come back as `kiota.records.Transfer`;
 open intents as the few columns the rules of `kiota.usdc` decide on (`OpenIntent`, `IntentAge`), since
-every round reads them all; the rest as ids or plain values. Every function runs on the
+every round reads them; the rest as ids or plain values. Every function runs on the
 caller's connection, so a round's writes commit (or roll back to a savepoint) together.
 """
 
@@ -187,12 +187,11 @@ async def count_intent_checks(conn: Connection, created_by: datetime) -> None:
     await conn.execute(load_queries().count_intent_checks, created_by)
 
 
-async def open_intents(conn: Connection) -> list[IntentAge]:
-    """Every open intent, as its end is decided. Read every round, for every user's intent: only the three
-    columns that decide, not whole records."""
-    return [
-        IntentAge(row["id"], row["expires_at"], row["checks"]) for row in await conn.fetch(load_queries().open_intents)
-    ]
+async def intents_maybe_ending(conn: Connection, now: datetime, max_checks: int) -> list[IntentAge]:
+    """The open intents whose ttl or max_checks may have come (`usdc.intent_end` decides), as their end is
+    decided: read every round, so only those and only the three columns that decide, not every open intent."""
+    rows = await conn.fetch(load_queries().intents_maybe_ending, now, max_checks)
+    return [IntentAge(row["id"], row["expires_at"], row["checks"]) for row in rows]
 
 
 async def expire_intents(conn: Connection, ended: Sequence[tuple[uuid.UUID, str]]) -> None:
