@@ -488,6 +488,7 @@ def worker_env(dsn: str, anvil_url: str) -> dict[str, str]:
     return {
         **base_env(dsn, REDIS_URL),
         "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(REPO),  # the code of this checkout, not whichever the venv's editable install names
         "BASE_RPC_URL": anvil_url,
         "TREASURY_PRIVATE_KEY": TREASURY_KEY,
         "INTENT_POLL_SECONDS": "1",
