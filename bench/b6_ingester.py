@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -826,8 +827,12 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5, help="measured rounds per size (default 5)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS-ingester.md alone")
     args = parser.parse_args()
-    quiet_logging()
-    return asyncio.run(main_async(max(1, args.reps), not args.no_write))
+    quiet_logging()  # the logging set-up also routes uncaught exceptions to its (silenced) logger
+    try:
+        return asyncio.run(main_async(max(1, args.reps), not args.no_write))
+    except Exception:
+        traceback.print_exc()
+        return 1
 
 
 if __name__ == "__main__":
