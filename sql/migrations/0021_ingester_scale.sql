@@ -3,7 +3,8 @@
 -- users with one in ten waiting for a deposit, ten thousand rows updated every round. Full pages make each new
 -- row version go to another page, so every index of the table gets a new entry too; with room left in each page
 -- the update stays in its page (a HOT update, no index entries). Measured on 10,000 open intents: HOT updates
--- went from 1% to 75% of them, and the statement from ~90 ms to ~50 ms (a busy 2-core machine; bench/RESULTS.md, issue 14).
+-- went from 1% to 75% of them, and the statement from ~90 ms to ~50 ms (a busy 2-core machine; bench/RESULTS.md,
+-- issue 14).
 -- Pages written from now on keep the room; existing ones get it as they are rewritten.
 ALTER TABLE deposit_intents SET (fillfactor = 70);
 
