@@ -3,6 +3,8 @@
     .venv/bin/python -m bench                 B1, B2 and B4 (under 5 minutes on 2 cores)
     .venv/bin/python -m bench --quick         smaller counts, for a smoke run (~1 minute)
     .venv/bin/python -m bench --only B1,B4    some of them (the others keep their last figures)
+    .venv/bin/python -m bench --only B6       the ingester at 10 … 100,000 addresses (bench/b6_ingester.py, ~3 min;
+                                              its figures go to bench/RESULTS-ingester.md)
     .venv/bin/python -m bench --profile       also run py-spy on `kiota api` (B1) and `kiota worker` (B2),
                                               print where the time goes; RESULTS.md is then left alone
     .venv/bin/python -m bench --only B1 --synchronous-commit off
@@ -42,6 +44,7 @@ from bench.system import REPO, Stack, bench_stack, dsn_for
 from kiota.dev.chain import anvil_binary
 
 BENCHES = ("B1", "B2", "B4")
+APART = {"B6": "bench.b6_ingester"}  # only with --only: own set-up, own process, own results file
 TIME_LIMIT_SECONDS = 285.0
 QUIET_CORES = 0.25  # background CPU above this before a run is reported as a warning
 
@@ -69,10 +72,11 @@ def _selected(only: str | None) -> list[str]:
     if not only:
         return list(BENCHES)
     names = [name.strip().upper() for name in only.split(",") if name.strip()]
-    unknown = [name for name in names if name not in BENCHES]
+    known = (*BENCHES, *APART)
+    unknown = [name for name in names if name not in known]
     if unknown:
-        raise SystemExit(f"bench: unknown benchmark {', '.join(unknown)} (choose from {', '.join(BENCHES)})")
-    return [name for name in BENCHES if name in names]
+        raise SystemExit(f"bench: unknown benchmark {', '.join(unknown)} (choose from {', '.join(known)})")
+    return [name for name in known if name in names]
 
 
 async def _software(stack: Stack) -> str:
@@ -155,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (printed path)")
     args = parser.parse_args(argv)
     names = _selected(args.only)
+    for name in [name for name in names if name in APART]:
+        names.remove(name)
+        write = ["--no-write"] if args.no_write else []
+        apart = subprocess.run([sys.executable, "-m", APART[name], *write], check=False)
+        if apart.returncode or not names:
+            return apart.returncode
     # The harness calls product functions (ingest) that log; only warnings matter here.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     run_dir = Path(tempfile.mkdtemp(prefix="kiota-bench-"))

@@ -1,9 +1,10 @@
 """The chain ingester: one scan per round, whatever the number of deposit addresses.
 
 Each round fetches the USDC Transfer logs of the new block range once, unfiltered
-by recipient, and matches them locally against every deposit address (a topic2
-OR-list would cost a call per 1,000 addresses; one unfiltered query costs the same
-at 10 or 10,000 addresses). The last blocks are rescanned every round: a transfer
+by recipient (a topic2 OR-list would cost a call per 1,000 addresses; one unfiltered
+query costs the same at 10 or 100,000 addresses), then asks the database which of
+their recipients are deposit addresses (one indexed lookup of those recipients only:
+the round never loads every user's address). The last blocks are rescanned every round: a transfer
 whose log is gone is orphaned, one that reappears in another block, or at another
 log index of it, is moved there (a transfer is what its transaction emits, not where
 its block puts it: `usdc.TransferKey`).
@@ -143,8 +144,8 @@ async def _scan_round(conn: Connection, reader: ChainReader, config: ScanConfig)
     logs = await reader.transfer_logs(config.token.lower(), start, end)
     if not logs and await reader.head() < end:  # a lagging node answers "nothing" for blocks it lacks
         return None
-    addresses = await store.deposit_addresses(conn)
     decoded = [t for t in map(decode_transfer, logs) if t is not None]
+    addresses = await store.deposit_addresses_among(conn, {t.recipient for t in decoded})
     foreign = sum(1 for t in decoded if t.token != config.token.lower())
     if foreign:  # recorded below when they name a deposit address; never credited
         log.warning("the provider answered logs of other contracts", count=foreign, start=start, end=end)
@@ -451,7 +452,7 @@ async def _advance_intents(conn: Connection, config: ScanConfig, started: dateti
     now = datetime.now(UTC)
     ended = [
         (intent.id, end)
-        for intent in await store.open_intents(conn)
+        for intent in await store.intents_maybe_ending(conn, now, config.max_checks)
         if (end := intent_end(credited=False, expires_at=intent.expires_at, now=now, checks=intent.checks,
                               max_checks=config.max_checks)) is not None
     ]  # fmt: skip
