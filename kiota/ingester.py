@@ -156,7 +156,8 @@ async def _scan_round(conn: Connection, reader: ChainReader, config: ScanConfig)
                     start=start, end=end)  # fmt: skip
     own = await store.own_payout_hashes(conn, [t.tx_hash for t in transfers])
     # The treasuries the settings name, and any that signed payouts (a TREASURY_ADDRESS not updated yet).
-    treasuries = (*config.treasuries, *await store.known_treasuries(conn, config.chain_id))
+    known = await store.known_treasuries(conn, config.chain_id) if transfers else ()
+    treasuries = (*config.treasuries, *known)
     gone, back = await store.credited_gone_or_back(conn, config.chain_id, start, end, transfers)
     judged = await _gone_from_chain(reader, gone)
     async with conn.transaction():
