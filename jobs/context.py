@@ -133,8 +133,8 @@ async def build_context(
             scan_config=ScanConfig(
                 chain_id=settings.base_chain_id,
                 token=settings.base_usdc_address,
-                treasury=settings.treasury_addresses[0],
-                # every treasury's payouts are ours, never deposits
+                # every treasury's payouts are ours, never deposits (a maintenance-only worker knows none)
+                treasury=next(iter(settings.treasury_addresses), None),
                 other_treasuries=tuple(settings.treasury_addresses[1:]),
                 confirmations_required=settings.deposit_confirmations_required,
                 max_checks=settings.intent_max_checks,

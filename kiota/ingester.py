@@ -155,12 +155,15 @@ async def _scan_round(conn: Connection, reader: ChainReader, config: ScanConfig)
         log.warning("the provider showed a transaction in two blocks; the highest one's logs were kept",
                     start=start, end=end)  # fmt: skip
     own = await store.own_payout_hashes(conn, [t.tx_hash for t in transfers])
+    # The treasuries the settings name, and any that signed payouts (a TREASURY_ADDRESS not updated yet).
+    known = await store.known_treasuries(conn, config.chain_id) if transfers else ()
+    treasuries = (*config.treasuries, *known)
     gone, back = await store.credited_gone_or_back(conn, config.chain_id, start, end, transfers)
     judged = await _gone_from_chain(reader, gone)
     async with conn.transaction():
         answered = await store.upsert_transfers(
             conn, config.chain_id, transfers, [addresses[t.recipient] for t in transfers],
-            [classify(t, config.token, config.treasuries, own) for t in transfers],
+            [classify(t, config.token, treasuries, own) for t in transfers],
         )  # fmt: skip
         orphaned = await store.orphan_missing(conn, config.chain_id, start, end, answered)
         reversed_ = await _reverse(conn, config, judged)

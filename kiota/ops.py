@@ -15,7 +15,7 @@ from arq.connections import ArqRedis
 
 from kiota.db import Connection, Pool
 from kiota.deposits import complete_job_id
-from kiota.errors import KiotaError
+from kiota.errors import InvalidInput, KiotaError
 from kiota.job_history import enqueue, record_job
 from kiota.job_names import JobName
 from kiota.operators import Admin, record_action
@@ -162,7 +162,10 @@ async def resume_lane(pool: Pool, queue: ArqRedis, by: str | Admin, treasury: st
     if treasury is None:
         await _change_guards(pool, admin, "resume_lane", lambda conn: payout_store.resume_lane(conn, admin.name))
     async with pool.acquire() as conn, conn.transaction():
-        for address in await payout_store.resume_treasuries(conn, treasury, admin.name):
+        resumed = await payout_store.resume_treasuries(conn, treasury, admin.name)
+        if treasury is not None and not resumed:  # a mistyped address must not read as "resumed"
+            raise InvalidInput(f"no paused lane of treasury {treasury}")
+        for address in resumed:
             await record_action(
                 conn, admin, "resume_lane", TREASURY_LANE, address, before={"paused": True}, after={"paused": False}
             )

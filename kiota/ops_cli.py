@@ -125,7 +125,10 @@ async def guards(shell: Shell) -> int:
         "hourly_cap": format_usdc(now.hourly_cap_micro),
         "daily_cap": format_usdc(now.daily_cap_micro),
     }
-    paused = [lane for lane in await ops.treasury_lanes(shell.pool) if lane.paused]  # each treasury's own lane
+    lanes = await ops.treasury_lanes(shell.pool)
+    paused = [lane for lane in lanes if lane.paused]  # each treasury's own lane
+    # What must be none before a treasury's key is removed (README "Several treasuries").
+    in_flight = {lane.address: lane.in_flight for lane in lanes if lane.in_flight}
     shell.out.result(
         {
             "kill_switch": now.kill_switch,
@@ -133,10 +136,12 @@ async def guards(shell: Shell) -> int:
             "pause_reason": now.pause_reason,
             **limits,
             "treasury_lanes_paused": {lane.address: lane.pause_reason for lane in paused},
+            "treasury_payouts_in_flight": in_flight,
         },
         f"kill_switch={now.kill_switch} lane_paused={now.lane_paused} pause_reason={now.pause_reason}\n"
         + " ".join(f"{name}={value}" for name, value in limits.items())
-        + "".join(f"\ntreasury {lane.address} lane paused: {lane.pause_reason}" for lane in paused),
+        + "".join(f"\ntreasury {lane.address} lane paused: {lane.pause_reason}" for lane in paused)
+        + "".join(f"\ntreasury {address}: {n} payout(s) in flight" for address, n in in_flight.items()),
     )
     return ATTENTION if now.kill_switch or now.lane_paused or paused else OK
 

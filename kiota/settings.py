@@ -27,6 +27,7 @@ PRODUCTION_DARAJA_HOST = "api.safaricom.co.ke"
 BASE_MAINNET_CHAIN_ID = 8453
 MISSING = "missing required setting "
 MIN_JWT_SECRET_BYTES = 32
+SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141  # a private key is below it
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})  # noqa: S104 - a host name, not a bind
 # Where Safaricom's production callbacks come from (integrators' published lists, not an official API):
 # the callback allowlist with production Daraja when MPESA_CALLBACK_ALLOWED_IPS is not set. The one
@@ -262,6 +263,8 @@ class WorkerSettings(Settings):
             raw = key.removeprefix("0x")
             if len(raw) != 64 or any(c not in "0123456789abcdefABCDEF" for c in raw):
                 raise ValueError("must be 32-byte hex private keys, comma-separated")
+            if not 0 < int(raw, 16) < SECP256K1_ORDER:  # else eth-keys' own error would print the key
+                raise ValueError("lists a value that is not a secp256k1 private key")
         if not keys:
             raise ValueError("must be 32-byte hex private keys, comma-separated")
         if len({k.removeprefix("0x").lower() for k in keys}) != len(keys):
@@ -283,6 +286,8 @@ class WorkerSettings(Settings):
         if value is None or not value.strip():
             return None
         addresses = _listed(value)
+        if not addresses:  # "," names no treasury: as if not given (the chain queue then refuses to start)
+            return None
         for raw in addresses:
             if len(raw) != 42 or not raw.startswith("0x") or any(c not in "0123456789abcdefABCDEF" for c in raw[2:]):
                 raise ValueError("must be 20-byte hex addresses (0x...), comma-separated")

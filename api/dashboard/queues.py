@@ -64,7 +64,10 @@ async def resume_lane(
     pool: PoolDep, queue: QueueDep, operator: OperatorUser, treasury: Annotated[str | None, Form()] = None
 ) -> RedirectResponse:
     """Every lane, or with `treasury` that treasury's lane only (its shortfall refilled)."""
-    released = await ops.resume_lane(pool, queue, operator, treasury or None)
+    try:
+        released = await ops.resume_lane(pool, queue, operator, treasury or None)
+    except InvalidInput as exc:
+        return back(HERE, f"refused: {exc}")
     which = f"payout lane of treasury {treasury}" if treasury else "payout lane"
     return back(HERE, f"{which} resumed; {released} blocked jobs released")
 

@@ -69,6 +69,11 @@ async def own_payout_hashes(conn: Connection, tx_hashes: list[str]) -> set[str]:
     return {row["tx_hash"] for row in await conn.fetch(load_queries().own_payout_hashes, tx_hashes)}
 
 
+async def known_treasuries(conn: Connection, chain_id: int) -> tuple[str, ...]:
+    """Every treasury that signed a payout on the chain, whatever the settings list."""
+    return tuple(row["address"] for row in await conn.fetch(load_queries().known_treasuries, chain_id))
+
+
 # Transfers
 
 

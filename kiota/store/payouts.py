@@ -38,6 +38,7 @@ class TreasuryLane:
     address: str
     paused: bool
     pause_reason: str | None
+    in_flight: int = 0  # its payouts signed, being cancelled, or settled and not final (operators' view only)
 
 
 def _payee(row: asyncpg.Record) -> Payee:
@@ -98,7 +99,10 @@ async def treasury_lanes(db: Executor, chain_id: int | None = None) -> list[Trea
     None: every treasury known here (it signed a payout, or was paused), for operators."""
     q = load_queries()
     rows = await (db.fetch(q.all_treasury_lanes) if chain_id is None else db.fetch(q.treasury_lanes, chain_id))
-    return [TreasuryLane(r["chain_id"], r["address"], r["paused"], r["pause_reason"]) for r in rows]
+    return [
+        TreasuryLane(r["chain_id"], r["address"], r["paused"], r["pause_reason"], int(r.get("in_flight") or 0))
+        for r in rows
+    ]
 
 
 async def treasury_addresses(db: Executor) -> list[str]:

@@ -15,6 +15,11 @@ CROSS JOIN LATERAL (SELECT id FROM users WHERE lower(deposit_address) = r.addres
 -- name: own_payout_hashes
 SELECT tx_hash FROM payout_attempts WHERE tx_hash = ANY($1::text[]);
 
+-- name: known_treasuries
+-- Every treasury that signed a payout on this chain (its nonce counter): never a depositor, even when the
+-- chain worker's TREASURY_ADDRESS does not list it (yet).
+SELECT address FROM treasury_nonces WHERE chain_id = $1;
+
 -- name: upsert_transfers
 -- Every transfer of a round in one statement (one row per identity: the caller numbers and dedupes them).
 -- A transfer is keyed by what it is (transaction, token, from, to, amount, seq: kiota/usdc.py TransferKey),

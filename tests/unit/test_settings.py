@@ -224,6 +224,8 @@ ADDRESS = "0x" + "ab" * 20
         ("payouts,nope", TREASURY_KEY, None, "WORKER_QUEUES"),
         ("", TREASURY_KEY, None, "WORKER_QUEUES"),
         ("chain", None, "0x1234", "TREASURY_ADDRESS"),
+        # a list of no address is no address: the chain queue would credit a treasury's own transfers
+        ("chain", None, " , ", "missing required setting TREASURY_ADDRESS (or TREASURY_PRIVATE_KEY)"),
     ],
 )
 def test_only_a_worker_that_serves_payouts_needs_the_treasury_key(
@@ -247,3 +249,14 @@ def test_queues_are_parsed_in_one_order_and_each_has_its_concurrency() -> None:
     )
     assert settings.queues == [Queue.PAYOUTS, Queue.MAINTENANCE]
     assert [settings.concurrency(q) for q in Queue] == [7, 2, 2]
+
+
+@pytest.mark.parametrize("bad", ["0x" + "0" * 64, "0x" + "f" * 64])  # zero; not below the curve's order
+def test_a_hex_key_that_is_no_secp256k1_key_is_refused_by_the_settings_not_at_signing(bad: str) -> None:
+    # 64 hex digits passed the settings; the worker then failed building its treasury, and eth-keys' chained
+    # error ("Value <the key as an integer> is not less than or equal to …") printed the key in the traceback.
+    with pytest.raises(ConfigError) as caught:
+        load_settings(WorkerSettings, **kwargs(treasury_private_key=f"{TREASURY_KEY},{bad}"))
+    message = str(caught.value)
+    assert "TREASURY_PRIVATE_KEY" in message
+    assert str(int(bad, 16)) not in message and bad.removeprefix("0x") not in message
