@@ -5,16 +5,17 @@ callback → completed latency stays under 8 s (four blocks) at p99.
     .venv/bin/python -m bench --only B7 --treasuries 4     four treasuries (TREASURY_PRIVATE_KEY=k1,k2,k3,k4)
     .venv/bin/python -m bench --only B7 --b7-rates 20,40   another ladder of offered rates (callbacks/s)
 
-Each step of the ladder: a fresh copy of the migrated database holding `rate × 40 s` pending deposits (the
-Daraja simulator knows their pushes as paid), `kiota api` and one `kiota worker` started as processes against
-an anvil with `--block-time 2`, then their success callbacks POSTed to the API at the offered rate, open loop
-(each at its due time, whatever the answers before it), for 40 s. The latency of a deposit runs from the
-moment its callback was sent (the harness's wall clock) to its `completed_at` in PostgreSQL (same machine,
-same clock). Stragglers get 20 s after the last callback; one still not completed then counts with its
-latency's lower bound (so a p99 it decides is reported as "≥"). Achieved completions/s are the completions
-between 8 s after the first callback and the stream's end (the first blocks fill the pipeline), divided by
-those 32 s (16 blocks). The search starts at 20/s on the ladder 5, 10, 20, 40, 60, 100, 150/s and climbs
-while a step meets p99 < 8 s, or descends while it misses; the figure is the highest rate that met it.
+Each step of the ladder: a flushed Redis database, a fresh copy of the migrated database holding `rate × 40 s`
+pending deposits (the Daraja simulator knows their pushes as paid), `kiota api` and one `kiota worker` started
+as processes against an anvil with `--block-time 2`, then their success callbacks POSTed to the API at the
+offered rate, open loop (each at its due time, whatever the answers before it), for 40 s. The latency of a
+deposit runs from the moment its callback was sent (the harness's wall clock) to its `completed_at` in
+PostgreSQL (same machine, same clock). Stragglers get 20 s after the last callback; one still not completed
+then counts with its latency's lower bound (so a p99 it decides is reported as "≥"). Achieved completions/s
+are the completions between 8 s after the first callback and the stream's end (the first blocks fill the
+pipeline), divided by those 32 s (16 blocks). The search starts at 20/s on the ladder 5, 10, 20, 40, 60, 100,
+150/s and climbs while a step meets p99 < 8 s, or descends while it misses; the figure is the highest rate that
+met it.
 
 Baseline, same run: the same stream (same treasuries, same 40 s) on the automine anvil of the other benches
 (every transaction mined as it arrives, so a lane never waits for a block) at 150/s offered, above what one
@@ -53,6 +54,7 @@ from bench.system import (
     Child,
     Stack,
     bench_pool,
+    flush_redis,
     fund_treasuries,
     insert_pending,
     kiota_api,
@@ -200,6 +202,8 @@ async def _stream(stack: Stack, chain: str, rate: float, suffix: str) -> StreamR
         pool = await bench_pool(dsn)
         try:
             users = await make_users(pool, 16)
+            # A step that missed leaves its jobs queued: the next step's worker must not inherit them.
+            await flush_redis(stack.redis_url)
             prefix = f"B7{suffix.upper().replace('_', '')}X{stack.tag}"
             deposits = await insert_pending(pool, users, prefix, count, AMOUNT_KES, simulator=stack.simulator)
             bodies = [success_callback(d.checkout_request_id, d.amount_kes, d.receipt) for d in deposits]
