@@ -203,7 +203,8 @@ async def _heartbeat(rpc_url: str | None) -> AsyncIterator[None]:
     """With an automine anvil: an empty block every HEARTBEAT_S while the stream runs. Automine makes a block
     only when a transaction arrives, so a lane that waits for one (a confirmation, a transaction anvil holds in
     its pool) would wait until the next payout, which it may be the one to send: seen on 10de8b7, the lane
-    stalled for 27 s with its 20 newest transactions in anvil's pool ("already imported" when re-sent)."""
+    stalled for 40 s, to the end of the run, with its 20 newest transactions in anvil's pool ("already imported"
+    when re-sent)."""
     if rpc_url is None:
         yield
         return
