@@ -186,3 +186,13 @@ SELECT * FROM payouts WHERE deposit_id = $1 AND status IN ('signed', 'cancelling
 -- name: guards_for_update
 -- An operator's change to the guards, read first for its record (kiota/ops.py): one change at a time.
 SELECT * FROM payout_guards FOR UPDATE;
+
+-- name: deposit_payout_state
+-- A job waiting for the lane: its deposit's status, and whether its payout is signed and unsettled (in flight
+-- in the lane owner's pipeline, which settles it as its block arrives).
+SELECT d.status, EXISTS (SELECT 1 FROM payouts p WHERE p.deposit_id = d.id AND p.status = 'signed') AS in_flight
+FROM deposits d WHERE d.id = $1;
+
+-- name: payouts_still_signed
+-- Of these payouts, the ones still signed and unsettled (one given up on meanwhile is 'cancelling').
+SELECT id FROM payouts WHERE id = ANY($1::bigint[]) AND status = 'signed';
