@@ -170,6 +170,8 @@ class Pipeline:
         await recheck_settled_or_log(self.conn, self.treasury, self.config)  # a payout a reorg removed comes first
         self.head = await self.treasury.head()
         await self._resume()
+        if self.in_flight:  # they may be mined already: no new block need come for them
+            await self._settle_head()
         blocked = await self._fill(guards, own)  # the owner's own payout, whatever the drain says
         result = blocked or self._own_result(own.payout.id)
         if blocked is not None and own.payout.status == "created":
