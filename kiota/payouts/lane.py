@@ -180,13 +180,17 @@ class Pipeline:
             try:
                 signed = 0
                 if self.may_sign and time.monotonic() < sign_until and self.in_flight_room() > 0:
+                    # Between blocks too: a deposit confirmed now rides in the next block, not the one after.
                     guards = await store.guards(self.conn)
                     signed = await self._fill_others(guards)
                 if not self.in_flight and not signed:
                     break  # nothing in flight and no deposit waits: the lane is handed over
-                if not await self._next_head(stop_at):
+                if await self._new_head():
+                    await self._settle_head()
+                elif time.monotonic() >= stop_at:
                     break
-                await self._settle_head()
+                else:
+                    await asyncio.sleep(self.config.poll_seconds)
             except Exception as exc:
                 if own.payout.id not in self.results:
                     raise
@@ -277,16 +281,13 @@ class Pipeline:
                 self.sent_at[item.payout.id] = self.head
         return len(new)
 
-    async def _next_head(self, stop_at: float) -> bool:
-        """Wait for a block after the last one seen; False at `stop_at`."""
-        while True:
-            head = await self.treasury.head()
-            if head > self.head:
-                self.head = head
-                return True
-            if time.monotonic() >= stop_at:
-                return False
-            await asyncio.sleep(self.config.poll_seconds)
+    async def _new_head(self) -> bool:
+        """Whether a block came after the last one seen."""
+        head = await self.treasury.head()
+        if head > self.head:
+            self.head = head
+            return True
+        return False
 
     async def _settle_head(self) -> None:
         """A new head: settled payouts re-checked (a reorg), payouts given up on meanwhile handed to the nonce
