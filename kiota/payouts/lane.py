@@ -47,6 +47,8 @@ from kiota.treasury import Fees, Receipt, Treasury
 log = structlog.get_logger(__name__)
 
 LANE_POLL_SECONDS = 0.05  # how often a job waiting for the lane tries it again
+# A job whose payout is in the owner's pipeline looks again after this long: a 2-second block, then its settling.
+IN_FLIGHT_RECHECK_SECONDS = 3.0
 
 
 class LaneBusy(KiotaError):
@@ -129,8 +131,10 @@ async def pay_deposit(
             if status != "processing":  # settled above: its abandoned payout was mined after all
                 return _done(status)
             return await _pay_in_lane(conn, treasury, guards, payee, config)
-    except (LaneBusy, InOwnersPipeline) as exc:
+    except LaneBusy as exc:
         return PayoutResult(PayoutOutcome.WAITING, str(exc))
+    except InOwnersPipeline as exc:  # looked at again once its block has likely come and been settled
+        return PayoutResult(PayoutOutcome.WAITING, str(exc), IN_FLIGHT_RECHECK_SECONDS)
     except PaidMeanwhile as exc:
         return _done(str(exc))
 
