@@ -25,7 +25,7 @@ import structlog
 
 from kiota.db import Connection, Pool, advisory_unlock, connection_lost, try_advisory_lock
 from kiota.errors import ChainUnavailable, KiotaError
-from kiota.payouts.attempts import broadcast_all, broadcast_or_bump, replace, sign_and_store, stored
+from kiota.payouts.attempts import broadcast_all, replace, sign_and_store, stored
 from kiota.payouts.failpoint import failpoint
 from kiota.payouts.filler import resolve_abandoned
 from kiota.payouts.guards import check_caps_and_funds, guards_stop
@@ -225,10 +225,10 @@ class Pipeline:
         """Signed, unsettled payouts from before (a previous owner's, maybe killed): sent again in nonce order,
         since some may never have left and a gap would hold back all above it."""
         loaded = await _unsettled(self.conn, self.treasury, self.config.max_in_flight)
-        for item, _ in loaded:
-            await broadcast_or_bump(self.conn, self.treasury, item.payout, item.signed)
         self.in_flight = [item for item, _ in loaded]
         self.sent_at = {item.payout.id: sent or self.head for item, sent in loaded}
+        if self.in_flight:  # one JSON-RPC batch (a node that has them, or mined them, says so harmlessly)
+            await broadcast_all(self.conn, self.treasury, self.in_flight)
 
     async def _fill(self, guards: Guards, own: LaneItem) -> PayoutResult | None:
         """The first signing: the owner's payout (if it has none yet) with the deposits that wait for one."""
