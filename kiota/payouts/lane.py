@@ -166,6 +166,7 @@ class Pipeline:
         self.settled_block: int | None = None  # the highest block of a receipt settled here
         self.head = 0
         self.may_sign = True
+        self.unsent: set[int] = set()  # payout ids a full node refused: sent again at each head, nothing new meanwhile
 
     async def run(self, own: LaneItem, guards: Guards) -> PayoutResult:
         started = time.monotonic()
@@ -183,7 +184,7 @@ class Pipeline:
         while True:
             try:
                 signed = 0
-                if self.may_sign and time.monotonic() < sign_until and self.in_flight_room() > 0:
+                if self.may_sign and not self.unsent and time.monotonic() < sign_until and self.in_flight_room() > 0:
                     # Between blocks too: a deposit confirmed now rides in the next block, not the one after.
                     guards = await store.guards(self.conn)
                     signed = await self._fill_others(guards)
@@ -278,12 +279,33 @@ class Pipeline:
         if new is None:
             return None
         if new:
-            await broadcast_all(self.conn, self.treasury, new)
-            failpoint("after_broadcast")
+            accepted_before = bool(self.in_flight)
             self.in_flight += new
             for item in new:
                 self.sent_at[item.payout.id] = self.head
+            try:
+                await broadcast_all(self.conn, self.treasury, new)
+            except ChainUnavailable as exc:
+                if not accepted_before and await self.treasury.pending_nonce() <= new[0].signed.nonce:
+                    raise  # the node takes none of ours: a failure, as any other
+                # The node holds our earlier ones and takes no more (a pool's per-sender limit, more than
+                # PAYOUT_MAX_IN_FLIGHT allows for): stored, they are sent again at each head, and nothing new
+                # is signed until the node takes them.
+                self.unsent.update(item.payout.id for item in new)
+                log.warning("the node refused the lane's next transactions; sending them again each block",
+                            error=str(exc), in_flight=len(self.in_flight))  # fmt: skip
+            failpoint("after_broadcast")
         return len(new)
+
+    async def _send_unsent(self) -> None:
+        items = [item for item in self.in_flight if item.payout.id in self.unsent]
+        try:
+            if items:
+                await broadcast_all(self.conn, self.treasury, items)
+        except ChainUnavailable as exc:
+            log.info("the node still refuses the lane's next transactions", error=str(exc), unsent=len(items))
+            return
+        self.unsent.clear()
 
     async def _new_head(self) -> bool:
         """Whether a block came after the last one seen."""
@@ -337,6 +359,8 @@ class Pipeline:
                 done.add(m.payout_id)
             self.settled_block = max(block, self.settled_block or 0)
         self.in_flight = [item for item in self.in_flight if item.payout.id not in done]
+        self.unsent &= {item.payout.id for item in self.in_flight}
+        await self._send_unsent()
         await self._bump_lowest(mined_nonce)
 
     async def _drop_given_up(self) -> None:

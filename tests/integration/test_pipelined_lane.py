@@ -373,3 +373,59 @@ async def test_only_the_lowest_unmined_nonce_is_re_signed_with_higher_fees(mpesa
 
 async def _sent_count(system: MpesaSystem, n: int) -> bool:
     return n == await system.pool.fetchval("SELECT count(*) FROM payout_attempts WHERE broadcast_at IS NOT NULL")
+
+
+# --- a node whose pool takes fewer of our transactions than the cap ---------------------------------
+
+
+class FullPoolTreasury(Treasury):
+    """A node whose pool holds at most `limit` transactions of one sender (reth's default is 16): it refuses
+    the next ones until earlier ones are mined."""
+
+    limit = 3
+    nonces: dict[str, int]
+
+    def sign_transfer(self, to: str, amount: int, nonce: int, fees: Fees) -> SignedTx:
+        signed = super().sign_transfer(to, amount, nonce, fees)
+        self.nonces[signed.raw_tx] = nonce
+        return signed
+
+    async def _room_for(self, raw_txs: list[str]) -> list[bool]:
+        mined = await self.mined_nonce()
+        return [self.nonces.get(raw, mined) < mined + self.limit for raw in raw_txs]
+
+    async def broadcast_many(self, raw_txs: list[str]) -> list[ChainUnavailable | None]:
+        room = await self._room_for(raw_txs)
+        kept = [raw for raw, fits in zip(raw_txs, room, strict=True) if fits]
+        answers = iter(await super().broadcast_many(kept) if kept else [])
+        full = ChainUnavailable("broadcast failed: txpool is full")
+        return [next(answers) if fits else full for fits in room]
+
+    async def broadcast(self, raw_tx: str) -> None:
+        if not (await self._room_for([raw_tx]))[0]:
+            raise ChainUnavailable("broadcast failed: txpool is full")
+        await super().broadcast(raw_tx)
+
+
+async def test_a_node_that_takes_fewer_than_the_cap_slows_the_pipeline_and_pays_each_once(
+    mpesa_system: MpesaSystem,
+) -> None:
+    system = mpesa_system
+    users = [f"full{i}" for i in range(8)]
+    ids = await _processing_while_killed(system, users)
+    treasury = treasury_for(system, FullPoolTreasury)
+    assert isinstance(treasury, FullPoolTreasury)
+    treasury.nonces = {}
+    config = LaneConfig(poll_seconds=0.02, max_in_flight=8, drain_seconds=20, watch_seconds=10)
+    await rpc(system, "evm_setAutomine", False)
+    try:
+        async with mining(system, every=0.4):
+            owner = asyncio.create_task(pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), config))
+            await wait_for(lambda: _all_completed(system, ids), 30)
+            result = await asyncio.wait_for(owner, 30)
+    finally:
+        await treasury.aclose()
+    assert result.outcome is PayoutOutcome.COMPLETED
+    await paid_once_each(system, users)
+    assert (await counts(system))["payouts"] == 8
+    assert await system.pool.fetchval("SELECT count(*) FROM payout_attempts WHERE broadcast_at IS NULL") == 0
