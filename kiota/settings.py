@@ -251,7 +251,8 @@ class WorkerSettings(Settings):
     # with 64 more per account held behind a nonce gap (AccountQueue; core/txpool/legacypool DefaultConfig);
     # reth's pool (Base's newer nodes) defaults to 16 per sender (txpool.max-account-slots). Base publishes no
     # per-sender limit of its own sequencer. 128 keeps a 2-second block fed at 40+ payouts a second (each
-    # waits about a block); a provider that refuses more per sender needs it lowered to its limit.
+    # waits about a block). A node that takes fewer only slows the lane (kiota/payouts/lane.py sends the refused
+    # ones again each block and signs nothing new meanwhile); set it to the provider's per-sender limit.
     payout_max_in_flight: int = Field(default=128, ge=1, le=1000)
     treasury_private_key: SecretStr | None = None
     treasury_address: str | None = None
