@@ -179,7 +179,6 @@ class Pipeline:
         if self.in_flight:  # they may be mined already: no new block need come for them
             await self._settle_head()
         blocked = await self._fill(guards, own)  # the owner's own payout, whatever the drain says
-        result = blocked or self._own_result(own.payout.id)
         if blocked is not None and own.payout.status == "created":
             self.may_sign = False
         while True:
@@ -191,11 +190,14 @@ class Pipeline:
                     signed = await self._fill_others(guards)
                 if not self.in_flight and not signed:
                     break  # nothing in flight and no deposit waits: the lane is handed over
-                if await self._new_head():
+                new_head = await self._new_head()
+                if new_head:
                     await self._settle_head()
-                elif time.monotonic() >= stop_at:
+                # Looked at after a block's settling too: when settling takes longer than a block, every look
+                # finds a new head, and a payout stuck in flight would keep the owner past arq's job timeout.
+                if time.monotonic() >= stop_at:
                     break
-                else:
+                if not new_head:
                     await asyncio.sleep(self.config.poll_seconds)
             except Exception as exc:
                 if own.payout.id not in self.results:
@@ -203,8 +205,7 @@ class Pipeline:
                 # This job's own payout is settled: whatever failed is the others', stored for the next owner.
                 self._log_stop(exc)
                 break
-            result = blocked or self._own_result(own.payout.id)
-        return result
+        return blocked or self._own_result(own.payout.id)
 
     def in_flight_room(self) -> int:
         return self.config.max_in_flight - len(self.in_flight)
