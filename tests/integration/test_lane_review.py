@@ -8,11 +8,18 @@ import contextlib
 import time
 import uuid
 
-from kiota.payouts import LaneConfig, PayoutOutcome, pay_deposit
-from kiota.treasury import Receipt
+from kiota.payouts import LaneConfig, PayoutOutcome, PayoutResult, pay_deposit
+from kiota.payouts.lane import lane_key
+from kiota.treasury import Fees, Receipt, SignedTx, Treasury
 from tests.conftest import MpesaSystem
-from tests.integration.test_payout_lane import _processing_while_killed, rpc, treasury_for
-from tests.integration.test_pipelined_lane import LosingTreasury, blocks_every
+from tests.integration.test_payout_lane import _processing_while_killed, rpc, treasury_for, wait_for
+from tests.integration.test_pipelined_lane import (
+    LosingTreasury,
+    _all_completed,
+    blocks_every,
+    in_flight,
+    paid_once_each,
+)
 
 # --- the owner's bound: drain + watch, even when every look finds a new block -------------------------
 
@@ -39,7 +46,7 @@ async def test_the_owner_hands_the_lane_over_at_its_bound_even_when_every_look_f
     treasury.lost = set()
     treasury.lost_nonce = await treasury.pending_nonce() + 1  # the second payout never reaches the node
     config = LaneConfig(poll_seconds=0.05, drain_seconds=0, watch_seconds=3, replace_after_blocks=1000)
-    owner: asyncio.Task[object] | None = None
+    owner: asyncio.Task[PayoutResult] | None = None
     try:
         async with blocks_every(system, 1):
             started = time.monotonic()
@@ -47,7 +54,7 @@ async def test_the_owner_hands_the_lane_over_at_its_bound_even_when_every_look_f
             done, _ = await asyncio.wait([owner], timeout=20)
             took = time.monotonic() - started
             assert done, "the owner still holds the lane 20 s into a 3 s watch"
-            assert owner.result().outcome is PayoutOutcome.COMPLETED  # type: ignore[attr-defined]
+            assert owner.result().outcome is PayoutOutcome.COMPLETED
             assert took < 12
     finally:
         if owner is not None and not owner.done():
@@ -56,3 +63,76 @@ async def test_the_owner_hands_the_lane_over_at_its_bound_even_when_every_look_f
                 await owner
         await treasury.aclose()
         await rpc(system, "evm_setAutomine", True)
+
+
+# --- two owners after a lock loss ---------------------------------------------------------------------
+
+
+class WatchedTreasury(Treasury):
+    """Counts what it signs once `cut` is set: the owner whose lane lock was lost must sign nothing more."""
+
+    cut = False
+    signed_after_cut = 0
+
+    def sign_transfer(self, to: str, amount: int, nonce: int, fees: Fees) -> SignedTx:
+        if self.cut:
+            self.signed_after_cut += 1
+        return super().sign_transfer(to, amount, nonce, fees)
+
+
+def _lock_parts(key: int) -> tuple[int, int]:
+    """pg_locks shows a bigint advisory key as classid (high 32 bits) and objid (low 32 bits)."""
+    unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
+    return unsigned >> 32, unsigned & 0xFFFF_FFFF
+
+
+async def test_an_owner_whose_lock_connection_drops_stops_and_the_next_owner_pays_each_once(
+    mpesa_system: MpesaSystem,
+) -> None:
+    """The lane lock lives on the owner's connection: when PostgreSQL drops it mid-pipeline (payouts settled,
+    others in flight), the old owner signs nothing more, and a new owner pays every deposit exactly once."""
+    system = mpesa_system
+    users = [f"lost{i}" for i in range(7)]
+    ids = await _processing_while_killed(system, users)
+    old = treasury_for(system, WatchedTreasury)
+    assert isinstance(old, WatchedTreasury)
+    new = treasury_for(system)
+    config = LaneConfig(poll_seconds=0.05, max_in_flight=3, drain_seconds=25, watch_seconds=5)
+    classid, objid = _lock_parts(lane_key(old.chain_id, old.address))
+    owner: asyncio.Task[PayoutResult] | None = None
+    try:
+        async with blocks_every(system, 1):
+            owner = asyncio.create_task(pay_deposit(system.pool, old, uuid.UUID(ids[0]), config))
+
+            async def settled_and_in_flight() -> bool:
+                confirmed = await system.pool.fetchval("SELECT count(*) FROM payouts WHERE status = 'confirmed'")
+                return confirmed >= 3 and await in_flight(system.pool) >= 1
+
+            await wait_for(settled_and_in_flight, 30)
+            old.cut = True
+            killed = await system.pool.fetchval(
+                "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                " WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()"
+                " AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 1",
+                classid,
+                objid,
+            )
+            assert killed == 1
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(owner, 20)  # it stops at its next use of the lost connection
+            assert owner.done()
+            assert old.signed_after_cut == 0
+            # The deposits' jobs run again: one of them takes the lane and pays what is left.
+            for deposit_id in ids:
+                if await system.pool.fetchval("SELECT status FROM deposits WHERE id = $1", deposit_id) != "completed":
+                    await pay_deposit(system.pool, new, uuid.UUID(deposit_id), config)
+            await wait_for(lambda: _all_completed(system, ids), 30)
+    finally:
+        if owner is not None and not owner.done():
+            owner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await owner
+        await old.aclose()
+        await new.aclose()
+    assert old.signed_after_cut == 0
+    await paid_once_each(system, users)
