@@ -50,6 +50,8 @@ log = structlog.get_logger(__name__)
 LANE_POLL_SECONDS = 0.05  # how often a job waiting for the lane tries it again
 # A job whose payout is in the owner's pipeline looks again after this long: a 2-second block, then its settling.
 IN_FLIGHT_RECHECK_SECONDS = 3.0
+# A payout signed this long ago and still unsettled has had its owners' turns: the sweeper looks at it.
+STRANDED_AFTER_SECONDS = 120.0
 
 
 class LaneBusy(KiotaError):
@@ -232,6 +234,14 @@ class Pipeline:
         self.sent_at = {item.payout.id: sent or self.head for item, sent in loaded}
         if self.in_flight:  # one JSON-RPC batch (a node that has them, or mined them, says so harmlessly)
             await broadcast_all(self.conn, self.treasury, self.in_flight)
+
+    async def settle_stored(self) -> None:
+        """One look at what a previous owner left: sent again, and settled if mined (the sweeper's turn)."""
+        await recheck_settled_or_log(self.conn, self.treasury, self.config)
+        self.head = await self.treasury.head()
+        await self._resume()
+        if self.in_flight:
+            await self._settle_head()
 
     async def _fill(self, guards: Guards, own: LaneItem) -> PayoutResult | None:
         """The first signing: the owner's payout (if it has none yet) with the deposits that wait for one."""
@@ -455,6 +465,19 @@ async def recheck_settled_payouts(pool: Pool, treasury: Treasury, config: LaneCo
     tuning = config or LaneConfig()
     due = await store.any_unfinal_payout(pool, treasury.chain_id, treasury.address)
     return await _sweepers_turn(pool, treasury, due, lambda conn: recheck_settled(conn, treasury, tuning))
+
+
+async def settle_stranded_payouts(pool: Pool, treasury: Treasury, config: LaneConfig | None = None) -> bool:
+    """The sweeper's turn at payouts signed long ago and still unsettled, for when no deposit's job comes along to
+    take the lane (each such deposit's job has ended: sent to review by a guard meanwhile; or the lane is quiet):
+    their stored transactions sent again (a gap would hold back every nonce above it) and what is mined settled,
+    one look. Not while the kill switch is on (nothing is sent then). Returns False when the lane is busy (its
+    owner resumes and settles them in its own turn)."""
+    tuning = config or LaneConfig()
+    async with pool.acquire() as conn:
+        due = await store.any_unsettled_since(conn, treasury.chain_id, treasury.address, STRANDED_AFTER_SECONDS)
+        due = due and not (await store.guards(conn)).kill_switch
+    return await _sweepers_turn(pool, treasury, due, lambda conn: Pipeline(conn, treasury, tuning).settle_stored())
 
 
 async def _sweepers_turn(

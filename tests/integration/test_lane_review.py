@@ -8,11 +8,19 @@ import contextlib
 import time
 import uuid
 
-from kiota.payouts import LaneConfig, PayoutOutcome, PayoutResult, pay_deposit
+from kiota.payouts import (
+    LaneConfig,
+    PayoutOutcome,
+    PayoutResult,
+    fill_abandoned_nonces,
+    pay_deposit,
+    recheck_settled_payouts,
+    settle_stranded_payouts,
+)
 from kiota.payouts.lane import lane_key
 from kiota.treasury import Fees, Receipt, SignedTx, Treasury
 from tests.conftest import MpesaSystem
-from tests.integration.test_payout_lane import _processing_while_killed, rpc, treasury_for, wait_for
+from tests.integration.test_payout_lane import _processing_while_killed, mining, rpc, treasury_for, wait_for
 from tests.integration.test_pipelined_lane import (
     LosingTreasury,
     _all_completed,
@@ -135,4 +143,48 @@ async def test_an_owner_whose_lock_connection_drops_stops_and_the_next_owner_pay
         await old.aclose()
         await new.aclose()
     assert old.signed_after_cut == 0
+    await paid_once_each(system, users)
+
+
+# --- a payout left in flight when no deposit's job is left to take the lane -------------------------
+
+
+async def test_a_payout_left_in_flight_after_its_deposits_job_ended_is_sent_again_and_settled(
+    mpesa_system: MpesaSystem,
+) -> None:
+    """The owner hands the lane over with a payout the node never got (a gap), and that deposit's job ends
+    (an operator lowered the per-deposit maximum: its next run sends it to review). No deposit comes along
+    to take the lane: the lane's upkeep sends the stored transaction again and settles it, once."""
+    system = mpesa_system
+    users = [f"strand{i}" for i in range(2)]
+    ids = await _processing_while_killed(system, users)
+    treasury = treasury_for(system, LosingTreasury)
+    assert isinstance(treasury, LosingTreasury)
+    treasury.lost = set()
+    first = await treasury.pending_nonce()
+    treasury.lost_nonce = first + 1  # the second payout never reaches the node while the owner has the lane
+    config = LaneConfig(poll_seconds=0.02, drain_seconds=0, watch_seconds=1.5, replace_after_blocks=1000)
+    try:
+        async with mining(system, every=0.3):
+            result = await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), config)
+            assert result.outcome is PayoutOutcome.COMPLETED
+            assert await in_flight(system.pool) == 1
+            await system.pool.execute("UPDATE payout_guards SET per_deposit_max_micro = 1")
+            stranded = await pay_deposit(system.pool, treasury, uuid.UUID(ids[1]), config)  # its job's next run
+            assert stranded.outcome is PayoutOutcome.REVIEW
+            await system.pool.execute(
+                "UPDATE payouts SET updated_at = now() - interval '1 hour' WHERE status = 'signed'"
+            )
+            treasury.lost_nonce, treasury.lost = -1, set()  # the node takes it now
+
+            async def upkeep_settled_it() -> bool:  # (the worker's lane upkeep does the same each tick)
+                await fill_abandoned_nonces(system.pool, treasury, config)
+                await recheck_settled_payouts(system.pool, treasury, config)
+                await settle_stranded_payouts(system.pool, treasury, config)
+                return await _all_completed(system, ids)
+
+            await wait_for(upkeep_settled_it, 20)
+    finally:
+        await treasury.aclose()
+        await rpc(system, "evm_setAutomine", True)
     await paid_once_each(system, users)
