@@ -471,12 +471,13 @@ async def settle_stranded_payouts(pool: Pool, treasury: Treasury, config: LaneCo
     """The sweeper's turn at payouts signed long ago and still unsettled, for when no deposit's job comes along to
     take the lane (each such deposit's job has ended: sent to review by a guard meanwhile; or the lane is quiet):
     their stored transactions sent again (a gap would hold back every nonce above it) and what is mined settled,
-    one look. Not while the kill switch is on (nothing is sent then). Returns False when the lane is busy (its
-    owner resumes and settles them in its own turn)."""
+    one look. Not while the kill switch or the lanes' pause is on (no owner runs then either). Returns False when
+    the lane is busy (its owner resumes and settles them in its own turn)."""
     tuning = config or LaneConfig()
     async with pool.acquire() as conn:
         due = await store.any_unsettled_since(conn, treasury.chain_id, treasury.address, STRANDED_AFTER_SECONDS)
-        due = due and not (await store.guards(conn)).kill_switch
+        guards = await store.guards(conn)
+        due = due and not (guards.kill_switch or guards.lane_paused)
     return await _sweepers_turn(pool, treasury, due, lambda conn: Pipeline(conn, treasury, tuning).settle_stored())
 
 
