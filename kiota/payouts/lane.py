@@ -232,8 +232,18 @@ class Pipeline:
         loaded = await _unsettled(self.conn, self.treasury, self.config.max_in_flight)
         self.in_flight = [item for item, _ in loaded]
         self.sent_at = {item.payout.id: sent or self.head for item, sent in loaded}
-        if self.in_flight:  # one JSON-RPC batch (a node that has them, or mined them, says so harmlessly)
+        if not self.in_flight:
+            return
+        try:  # one JSON-RPC batch (a node that has them, or mined them, says so harmlessly)
             await broadcast_all(self.conn, self.treasury, self.in_flight)
+        except ChainUnavailable as exc:
+            if await self.treasury.pending_nonce() <= self.in_flight[0].signed.nonce:
+                raise  # the node takes none of ours: a failure, as any other
+            # The node takes fewer than a previous owner left unsent (a pool's per-sender limit), as when they
+            # were signed: sent again at each head until it has them all, and nothing new is signed meanwhile.
+            self.unsent.update(item.payout.id for item in self.in_flight)
+            log.warning("the node refused some of the stored transactions; sending them again each block",
+                        error=str(exc), in_flight=len(self.in_flight))  # fmt: skip
 
     async def settle_stored(self) -> None:
         """One look at what a previous owner left: sent again, and settled if mined (the sweeper's turn)."""

@@ -22,6 +22,7 @@ from kiota.treasury import Fees, Receipt, SignedTx, Treasury
 from tests.conftest import MpesaSystem
 from tests.integration.test_payout_lane import _processing_while_killed, mining, rpc, treasury_for, wait_for
 from tests.integration.test_pipelined_lane import (
+    FullPoolTreasury,
     LosingTreasury,
     _all_completed,
     blocks_every,
@@ -184,6 +185,43 @@ async def test_a_payout_left_in_flight_after_its_deposits_job_ended_is_sent_agai
                 return await _all_completed(system, ids)
 
             await wait_for(upkeep_settled_it, 20)
+    finally:
+        await treasury.aclose()
+        await rpc(system, "evm_setAutomine", True)
+    await paid_once_each(system, users)
+
+
+# --- the next owner, when the node takes fewer of the stored payouts than are unsettled -----------------
+
+
+async def test_the_next_owner_resumes_more_unsent_payouts_than_the_node_takes_without_failing(
+    mpesa_system: MpesaSystem,
+) -> None:
+    """An owner hands over with payouts the node refused (its pool takes three per sender; the cap is eight):
+    they are stored, unsent. The next owner sends them again on taking the lane; the node refuses some again.
+    That must slow the lane, as it does for the owner that signed them, not fail every job that takes it
+    (five failures send a deposit to review)."""
+    system = mpesa_system
+    users = [f"resume{i}" for i in range(8)]
+    ids = await _processing_while_killed(system, users)
+    treasury = treasury_for(system, FullPoolTreasury)
+    assert isinstance(treasury, FullPoolTreasury)
+    treasury.nonces = {}
+    await rpc(system, "evm_setAutomine", False)  # no block while the first owner has the lane
+    first = LaneConfig(poll_seconds=0.02, max_in_flight=8, drain_seconds=0.3, watch_seconds=0.3)
+    try:
+        handed_over = await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), first)
+        assert handed_over.outcome is PayoutOutcome.WAITING
+        assert await in_flight(system.pool) == 8
+        unsent = "SELECT count(*) FROM payout_attempts WHERE broadcast_at IS NULL"
+        assert await system.pool.fetchval(unsent) == 5
+        config = LaneConfig(poll_seconds=0.02, max_in_flight=8, drain_seconds=5, watch_seconds=10)
+        async with mining(system, every=0.4):
+            result = await pay_deposit(system.pool, treasury, uuid.UUID(ids[1]), config)  # the next job's run
+            assert result.outcome is PayoutOutcome.COMPLETED
+            for deposit_id in ids:  # the deposits' jobs run again (each finds its payout settled)
+                await pay_deposit(system.pool, treasury, uuid.UUID(deposit_id), config)
+            await wait_for(lambda: _all_completed(system, ids), 20)
     finally:
         await treasury.aclose()
         await rpc(system, "evm_setAutomine", True)
