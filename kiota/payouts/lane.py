@@ -355,7 +355,11 @@ class Pipeline:
         # Mined past a nonce with no receipt of its newest attempt: an older attempt, or not ours.
         below = [i for i in self.in_flight if i.payout.id not in seen and i.signed.nonce < mined_nonce]
         if below:
-            seen.update(await _older_receipts(self.conn, self.treasury, [i.payout.id for i in below]))
+            try:
+                seen.update(await _older_receipts(self.conn, self.treasury, [i.payout.id for i in below]))
+            except ChainUnavailable as exc:  # never "nonce taken" on a failed look: the next head looks again
+                log.warning("the lane could not read older receipts this block", error=str(exc))
+                return
         if seen:
             failpoint("after_receipt")
         by_block: dict[int, list[Mined]] = {}
@@ -407,7 +411,11 @@ class Pipeline:
         sent = self.sent_at.get(lowest.payout.id)
         if sent is None or self.head - sent < self.config.replace_after_blocks:
             return
-        newest = await replace(self.conn, self.treasury, lowest.payout, lowest.signed)
+        try:
+            newest = await replace(self.conn, self.treasury, lowest.payout, lowest.signed)
+        except ChainUnavailable as exc:  # stored before it was sent: the next head re-signs or sends it again
+            log.warning("the lane could not send the lowest nonce's replacement this block", error=str(exc))
+            return
         self.in_flight[0] = SignedItem(lowest.payee, lowest.payout, newest)
         self.sent_at[lowest.payout.id] = self.head
 

@@ -8,6 +8,7 @@ import contextlib
 import time
 import uuid
 
+from kiota.errors import ChainUnavailable
 from kiota.payouts import (
     LaneConfig,
     PayoutOutcome,
@@ -25,6 +26,7 @@ from tests.integration.test_pipelined_lane import (
     FullPoolTreasury,
     LosingTreasury,
     _all_completed,
+    _sent_count,
     blocks_every,
     in_flight,
     paid_once_each,
@@ -226,3 +228,54 @@ async def test_the_next_owner_resumes_more_unsent_payouts_than_the_node_takes_wi
         await treasury.aclose()
         await rpc(system, "evm_setAutomine", True)
     await paid_once_each(system, users)
+
+
+# --- a replacement the provider refuses for a moment ----------------------------------------------------
+
+
+class FlakyReplacementTreasury(Treasury):
+    """A provider that rate-limits the next single send (a replacement goes out alone) `fail_next` times."""
+
+    fail_next = 0
+
+    async def broadcast(self, raw_tx: str) -> None:
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise ChainUnavailable("broadcast failed: 429 Too Many Requests")
+        await super().broadcast(raw_tx)
+
+
+async def test_a_replacement_the_provider_refuses_once_is_tried_again_at_the_next_block(
+    mpesa_system: MpesaSystem,
+) -> None:
+    """The lowest unmined nonce is re-signed with higher fees and the provider refuses that one send: the owner
+    tries again at the next head, as it does for receipts it could not read, rather than failing the job (whose
+    failures send its deposit to review) with the whole pipeline."""
+    system = mpesa_system
+    ids = await _processing_while_killed(system, ["flaky"])
+    treasury = treasury_for(system, FlakyReplacementTreasury)
+    assert isinstance(treasury, FlakyReplacementTreasury)
+    config = LaneConfig(poll_seconds=0.02, drain_seconds=1, watch_seconds=20, replace_after_blocks=1)
+    await rpc(system, "evm_setAutomine", False)
+    owner = asyncio.create_task(pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), config))
+    try:
+        await wait_for(lambda: _sent_count(system, 1))
+        sent = await system.pool.fetchrow("SELECT * FROM payout_attempts")
+        base_fee = (await system.w3.eth.get_block("latest"))["baseFeePerGas"]
+        treasury.fail_next = 1
+        for _ in range(3):  # blocks its fees cannot pay for: it is re-signed, and that send is refused once
+            await rpc(system, "anvil_setNextBlockBaseFeePerGas", hex(int(sent["max_fee_per_gas"]) * 20))
+            await rpc(system, "anvil_mine")
+            await asyncio.sleep(0.3)
+        assert treasury.fail_next == 0
+        await rpc(system, "anvil_setNextBlockBaseFeePerGas", hex(base_fee))
+        async with mining(system, every=0.3):
+            assert (await asyncio.wait_for(owner, 30)).outcome is PayoutOutcome.COMPLETED
+    finally:
+        if not owner.done():
+            owner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await owner
+        await treasury.aclose()
+        await rpc(system, "evm_setAutomine", True)
+    await paid_once_each(system, ["flaky"])
