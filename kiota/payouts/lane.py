@@ -50,6 +50,8 @@ log = structlog.get_logger(__name__)
 LANE_POLL_SECONDS = 0.05  # how often a job waiting for the lane tries it again
 # A job whose payout is in the owner's pipeline looks again after this long: a 2-second block, then its settling.
 IN_FLIGHT_RECHECK_SECONDS = 3.0
+# Signed, unsettled payouts a new owner takes over at most (PAYOUT_MAX_IN_FLIGHT is at most 1000).
+RESUME_AT_MOST = 1000
 # A payout signed this long ago and still unsettled has had its owners' turns: the sweeper looks at it.
 STRANDED_AFTER_SECONDS = 120.0
 
@@ -229,7 +231,9 @@ class Pipeline:
     async def _resume(self) -> None:
         """Signed, unsettled payouts from before (a previous owner's, maybe killed): sent again in nonce order,
         since some may never have left and a gap would hold back all above it."""
-        loaded = await _unsettled(self.conn, self.treasury, self.config.max_in_flight)
+        # All of them, not only max_in_flight: after the cap was lowered, more may be in flight than it allows, and
+        # every one counts against it (nothing new is signed until they are settled below it).
+        loaded = await _unsettled(self.conn, self.treasury, max(self.config.max_in_flight, RESUME_AT_MOST))
         self.in_flight = [item for item, _ in loaded]
         self.sent_at = {item.payout.id: sent or self.head for item, sent in loaded}
         if not self.in_flight:

@@ -8,6 +8,7 @@ import contextlib
 import time
 import uuid
 
+from kiota.dev.chain import BASE_USDC_ADDRESS
 from kiota.errors import ChainUnavailable
 from kiota.payouts import (
     LaneConfig,
@@ -25,12 +26,15 @@ from tests.integration.test_payout_lane import _processing_while_killed, mining,
 from tests.integration.test_pipelined_lane import (
     FullPoolTreasury,
     LosingTreasury,
+    SpyTreasury,
     _all_completed,
     _sent_count,
     blocks_every,
     in_flight,
     paid_once_each,
+    tx_hash_of,
 )
+from tests.support import TREASURY_KEY
 
 # --- the owner's bound: drain + watch, even when every look finds a new block -------------------------
 
@@ -279,3 +283,44 @@ async def test_a_replacement_the_provider_refuses_once_is_tried_again_at_the_nex
         await treasury.aclose()
         await rpc(system, "evm_setAutomine", True)
     await paid_once_each(system, ["flaky"])
+
+
+# --- the in-flight cap after it was lowered with a full pipeline ----------------------------------------
+
+
+class NewSendsSpy(SpyTreasury):
+    """Measures the payouts in flight only when it sends a transaction not `known` before (a new payout)."""
+
+    known: set[str]
+
+    async def _check(self, raw_txs: list[str]) -> None:
+        if any(tx_hash_of(raw) not in self.known for raw in raw_txs):
+            self.most_in_flight = max(self.most_in_flight, await in_flight(self.pool))
+
+
+async def test_the_cap_holds_after_it_was_lowered_with_more_payouts_in_flight(mpesa_system: MpesaSystem) -> None:
+    """PAYOUT_MAX_IN_FLIGHT lowered from four to two with four in flight: the next owner takes over all four and
+    signs nothing new until fewer than two are unsettled (it took over two and signed new ones beside the rest)."""
+    system = mpesa_system
+    users = [f"lowered{i}" for i in range(6)]
+    ids = await _processing_while_killed(system, users)
+    treasury = treasury_for(system)
+    spy = NewSendsSpy(system.pool, system.settings.base_rpc_url, TREASURY_KEY, 8453, BASE_USDC_ADDRESS)
+    await rpc(system, "evm_setAutomine", False)
+    try:
+        before = LaneConfig(poll_seconds=0.02, max_in_flight=4, drain_seconds=0.3, watch_seconds=0.3)
+        assert (await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), before)).outcome is PayoutOutcome.WAITING
+        assert await in_flight(system.pool) == 4
+        spy.known = {r["tx_hash"] for r in await system.pool.fetch("SELECT tx_hash FROM payout_attempts")}
+        lowered = LaneConfig(poll_seconds=0.02, max_in_flight=2, drain_seconds=5, watch_seconds=10)
+        async with mining(system, every=0.4):
+            await pay_deposit(system.pool, spy, uuid.UUID(ids[4]), lowered)
+            for deposit_id in ids:  # the deposits' jobs run again until each is paid
+                await pay_deposit(system.pool, spy, uuid.UUID(deposit_id), lowered)
+            await wait_for(lambda: _all_completed(system, ids), 30)
+    finally:
+        await treasury.aclose()
+        await spy.aclose()
+        await rpc(system, "evm_setAutomine", True)
+    await paid_once_each(system, users)
+    assert 0 < spy.most_in_flight <= 2  # new payouts were signed, never with more than two in flight
