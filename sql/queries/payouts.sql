@@ -42,6 +42,19 @@ FROM (SELECT chain_id, address FROM treasury_nonces UNION SELECT chain_id, addre
 LEFT JOIN treasury_lanes l USING (chain_id, address)
 ORDER BY k.chain_id, k.address;
 
+-- name: note_treasury_funds
+-- A treasury's free USDC (balance less payouts in flight), as its lane read it before signing.
+INSERT INTO treasury_funds (chain_id, address, free_usdc_micro, read_at) VALUES ($1, $2, $3, now())
+ON CONFLICT (chain_id, address) DO UPDATE SET free_usdc_micro = EXCLUDED.free_usdc_micro, read_at = now();
+
+-- name: treasury_funds
+-- Each treasury's last-read free USDC on a chain, and how many seconds ago it was read.
+SELECT address, free_usdc_micro, extract(epoch FROM now() - read_at)::float8 AS age_seconds
+FROM treasury_funds WHERE chain_id = $1;
+
+-- name: deposit_amount
+SELECT amount_usdc FROM deposits WHERE id = $1;
+
 -- name: caps_lock
 -- Held until the signing transaction ends: lanes sign one batch at a time against the shared caps.
 SELECT pg_advisory_xact_lock($1);
