@@ -19,10 +19,16 @@ SET paused = true, pause_reason = EXCLUDED.pause_reason, updated_at = now(), upd
 WHERE NOT treasury_lanes.paused;
 
 -- name: resume_treasuries
--- Treasury lanes resumed: one ($1) or, with $1 null, all of them; returns the ones that were paused.
-UPDATE treasury_lanes SET paused = false, pause_reason = NULL, updated_at = now(), updated_by = $2
-WHERE paused AND ($1::text IS NULL OR lower(address) = lower($1))
-RETURNING address, pause_reason;
+-- Treasury lanes resumed: one ($1) or, with $1 null, all of them; returns the ones that were paused. Their
+-- remembered free USDC is forgotten (an operator refilled them): their lanes read it again in their next turn.
+WITH resumed AS (
+    UPDATE treasury_lanes SET paused = false, pause_reason = NULL, updated_at = now(), updated_by = $2
+    WHERE paused AND ($1::text IS NULL OR lower(address) = lower($1))
+    RETURNING chain_id, address, pause_reason
+), forgotten AS (
+    DELETE FROM treasury_funds f USING resumed r WHERE f.chain_id = r.chain_id AND f.address = r.address
+)
+SELECT address, pause_reason FROM resumed;
 
 -- name: treasury_lanes
 SELECT * FROM treasury_lanes WHERE chain_id = $1 ORDER BY address;
