@@ -24,6 +24,7 @@ from kiota.queue import create_queue
 from kiota.settings import WorkerSettings
 from kiota.store import payouts as store
 from kiota.store.ledger import balance
+from kiota.store.metrics import snapshot
 from kiota.sweeper import sweep
 from tests.conftest import MpesaSystem
 from tests.integration.test_mpesa_flow import transfers_from
@@ -148,6 +149,7 @@ async def test_one_large_deposit_does_not_pause_every_treasury_that_can_still_pa
     assert all(f"'{address}': 25000000" in reason for address in treasuries), reason
     assert job["next_run_at"] is not None  # it is looked at again by itself
     assert not await system.pool.fetchval("SELECT count(*) FROM treasury_lanes WHERE paused")
+    assert "kiota_payouts_too_large 1.0" in (await system.http.get("/metrics", auth=ADMIN_AUTH)).text
 
     # Every lane goes on paying the others: four 10-USDC deposits, wherever their slots are, two per treasury.
     small = [(await system.initiate(f"small{i}", 1295)).json()["deposit_id"] for i in range(4)]
@@ -171,6 +173,12 @@ async def test_one_large_deposit_does_not_pause_every_treasury_that_can_still_pa
     assert _amounts(await transfers_from(system, treasuries[0])) == [10_000_000, 10_000_000]
     paid = await system.pool.fetch("SELECT * FROM payouts WHERE deposit_id = $1 AND status <> 'created'", big)
     assert [(p["status"], p["from_address"]) for p in paid] == [("confirmed", treasuries[1])]
+    assert await system.pool.fetchval("SELECT count(*) FROM payouts WHERE deposit_id = $1", big) == 1  # one row, ever
+
+    async def no_longer_blocked() -> bool:  # its job's history is written just after the deposit is paid
+        return (await snapshot(system.pool, 8453)).payouts_too_large == 0  # what /metrics shows (cached 15 s)
+
+    await wait_for(no_longer_blocked, 10)
     assert await balance(system.pool, user_account("bigone", "USDC")) == 30_000_000
     assert not await system.pool.fetchval("SELECT count(*) FROM treasury_lanes WHERE paused")
 
