@@ -133,6 +133,8 @@ async def choose_lane(pool: Pool, treasuries: Sequence[Treasury], deposit_id: uu
             funds = await store.treasury_funds(conn, chain_id)
             short = [not may_cover(funds.get(address.lower()), amount) for address in lanes]
             lane = serving_lane(slot, [p or s for p, s in zip(paused, short, strict=True)])
+            if lane is None and amount > (await store.guards(conn)).per_deposit_max_micro:
+                lane = serving_lane(slot, paused)  # above the per-deposit maximum: its lane sends it to review
     if lane is None:  # several lanes, some running, and each running one's free USDC is short of it
         free = {a: f.free_micro for a, p in zip(lanes, paused, strict=True) if not p and (f := funds.get(a.lower()))}
         reason = (

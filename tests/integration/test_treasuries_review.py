@@ -3,6 +3,7 @@ wrongly or stop a worker, found by reading it, and shows it cannot (any longer).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -13,13 +14,15 @@ from pydantic import SecretStr
 from web3.types import RPCEndpoint
 
 from jobs.context import WorkerTuning, build_context
+from kiota import ops
 from kiota.chain_rpc import ChainReader
 from kiota.dev.chain import BASE_USDC_ADDRESS, mint_usdc
 from kiota.ingester import ScanConfig, scan_round
 from kiota.ledger import user_account
+from kiota.payouts import LaneConfig, PayoutOutcome, PayoutResult, pay_deposit
 from kiota.payouts.attempts import sign_and_store
-from kiota.payouts.lanes import TOO_LARGE, slot_of
-from kiota.payouts.terms import LaneItem
+from kiota.payouts.lanes import TOO_LARGE, choose_lane, slot_of
+from kiota.payouts.terms import CAP_RECHECK_SECONDS, LaneItem
 from kiota.queue import create_queue
 from kiota.settings import WorkerSettings
 from kiota.store import payouts as store
@@ -239,3 +242,67 @@ async def test_resuming_a_treasury_whose_lane_is_not_paused_is_refused_not_repor
     assert code == 2 and f"no paused lane of treasury {typo}" in out, out
     assert await pool.fetchval("SELECT paused FROM treasury_lanes WHERE address = $1", dry)
     assert await pool.fetchval("SELECT count(*) FROM admin_actions") == 0
+
+
+async def test_a_deposit_too_large_for_each_lane_is_paid_once_when_both_lanes_race_for_it_after_a_top_up(
+    mpesa_system: MpesaSystem,
+) -> None:
+    # Two lanes (as two workers) try the same 30-USDC deposit at once, first while each treasury has 25 USDC free
+    # (neither pauses, neither signs), then after both are topped up (one signs, once). A deposit also above the
+    # per-deposit maximum still goes to review, not blocked as too large.
+    system = mpesa_system
+    addresses = [await fund(system, key, 25 * 10**6) for key in (KEY_2, KEY_3)]
+    await ops.set_kill_switch(system.pool, system.queue, True, "test")  # the system's own worker pays nothing
+    ids = [(await system.initiate(user, 3885)).json()["deposit_id"] for user in ("racer", "overmax")]
+    for user, deposit in zip(("racer", "overmax"), ids, strict=True):
+        await system.wait_status(user, deposit, "processing")
+
+    async def all_blocked() -> bool:
+        return all([(await job_of(system, deposit)).get("status") == "blocked" for deposit in ids])
+
+    await wait_for(all_blocked)
+    await system.pool.execute("UPDATE payout_guards SET kill_switch = false")
+    racer, overmax = (uuid.UUID(deposit) for deposit in ids)
+    lanes = [lane_alone(system, key) for key in (KEY_2, KEY_3)]
+    for lane in lanes:
+        lane.join(addresses)
+    config = LaneConfig(drain_seconds=0, lock_wait_seconds=5)
+    try:
+        for deposit in (racer, overmax):
+            results = await asyncio.gather(*(pay_deposit(system.pool, lane, deposit, config) for lane in lanes))
+            assert [r.outcome for r in results] == [PayoutOutcome.WAITING] * 2, results  # handed on, not paused
+        assert not await system.pool.fetchval("SELECT count(*) FROM treasury_lanes WHERE paused")
+        blocked = await choose_lane(system.pool, lanes, racer)
+        assert isinstance(blocked, PayoutResult) and blocked.outcome is PayoutOutcome.BLOCKED
+        assert TOO_LARGE in blocked.detail and blocked.recheck_in == CAP_RECHECK_SECONDS
+
+        await system.pool.execute("UPDATE payout_guards SET per_deposit_max_micro = 20000000")
+        chosen = await choose_lane(system.pool, lanes, overmax)
+        assert not isinstance(chosen, PayoutResult)
+        assert (await pay_deposit(system.pool, chosen, overmax, config)).outcome is PayoutOutcome.REVIEW
+        await system.pool.execute("UPDATE payout_guards SET per_deposit_max_micro = 2000000000")
+
+        for address in addresses:  # the readings are fresh and short: choose_lane reads the balances again
+            await mint_usdc(system.w3, BASE_USDC_ADDRESS, address, 25 * 10**6)
+        assert not isinstance(await choose_lane(system.pool, lanes, racer), PayoutResult)
+        await asyncio.gather(*(pay_deposit(system.pool, lane, racer, config) for lane in lanes))
+        row = await system.pool.fetchrow("SELECT * FROM payouts WHERE deposit_id = $1 AND status <> 'created'", racer)
+        assert row is not None
+        owner = next(lane for lane in lanes if lane.address == row["from_address"])
+        await pay_deposit(system.pool, owner, racer, config)  # settles what its turn left unmined
+    finally:
+        for lane in lanes:
+            await lane.aclose()
+    assert await system.pool.fetchval("SELECT count(*) FROM payouts WHERE deposit_id = $1", racer) == 1
+    assert await system.pool.fetchval("SELECT status FROM deposits WHERE id = $1", racer) == "completed"
+    transfers = [_amounts(await transfers_from(system, address)) for address in addresses]
+    assert sorted(transfers) == [[], [30_000_000]]  # one transfer, from one treasury
+    assert await balance(system.pool, user_account("racer", "USDC")) == 30_000_000
+    assert await system.pool.fetchval("SELECT status FROM deposits WHERE id = $1", overmax) == "needs_review"
+    assert (
+        await system.pool.fetchval(
+            "SELECT count(*) FROM payouts WHERE deposit_id = $1 AND status <> 'created'", overmax
+        )
+        == 0
+    )
+    assert await balance(system.pool, user_account("overmax", "USDC")) == 0
