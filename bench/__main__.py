@@ -5,6 +5,8 @@
     .venv/bin/python -m bench --only B1,B4    some of them (the others keep their last figures)
     .venv/bin/python -m bench --only B6       the ingester at 10 … 100,000 addresses (bench/b6_ingester.py, ~3 min;
                                               its figures go to bench/RESULTS-ingester.md)
+    .venv/bin/python -m bench --only B7       B7, the callback stream on 2-second blocks (5-9 minutes; not in the
+                                              default set); --treasuries 4 gives the worker four treasury keys
     .venv/bin/python -m bench --profile       also run py-spy on `kiota api` (B1) and `kiota worker` (B2),
                                               print where the time goes; RESULTS.md is then left alone
     .venv/bin/python -m bench --only B1 --synchronous-commit off
@@ -38,14 +40,17 @@ from bench import procstat, report
 from bench.b1_ingest import B1Size, run_b1
 from bench.b2_completions import B2Size, run_b2
 from bench.b4_latency import B4Size, run_b4
+from bench.b7_stream import RATES, run_b7
 from bench.model import Result
 from bench.pyspy_summary import summarise_profile
 from bench.system import REPO, Stack, bench_stack, dsn_for
 from kiota.dev.chain import anvil_binary
 
-BENCHES = ("B1", "B2", "B4")
+BENCHES = ("B1", "B2", "B4", "B7")
+DEFAULT = ("B1", "B2", "B4")  # B7 takes minutes of its own: `--only B7`
 APART = {"B6": "bench.b6_ingester"}  # only with --only: own set-up, own process, own results file
 TIME_LIMIT_SECONDS = 285.0
+B7_TIME_LIMIT_SECONDS = 720.0
 QUIET_CORES = 0.25  # background CPU above this before a run is reported as a warning
 
 
@@ -70,7 +75,7 @@ QUICK = Sizes(
 
 def _selected(only: str | None) -> list[str]:
     if not only:
-        return list(BENCHES)
+        return list(DEFAULT)
     names = [name.strip().upper() for name in only.split(",") if name.strip()]
     known = (*BENCHES, *APART)
     unknown = [name for name in names if name not in known]
@@ -121,11 +126,23 @@ def code_version() -> str:
     return f"{head} + uncommitted changes to {len(changed)} product files ({files})"
 
 
+@dataclass(frozen=True)
+class B7Options:
+    treasuries: int
+    rates: tuple[float, ...]
+
+
 async def _run(
-    names: list[str], sizes: Sizes, run_dir: Path, profile_dir: Path | None, synchronous_commit: str | None
+    names: list[str],
+    sizes: Sizes,
+    run_dir: Path,
+    profile_dir: Path | None,
+    synchronous_commit: str | None,
+    b7: B7Options,
 ) -> tuple[list[Result], str]:
     results: list[Result] = []
-    async with asyncio.timeout(TIME_LIMIT_SECONDS), bench_stack(run_dir) as stack:
+    limit = TIME_LIMIT_SECONDS + (B7_TIME_LIMIT_SECONDS if "B7" in names else 0)
+    async with asyncio.timeout(limit), bench_stack(run_dir) as stack:
         stack.synchronous_commit = synchronous_commit
         software = await _software(stack)
         for name in names:
@@ -136,8 +153,10 @@ async def _run(
             elif name == "B2":
                 profile = profile_dir / "b2-kiota-worker.txt" if profile_dir else None
                 results.append(await run_b2(stack, sizes.b2, profile))
-            else:
+            elif name == "B4":
                 results.append(await run_b4(stack, sizes.b4))
+            else:
+                results.append(await run_b7(stack, b7.treasuries, b7.rates))
             print(f"bench: {name} done in {time.monotonic() - started:.0f} s", flush=True)
     return results, software
 
@@ -147,7 +166,7 @@ async def _run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", help="comma-separated: B1,B2,B4")
+    parser.add_argument("--only", help="comma-separated: B1,B2,B4,B7 (default B1,B2,B4)")
     parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
     parser.add_argument("--profile", action="store_true", help="py-spy the API (B1) and the worker (B2)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
@@ -155,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         "--synchronous-commit",
         choices=["on", "off"],
         help="diagnosis: set it on the benchmark databases (the goals are for the server's setting); print only",
+    )
+    parser.add_argument("--treasuries", type=int, default=1, help="B7: treasury keys given to the worker")
+    parser.add_argument(
+        "--b7-rates",
+        default=",".join(f"{r:g}" for r in RATES),
+        help="B7: offered callbacks/s, climbed until one misses p99 < 8 s",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (printed path)")
     args = parser.parse_args(argv)
@@ -165,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         apart = subprocess.run([sys.executable, "-m", APART[name], *write], check=False)
         if apart.returncode or not names:
             return apart.returncode
+    if args.treasuries < 1:
+        raise SystemExit("bench: --treasuries must be at least 1")
+    b7 = B7Options(args.treasuries, tuple(float(r) for r in args.b7_rates.split(",") if r.strip()))
     # The harness calls product functions (ingest) that log; only warnings matter here.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     run_dir = Path(tempfile.mkdtemp(prefix="kiota-bench-"))
@@ -183,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: warning: the machine is not quiet: {background}; figures will be noisier", flush=True)
     try:
         sizes = QUICK if args.quick else FULL
-        results, software = asyncio.run(_run(names, sizes, run_dir, profile_dir, args.synchronous_commit))
+        results, software = asyncio.run(_run(names, sizes, run_dir, profile_dir, args.synchronous_commit, b7))
     except BaseException:
         print(f"bench: failed; the processes' logs are in {run_dir}", file=sys.stderr)
         raise

@@ -37,7 +37,16 @@ from redis.asyncio import Redis
 from bench.callbacks import checkout_id, receipt_no
 from bench.rpc_client import worker_module
 from kiota.db import create_pool
-from kiota.dev.chain import BASE_USDC_ADDRESS, AnvilNode, connect, fund_eth, install_usdc, mint_usdc, start_anvil
+from kiota.dev.chain import (
+    BASE_USDC_ADDRESS,
+    AnvilNode,
+    Web3Client,
+    connect,
+    fund_eth,
+    install_usdc,
+    mint_usdc,
+    start_anvil,
+)
 from kiota.dev.daraja_sim import running_simulator
 from kiota.dev.daraja_sim_behaviour import DarajaSimulator, SimulatorConfig
 from kiota.hdwallet import ExtendedPublicKey
@@ -99,6 +108,8 @@ class Stack:
     simulator_url: str
     # A diagnosis only (`--synchronous-commit off`): set on each benchmark database, never on the server.
     synchronous_commit: str | None = None
+    # The worker's TREASURY_PRIVATE_KEY, comma-separated when several (B7 --treasuries N); each funded on `anvil`.
+    treasury_keys: tuple[str, ...] = (TREASURY_KEY,)
 
     @contextlib.asynccontextmanager
     async def database(self, suffix: str) -> AsyncIterator[str]:
@@ -137,7 +148,7 @@ class Stack:
             env["PORT"] = str(port)
             env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
         if worker:
-            env["TREASURY_PRIVATE_KEY"] = TREASURY_KEY  # only the worker signs
+            env["TREASURY_PRIVATE_KEY"] = ",".join(self.treasury_keys)  # only the worker signs
         return env
 
     def anvil_rpcs(self) -> list[str]:
@@ -186,8 +197,7 @@ async def bench_stack(run_dir: Path) -> AsyncIterator[Stack]:
             running_simulator(sim_config) as sim,
         ):
             await install_usdc(w3, BASE_USDC_ADDRESS)
-            await fund_eth(w3, treasury, TREASURY_ETH_WEI)
-            await mint_usdc(w3, BASE_USDC_ADDRESS, treasury, TREASURY_USDC_MICRO)
+            await fund_treasuries(w3, [treasury])
             yield Stack(run_dir, tag, template, REDIS_BENCH_URL, node, anvil_log, treasury, sim.simulator, sim.base_url)
     finally:
         await flush_redis(REDIS_BENCH_URL)
@@ -196,6 +206,13 @@ async def bench_stack(run_dir: Path) -> AsyncIterator[Stack]:
             await _drop(admin, template)
         finally:
             await admin.close()
+
+
+async def fund_treasuries(w3: Web3Client, addresses: Sequence[str]) -> None:
+    """Gas and USDC for each treasury, as the tests fund theirs (USDC must already be installed)."""
+    for address in addresses:
+        await fund_eth(w3, address, TREASURY_ETH_WEI)
+        await mint_usdc(w3, BASE_USDC_ADDRESS, address, TREASURY_USDC_MICRO)
 
 
 # --- child processes ---------------------------------------------------------------------------

@@ -139,8 +139,12 @@ async def build_context(
                 confirmations_required=settings.deposit_confirmations_required,
                 max_checks=settings.intent_max_checks,
             ),
-            # a payout's finality is the deposits' (DEPOSIT_CONFIRMATIONS_REQUIRED)
-            lane=dataclasses.replace(tuning.lane, confirmations_required=settings.deposit_confirmations_required),
+            # a payout's finality is the deposits' (DEPOSIT_CONFIRMATIONS_REQUIRED); its pipeline's cap is a setting
+            lane=dataclasses.replace(
+                tuning.lane,
+                confirmations_required=settings.deposit_confirmations_required,
+                max_in_flight=settings.payout_max_in_flight,
+            ),
             confirm_timing=tuning.confirm_timing,
             backoff_base_seconds=tuning.backoff_base_seconds,
             query_backoff_seconds=tuning.query_backoff_seconds,

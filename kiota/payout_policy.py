@@ -7,7 +7,8 @@ it only carries out the step this returns:
 - a failure that may pass (the chain's RPC, the database, the network) is tried again after a
   backoff, but not after `MAX_FAILURES` of them, nor once the deposit has been processing longer
   than `MAX_TRYING`: then a person looks (the deposit goes to review);
-- a payout not mined yet is looked at again every `WAITING_RETRY_SECONDS`, within the same bound;
+- a payout not mined yet is looked at again every `WAITING_RETRY_SECONDS` (or when the lane says: one in
+  flight in the lane owner's pipeline, after about a block), within the same bound;
 - M-Pesa still processing is waited for as the confirmation says (`kiota/confirm.py`);
 - a guard blocks the payout (an operator's action, or its recheck, runs it again);
 - anything else ends the job.
@@ -123,7 +124,7 @@ def next_step(failures: int, since: datetime | None, outcome: RunResult, *, now:
             return Unconfirmed(outcome.detail)
         raise ValueError(f"a {outcome.verdict} deposit's run ends with its payout's result")
     if outcome.outcome is PayoutOutcome.WAITING:
-        return NotSettled(outcome.detail) if tried_too_long else WaitAgain(WAITING_RETRY_SECONDS)
+        return NotSettled(outcome.detail) if tried_too_long else WaitAgain(outcome.recheck_in or WAITING_RETRY_SECONDS)
     if outcome.outcome is PayoutOutcome.BLOCKED:
         return Blocked(outcome.detail, outcome.recheck_in)
     return Done(outcome.outcome.value)

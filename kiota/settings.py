@@ -246,6 +246,15 @@ class WorkerSettings(Settings):
     queue_concurrency_payouts: int = Field(default=20, ge=1, le=200)
     queue_concurrency_chain: int = Field(default=2, ge=1, le=50)
     queue_concurrency_maintenance: int = Field(default=2, ge=1, le=50)
+    # Payouts signed and not yet settled per treasury, at most (the lane's pipeline, kiota/payouts/lane.py).
+    # What a node's pool takes from one sender: geth's and op-geth's legacypool guarantee 16 executable
+    # transactions per account (AccountSlots) and admit more while the pool's 5,120 global slots have room,
+    # with 64 more per account held behind a nonce gap (AccountQueue; core/txpool/legacypool DefaultConfig);
+    # reth's pool (Base's newer nodes) defaults to 16 per sender (txpool.max-account-slots). Base publishes no
+    # per-sender limit of its own sequencer. 128 keeps a 2-second block fed at 40+ payouts a second (each
+    # waits about a block). A node that takes fewer only slows the lane (kiota/payouts/lane.py sends the refused
+    # ones again each block and signs nothing new meanwhile); set it to the provider's per-sender limit.
+    payout_max_in_flight: int = Field(default=128, ge=1, le=1000)
     treasury_private_key: SecretStr | None = None
     treasury_address: str | None = None
     # The worker verifies no bearer token: JWT_SECRET lives with the web service only (render.yaml).

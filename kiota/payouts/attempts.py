@@ -107,14 +107,17 @@ def _sign(treasury: Treasury, payout: Payout, kind: str, nonce: int, fees: Fees)
     return treasury.sign_transfer(payout.to_address, payout.amount_micro, nonce, fees)
 
 
-async def replace(conn: Connection, treasury: Treasury, payout: Payout, latest: SignedTx, kind: str = "payout") -> None:
-    """The same nonce, re-signed with fees raised at least 12.5%; stored before it is sent."""
+async def replace(
+    conn: Connection, treasury: Treasury, payout: Payout, latest: SignedTx, kind: str = "payout"
+) -> SignedTx:
+    """The same nonce, re-signed with fees raised at least 12.5%; stored before it is sent. Returns the
+    transaction sent (the newest attempt)."""
     for _ in range(10):  # each refusal raises the offer again; the cap bounds it
         fees = latest.fees.bumped(await treasury.fee_quote())
         if fees == latest.fees:  # at the cap: the same transaction again; re-send it and wait
             log.error("payout fees at the cap and still unmined", payout_id=payout.id, nonce=latest.nonce)
             await broadcast(conn, treasury, latest)
-            return
+            return latest
         replacement = _sign(treasury, payout, kind, latest.nonce, fees)
         await store.store_attempts(conn, [payout.id], [replacement], kind)
         log.warning(
@@ -126,7 +129,7 @@ async def replace(conn: Connection, treasury: Treasury, payout: Payout, latest: 
         )
         try:
             await broadcast(conn, treasury, replacement)
-            return
+            return replacement
         except FeeTooLow:
             latest = replacement
     raise ChainUnavailable("the node keeps refusing our fees")

@@ -69,8 +69,10 @@ async def check_caps_and_funds(
     funds_at: int | None = None,
     *,
     alert: bool,
+    pending: int = 0,
 ) -> PayoutResult | None:
-    """Whether the batch fits the caps and the treasury; with `alert`, a shortfall pauses the lane."""
+    """Whether the batch fits the caps and the treasury; with `alert`, a shortfall pauses the lane. `pending`:
+    the treasury's transactions already in flight, whose gas the node counts against its ETH too."""
     amount = sum(item.payee.deposit.amount_usdc for item in batch)
     over = await _cap_exceeded(conn, treasury.chain_id, guards, amount)
     if over is not None:
@@ -89,7 +91,7 @@ async def check_caps_and_funds(
     usdc_short = free < amount
     if usdc_short:
         shortfall = f"treasury USDC {usdc} (in flight {in_flight}) is below the payout {amount}"
-    elif eth < fees.max_fee_per_gas * TRANSFER_GAS_LIMIT * (len(batch) + 1):  # the batch, and a replacement
+    elif eth < fees.max_fee_per_gas * TRANSFER_GAS_LIMIT * (pending + len(batch) + 1):  # and a replacement
         shortfall = f"treasury ETH {eth} wei cannot pay for gas"
     if shortfall is None:
         return None

@@ -1,13 +1,15 @@
-"""The treasury's lane: who may sign for the treasury right now, and what a turn of the lane does.
+"""The treasury's lane: who may sign for the treasury right now, and what its owner does with it.
 
 One lane owner per treasury at a time: a session advisory lock on a dedicated connection, so a worker
-that dies releases it with its connection. A deposit's job (`pay_deposit`) takes the lane and pays its
-deposit, with the other processing deposits that have no payout yet, in the same turn (one fee quote,
-consecutive nonces, one commit for all their signed transactions, then broadcast in nonce order): a lane
-that waits for one receipt per deposit would pay one deposit per block at best. While deposits still
-wait, the owner takes further turns (up to `LaneConfig.drain_seconds`) rather than hand the lane over.
-Their own jobs then find them paid, or re-send their stored attempts if the owner died. The sweeper takes
-the lane for the nonce filler and the finality re-check when no payout comes along to do them.
+that dies releases it with its connection. A deposit's job (`pay_deposit`) takes the lane and runs the
+owner's pipeline (`Pipeline`): its own payout and those of the other processing deposits are signed with
+consecutive nonces, stored in one commit and broadcast in nonce order; while they wait for their block the
+owner signs and sends the next ones, up to `LaneConfig.max_in_flight` unsettled, and at each new head it
+settles what was mined, one block's payouts in one transaction. A lane that waits for one block per batch
+pays a batch per block at best. The owner keeps the lane while work is in flight (up to
+`drain_seconds` + `watch_seconds`, well inside arq's job timeout). The other deposits' jobs find them paid,
+or in flight (they look again in a moment), or re-send their stored attempts if the owner died. The sweeper
+takes the lane for the nonce filler and the finality re-check when no payout comes along to do them.
 """
 
 from __future__ import annotations
@@ -18,26 +20,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import structlog
 
 from kiota.db import Connection, Pool, advisory_unlock, connection_lost, try_advisory_lock
 from kiota.errors import ChainUnavailable, KiotaError
-from kiota.payouts.attempts import broadcast_all, broadcast_or_bump, sign_and_store, stored
+from kiota.payouts.attempts import broadcast_all, replace, sign_and_store, stored
 from kiota.payouts.failpoint import failpoint
 from kiota.payouts.filler import resolve_abandoned
 from kiota.payouts.guards import check_caps_and_funds, guards_stop
 from kiota.payouts.lanes import lane_slots
-from kiota.payouts.settlement import (
-    Mined,
-    nonce_taken,
-    recheck_settled,
-    recheck_settled_or_log,
-    reverted,
-    settle,
-    watch,
-)
+from kiota.payouts.settlement import Mined, nonce_taken, recheck_settled, recheck_settled_or_log, reverted, settle
 from kiota.payouts.terms import (
     GUARD_RECHECK_SECONDS,
     LaneConfig,
@@ -50,11 +43,13 @@ from kiota.payouts.terms import (
 from kiota.records import Guards, Payout
 from kiota.store import payouts as store
 from kiota.store.payouts import Payee
-from kiota.treasury import Receipt, Treasury
+from kiota.treasury import Fees, Receipt, Treasury
 
 log = structlog.get_logger(__name__)
 
 LANE_POLL_SECONDS = 0.05  # how often a job waiting for the lane tries it again
+# A job whose payout is in the owner's pipeline looks again after this long: a 2-second block, then its settling.
+IN_FLIGHT_RECHECK_SECONDS = 3.0
 
 
 class LaneBusy(KiotaError):
@@ -63,6 +58,11 @@ class LaneBusy(KiotaError):
 
 class PaidMeanwhile(KiotaError):
     """While this job waited for the lane, the lane's owner paid its deposit."""
+
+
+class InOwnersPipeline(KiotaError):
+    """While this job waited for the lane, the lane's owner signed its deposit's payout: the owner settles it
+    as its block arrives, so the job need not hold a worker's slot meanwhile."""
 
 
 def lane_key(chain_id: int, address: str) -> int:
@@ -75,7 +75,9 @@ async def treasury_lane(
     pool: Pool, key: int, wait_seconds: float, deposit_id: uuid.UUID | None = None
 ) -> AsyncIterator[Connection]:
     """Own the lane for the block. The lock lives on this connection: if the process dies, it is freed.
-    A job waiting for its deposit stops waiting (PaidMeanwhile) once the owner has paid it."""
+    A job waiting for its deposit stops waiting once the owner has paid it (PaidMeanwhile) or has its payout in
+    flight (InOwnersPipeline: the job looks again in a moment, and finds it paid, or the lane free if the owner
+    died, and then sends the stored attempts itself)."""
     async with pool.acquire() as conn:
         deadline = time.monotonic() + wait_seconds
         while not await try_advisory_lock(conn, key):
@@ -84,9 +86,11 @@ async def treasury_lane(
             # The owner pays every waiting deposit in its turn: look less often, and stop once paid.
             await asyncio.sleep(LANE_POLL_SECONDS)
             if deposit_id is not None:
-                status = await store.deposit_status(conn, deposit_id)
+                status, in_flight = await store.deposit_payout_state(conn, deposit_id)
                 if status != "processing":
                     raise PaidMeanwhile(str(status))
+                if in_flight:
+                    raise InOwnersPipeline("the payout is in flight in the lane owner's pipeline")
         try:
             yield conn
         finally:
@@ -130,6 +134,8 @@ async def pay_deposit(
             return await _pay_in_lane(conn, treasury, guards, payee, config)
     except LaneBusy as exc:
         return PayoutResult(PayoutOutcome.WAITING, str(exc))
+    except InOwnersPipeline as exc:  # looked at again once its block has likely come and been settled
+        return PayoutResult(PayoutOutcome.WAITING, str(exc), IN_FLIGHT_RECHECK_SECONDS)
     except PaidMeanwhile as exc:
         return _done(str(exc))
 
@@ -137,133 +143,282 @@ async def pay_deposit(
 async def _pay_in_lane(
     conn: Connection, treasury: Treasury, guards: Guards, payee: Payee, config: LaneConfig
 ) -> PayoutResult:
-    """This deposit's turn of the lane, then, while the lane is ours and other deposits still wait
-    for a payout, more turns for them: handing the lane from job to job costs a turn's worth of time."""
+    """The owner's pipeline, this job's deposit first: handing the lane from job to job costs a block."""
     (payout,) = await _live_payouts(conn, treasury, [payee])
     if payout.status == "cancelling":
         return PayoutResult(PayoutOutcome.WAITING, "the nonce of this deposit's abandoned payout is being filled")
-    drain_until = time.monotonic() + config.drain_seconds
-    turn = await _turn(conn, treasury, guards, LaneItem(payee, payout), config, time.monotonic() + config.watch_seconds)
-    unsigned = PayoutResult(PayoutOutcome.WAITING, "the payout was not signed")
-    result = turn.blocked or turn.results.get(payout.id, unsigned)
-    while turn.all_paid and time.monotonic() < drain_until:
-        # A further turn watches its receipts until drain_seconds after the drain's end at most, so the
-        # job stays well inside arq's timeout; what is not mined by then the next turn settles.
-        watch_until = min(time.monotonic() + config.watch_seconds, drain_until + config.drain_seconds)
-        try:
-            guards = await store.guards(conn)
-            turn = await _turn(conn, treasury, guards, None, config, watch_until, turn.settled_block)
-        except Exception as exc:
-            # This job's own payout is settled: whatever failed is the others', stored for the next turn.
-            if connection_lost(exc) or isinstance(exc, OSError):  # an outage, logged once by the worker
-                error = f"{type(exc).__name__}: {exc}"
-                log.info("the lane stopped paying other deposits: connection lost", error=error)
-            else:
-                log.exception("the lane stopped paying other deposits after a failure")
-            break
-    return result
+    return await Pipeline(conn, treasury, config).run(LaneItem(payee, payout), guards)
 
 
-@dataclass(frozen=True, slots=True)
-class _TurnOutcome:
-    results: dict[int, PayoutResult]  # by payout id
-    blocked: PayoutResult | None
-    signed: int  # new payouts signed in this turn
-    settled_block: int | None  # the highest block of a receipt settled in this turn
+class Pipeline:
+    """The lane owner's pipeline: sign and send the next nonces while earlier ones wait for their block, up to
+    `LaneConfig.max_in_flight` unsettled; at each new head, the receipts of everything in flight in one
+    request, and each block's mined payouts settled in one transaction. Fee replacement only for the lowest
+    unmined nonce: the ones above it wait for it, not for their fees.
 
-    @property
-    def all_paid(self) -> bool:
-        """New payouts were signed and every payout of the turn settled: the lane may go on."""
-        return (
-            self.signed > 0
-            and self.blocked is None
-            and all(r.outcome is PayoutOutcome.COMPLETED for r in self.results.values())
+    It signs for `drain_seconds`, then settles what is in flight for `watch_seconds` at most, and hands the
+    lane over as soon as nothing is in flight and no deposit waits."""
+
+    def __init__(self, conn: Connection, treasury: Treasury, config: LaneConfig) -> None:
+        self.conn, self.treasury, self.config = conn, treasury, config
+        self.in_flight: list[SignedItem] = []  # nonce order
+        self.sent_at: dict[int, int | None] = {}  # payout id -> head when its newest attempt was sent
+        self.results: dict[int, PayoutResult] = {}  # by payout id: what each settled (or given up) payout came to
+        self.settled_block: int | None = None  # the highest block of a receipt settled here
+        self.head = 0
+        self.may_sign = True
+        self.unsent: set[int] = set()  # payout ids a full node refused: sent again at each head, nothing new meanwhile
+
+    async def run(self, own: LaneItem, guards: Guards) -> PayoutResult:
+        started = time.monotonic()
+        sign_until, stop_at = started + self.config.drain_seconds, started + self.config.drain_seconds
+        stop_at += self.config.watch_seconds
+        await recheck_settled_or_log(self.conn, self.treasury, self.config)  # a payout a reorg removed comes first
+        self.head = await self.treasury.head()
+        await self._resume()
+        if self.in_flight:  # they may be mined already: no new block need come for them
+            await self._settle_head()
+        blocked = await self._fill(guards, own)  # the owner's own payout, whatever the drain says
+        result = blocked or self._own_result(own.payout.id)
+        if blocked is not None and own.payout.status == "created":
+            self.may_sign = False
+        while True:
+            try:
+                signed = 0
+                if self.may_sign and not self.unsent and time.monotonic() < sign_until and self.in_flight_room() > 0:
+                    # Between blocks too: a deposit confirmed now rides in the next block, not the one after.
+                    guards = await store.guards(self.conn)
+                    signed = await self._fill_others(guards)
+                if not self.in_flight and not signed:
+                    break  # nothing in flight and no deposit waits: the lane is handed over
+                if await self._new_head():
+                    await self._settle_head()
+                elif time.monotonic() >= stop_at:
+                    break
+                else:
+                    await asyncio.sleep(self.config.poll_seconds)
+            except Exception as exc:
+                if own.payout.id not in self.results:
+                    raise
+                # This job's own payout is settled: whatever failed is the others', stored for the next owner.
+                self._log_stop(exc)
+                break
+            result = blocked or self._own_result(own.payout.id)
+        return result
+
+    def in_flight_room(self) -> int:
+        return self.config.max_in_flight - len(self.in_flight)
+
+    def _own_result(self, payout_id: int) -> PayoutResult:
+        if payout_id in self.results:
+            return self.results[payout_id]
+        if any(item.payout.id == payout_id for item in self.in_flight):
+            return PayoutResult(PayoutOutcome.WAITING, "the payout is not mined yet")
+        return PayoutResult(PayoutOutcome.WAITING, "the payout was not signed")
+
+    @staticmethod
+    def _log_stop(exc: Exception) -> None:
+        if connection_lost(exc) or isinstance(exc, OSError):  # an outage, logged once by the worker
+            log.info("the lane stopped paying other deposits: connection lost", error=f"{type(exc).__name__}: {exc}")
+        else:
+            log.exception("the lane stopped paying other deposits after a failure")
+
+    async def _resume(self) -> None:
+        """Signed, unsettled payouts from before (a previous owner's, maybe killed): sent again in nonce order,
+        since some may never have left and a gap would hold back all above it."""
+        loaded = await _unsettled(self.conn, self.treasury, self.config.max_in_flight)
+        self.in_flight = [item for item, _ in loaded]
+        self.sent_at = {item.payout.id: sent or self.head for item, sent in loaded}
+        if self.in_flight:  # one JSON-RPC batch (a node that has them, or mined them, says so harmlessly)
+            await broadcast_all(self.conn, self.treasury, self.in_flight)
+
+    async def _fill(self, guards: Guards, own: LaneItem) -> PayoutResult | None:
+        """The first signing: the owner's payout (if it has none yet) with the deposits that wait for one."""
+        if own.payout.status != "created" or self.in_flight_room() <= 0:
+            return None
+        others = await _companions(self.conn, self.treasury, guards, own.payee.deposit.id, self.in_flight_room() - 1)
+        fresh = [own, *others]
+        fees = await self.treasury.fee_quote()  # one quote for the checks and the signing
+        # A shortfall alerts (pauses the lane) only for the owner's own payout, alone.
+        blocked = await self._check(guards, fresh, fees, alert=not others)
+        if blocked is not None and others:  # the others wait; this one may fit
+            fresh = [own]
+            blocked = await self._check(guards, fresh, fees, alert=True)
+        if blocked is not None:
+            return blocked
+        if await self._sign_and_send(fresh, fees) is None:
+            return PayoutResult(PayoutOutcome.BLOCKED, "a payout guard was set while waiting", GUARD_RECHECK_SECONDS)
+        return None
+
+    async def _fill_others(self, guards: Guards) -> int:
+        """More deposits that wait, into the room under the cap; how many were signed. A guard or a cap that
+        stops them stops the signing for this owner (the deposits' own jobs look again)."""
+        if guards.kill_switch or guards.lane_paused:
+            self.may_sign = False
+            return 0
+        fresh = await _companions(self.conn, self.treasury, guards, None, self.in_flight_room())
+        if not fresh:
+            return 0
+        fees = await self.treasury.fee_quote()
+        if await self._check(guards, fresh, fees, alert=False) is not None:
+            self.may_sign = False
+            return 0
+        signed = await self._sign_and_send(fresh, fees)
+        if signed is None:
+            self.may_sign = False
+            return 0
+        return signed
+
+    async def _check(self, guards: Guards, fresh: list[LaneItem], fees: Fees, *, alert: bool) -> PayoutResult | None:
+        return await check_caps_and_funds(
+            self.conn, self.treasury, guards, fresh, fees, self.settled_block, alert=alert, pending=len(self.in_flight)
         )
 
+    async def _sign_and_send(self, fresh: list[LaneItem], fees: Fees) -> int | None:
+        """Signed and stored in one transaction, then sent in nonce order; None when a guard was set meanwhile."""
+        new = await sign_and_store(self.conn, self.treasury, fresh, fees)
+        if new is None:
+            return None
+        if new:
+            accepted_before = bool(self.in_flight)
+            self.in_flight += new
+            for item in new:
+                self.sent_at[item.payout.id] = self.head
+            try:
+                await broadcast_all(self.conn, self.treasury, new)
+            except ChainUnavailable as exc:
+                if not accepted_before and await self.treasury.pending_nonce() <= new[0].signed.nonce:
+                    raise  # the node takes none of ours: a failure, as any other
+                # The node holds our earlier ones and takes no more (a pool's per-sender limit, more than
+                # PAYOUT_MAX_IN_FLIGHT allows for): stored, they are sent again at each head, and nothing new
+                # is signed until the node takes them.
+                self.unsent.update(item.payout.id for item in new)
+                log.warning("the node refused the lane's next transactions; sending them again each block",
+                            error=str(exc), in_flight=len(self.in_flight))  # fmt: skip
+            failpoint("after_broadcast")
+        return len(new)
 
-async def _turn(
-    conn: Connection,
-    treasury: Treasury,
-    guards: Guards,
-    own: LaneItem | None,
-    config: LaneConfig,
-    watch_until: float,
-    funds_at: int | None = None,
-) -> _TurnOutcome:
-    """One turn of the lane: re-send every signed, unsettled payout in nonce order (after a crash
-    some may never have left; a gap would hold back all above it), sign and send the owner's payout
-    (if it has none yet) with the other deposits waiting for one, then settle whatever is mined.
-    `funds_at`: the treasury's USDC is read at that block (one this lane saw), so that a lagging node
-    behind a load balancer cannot show it from before the last turn's payouts."""
-    await recheck_settled_or_log(conn, treasury, config)  # first: a payout a reorg removed holds the nonces above it
-    batch = await _unsettled(conn, treasury, config.batch_size)
-    for item in batch:
-        await broadcast_or_bump(conn, treasury, item.payout, item.signed)
-    blocked = None
-    signed: list[SignedItem] = []
-    if own is None or own.payout.status == "created":
-        mine = [own] if own is not None else []
-        own_id = own.payee.deposit.id if own else None
-        others = await _companions(conn, treasury, guards, own_id, config.batch_size - len(mine))
-        fresh = mine + others
-        fees = await treasury.fee_quote() if fresh else None  # one quote for the turn's checks and signing
-        if fees is not None:  # a shortfall alerts (pauses the lane) only for the owner's own payout, alone
-            blocked = await check_caps_and_funds(conn, treasury, guards, fresh, fees, funds_at, alert=not others)
-        if blocked is not None and fees is not None and mine and others:  # the others wait; this one may fit
-            fresh = mine
-            blocked = await check_caps_and_funds(conn, treasury, guards, fresh, fees, funds_at, alert=True)
-        if blocked is None and fees is not None:
-            new = await sign_and_store(conn, treasury, fresh, fees)
-            if new is None:
-                blocked = PayoutResult(
-                    PayoutOutcome.BLOCKED, "a payout guard was set while waiting", GUARD_RECHECK_SECONDS
-                )
-            elif new:
-                signed = new
-                await broadcast_all(conn, treasury, signed)
-                failpoint("after_broadcast")
-                batch += signed
-    results: dict[int, PayoutResult] = {}
-    mined: list[Mined] = []
-    receipts = await _receipts_at_once(treasury, batch)
-    for item, seen in zip(batch, receipts, strict=True):  # nonce order
-        deposit_id, payout_id = item.payee.deposit.id, item.payout.id
+    async def _send_unsent(self) -> None:
+        items = [item for item in self.in_flight if item.payout.id in self.unsent]
         try:
-            receipt = seen or await watch(conn, treasury, item.payout, config, watch_until)
-        except NonceTaken as exc:
-            results[payout_id] = await nonce_taken(conn, deposit_id, exc)
-            continue
-        if receipt is None:
-            results[payout_id] = PayoutResult(PayoutOutcome.WAITING, "the payout is not mined yet")
-            continue
-        failpoint("after_receipt")
-        if receipt.succeeded:
-            mined.append(Mined(item.payee, payout_id, receipt))
-            results[payout_id] = PayoutResult(PayoutOutcome.COMPLETED, receipt.tx_hash)
-        else:  # at its first confirmation: given up on, and 'reverted' when that block is deep enough
-            results[payout_id] = await reverted(conn, payout_id, deposit_id, receipt, final=False)
-    await settle(conn, treasury, mined)
-    return _TurnOutcome(results, blocked, len(signed), max((m.receipt.block_number for m in mined), default=None))
+            if items:
+                await broadcast_all(self.conn, self.treasury, items)
+        except ChainUnavailable as exc:
+            log.info("the node still refuses the lane's next transactions", error=str(exc), unsent=len(items))
+            return
+        self.unsent.clear()
+
+    async def _new_head(self) -> bool:
+        """Whether a block came after the last one seen."""
+        head = await self.treasury.head()
+        if head > self.head:
+            self.head = head
+            return True
+        return False
+
+    async def _settle_head(self) -> None:
+        """A new head: settled payouts re-checked (a reorg), payouts given up on meanwhile handed to the nonce
+        filler, then everything in flight looked at in one request, each block's mined payouts settled in one
+        transaction, and the lowest unmined nonce re-signed with higher fees when it has waited too long."""
+        await recheck_settled_or_log(self.conn, self.treasury, self.config)
+        await self._drop_given_up()
+        if not self.in_flight:
+            return
+        try:
+            receipts = await self.treasury.receipts([item.signed.tx_hash for item in self.in_flight])
+            mined_nonce = await self.treasury.mined_nonce()
+        except ChainUnavailable as exc:  # the next head looks again
+            log.warning("the lane could not read receipts this block", error=str(exc))
+            return
+        seen = {item.payout.id: r for item, r in zip(self.in_flight, receipts, strict=True) if r is not None}
+        # Mined past a nonce with no receipt of its newest attempt: an older attempt, or not ours.
+        below = [i for i in self.in_flight if i.payout.id not in seen and i.signed.nonce < mined_nonce]
+        if below:
+            seen.update(await _older_receipts(self.conn, self.treasury, [i.payout.id for i in below]))
+        if seen:
+            failpoint("after_receipt")
+        by_block: dict[int, list[Mined]] = {}
+        done: set[int] = set()
+        for item in self.in_flight:  # nonce order
+            deposit_id, payout_id = item.payee.deposit.id, item.payout.id
+            receipt = seen.get(payout_id)
+            if receipt is None and item in below:
+                taken = NonceTaken(f"nonce {item.signed.nonce} was used by a transaction that is not this payout")
+                self.results[payout_id] = await nonce_taken(self.conn, deposit_id, taken)
+                done.add(payout_id)
+            elif receipt is not None and receipt.succeeded:
+                by_block.setdefault(receipt.block_number, []).append(Mined(item.payee, payout_id, receipt))
+            elif receipt is not None:  # at its first confirmation: given up on, and 'reverted' when deep enough
+                self.results[payout_id] = await reverted(self.conn, payout_id, deposit_id, receipt, final=False)
+                self.may_sign = False  # the lane is paused
+                done.add(payout_id)
+        for block in sorted(by_block):  # one block's payouts, one transaction
+            mined = by_block[block]
+            await settle(self.conn, self.treasury, mined)
+            for m in mined:
+                self.results[m.payout_id] = PayoutResult(PayoutOutcome.COMPLETED, m.receipt.tx_hash)
+                done.add(m.payout_id)
+            self.settled_block = max(block, self.settled_block or 0)
+        self.in_flight = [item for item in self.in_flight if item.payout.id not in done]
+        self.unsent &= {item.payout.id for item in self.in_flight}
+        await self._send_unsent()
+        await self._bump_lowest(mined_nonce)
+
+    async def _drop_given_up(self) -> None:
+        """A payout given up on while in flight (its job's time ran out, an operator's cancel) leaves the
+        pipeline: the nonce filler fills its nonce (or sees it mined, and settles it), so the payouts above it
+        are not held back."""
+        treasury = self.treasury
+        if not self.in_flight or not await store.any_cancelling(self.conn, treasury.chain_id, treasury.address):
+            return
+        still = await store.payouts_still_signed(self.conn, [item.payout.id for item in self.in_flight])
+        self.in_flight = [item for item in self.in_flight if item.payout.id in still]
+        try:
+            await resolve_abandoned(self.conn, self.treasury, self.config)
+        except ChainUnavailable as exc:
+            log.warning("nonce filler failed this block", error=str(exc))
+
+    async def _bump_lowest(self, mined_nonce: int) -> None:
+        """Only the next nonce to be mined is re-signed with higher fees, once it has waited replace_after_blocks."""
+        lowest = self.in_flight[0] if self.in_flight else None
+        if lowest is None or lowest.signed.nonce != mined_nonce:
+            return
+        sent = self.sent_at.get(lowest.payout.id)
+        if sent is None or self.head - sent < self.config.replace_after_blocks:
+            return
+        newest = await replace(self.conn, self.treasury, lowest.payout, lowest.signed)
+        self.in_flight[0] = SignedItem(lowest.payee, lowest.payout, newest)
+        self.sent_at[lowest.payout.id] = self.head
 
 
-async def _receipts_at_once(treasury: Treasury, batch: list[SignedItem]) -> list[Receipt | None]:
-    """The receipts of the turn's latest attempts in one request; the ones missing are watched one by one
-    (older attempts, replacements, a nonce taken). A failed request just leaves them all to be watched."""
-    try:
-        return await treasury.receipts([item.signed.tx_hash for item in batch])
-    except ChainUnavailable:
-        return [None] * len(batch)
+async def _older_receipts(conn: Connection, treasury: Treasury, payout_ids: list[int]) -> dict[int, Receipt]:
+    """Receipts of any attempt of these payouts (an older one may have been mined instead of the newest). Looked
+    at twice: an attempt may land between the nonce and the receipts."""
+    attempts = [a for a in await store.attempts_of_payouts(conn, payout_ids) if a.kind == "payout"]
+    found: dict[int, Receipt] = {}
+    for _ in range(2):
+        receipts = await treasury.receipts([a.tx_hash for a in attempts])
+        for attempt, receipt in zip(attempts, receipts, strict=True):
+            if receipt is not None:
+                found[attempt.payout_id] = receipt
+        if len(found) == len(set(payout_ids)):
+            break
+    return found
 
 
-async def _unsettled(conn: Connection, treasury: Treasury, limit: int) -> list[SignedItem]:
-    """Signed payouts not yet settled, in nonce order, with their deposit and newest attempt."""
+async def _unsettled(conn: Connection, treasury: Treasury, limit: int) -> list[tuple[SignedItem, int | None]]:
+    """Signed payouts not yet settled, in nonce order, with their deposit and newest attempt (and the head at
+    which that attempt was sent, if it was)."""
+    payouts = await store.unsettled_payouts(conn, treasury.chain_id, treasury.address, limit)
+    attempts = await store.attempts_of_payouts(conn, [p.id for p in payouts]) if payouts else []
+    newest = {a.payout_id: a for a in attempts if a.kind == "payout"}  # oldest first: the last one wins
     batch = []
-    for payout in await store.unsettled_payouts(conn, treasury.chain_id, treasury.address, limit):
+    for payout in payouts:
         assert payout.deposit_id is not None  # a payout pays a deposit
         payee = await store.payee(conn, payout.deposit_id)
         assert payee is not None  # payouts reference their deposit
-        attempts = [a for a in await store.attempts_of_payout(conn, payout.id) if a.kind == "payout"]
-        batch.append(SignedItem(payee, payout, stored(attempts[-1])))
+        attempt = newest[payout.id]
+        batch.append((SignedItem(payee, payout, stored(attempt)), attempt.broadcast_block))
     return batch
 
 

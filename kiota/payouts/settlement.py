@@ -1,4 +1,4 @@
-"""Settling payouts: watching for a receipt, settling what is mined (deposit completed, entry booked),
+"""Settling payouts: settling what is mined (deposit completed, entry booked),
 giving up on one that reverted or whose nonce was taken, and looking at settled payouts again until
 they are final.
 
@@ -11,8 +11,6 @@ deposit for a new payout is taken only when the block that decides it is that de
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -45,35 +43,6 @@ class Mined:
     payee: Payee
     payout_id: int
     receipt: Receipt
-
-
-async def watch(
-    conn: Connection, treasury: Treasury, payout: Payout, config: LaneConfig, deadline: float
-) -> Receipt | None:
-    """Wait for a receipt of any attempt; re-sign with higher fees when one sits unmined too long."""
-    while True:
-        attempts = [a for a in await store.attempts_of_payout(conn, payout.id) if a.kind == "payout"]
-        for attempt in reversed(attempts):
-            receipt = await treasury.receipt(attempt.tx_hash)
-            if receipt is not None:
-                return receipt
-        latest = attempts[-1]
-        mined = await treasury.mined_nonce()
-        if mined > latest.nonce:
-            # Mined past our nonce: one of our attempts (look again: it may have just landed) or not ours.
-            for attempt in reversed(attempts):
-                receipt = await treasury.receipt(attempt.tx_hash)
-                if receipt is not None:
-                    return receipt
-            raise NonceTaken(f"nonce {latest.nonce} was used by a transaction that is not this payout")
-        # Re-sign only the next nonce to be mined: the ones above it wait for it, not for their fees.
-        if mined == latest.nonce and latest.broadcast_block is not None:
-            if await treasury.head() - latest.broadcast_block >= config.replace_after_blocks:
-                await replace(conn, treasury, payout, stored(latest))
-                continue
-        if time.monotonic() > deadline:
-            return None
-        await asyncio.sleep(config.poll_seconds)
 
 
 async def settle(conn: Connection, treasury: Treasury, mined: list[Mined]) -> None:
@@ -230,7 +199,7 @@ async def _send_settled_again(
     mined_nonce: int,
 ) -> None:
     """A reorg removed a settled payout's block and its nonce is free: the same stored signed transaction
-    (the one that was mined, or a newer attempt at the same nonce) is sent again. As `watch` does for a
+    (the one that was mined, or a newer attempt at the same nonce) is sent again. As the lane does for a
     payout never mined, once it is the lowest nonce still unmined and has waited `replace_after_blocks`
     since it left the chain, it is re-signed at the same nonce with fees raised (base fees may have risen
     past its cap since it was first mined), and so is a node refusing its fees. One transfer either way (one

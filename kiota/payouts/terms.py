@@ -40,14 +40,23 @@ class PayoutResult:
     recheck_in: float | None = None
 
 
+# Payouts signed and not yet settled, per treasury, at most (PAYOUT_MAX_IN_FLIGHT; kiota/settings.py says why 128).
+MAX_IN_FLIGHT = 128
+
+
 @dataclass(slots=True)
 class LaneConfig:
-    poll_seconds: float = 0.05
-    watch_seconds: float = 20.0  # how long one job run waits for a receipt before yielding
+    """The lane owner's pipeline: it signs and sends the next nonces while earlier ones wait for their block, up
+    to `max_in_flight` unsettled, for `drain_seconds`; then it settles what is in flight for `watch_seconds` at
+    most before it hands the lane over. The two together stay well inside arq's job timeout
+    (jobs/worker.py JOB_TIMEOUT_SECONDS; a unit test holds them to it)."""
+
+    poll_seconds: float = 0.05  # how often the owner looks for a new block
+    watch_seconds: float = 12.0  # after the drain, how long the owner waits for what is in flight to be mined
     lock_wait_seconds: float = 5.0
     replace_after_blocks: int = REPLACE_AFTER_BLOCKS
-    batch_size: int = 20  # deposits paid in one turn of the lane, the owner's own included
-    drain_seconds: float = 5.0  # after its own turn, the owner starts more turns for waiting deposits this long
+    max_in_flight: int = MAX_IN_FLIGHT  # signed, unsettled payouts at most, the owner's own included
+    drain_seconds: float = 10.0  # how long the owner goes on signing for the deposits that wait
     confirmations_required: int = 2  # a settled payout is final at this many (DEPOSIT_CONFIRMATIONS_REQUIRED)
 
 

@@ -174,6 +174,12 @@ async def deposit_status(db: Executor, deposit_id: uuid.UUID) -> str | None:
     return status
 
 
+async def deposit_payout_state(db: Executor, deposit_id: uuid.UUID) -> tuple[str | None, bool]:
+    """The deposit's status, and whether its payout is signed and unsettled (in a lane owner's pipeline)."""
+    row = await db.fetchrow(load_queries().deposit_payout_state, deposit_id)
+    return (None, False) if row is None else (row["status"], bool(row["in_flight"]))
+
+
 async def deposits_awaiting_payout(
     conn: Connection,
     other_than: uuid.UUID | None,
@@ -234,6 +240,11 @@ async def unsettled_payouts(conn: Connection, chain_id: int, address: str, limit
     """Signed and not settled, in nonce order."""
     rows = await conn.fetch(load_queries().unsettled_payouts, chain_id, address, limit)
     return [Payout.from_row(row) for row in rows]
+
+
+async def payouts_still_signed(conn: Connection, payout_ids: list[int]) -> set[int]:
+    """Of these, the payouts still signed and unsettled."""
+    return {row["id"] for row in await conn.fetch(load_queries().payouts_still_signed, payout_ids)}
 
 
 async def payouts_confirmed(conn: Connection, payout_ids: list[int], tx_hashes: list[str], blocks: list[int]) -> None:

@@ -259,3 +259,13 @@ SELECT DISTINCT address FROM treasury_nonces ORDER BY address;
 -- USDC each treasury paid out, by its settled payouts.
 SELECT from_address, coalesce(sum(amount_micro), 0)::bigint AS paid FROM payouts
 WHERE status = 'confirmed' AND purpose = 'deposit' GROUP BY from_address;
+
+-- name: deposit_payout_state
+-- A job waiting for the lane: its deposit's status, and whether its payout is signed and unsettled (in flight
+-- in the lane owner's pipeline, which settles it as its block arrives).
+SELECT d.status, EXISTS (SELECT 1 FROM payouts p WHERE p.deposit_id = d.id AND p.status = 'signed') AS in_flight
+FROM deposits d WHERE d.id = $1;
+
+-- name: payouts_still_signed
+-- Of these payouts, the ones still signed and unsettled (one given up on meanwhile is 'cancelling').
+SELECT id FROM payouts WHERE id = ANY($1::bigint[]) AND status = 'signed';

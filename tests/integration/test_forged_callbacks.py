@@ -192,7 +192,7 @@ async def test_a_forged_success_never_rides_in_another_deposits_lane_turn(mpesa_
     treasury = treasury_for(system)
     try:
         assert (await confirm_success(system.pool, daraja, uuid.UUID(genuine["deposit_id"]))).verdict == "confirmed"
-        result = await pay_deposit(system.pool, treasury, uuid.UUID(genuine["deposit_id"]), LaneConfig(batch_size=5))
+        result = await pay_deposit(system.pool, treasury, uuid.UUID(genuine["deposit_id"]), LaneConfig(max_in_flight=5))
     finally:
         await treasury.aclose()
         await daraja.aclose()

@@ -346,11 +346,11 @@ async def test_the_lane_owner_pays_every_waiting_deposit_in_further_turns(mpesa_
     treasury = treasury_for(system)
     try:
         one_turn = await pay_deposit(
-            system.pool, treasury, uuid.UUID(ids[0]), LaneConfig(batch_size=2, drain_seconds=0)
+            system.pool, treasury, uuid.UUID(ids[0]), LaneConfig(max_in_flight=2, drain_seconds=0)
         )
         assert one_turn.outcome.value == "completed"
         assert len(await transfers_from(system, system.treasury_address)) == 2  # its own and one companion
-        result = await pay_deposit(system.pool, treasury, uuid.UUID(ids[2]), LaneConfig(batch_size=2))
+        result = await pay_deposit(system.pool, treasury, uuid.UUID(ids[2]), LaneConfig(max_in_flight=2))
     finally:
         await treasury.aclose()
     assert result.outcome.value == "completed"
@@ -400,7 +400,7 @@ async def test_a_provider_that_refuses_batches_gets_the_turn_one_transaction_at_
     ids = await _processing_while_killed(system, users)
     treasury = treasury_for(system, _NoBatches)
     try:
-        result = await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), LaneConfig(batch_size=3))
+        result = await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), LaneConfig(max_in_flight=3))
     finally:
         await treasury.aclose()
     assert result.outcome.value == "completed"
@@ -419,13 +419,13 @@ async def test_a_failure_in_a_further_turn_leaves_the_owner_paid_and_the_rest_fo
     flaky = treasury_for(system, _SendsOnce)
     healthy = treasury_for(system)
     try:
-        result = await pay_deposit(system.pool, flaky, uuid.UUID(ids[0]), LaneConfig(batch_size=2))
+        result = await pay_deposit(system.pool, flaky, uuid.UUID(ids[0]), LaneConfig(max_in_flight=2))
         assert result.outcome.value == "completed"  # its own payout settled before the failure
         assert len(await transfers_from(system, system.treasury_address)) == 2
         # The second turn's two payouts were signed and stored, never sent: the next turn sends them.
         signed = await system.pool.fetchval("SELECT count(*) FROM payouts WHERE status = 'signed'")
         assert signed == 2
-        result = await pay_deposit(system.pool, healthy, uuid.UUID(ids[4]), LaneConfig(batch_size=2))
+        result = await pay_deposit(system.pool, healthy, uuid.UUID(ids[4]), LaneConfig(max_in_flight=2))
     finally:
         await flaky.aclose()
         await healthy.aclose()
@@ -443,12 +443,12 @@ async def test_deposits_left_out_of_a_turn_by_a_cap_ride_in_a_later_turn(mpesa_s
     await system.pool.execute("UPDATE payout_guards SET hourly_cap_micro = 15000000")  # one payout of 10 USDC fits
     treasury = treasury_for(system)
     try:
-        first = await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), LaneConfig(batch_size=3))
+        first = await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), LaneConfig(max_in_flight=3))
         assert first.outcome.value == "completed"
         assert len(await transfers_from(system, system.treasury_address)) == 1  # the others got payout rows only
         assert await system.pool.fetchval("SELECT count(*) FROM payouts WHERE status = 'created'") == 2
         await system.pool.execute("UPDATE payout_guards SET hourly_cap_micro = 100000000")
-        one_turn = LaneConfig(batch_size=3, drain_seconds=0)
+        one_turn = LaneConfig(max_in_flight=3, drain_seconds=0)
         second = await pay_deposit(system.pool, treasury, uuid.UUID(ids[1]), one_turn)
     finally:
         await treasury.aclose()
@@ -468,7 +468,9 @@ async def test_a_batch_the_treasurys_eth_cannot_cover_shrinks_to_the_owners_payo
         fees = await treasury.fee_quote()
         # Gas for one payout and its replacement at today's fees, not for a batch of five.
         await rpc(system, "anvil_setBalance", system.treasury_address, hex(fees.max_fee_per_gas * 100_000 * 3))
-        result = await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), LaneConfig(batch_size=5, drain_seconds=0))
+        result = await pay_deposit(
+            system.pool, treasury, uuid.UUID(ids[0]), LaneConfig(max_in_flight=5, drain_seconds=0)
+        )
     finally:
         await treasury.aclose()
     assert result.outcome.value == "completed"

@@ -32,6 +32,7 @@ AT_BOUND = NOW - MAX_TRYING  # not yet too long: the bound is "longer than"
 PAST_BOUND = NOW - MAX_TRYING - timedelta(seconds=1)
 RPC = Failed("ChainUnavailable: RPC failed")
 NOT_MINED = PayoutResult(PayoutOutcome.WAITING, "0xabc not mined yet")
+IN_FLIGHT = PayoutResult(PayoutOutcome.WAITING, "in flight in the lane owner's pipeline", 3.0)
 
 
 @pytest.mark.parametrize(
@@ -51,6 +52,9 @@ NOT_MINED = PayoutResult(PayoutOutcome.WAITING, "0xabc not mined yet")
         (0, AT_BOUND, NOT_MINED, WaitAgain(WAITING_RETRY_SECONDS)),
         (0, None, NOT_MINED, WaitAgain(WAITING_RETRY_SECONDS)),
         (0, PAST_BOUND, NOT_MINED, NotSettled(NOT_MINED.detail)),
+        # In flight in the lane owner's pipeline: looked at again when the lane says (about a block), same bound.
+        (0, JUST_NOW, IN_FLIGHT, WaitAgain(3.0)),
+        (0, PAST_BOUND, IN_FLIGHT, NotSettled(IN_FLIGHT.detail)),
         (4, PAST_BOUND, NOT_MINED, NotSettled(NOT_MINED.detail)),  # earlier failures change nothing here
         # A guard blocks it: no failure, no bound; it looks again when the guard says.
         (0, PAST_BOUND, PayoutResult(PayoutOutcome.BLOCKED, "hourly cap", 60.0), Blocked("hourly cap", 60.0)),
