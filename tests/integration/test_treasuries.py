@@ -206,7 +206,7 @@ async def test_two_lanes_racing_for_the_same_deposits_pay_each_once(mpesa_system
     users = [f"both{i}" for i in range(10)]
     ids = await _processing_while_killed(system, users)
     lanes = [lane_alone(system, TREASURY_KEY), lane_alone(system, KEY_2)]
-    config = LaneConfig(batch_size=4, drain_seconds=2, lock_wait_seconds=5)
+    config = LaneConfig(max_in_flight=4, drain_seconds=2, lock_wait_seconds=5)
     try:
         # Every deposit's job on both lanes at once: each lane believes every deposit is its own.
         await asyncio.gather(
