@@ -47,6 +47,7 @@ class TreasuryLane:
     paused: bool
     pause_reason: str | None
     in_flight: int = 0  # its payouts signed, being cancelled, or settled and not final (operators' view only)
+    free_usdc: int | None = None  # its free USDC as its lane last read it (several treasuries; operators' view only)
 
 
 def _payee(row: asyncpg.Record) -> Payee:
@@ -108,7 +109,14 @@ async def treasury_lanes(db: Executor, chain_id: int | None = None) -> list[Trea
     q = load_queries()
     rows = await (db.fetch(q.all_treasury_lanes) if chain_id is None else db.fetch(q.treasury_lanes, chain_id))
     return [
-        TreasuryLane(r["chain_id"], r["address"], r["paused"], r["pause_reason"], int(r.get("in_flight") or 0))
+        TreasuryLane(
+            r["chain_id"],
+            r["address"],
+            r["paused"],
+            r["pause_reason"],
+            int(r.get("in_flight") or 0),
+            r.get("free_usdc_micro"),
+        )
         for r in rows
     ]
 

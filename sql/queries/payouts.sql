@@ -34,7 +34,8 @@ SELECT address, pause_reason FROM resumed;
 SELECT * FROM treasury_lanes WHERE chain_id = $1 ORDER BY address;
 
 -- name: all_treasury_lanes
--- Every treasury known here (it signed a payout, or its lane was paused), with its lane's state and its payouts
+-- Every treasury known here (it signed a payout, its lane was paused or read its funds), with its lane's state, its
+-- last-read free USDC (several treasuries) and its payouts
 -- still in flight: signed, being cancelled, or settled and not final (only its own lane re-sends, fills or
 -- re-checks them: a treasury is retired only once it has none). Each count is one partial index's.
 SELECT k.chain_id, k.address, coalesce(l.paused, false) AS paused, l.pause_reason,
@@ -43,9 +44,14 @@ SELECT k.chain_id, k.address, coalesce(l.paused, false) AS paused, l.pause_reaso
        WHERE p.status = 'cancelling' AND p.chain_id = k.chain_id AND p.from_address = k.address)
     + (SELECT count(*) FROM payouts p
        WHERE p.status = 'confirmed' AND p.final_at IS NULL AND p.chain_id = k.chain_id AND p.from_address = k.address)
-    AS in_flight
-FROM (SELECT chain_id, address FROM treasury_nonces UNION SELECT chain_id, address FROM treasury_lanes) k
+    AS in_flight,
+    f.free_usdc_micro
+FROM (
+    SELECT chain_id, address FROM treasury_nonces UNION SELECT chain_id, address FROM treasury_lanes
+    UNION SELECT chain_id, address FROM treasury_funds
+) k
 LEFT JOIN treasury_lanes l USING (chain_id, address)
+LEFT JOIN treasury_funds f USING (chain_id, address)
 ORDER BY k.chain_id, k.address;
 
 -- name: note_treasury_funds

@@ -19,6 +19,7 @@ from kiota.chain_rpc import ChainReader
 from kiota.dev.chain import BASE_USDC_ADDRESS, mint_usdc
 from kiota.ingester import ScanConfig, scan_round
 from kiota.ledger import user_account
+from kiota.money import format_usdc
 from kiota.payouts import LaneConfig, PayoutOutcome, PayoutResult, pay_deposit
 from kiota.payouts.attempts import sign_and_store
 from kiota.payouts.lanes import TOO_LARGE, choose_lane, slot_of
@@ -153,6 +154,8 @@ async def test_one_large_deposit_does_not_pause_every_treasury_that_can_still_pa
     assert job["next_run_at"] is not None  # it is looked at again by itself
     assert not await system.pool.fetchval("SELECT count(*) FROM treasury_lanes WHERE paused")
     assert "kiota_payouts_too_large 1.0" in (await system.http.get("/metrics", auth=ADMIN_AUTH)).text
+    code, answer = await ops_json(system.settings.database_url, system.settings.redis_url, "guards")
+    assert code == 0 and answer["treasury_free_usdc"] == {address: format_usdc(25 * 10**6) for address in treasuries}
 
     # Every lane goes on paying the others: four 10-USDC deposits, wherever their slots are, two per treasury.
     small = [(await system.initiate(f"small{i}", 1295)).json()["deposit_id"] for i in range(4)]
