@@ -57,6 +57,7 @@ from kiota.users import ensure_user
 from tests.support import ADMIN_DSN, CALLBACK_TOKEN, TEST_XPUB, TREASURY_KEY, base_env, dsn_for, free_port
 
 REPO = Path(__file__).resolve().parents[1]
+WORKER_TUNING = ("QUEUE_CONCURRENCY_PAYOUTS", "PAYOUT_MAX_IN_FLIGHT")
 REDIS_BENCH_URL = os.environ.get("KIOTA_BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
 DB_PREFIX = "kiota_bench_"
 KES_PER_USD = Decimal("129.50")
@@ -149,6 +150,9 @@ class Stack:
             env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
         if worker:
             env["TREASURY_PRIVATE_KEY"] = ",".join(self.treasury_keys)  # only the worker signs
+            # The worker's tuning may be tried from outside, e.g.
+            # `QUEUE_CONCURRENCY_PAYOUTS=60 .venv/bin/python -m bench --only B7`.
+            env.update({name: os.environ[name] for name in WORKER_TUNING if name in os.environ})
         return env
 
     def anvil_rpcs(self) -> list[str]:

@@ -129,6 +129,8 @@ async def guards(shell: Shell) -> int:
     paused = [lane for lane in lanes if lane.paused]  # each treasury's own lane
     # What must be none before a treasury's key is removed (README "Several treasuries").
     in_flight = {lane.address: lane.in_flight for lane in lanes if lane.in_flight}
+    # Several treasuries: what each could pay when its lane last looked (a larger deposit waits for a top-up).
+    free = {lane.address: format_usdc(lane.free_usdc) for lane in lanes if lane.free_usdc is not None}
     shell.out.result(
         {
             "kill_switch": now.kill_switch,
@@ -137,11 +139,15 @@ async def guards(shell: Shell) -> int:
             **limits,
             "treasury_lanes_paused": {lane.address: lane.pause_reason for lane in paused},
             "treasury_payouts_in_flight": in_flight,
+            "treasury_free_usdc": free,
         },
         f"kill_switch={now.kill_switch} lane_paused={now.lane_paused} pause_reason={now.pause_reason}\n"
         + " ".join(f"{name}={value}" for name, value in limits.items())
         + "".join(f"\ntreasury {lane.address} lane paused: {lane.pause_reason}" for lane in paused)
-        + "".join(f"\ntreasury {address}: {n} payout(s) in flight" for address, n in in_flight.items()),
+        + "".join(f"\ntreasury {address}: {n} payout(s) in flight" for address, n in in_flight.items())
+        + "".join(
+            f"\ntreasury {address}: free USDC {usdc} when its lane last looked" for address, usdc in free.items()
+        ),
     )
     return ATTENTION if now.kill_switch or now.lane_paused or paused else OK
 

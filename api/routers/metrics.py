@@ -119,6 +119,11 @@ def database_families(scraped: Scraped) -> Iterator[Metric]:
         "Payouts given up on whose nonce is not filled yet (alert if it stays above 0)",
         snapshot.payouts_cancelling,
     )
+    yield _gauge(
+        "kiota_payouts_too_large",
+        "Deposits blocked as larger than every running treasury's free USDC (alert: top up one treasury)",
+        snapshot.payouts_too_large,
+    )
     yield _gauge("kiota_workers_live", "Workers with a heartbeat in the last 90 s", snapshot.live_workers)
     lag = GaugeMetricFamily(
         "kiota_scan_lag_blocks", "The chain's head minus the ingester's last scanned block (absent: the node is down)"

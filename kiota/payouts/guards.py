@@ -6,6 +6,19 @@ every treasury's payouts, and `caps_hold` checks them again while signing, under
 lanes signing at once cannot both fit under what is left. Funds are each treasury's own: a shortfall is an
 alert that pauses that treasury's lane only (an operator resumes it); the other lanes go on and take its
 deposits (kiota/payouts/lanes.py).
+
+With several treasuries, a lane pauses only when its treasury truly runs dry: no ETH for gas, or free USDC
+(balance less payouts in flight) below `DRY_BELOW_MICRO`, when it cannot pay even a small deposit. A USDC shortfall
+for one deposit larger than the lane's free USDC, while the lane can still pay smaller ones, pauses nothing: the
+lane remembers its free USDC (every check does, table treasury_funds) and hands the deposit back (WAITING), and
+`choose_lane` gives it to a running lane whose treasury covers it, or blocks it with its reason when none does,
+while every lane goes on paying the others. Without this, one deposit larger than each treasury's free USDC (but
+not than their sum) paused its slot's lane, moved to the next and paused that too, until every lane was paused.
+
+With one treasury, a shortfall still pauses its lane, as before several treasuries: there is no other lane to
+give a large deposit to, the pause is the loud alert (KiotaTreasuryLanePaused) that makes an operator refill
+the treasury, whose USDC is then short of what users ask; a lane left running would page no one while each large
+deposit sat blocked.
 """
 
 from __future__ import annotations
@@ -25,6 +38,9 @@ from kiota.treasury import TRANSFER_GAS_LIMIT, Fees, Treasury
 log = structlog.get_logger(__name__)
 
 HOUR, DAY = 3600.0, 86400.0
+# Several treasuries: a treasury with less free USDC than this is dry, its lane pauses (M-Pesa's 10-KES minimum is
+# 0.02-0.2 USDC in the rate band; below 1 USDC a treasury pays almost nothing, and its deposits go elsewhere).
+DRY_BELOW_MICRO = 1_000_000
 # The advisory lock every lane's signing transaction takes for the caps (transaction-scoped).
 CAPS_LOCK_KEY = int.from_bytes(hashlib.sha256(b"kiota-payout-caps").digest()[:8], "big", signed=True)
 
@@ -67,8 +83,13 @@ async def check_caps_and_funds(
     # The treasury-low alerts' gauges, one per treasury (whole units: a metric, not money we compute with).
     metrics.tally.set(metrics.TREASURY_BALANCE, eth / 10**18, "ETH", treasury.address)
     metrics.tally.set(metrics.TREASURY_BALANCE, usdc / 10**6, "USDC", treasury.address)
+    free = usdc - in_flight
+    several = len(treasury.lanes) > 1
+    if several:  # steers the choice of lane for deposits larger than some treasury's free USDC (lanes.py)
+        await store.note_treasury_funds(conn, treasury.chain_id, treasury.address, free)
     shortfall = None
-    if usdc - in_flight < amount:
+    usdc_short = free < amount
+    if usdc_short:
         shortfall = f"treasury USDC {usdc} (in flight {in_flight}) is below the payout {amount}"
     elif eth < fees.max_fee_per_gas * TRANSFER_GAS_LIMIT * (pending + len(batch) + 1):  # and a replacement
         shortfall = f"treasury ETH {eth} wei cannot pay for gas"
@@ -76,6 +97,10 @@ async def check_caps_and_funds(
         return None
     if not alert:
         return PayoutResult(PayoutOutcome.BLOCKED, shortfall)
+    if several and usdc_short and free >= DRY_BELOW_MICRO:  # too large for this treasury, which is not dry
+        log.info("payout larger than the treasury's free USDC: handed to another lane", reason=shortfall)
+        reason = f"the payout {amount} is larger than treasury {treasury.address}'s free USDC {free}"
+        return PayoutResult(PayoutOutcome.WAITING, reason)  # its next run: a lane that covers it, or blocked
     await store.pause_treasury(conn, treasury.chain_id, treasury.address, shortfall)
     # An alert: an error line here and the paused lane in /metrics and the dashboard.
     log.error("treasury lane paused: treasury shortfall", reason=shortfall, treasury=treasury.address)

@@ -463,8 +463,9 @@ async def _companions(
     oldest first, each given its payout row."""
     if limit <= 0:
         return []
-    lanes, slots = await lane_slots(conn, treasury)
-    payees = await store.deposits_awaiting_payout(conn, own, guards.per_deposit_max_micro, limit, lanes, slots)
+    lanes, slots, free = await lane_slots(conn, treasury)
+    largest = guards.per_deposit_max_micro if free is None else min(free, guards.per_deposit_max_micro)
+    payees = await store.deposits_awaiting_payout(conn, own, largest, limit, lanes, slots)
     return [LaneItem(p, payout) for p, payout in zip(payees, await _live_payouts(conn, treasury, payees), strict=True)]
 
 

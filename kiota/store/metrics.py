@@ -21,6 +21,7 @@ class Snapshot:
     next_block: int | None  # the ingester's next block to scan; None before its first round
     # by treasury address: paused (treasuries never paused are absent)
     treasury_lanes: dict[str, bool] = field(default_factory=dict)
+    payouts_too_large: int = 0  # deposits blocked as larger than every running treasury's free USDC
 
 
 async def snapshot(conn: Executor, chain_id: int) -> Snapshot:
@@ -34,6 +35,7 @@ async def snapshot(conn: Executor, chain_id: int) -> Snapshot:
         lane_paused=row["lane_paused"],
         treasury_lanes=row["treasury_lanes"],
         payouts_cancelling=row["payouts_cancelling"],
+        payouts_too_large=row["payouts_too_large"],
         live_workers=row["live_workers"],
         next_block=row["next_block"],
     )

@@ -31,6 +31,14 @@ class Payee:
 
 
 @dataclass(frozen=True, slots=True)
+class TreasuryFunds:
+    """A treasury's free USDC (its balance less its payouts in flight) as its lane last read it, and how long ago."""
+
+    free_micro: int
+    age_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class TreasuryLane:
     """A treasury's lane as operators left it: paused (why) or running."""
 
@@ -39,6 +47,7 @@ class TreasuryLane:
     paused: bool
     pause_reason: str | None
     in_flight: int = 0  # its payouts signed, being cancelled, or settled and not final (operators' view only)
+    free_usdc: int | None = None  # its free USDC as its lane last read it (several treasuries; operators' view only)
 
 
 def _payee(row: asyncpg.Record) -> Payee:
@@ -100,7 +109,14 @@ async def treasury_lanes(db: Executor, chain_id: int | None = None) -> list[Trea
     q = load_queries()
     rows = await (db.fetch(q.all_treasury_lanes) if chain_id is None else db.fetch(q.treasury_lanes, chain_id))
     return [
-        TreasuryLane(r["chain_id"], r["address"], r["paused"], r["pause_reason"], int(r.get("in_flight") or 0))
+        TreasuryLane(
+            r["chain_id"],
+            r["address"],
+            r["paused"],
+            r["pause_reason"],
+            int(r.get("in_flight") or 0),
+            r.get("free_usdc_micro"),
+        )
         for r in rows
     ]
 
@@ -114,6 +130,23 @@ async def paid_out_by_treasury(db: Executor) -> dict[str, int]:
     """USDC micro-units each treasury paid out by its settled payouts, by lower-cased address."""
     rows = await db.fetch(load_queries().paid_out_by_treasury)
     return {row["from_address"].lower(): int(row["paid"]) for row in rows}
+
+
+async def note_treasury_funds(db: Executor, chain_id: int, address: str, free_micro: int) -> None:
+    """Remember a treasury's free USDC as its lane just read it (it steers `kiota.payouts.lanes.choose_lane`)."""
+    await db.execute(load_queries().note_treasury_funds, chain_id, address, free_micro)
+
+
+async def treasury_funds(db: Executor, chain_id: int) -> dict[str, TreasuryFunds]:
+    """Each treasury's last-read free USDC, by lower-cased address (a treasury never read has none)."""
+    rows = await db.fetch(load_queries().treasury_funds, chain_id)
+    return {r["address"].lower(): TreasuryFunds(int(r["free_usdc_micro"]), float(r["age_seconds"])) for r in rows}
+
+
+async def deposit_amount(db: Executor, deposit_id: uuid.UUID) -> int | None:
+    """The deposit's USDC in micro-units (None: no such deposit)."""
+    amount = await db.fetchval(load_queries().deposit_amount, deposit_id)
+    return None if amount is None else int(amount)
 
 
 async def lock_caps(conn: Connection, key: int) -> None:

@@ -13,5 +13,8 @@ SELECT
     (SELECT coalesce(json_object_agg(address, paused), '{}') FROM treasury_lanes WHERE chain_id = $1)
         AS treasury_lanes,
     (SELECT count(*) FROM payouts WHERE status = 'cancelling') AS payouts_cancelling,
+    -- Deposits blocked as larger than every running treasury's free USDC (kiota/payouts/lanes.py TOO_LARGE).
+    (SELECT count(*) FROM jobs WHERE status = 'blocked' AND blocked_reason LIKE 'no treasury''s free USDC covers%')
+        AS payouts_too_large,
     (SELECT count(*) FROM worker_heartbeats WHERE seen_at > now() - interval '90 seconds') AS live_workers,
     (SELECT next_block FROM chain_cursors WHERE chain_id = $1) AS next_block;

@@ -19,16 +19,23 @@ SET paused = true, pause_reason = EXCLUDED.pause_reason, updated_at = now(), upd
 WHERE NOT treasury_lanes.paused;
 
 -- name: resume_treasuries
--- Treasury lanes resumed: one ($1) or, with $1 null, all of them; returns the ones that were paused.
-UPDATE treasury_lanes SET paused = false, pause_reason = NULL, updated_at = now(), updated_by = $2
-WHERE paused AND ($1::text IS NULL OR lower(address) = lower($1))
-RETURNING address, pause_reason;
+-- Treasury lanes resumed: one ($1) or, with $1 null, all of them; returns the ones that were paused. Their
+-- remembered free USDC is forgotten (an operator refilled them): their lanes read it again in their next turn.
+WITH resumed AS (
+    UPDATE treasury_lanes SET paused = false, pause_reason = NULL, updated_at = now(), updated_by = $2
+    WHERE paused AND ($1::text IS NULL OR lower(address) = lower($1))
+    RETURNING chain_id, address, pause_reason
+), forgotten AS (
+    DELETE FROM treasury_funds f USING resumed r WHERE f.chain_id = r.chain_id AND f.address = r.address
+)
+SELECT address, pause_reason FROM resumed;
 
 -- name: treasury_lanes
 SELECT * FROM treasury_lanes WHERE chain_id = $1 ORDER BY address;
 
 -- name: all_treasury_lanes
--- Every treasury known here (it signed a payout, or its lane was paused), with its lane's state and its payouts
+-- Every treasury known here (it signed a payout, its lane was paused or read its funds), with its lane's state, its
+-- last-read free USDC (several treasuries) and its payouts
 -- still in flight: signed, being cancelled, or settled and not final (only its own lane re-sends, fills or
 -- re-checks them: a treasury is retired only once it has none). Each count is one partial index's.
 SELECT k.chain_id, k.address, coalesce(l.paused, false) AS paused, l.pause_reason,
@@ -37,10 +44,28 @@ SELECT k.chain_id, k.address, coalesce(l.paused, false) AS paused, l.pause_reaso
        WHERE p.status = 'cancelling' AND p.chain_id = k.chain_id AND p.from_address = k.address)
     + (SELECT count(*) FROM payouts p
        WHERE p.status = 'confirmed' AND p.final_at IS NULL AND p.chain_id = k.chain_id AND p.from_address = k.address)
-    AS in_flight
-FROM (SELECT chain_id, address FROM treasury_nonces UNION SELECT chain_id, address FROM treasury_lanes) k
+    AS in_flight,
+    f.free_usdc_micro
+FROM (
+    SELECT chain_id, address FROM treasury_nonces UNION SELECT chain_id, address FROM treasury_lanes
+    UNION SELECT chain_id, address FROM treasury_funds
+) k
 LEFT JOIN treasury_lanes l USING (chain_id, address)
+LEFT JOIN treasury_funds f USING (chain_id, address)
 ORDER BY k.chain_id, k.address;
+
+-- name: note_treasury_funds
+-- A treasury's free USDC (balance less payouts in flight), as its lane read it before signing.
+INSERT INTO treasury_funds (chain_id, address, free_usdc_micro, read_at) VALUES ($1, $2, $3, now())
+ON CONFLICT (chain_id, address) DO UPDATE SET free_usdc_micro = EXCLUDED.free_usdc_micro, read_at = now();
+
+-- name: treasury_funds
+-- Each treasury's last-read free USDC on a chain, and how many seconds ago it was read.
+SELECT address, free_usdc_micro, extract(epoch FROM now() - read_at)::float8 AS age_seconds
+FROM treasury_funds WHERE chain_id = $1;
+
+-- name: deposit_amount
+SELECT amount_usdc FROM deposits WHERE id = $1;
 
 -- name: caps_lock
 -- Held until the signing transaction ends: lanes sign one batch at a time against the shared caps.

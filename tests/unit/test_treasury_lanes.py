@@ -11,8 +11,9 @@ import pytest
 from eth_account import Account
 
 from kiota.errors import ConfigError
-from kiota.payouts.lanes import served_slots, serving_lane, slot_of
+from kiota.payouts.lanes import FUNDS_FRESH_SECONDS, may_cover, served_slots, serving_lane, slot_of
 from kiota.settings import WorkerSettings, load_settings
+from kiota.store.payouts import TreasuryFunds
 from kiota.treasury import Treasury
 from kiota.usdc import DEPOSIT, TREASURY, TransferLog, classify
 from tests.support import TREASURY_KEY, settings_kwargs
@@ -106,6 +107,22 @@ def test_the_serving_lane_is_the_slots_own_else_the_next_running_one(
 )
 def test_every_slot_has_at_most_one_serving_lane(paused: list[bool], served: list[list[int]]) -> None:
     assert [served_slots(lane, paused) for lane in range(len(paused))] == served
+
+
+@pytest.mark.parametrize(
+    ("funds", "amount", "covers"),
+    [
+        (None, 10**12, True),  # never read: its lane reads it in its turn
+        (TreasuryFunds(15_000_000, 1.0), 15_000_000, True),
+        (TreasuryFunds(15_000_000, 1.0), 15_000_001, False),  # fresh and short by one micro-USDC
+        (TreasuryFunds(15_000_000, FUNDS_FRESH_SECONDS + 1), 30_000_000, True),  # stale: tried, read again
+        (TreasuryFunds(-5, 1.0), 1, False),  # more in flight than on chain (a reorg) covers nothing
+    ],
+)
+def test_a_treasury_may_cover_a_payout_unless_a_fresh_reading_says_it_is_short(
+    funds: TreasuryFunds | None, amount: int, covers: bool
+) -> None:
+    assert may_cover(funds, amount) is covers
 
 
 def test_deposits_spread_evenly_over_the_slots() -> None:
