@@ -14,7 +14,7 @@ from jobs.context import WorkerContext, running_job_id
 from kiota.errors import ChainUnavailable
 from kiota.job_history import recorded_tick
 from kiota.job_names import Queue
-from kiota.payouts import fill_abandoned_nonces, recheck_settled_payouts
+from kiota.payouts import fill_abandoned_nonces, recheck_settled_payouts, settle_stranded_payouts
 from kiota.queue_stats import sample_depth
 from kiota.queues import mirror_pauses
 from kiota.store.jobs import record_heartbeat
@@ -37,7 +37,8 @@ async def sweep_tick(ctx: dict[str, Any]) -> str:
 
 async def lane_upkeep_tick(ctx: dict[str, Any]) -> None:
     """The payout lane's upkeep when no payout comes (queue `payouts`: it signs, so it needs the treasury key):
-    abandoned nonces filled, settled payouts re-checked. The lane's own turns do both too."""
+    abandoned nonces filled, settled payouts re-checked, payouts left unsettled long ago sent again and settled.
+    The lane's own turns do all three too."""
     deps = WorkerContext.of(ctx)
     for treasury in deps.signers():  # each treasury's lane
         try:
@@ -48,6 +49,10 @@ async def lane_upkeep_tick(ctx: dict[str, Any]) -> None:
             await recheck_settled_payouts(deps.pool, treasury, deps.lane)
         except ChainUnavailable as exc:
             log.warning("settled payouts could not be re-checked; next tick tries again", error=str(exc))
+        try:
+            await settle_stranded_payouts(deps.pool, treasury, deps.lane)
+        except ChainUnavailable as exc:
+            log.warning("stranded payouts could not be settled; next tick tries again", error=str(exc))
 
 
 async def heartbeat(ctx: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ Exactly once rests on PostgreSQL, not on the queue:
 The names below are what jobs, the CLI and tests use.
 """
 
-from kiota.payouts.lane import fill_abandoned_nonces, pay_deposit, recheck_settled_payouts
+from kiota.payouts.lane import fill_abandoned_nonces, pay_deposit, recheck_settled_payouts, settle_stranded_payouts
 from kiota.payouts.settlement import abandon, abandon_in
 from kiota.payouts.terms import LaneConfig, PayoutOutcome, PayoutResult
 
@@ -29,4 +29,5 @@ __all__ = [
     "fill_abandoned_nonces",
     "pay_deposit",
     "recheck_settled_payouts",
+    "settle_stranded_payouts",
 ]

@@ -50,6 +50,10 @@ log = structlog.get_logger(__name__)
 LANE_POLL_SECONDS = 0.05  # how often a job waiting for the lane tries it again
 # A job whose payout is in the owner's pipeline looks again after this long: a 2-second block, then its settling.
 IN_FLIGHT_RECHECK_SECONDS = 3.0
+# Signed, unsettled payouts a new owner takes over at most (PAYOUT_MAX_IN_FLIGHT is at most 1000).
+RESUME_AT_MOST = 1000
+# A payout signed this long ago and still unsettled has had its owners' turns: the sweeper looks at it.
+STRANDED_AFTER_SECONDS = 120.0
 
 
 class LaneBusy(KiotaError):
@@ -179,7 +183,6 @@ class Pipeline:
         if self.in_flight:  # they may be mined already: no new block need come for them
             await self._settle_head()
         blocked = await self._fill(guards, own)  # the owner's own payout, whatever the drain says
-        result = blocked or self._own_result(own.payout.id)
         if blocked is not None and own.payout.status == "created":
             self.may_sign = False
         while True:
@@ -191,11 +194,14 @@ class Pipeline:
                     signed = await self._fill_others(guards)
                 if not self.in_flight and not signed:
                     break  # nothing in flight and no deposit waits: the lane is handed over
-                if await self._new_head():
+                new_head = await self._new_head()
+                if new_head:
                     await self._settle_head()
-                elif time.monotonic() >= stop_at:
+                # Looked at after a block's settling too: when settling takes longer than a block, every look
+                # finds a new head, and a payout stuck in flight would keep the owner past arq's job timeout.
+                if time.monotonic() >= stop_at:
                     break
-                else:
+                if not new_head:
                     await asyncio.sleep(self.config.poll_seconds)
             except Exception as exc:
                 if own.payout.id not in self.results:
@@ -203,8 +209,7 @@ class Pipeline:
                 # This job's own payout is settled: whatever failed is the others', stored for the next owner.
                 self._log_stop(exc)
                 break
-            result = blocked or self._own_result(own.payout.id)
-        return result
+        return blocked or self._own_result(own.payout.id)
 
     def in_flight_room(self) -> int:
         return self.config.max_in_flight - len(self.in_flight)
@@ -226,11 +231,31 @@ class Pipeline:
     async def _resume(self) -> None:
         """Signed, unsettled payouts from before (a previous owner's, maybe killed): sent again in nonce order,
         since some may never have left and a gap would hold back all above it."""
-        loaded = await _unsettled(self.conn, self.treasury, self.config.max_in_flight)
+        # All of them, not only max_in_flight: after the cap was lowered, more may be in flight than it allows, and
+        # every one counts against it (nothing new is signed until they are settled below it).
+        loaded = await _unsettled(self.conn, self.treasury, max(self.config.max_in_flight, RESUME_AT_MOST))
         self.in_flight = [item for item, _ in loaded]
         self.sent_at = {item.payout.id: sent or self.head for item, sent in loaded}
-        if self.in_flight:  # one JSON-RPC batch (a node that has them, or mined them, says so harmlessly)
+        if not self.in_flight:
+            return
+        try:  # one JSON-RPC batch (a node that has them, or mined them, says so harmlessly)
             await broadcast_all(self.conn, self.treasury, self.in_flight)
+        except ChainUnavailable as exc:
+            if await self.treasury.pending_nonce() <= self.in_flight[0].signed.nonce:
+                raise  # the node takes none of ours: a failure, as any other
+            # The node takes fewer than a previous owner left unsent (a pool's per-sender limit), as when they
+            # were signed: sent again at each head until it has them all, and nothing new is signed meanwhile.
+            self.unsent.update(item.payout.id for item in self.in_flight)
+            log.warning("the node refused some of the stored transactions; sending them again each block",
+                        error=str(exc), in_flight=len(self.in_flight))  # fmt: skip
+
+    async def settle_stored(self) -> None:
+        """One look at what a previous owner left: sent again, and settled if mined (the sweeper's turn)."""
+        await recheck_settled_or_log(self.conn, self.treasury, self.config)
+        self.head = await self.treasury.head()
+        await self._resume()
+        if self.in_flight:
+            await self._settle_head()
 
     async def _fill(self, guards: Guards, own: LaneItem) -> PayoutResult | None:
         """The first signing: the owner's payout (if it has none yet) with the deposits that wait for one."""
@@ -334,7 +359,11 @@ class Pipeline:
         # Mined past a nonce with no receipt of its newest attempt: an older attempt, or not ours.
         below = [i for i in self.in_flight if i.payout.id not in seen and i.signed.nonce < mined_nonce]
         if below:
-            seen.update(await _older_receipts(self.conn, self.treasury, [i.payout.id for i in below]))
+            try:
+                seen.update(await _older_receipts(self.conn, self.treasury, [i.payout.id for i in below]))
+            except ChainUnavailable as exc:  # never "nonce taken" on a failed look: the next head looks again
+                log.warning("the lane could not read older receipts this block", error=str(exc))
+                return
         if seen:
             failpoint("after_receipt")
         by_block: dict[int, list[Mined]] = {}
@@ -386,7 +415,11 @@ class Pipeline:
         sent = self.sent_at.get(lowest.payout.id)
         if sent is None or self.head - sent < self.config.replace_after_blocks:
             return
-        newest = await replace(self.conn, self.treasury, lowest.payout, lowest.signed)
+        try:
+            newest = await replace(self.conn, self.treasury, lowest.payout, lowest.signed)
+        except ChainUnavailable as exc:  # stored before it was sent: the next head re-signs or sends it again
+            log.warning("the lane could not send the lowest nonce's replacement this block", error=str(exc))
+            return
         self.in_flight[0] = SignedItem(lowest.payee, lowest.payout, newest)
         self.sent_at[lowest.payout.id] = self.head
 
@@ -455,6 +488,20 @@ async def recheck_settled_payouts(pool: Pool, treasury: Treasury, config: LaneCo
     tuning = config or LaneConfig()
     due = await store.any_unfinal_payout(pool, treasury.chain_id, treasury.address)
     return await _sweepers_turn(pool, treasury, due, lambda conn: recheck_settled(conn, treasury, tuning))
+
+
+async def settle_stranded_payouts(pool: Pool, treasury: Treasury, config: LaneConfig | None = None) -> bool:
+    """The sweeper's turn at payouts signed long ago and still unsettled, for when no deposit's job comes along to
+    take the lane (each such deposit's job has ended: sent to review by a guard meanwhile; or the lane is quiet):
+    their stored transactions sent again (a gap would hold back every nonce above it) and what is mined settled,
+    one look. Not while the kill switch or the lanes' pause is on (no owner runs then either). Returns False when
+    the lane is busy (its owner resumes and settles them in its own turn)."""
+    tuning = config or LaneConfig()
+    async with pool.acquire() as conn:
+        due = await store.any_unsettled_since(conn, treasury.chain_id, treasury.address, STRANDED_AFTER_SECONDS)
+        guards = await store.guards(conn)
+        due = due and not (guards.kill_switch or guards.lane_paused)
+    return await _sweepers_turn(pool, treasury, due, lambda conn: Pipeline(conn, treasury, tuning).settle_stored())
 
 
 async def _sweepers_turn(

@@ -299,6 +299,11 @@ async def payout_filled(conn: Connection, payout_id: int, tx_hash: str | None, b
 # Settled payouts not final yet
 
 
+async def any_unsettled_since(conn: Connection, chain_id: int, address: str, seconds: float) -> bool:
+    """Whether a payout of this treasury was signed more than `seconds` ago and is still unsettled."""
+    return bool(await conn.fetchval(load_queries().any_unsettled_since, chain_id, address, seconds))
+
+
 async def any_unfinal_payout(db: Executor, chain_id: int, address: str) -> bool:
     return bool(await db.fetchval(load_queries().any_unfinal_payout, chain_id, address))
 

@@ -209,6 +209,11 @@ SELECT * FROM payouts
 WHERE status = 'confirmed' AND final_at IS NULL AND chain_id = $1 AND from_address = $2
 ORDER BY nonce LIMIT $3;
 
+-- name: any_unsettled_since
+-- A payout of this treasury signed more than $3 seconds ago and still unsettled (the sweeper's turn settles it).
+SELECT EXISTS (SELECT 1 FROM payouts WHERE status = 'signed' AND chain_id = $1 AND from_address = $2
+               AND updated_at < now() - make_interval(secs => $3));
+
 -- name: any_unfinal_payout
 SELECT EXISTS (SELECT 1 FROM payouts WHERE status = 'confirmed' AND final_at IS NULL AND chain_id = $1 AND from_address = $2);
 
