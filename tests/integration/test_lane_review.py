@@ -31,7 +31,9 @@ from tests.integration.test_pipelined_lane import (
     _sent_count,
     blocks_every,
     in_flight,
+    losing,
     paid_once_each,
+    stop,
     tx_hash_of,
 )
 from tests.support import TREASURY_KEY
@@ -165,11 +167,7 @@ async def test_a_payout_left_in_flight_after_its_deposits_job_ended_is_sent_agai
     system = mpesa_system
     users = [f"strand{i}" for i in range(2)]
     ids = await _processing_while_killed(system, users)
-    treasury = treasury_for(system, LosingTreasury)
-    assert isinstance(treasury, LosingTreasury)
-    treasury.lost = set()
-    first = await treasury.pending_nonce()
-    treasury.lost_nonce = first + 1  # the second payout never reaches the node while the owner has the lane
+    treasury, _ = await losing(system, 1)  # the second payout never reaches the node while the owner has the lane
     config = LaneConfig(poll_seconds=0.02, drain_seconds=0, watch_seconds=1.5, replace_after_blocks=1000)
     try:
         async with mining(system, every=0.3):
@@ -220,7 +218,9 @@ async def test_the_next_owner_resumes_more_unsent_payouts_than_the_node_takes_wi
         assert handed_over.outcome is PayoutOutcome.WAITING
         assert await in_flight(system.pool) == 8
         unsent = "SELECT count(*) FROM payout_attempts WHERE broadcast_at IS NULL"
-        assert await system.pool.fetchval(unsent) == 5
+        # At least the five the pool refused (the first owner may have sent fewer before its drain ended, on a
+        # busy machine): more than the node takes, so the next owner's resend meets refusals.
+        assert await system.pool.fetchval(unsent) >= 5
         config = LaneConfig(poll_seconds=0.02, max_in_flight=8, drain_seconds=5, watch_seconds=10)
         async with mining(system, every=0.4):
             result = await pay_deposit(system.pool, treasury, uuid.UUID(ids[1]), config)  # the next job's run
@@ -276,11 +276,7 @@ async def test_a_replacement_the_provider_refuses_once_is_tried_again_at_the_nex
         async with mining(system, every=0.3):
             assert (await asyncio.wait_for(owner, 30)).outcome is PayoutOutcome.COMPLETED
     finally:
-        if not owner.done():
-            owner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await owner
-        await treasury.aclose()
+        await stop(owner, treasury)
         await rpc(system, "evm_setAutomine", True)
     await paid_once_each(system, ["flaky"])
 

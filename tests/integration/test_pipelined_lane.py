@@ -25,6 +25,7 @@ from kiota.ledger import user_account
 from kiota.payouts import (
     LaneConfig,
     PayoutOutcome,
+    PayoutResult,
     abandon,
     fill_abandoned_nonces,
     pay_deposit,
@@ -227,15 +228,31 @@ class LosingTreasury(Treasury):
             await super().broadcast(raw_tx)
 
 
-async def test_the_nonce_filler_fills_a_gap_in_the_middle_of_the_pipeline(mpesa_system: MpesaSystem) -> None:
-    system = mpesa_system
-    users = [f"gap{i}" for i in range(5)]
-    ids = await _processing_while_killed(system, users)
+async def losing(system: MpesaSystem, offset: int) -> tuple[LosingTreasury, int]:
+    """The worker's treasury as a LosingTreasury that loses the payout at `offset` above the next nonce; with
+    that next nonce."""
     treasury = treasury_for(system, LosingTreasury)
     assert isinstance(treasury, LosingTreasury)
     treasury.lost = set()
     first = await treasury.pending_nonce()
-    treasury.lost_nonce = first + 2  # the third payout never reaches the node: the two above it wait behind it
+    treasury.lost_nonce = first + offset
+    return treasury, first
+
+
+async def stop(owner: asyncio.Task[PayoutResult], treasury: Treasury) -> None:
+    """The lane owner cancelled if it is still running, and its treasury closed."""
+    if not owner.done():
+        owner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await owner
+    await treasury.aclose()
+
+
+async def test_the_nonce_filler_fills_a_gap_in_the_middle_of_the_pipeline(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    users = [f"gap{i}" for i in range(5)]
+    ids = await _processing_while_killed(system, users)
+    treasury, first = await losing(system, 2)  # the third payout never reaches the node: the two above it wait
     config = LaneConfig(poll_seconds=0.02, drain_seconds=1, watch_seconds=40, replace_after_blocks=2)
     await rpc(system, "evm_setAutomine", False)
     try:
@@ -321,11 +338,7 @@ async def test_a_reorg_of_a_block_of_payouts_while_others_are_in_flight_credits_
 
             await wait_for(all_final, 30)
     finally:
-        if not owner.done():
-            owner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await owner
-        await treasury.aclose()
+        await stop(owner, treasury)
     await paid_once_each(system, users)
     assert [r["status"] for r in await system.pool.fetch("SELECT status FROM payouts")] == ["confirmed"] * 6
     assert await system.pool.fetchval("SELECT count(*) FROM review_items") == 0
@@ -363,11 +376,7 @@ async def test_only_the_lowest_unmined_nonce_is_re_signed_with_higher_fees(mpesa
             assert (await asyncio.wait_for(owner, 40)).outcome is PayoutOutcome.COMPLETED
             await wait_for(lambda: _all_completed(system, ids), 20)
     finally:
-        if not owner.done():
-            owner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await owner
-        await treasury.aclose()
+        await stop(owner, treasury)
     await paid_once_each(system, users)
 
 
