@@ -445,13 +445,13 @@ async def _unsettled(conn: Connection, treasury: Treasury, limit: int) -> list[t
     payouts = await store.unsettled_payouts(conn, treasury.chain_id, treasury.address, limit)
     attempts = await store.attempts_of_payouts(conn, [p.id for p in payouts]) if payouts else []
     newest = {a.payout_id: a for a in attempts if a.kind == "payout"}  # oldest first: the last one wins
+    deposit_ids = [payout.deposit_id for payout in payouts if payout.deposit_id is not None]
+    assert len(deposit_ids) == len(payouts)  # a payout pays a deposit
+    payees = await store.payees(conn, deposit_ids) if payouts else {}
     batch = []
-    for payout in payouts:
-        assert payout.deposit_id is not None  # a payout pays a deposit
-        payee = await store.payee(conn, payout.deposit_id)
-        assert payee is not None  # payouts reference their deposit
+    for payout, deposit_id in zip(payouts, deposit_ids, strict=True):
         attempt = newest[payout.id]
-        batch.append((SignedItem(payee, payout, stored(attempt)), attempt.broadcast_block))
+        batch.append((SignedItem(payees[deposit_id], payout, stored(attempt)), attempt.broadcast_block))
     return batch
 
 

@@ -177,6 +177,12 @@ async def payee(db: Executor, deposit_id: uuid.UUID) -> Payee | None:
     return None if row is None else _payee(row)
 
 
+async def payees(db: Executor, deposit_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Payee]:
+    """Many deposits' payees in one query, by deposit id (ids with no deposit are absent)."""
+    rows = await db.fetch(load_queries().deposits_by_ids, list(deposit_ids))
+    return {row["id"]: _payee(row) for row in rows}
+
+
 async def deposit_status(db: Executor, deposit_id: uuid.UUID) -> str | None:
     status: str | None = await db.fetchval(load_queries().deposit_status, deposit_id)
     return status

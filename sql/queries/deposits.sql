@@ -36,6 +36,12 @@ SELECT d.*, u.deposit_address
 FROM deposits d JOIN users u ON u.id = d.user_id
 WHERE d.id = $1;
 
+-- name: deposits_by_ids
+-- Many deposits at once, with their users' addresses (the payout lane's unsettled payouts on taking the lane).
+SELECT d.*, u.deposit_address
+FROM deposits d JOIN users u ON u.id = d.user_id
+WHERE d.id = ANY($1::uuid[]);
+
 -- name: deposit_of_user
 SELECT * FROM deposits WHERE id = $1 AND user_id = $2;
 
