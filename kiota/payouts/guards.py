@@ -105,7 +105,7 @@ async def check_caps_and_funds(
     # An alert: an error line here and the paused lane in /metrics and the dashboard.
     log.error("treasury lane paused: treasury shortfall", reason=shortfall, treasury=treasury.address)
     reason = f"the payout lane of treasury {treasury.address} is paused: {shortfall}"
-    if len(treasury.lanes) > 1:  # the job's next run, in a moment, goes to another treasury's lane (lanes.py)
+    if several:  # the job's next run, in a moment, goes to another treasury's lane (lanes.py)
         return PayoutResult(PayoutOutcome.WAITING, reason)
     return PayoutResult(PayoutOutcome.BLOCKED, reason, GUARD_RECHECK_SECONDS)
 
