@@ -130,6 +130,7 @@ def code_version() -> str:
 class B7Options:
     treasuries: int
     rates: tuple[float, ...]
+    workers: int = 1
 
 
 async def _run(
@@ -156,7 +157,7 @@ async def _run(
             elif name == "B4":
                 results.append(await run_b4(stack, sizes.b4))
             else:
-                results.append(await run_b7(stack, b7.treasuries, b7.rates))
+                results.append(await run_b7(stack, b7.treasuries, b7.rates, b7.workers))
             print(f"bench: {name} done in {time.monotonic() - started:.0f} s", flush=True)
     return results, software
 
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(f"{r:g}" for r in RATES),
         help="B7: offered callbacks/s, climbed until one misses p99 < 8 s",
     )
+    parser.add_argument("--workers", type=int, default=1, help="B7: `kiota worker` processes on the same Redis")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (printed path)")
     args = parser.parse_args(argv)
     names = _selected(args.only)
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             return apart.returncode
     if args.treasuries < 1:
         raise SystemExit("bench: --treasuries must be at least 1")
-    b7 = B7Options(args.treasuries, tuple(float(r) for r in args.b7_rates.split(",") if r.strip()))
+    b7 = B7Options(args.treasuries, tuple(float(r) for r in args.b7_rates.split(",") if r.strip()), args.workers)
     # The harness calls product functions (ingest) that log; only warnings matter here.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     run_dir = Path(tempfile.mkdtemp(prefix="kiota-bench-"))

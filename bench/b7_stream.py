@@ -59,7 +59,7 @@ from bench.system import (
     fund_treasuries,
     insert_pending,
     kiota_api,
-    kiota_worker,
+    kiota_workers,
     make_users,
 )
 from kiota.dev.chain import BASE_USDC_ADDRESS, connect, install_usdc, start_anvil
@@ -179,21 +179,23 @@ async def _send_stream(
 
 
 async def _measure(
-    pool: asyncpg.Pool, url: str, bodies: list[bytes], rate: float, api: Child, worker: Child
+    pool: asyncpg.Pool, url: str, bodies: list[bytes], rate: float, api: Child, workers: list[Child]
 ) -> tuple[list[float], Counter[str], float, str]:
     """The stream, then the stragglers' wait: send times, answers, the cut-off (wall clock) and CPU by role."""
     before = procstat.snapshot()
     started = time.perf_counter()
-    sent, statuses = await _send_stream(url + CALLBACK_PATH, bodies, rate, (api.check_alive, worker.check_alive))
+    alive = (api.check_alive, *(worker.check_alive for worker in workers))
+    sent, statuses = await _send_stream(url + CALLBACK_PATH, bodies, rate, alive)
     cutoff = max(sent) + DRAIN_S
     while time.time() < cutoff:
         if await pool.fetchval("SELECT count(*) FROM deposits WHERE status = 'completed'") >= len(bodies):
             break
-        worker.check_alive()
+        for check in alive:
+            check()
         await asyncio.sleep(0.2)
     cut = min(time.time(), cutoff)
     wall = time.perf_counter() - started
-    roles = {api.pid: "api", worker.pid: "worker", os.getpid(): "harness"}
+    roles = {api.pid: "api", os.getpid(): "harness", **{worker.pid: "worker" for worker in workers}}
     spent = procstat.cpu_by_role(before, procstat.snapshot(), roles)
     return sent, statuses, cut, procstat.cores(spent, wall, ("api", "worker", "postgres", "anvil", "redis", "harness"))
 
@@ -226,7 +228,9 @@ async def _heartbeat(rpc_url: str | None) -> AsyncIterator[None]:
             await task  # a heartbeat that failed raises its error here
 
 
-async def _stream(stack: Stack, chain: str, rate: float, suffix: str, heartbeat: bool = False) -> StreamRun:
+async def _stream(
+    stack: Stack, chain: str, rate: float, suffix: str, heartbeat: bool = False, workers: int = 1
+) -> StreamRun:
     count = round(rate * DURATION_S)
     async with stack.database(suffix) as dsn:
         pool = await bench_pool(dsn)
@@ -239,10 +243,10 @@ async def _stream(stack: Stack, chain: str, rate: float, suffix: str, heartbeat:
             bodies = [success_callback(d.checkout_request_id, d.amount_kes, d.receipt) for d in deposits]
             started_worker = False
             try:
-                async with kiota_api(stack, dsn) as (api, url), kiota_worker(stack, dsn, pool) as worker:
+                async with kiota_api(stack, dsn) as (api, url), kiota_workers(stack, dsn, pool, workers) as children:
                     started_worker = True
                     async with _heartbeat(stack.anvil.rpc_url if heartbeat else None):
-                        sent, statuses, cut, cpu = await _measure(pool, url, bodies, rate, api, worker)
+                        sent, statuses, cut, cpu = await _measure(pool, url, bodies, rate, api, children)
             except RuntimeError as exc:
                 if not started_worker and len(stack.treasury_keys) > 1 and "TREASURY_PRIVATE_KEY" in str(exc):
                     raise NotSupported(str(exc).rsplit("\n", 1)[-1].strip()) from exc
@@ -321,13 +325,14 @@ def _search(rates: Sequence[float], runs: list[StreamRun]) -> Iterator[float]:
         index += step
 
 
-def _label(treasuries: int) -> str:
-    return f"{treasuries} treasur{'y' if treasuries == 1 else 'ies'}"
+def _label(treasuries: int, workers: int = 1) -> str:
+    label = f"{treasuries} treasur{'y' if treasuries == 1 else 'ies'}"
+    return label if workers == 1 else f"{label}, {workers} worker processes"
 
 
-async def run_b7(stack: Stack, treasuries: int, rates: Sequence[float] = RATES) -> Result:
-    name = "B7" if treasuries == 1 else f"B7x{treasuries}"
-    label = _label(treasuries)
+async def run_b7(stack: Stack, treasuries: int, rates: Sequence[float] = RATES, workers: int = 1) -> Result:
+    name = ("B7" if treasuries == 1 else f"B7x{treasuries}") + ("" if workers == 1 else f"w{workers}")
+    label = _label(treasuries, workers)
     result = Result(name, f"a steady callback stream on 2-second blocks, {label}")
     keys = treasury_keys(treasuries)
     goal = GOALS.get(treasuries)
@@ -340,7 +345,7 @@ async def run_b7(stack: Stack, treasuries: int, rates: Sequence[float] = RATES) 
                 if runs:  # what the last step's worker left in the mempool is mined before the next one signs
                     await asyncio.sleep(2 * BLOCK_TIME_S)
                 print(f"bench: B7 {label}, --block-time {BLOCK_TIME_S}, {rate:g}/s offered …", flush=True)
-                run = await _stream(chain, f"--block-time {BLOCK_TIME_S}", rate, f"b7_{round(rate)}")
+                run = await _stream(chain, f"--block-time {BLOCK_TIME_S}", rate, f"b7_{round(rate)}", workers=workers)
                 print(f"bench:   {run.describe()}", flush=True)
                 runs.append(run)
     except NotSupported as refused:
@@ -351,7 +356,8 @@ async def run_b7(stack: Stack, treasuries: int, rates: Sequence[float] = RATES) 
         return result
 
     print(f"bench: B7 {label}, baseline: automine, {AUTOMINE_RATE}/s offered …", flush=True)
-    automine = await _stream(await _fund_on_automine(stack, keys), "automine", AUTOMINE_RATE, "b7_auto", heartbeat=True)
+    funded = await _fund_on_automine(stack, keys)
+    automine = await _stream(funded, "automine", AUTOMINE_RATE, "b7_auto", heartbeat=True, workers=workers)
     print(f"bench:   {automine.describe()}", flush=True)
 
     best = max((run for run in runs if run.passed), key=lambda run: run.offered, default=None)
@@ -379,8 +385,9 @@ async def run_b7(stack: Stack, treasuries: int, rates: Sequence[float] = RATES) 
         f"{', '.join(f'{r:g}' for r in sorted(rates))}/s, from {START_RATE}/s up while p99 < {P99_LIMIT_S:.0f} s, "
         "down while not); "
         f"each a {DURATION_S:.0f}-s open-loop stream of Daraja success callbacks for pending deposits (a fresh "
-        f"database each), POSTed to `kiota api`, paid by one `kiota worker` (production settings; "
-        f"TREASURY_PRIVATE_KEY = {label}, each funded) on anvil --block-time {BLOCK_TIME_S}. Latency: callback "
+        f"database each), POSTed to `kiota api`, paid by {workers} `kiota worker` "
+        f"process{'' if workers == 1 else 'es'} (production settings; TREASURY_PRIVATE_KEY = {_label(treasuries)}, "
+        f"each funded) on anvil --block-time {BLOCK_TIME_S}. Latency: callback "
         f"sent (harness clock) → deposits.completed_at (PostgreSQL); stragglers get {DRAIN_S:.0f} s after the "
         f"last callback, and count with a lower bound if still not completed. Achieved: completions from "
         f"{STEADY_FROM_S:.0f} s after the first callback to the stream's end ÷ {DURATION_S - STEADY_FROM_S:.0f} s. "

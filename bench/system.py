@@ -343,18 +343,30 @@ async def bare_api(stack: Stack) -> AsyncIterator[tuple[Child, str]]:
 
 
 @contextlib.asynccontextmanager
-async def kiota_worker(stack: Stack, database_url: str, pool: asyncpg.Pool) -> AsyncIterator[Child]:
-    """`kiota worker`; yields once its start-up heartbeat is in PostgreSQL (pool, treasury and all built)."""
+async def kiota_worker(stack: Stack, database_url: str, pool: asyncpg.Pool, number: int = 1) -> AsyncIterator[Child]:
+    """`kiota worker` (the `number`-th on this database); yields once its start-up heartbeat is in PostgreSQL
+    (pool, treasury and all built)."""
     env = stack.env(database_url, worker=True)
-    async with python_child("kiota-worker", worker_module(), ["worker"], env, stack.run_dir) as child:
+    name = "kiota-worker" if number == 1 else f"kiota-worker-{number}"
+    async with python_child(name, worker_module(), ["worker"], env, stack.run_dir) as child:
         deadline = time.monotonic() + 30
-        # The benchmark's database is fresh: any heartbeat is this worker's.
-        while not await pool.fetchval("SELECT count(*) FROM worker_heartbeats"):
+        # The benchmark's database is fresh: its heartbeats are this worker's and the ones started before it.
+        while await pool.fetchval("SELECT count(*) FROM worker_heartbeats") < number:
             child.check_alive()
             if time.monotonic() > deadline:
                 raise RuntimeError("kiota worker did not start within 30 s")
             await asyncio.sleep(0.05)
         yield child
+
+
+@contextlib.asynccontextmanager
+async def kiota_workers(stack: Stack, database_url: str, pool: asyncpg.Pool, count: int) -> AsyncIterator[list[Child]]:
+    """`count` `kiota worker` processes on the same Redis and database, as production scales (each stopped on exit)."""
+    async with contextlib.AsyncExitStack() as children:
+        workers = [
+            await children.enter_async_context(kiota_worker(stack, database_url, pool, n + 1)) for n in range(count)
+        ]
+        yield workers
 
 
 # --- deposits ------------------------------------------------------------------------------------
