@@ -13,11 +13,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -310,6 +311,29 @@ class MpesaSystem:
 
 
 TREASURY_USDC = 1_000_000 * 10**6
+PORT_TRIES = 3
+
+
+@contextlib.asynccontextmanager
+async def serve_api_on_a_free_port(
+    settings_on: Callable[[int], WorkerSettings],
+) -> AsyncIterator[tuple[WorkerSettings, str]]:
+    """The API on a port chosen before its settings (they name its public URL, where Daraja calls back); chosen
+    again when another process took it in between (the test runs' processes pick free ports at once)."""
+    for attempt in range(1, PORT_TRIES + 1):
+        port = free_port()
+        settings = settings_on(port)
+        serving = contextlib.AsyncExitStack()
+        try:
+            api_url = await serving.enter_async_context(serve_in_background(create_app(settings), port=port))
+        except RuntimeError:  # uvicorn could not bind
+            await serving.aclose()
+            if attempt == PORT_TRIES:
+                raise
+            continue
+        async with serving:
+            yield settings, api_url
+        return
 
 
 @pytest.fixture
@@ -326,23 +350,25 @@ async def mpesa_system(
         consumer_key="test-consumer-key", consumer_secret="test-consumer-secret", callback_delay_seconds=0.3
     )
     overrides = request.node.get_closest_marker("system_settings")
-    api_port = free_port()
     async with running_simulator(sim_config) as sim:
-        values = {
-            **settings_kwargs(database_url, redis_url),
-            "mpesa_base_url": sim.base_url,
-            "base_rpc_url": anvil.rpc_url,
-            "public_base_url": f"http://127.0.0.1:{api_port}",
-            "mpesa_query_after_seconds": 3600,
-            **(overrides.kwargs if overrides else {}),
-        }
-        settings = WorkerSettings(_env_file=None, treasury_private_key=TREASURY_KEY, **values)  # type: ignore[call-arg]
+
+        def settings_on(api_port: int) -> WorkerSettings:
+            values = {
+                **settings_kwargs(database_url, redis_url),
+                "mpesa_base_url": sim.base_url,
+                "base_rpc_url": anvil.rpc_url,
+                "public_base_url": f"http://127.0.0.1:{api_port}",
+                "mpesa_query_after_seconds": 3600,
+                **(overrides.kwargs if overrides else {}),
+            }
+            return WorkerSettings(_env_file=None, treasury_private_key=TREASURY_KEY, **values)  # type: ignore[call-arg]
+
         pool = await create_pool(database_url)
         queue = create_queue(redis_url)
         system: MpesaSystem | None = None
         try:
             async with (
-                serve_in_background(create_app(settings), port=api_port) as api_url,
+                serve_api_on_a_free_port(settings_on) as (settings, api_url),
                 httpx.AsyncClient(base_url=api_url, timeout=15) as http,
             ):
                 system = MpesaSystem(
