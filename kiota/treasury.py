@@ -9,6 +9,7 @@ which the job retries.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,9 +83,30 @@ def transfer_calldata(to: str, amount: int) -> str:
     return "0x" + TRANSFER_SELECTOR + to.lower().removeprefix("0x").rjust(64, "0") + f"{amount:064x}"
 
 
+@dataclass(slots=True)
+class BlockPace:
+    """How fast this process has seen the chain's head move: seconds per block between the last two heads that
+    differed (None before two have). A hint for waiting, never for money: a lane owner looks at the head every
+    few tens of ms, so on a chain it watches the figure is close to the block time."""
+
+    head: int | None = None
+    seen_at: float = 0.0
+    seconds_per_block: float | None = None
+
+    def observe(self, head: int, now: float) -> None:
+        if self.head is not None and head > self.head:
+            self.seconds_per_block = (now - self.seen_at) / (head - self.head)
+        if self.head is None or head > self.head:  # a lower head (a reorg, another node) is not a block
+            self.head, self.seen_at = head, now
+
+    def faster_than(self, seconds: float) -> bool:
+        return self.seconds_per_block is not None and self.seconds_per_block < seconds
+
+
 class Treasury:
     def __init__(self, rpc_url: str, private_key: str, chain_id: int, token_address: str) -> None:
         self._rpc = ChainReader(rpc_url)
+        self.pace = BlockPace()  # as this process's lane owners saw the head move
         self._account: LocalAccount = Account.from_key(private_key)
         self.chain_id = chain_id
         self.token_address = to_checksum_address(token_address)
@@ -111,7 +133,9 @@ class Treasury:
             raise ChainUnavailable(f"RPC failed: {exc}") from exc
 
     async def head(self) -> int:
-        return int(await self._call("eth_blockNumber"), 16)
+        head = int(await self._call("eth_blockNumber"), 16)
+        self.pace.observe(head, time.monotonic())
+        return head
 
     async def fee_quote(self) -> Fees:
         # The pending block's base fee is what the next block will charge; "latest" may be stale.

@@ -5,8 +5,8 @@ that dies releases it with its connection. A deposit's job (`pay_deposit`) takes
 owner's pipeline (`Pipeline`): its own payout and those of the other processing deposits are signed with
 consecutive nonces, stored in one commit and broadcast in nonce order; while they wait for their block the
 owner signs and sends the next ones, up to `LaneConfig.max_in_flight` unsettled, and at each new head it
-settles what was mined, one block's payouts in one transaction. A lane that waits for one block per batch
-pays a batch per block at best. The owner keeps the lane while work is in flight (up to
+settles what was mined in one transaction (a block's payouts; several blocks' if it fell behind). A lane that
+waits for one block per batch pays a batch per block at best. The owner keeps the lane while work is in flight (up to
 `drain_seconds` + `watch_seconds`, well inside arq's job timeout). The other deposits' jobs find them paid,
 or in flight (they look again in a moment), or re-send their stored attempts if the owner died. The sweeper
 takes the lane for the nonce filler and the finality re-check when no payout comes along to do them.
@@ -50,6 +50,10 @@ log = structlog.get_logger(__name__)
 LANE_POLL_SECONDS = 0.05  # how often a job waiting for the lane tries it again
 # A job whose payout is in the owner's pipeline looks again after this long: a 2-second block, then its settling.
 IN_FLIGHT_RECHECK_SECONDS = 3.0
+# On a chain that makes blocks faster than this (anvil's automine: a block per transaction), a job whose payout is
+# in flight waits this long for it in its slot: a second run would cost more than the wait. On Base's 2-second
+# blocks the wait would hold a slot for nothing while other deposits wait to be confirmed.
+IN_FLIGHT_GRACE_SECONDS = 0.3
 # Signed, unsettled payouts a new owner takes over at most (PAYOUT_MAX_IN_FLIGHT is at most 1000).
 RESUME_AT_MOST = 1000
 # A payout signed this long ago and still unsettled has had its owners' turns: the sweeper looks at it.
@@ -76,14 +80,15 @@ def lane_key(chain_id: int, address: str) -> int:
 
 @asynccontextmanager
 async def treasury_lane(
-    pool: Pool, key: int, wait_seconds: float, deposit_id: uuid.UUID | None = None
+    pool: Pool, key: int, wait_seconds: float, deposit_id: uuid.UUID | None = None, in_flight_grace: float = 0.0
 ) -> AsyncIterator[Connection]:
     """Own the lane for the block. The lock lives on this connection: if the process dies, it is freed.
-    A job waiting for its deposit stops waiting once the owner has paid it (PaidMeanwhile) or has its payout in
-    flight (InOwnersPipeline: the job looks again in a moment, and finds it paid, or the lane free if the owner
-    died, and then sends the stored attempts itself)."""
+    A job waiting for its deposit stops waiting once the owner has paid it (PaidMeanwhile) or has had its payout
+    in flight for `in_flight_grace` (InOwnersPipeline: the job looks again in a moment, and finds it paid, or the
+    lane free if the owner died, and then sends the stored attempts itself)."""
     async with pool.acquire() as conn:
         deadline = time.monotonic() + wait_seconds
+        seen_in_flight: float | None = None
         while not await try_advisory_lock(conn, key):
             if time.monotonic() > deadline:
                 raise LaneBusy("the treasury lane is owned by another worker")
@@ -94,7 +99,9 @@ async def treasury_lane(
                 if status != "processing":
                     raise PaidMeanwhile(str(status))
                 if in_flight:
-                    raise InOwnersPipeline("the payout is in flight in the lane owner's pipeline")
+                    seen_in_flight = seen_in_flight or time.monotonic()
+                    if time.monotonic() - seen_in_flight >= in_flight_grace:
+                        raise InOwnersPipeline("the payout is in flight in the lane owner's pipeline")
         try:
             yield conn
         finally:
@@ -127,7 +134,8 @@ async def pay_deposit(
         return stopped
     try:
         key = lane_key(treasury.chain_id, treasury.address)
-        async with treasury_lane(pool, key, config.lock_wait_seconds, deposit_id) as conn:
+        grace = IN_FLIGHT_GRACE_SECONDS if treasury.pace.faster_than(IN_FLIGHT_GRACE_SECONDS) else 0.0
+        async with treasury_lane(pool, key, config.lock_wait_seconds, deposit_id, grace) as conn:
             try:
                 await resolve_abandoned(conn, treasury, config)
             except ChainUnavailable as exc:  # the sweeper and later turns try the filler again
@@ -157,8 +165,8 @@ async def _pay_in_lane(
 class Pipeline:
     """The lane owner's pipeline: sign and send the next nonces while earlier ones wait for their block, up to
     `LaneConfig.max_in_flight` unsettled; at each new head, the receipts of everything in flight in one
-    request, and each block's mined payouts settled in one transaction. Fee replacement only for the lowest
-    unmined nonce: the ones above it wait for it, not for their fees.
+    request, and what they find mined settled in one transaction (a block's, or several blocks' if it fell
+    behind). Fee replacement only for the lowest unmined nonce: the ones above it wait for it, not for their fees.
 
     It signs for `drain_seconds`, then settles what is in flight for `watch_seconds` at most, and hands the
     lane over as soon as nothing is in flight and no deposit waits."""
@@ -366,7 +374,7 @@ class Pipeline:
                 return
         if seen:
             failpoint("after_receipt")
-        by_block: dict[int, list[Mined]] = {}
+        mined: list[Mined] = []
         done: set[int] = set()
         for item in self.in_flight:  # nonce order
             deposit_id, payout_id = item.payee.deposit.id, item.payout.id
@@ -376,18 +384,18 @@ class Pipeline:
                 self.results[payout_id] = await nonce_taken(self.conn, deposit_id, taken)
                 done.add(payout_id)
             elif receipt is not None and receipt.succeeded:
-                by_block.setdefault(receipt.block_number, []).append(Mined(item.payee, payout_id, receipt))
+                mined.append(Mined(item.payee, payout_id, receipt))
             elif receipt is not None:  # at its first confirmation: given up on, and 'reverted' when deep enough
                 self.results[payout_id] = await reverted(self.conn, payout_id, deposit_id, receipt, final=False)
                 self.may_sign = False  # the lane is paused
                 done.add(payout_id)
-        for block in sorted(by_block):  # one block's payouts, one transaction
-            mined = by_block[block]
-            await settle(self.conn, self.treasury, mined)
-            for m in mined:
-                self.results[m.payout_id] = PayoutResult(PayoutOutcome.COMPLETED, m.receipt.tx_hash)
-                done.add(m.payout_id)
-            self.settled_block = max(block, self.settled_block or 0)
+        # What this look found mined, in one transaction: a block's payouts, or several blocks' when the chain
+        # makes blocks faster than the owner looks (automine: a block per transaction).
+        await settle(self.conn, self.treasury, mined)
+        for m in mined:
+            self.results[m.payout_id] = PayoutResult(PayoutOutcome.COMPLETED, m.receipt.tx_hash)
+            done.add(m.payout_id)
+            self.settled_block = max(m.receipt.block_number, self.settled_block or 0)
         self.in_flight = [item for item in self.in_flight if item.payout.id not in done]
         self.unsent &= {item.payout.id for item in self.in_flight}
         await self._send_unsent()

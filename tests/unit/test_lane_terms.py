@@ -1,4 +1,4 @@
-"""The lane's tuning against arq's job timeout, and the failpoints' `<name>@<n>`."""
+"""The lane's tuning against arq's job timeout, the failpoints' `<name>@<n>`, and the block pace."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 from jobs.worker import JOB_TIMEOUT_SECONDS
 from kiota.payouts import LaneConfig
 from kiota.payouts import failpoint as failpoints
+from kiota.payouts.lane import IN_FLIGHT_GRACE_SECONDS
 from kiota.settings import WorkerSettings
+from kiota.treasury import BlockPace
 
 # What a payout job does besides the lane: M-Pesa's confirmation, the lane's wait, the last block's settling.
 ROOM_FOR_THE_REST = 10
@@ -48,3 +50,18 @@ def test_a_failpoint_kills_at_its_nth_pass(
             first_kill = i
     assert first_kill == kills_at
     assert set(kills) <= {signal.SIGKILL}
+
+
+def test_the_block_pace_is_the_time_between_the_last_two_heads_that_differed() -> None:
+    pace = BlockPace()
+    pace.observe(100, now=10.0)
+    pace.observe(100, now=10.5)  # the same head again: no block, no figure yet
+    assert pace.seconds_per_block is None and not pace.faster_than(IN_FLIGHT_GRACE_SECONDS)
+    pace.observe(101, now=12.0)  # Base: a block every 2 s, from the moment the last new head was seen
+    assert pace.seconds_per_block == pytest.approx(2.0)
+    assert not pace.faster_than(IN_FLIGHT_GRACE_SECONDS)
+    pace.observe(99, now=12.1)  # a lower head (a reorg, a lagging node) is not a block
+    assert pace.head == 101 and pace.seconds_per_block == pytest.approx(2.0)
+    pace.observe(105, now=12.2)  # automine: a block per transaction, four in 0.2 s
+    assert pace.seconds_per_block == pytest.approx(0.05)
+    assert pace.faster_than(IN_FLIGHT_GRACE_SECONDS)
