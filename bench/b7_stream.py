@@ -3,10 +3,11 @@ callback → completed latency stays under 8 s (four blocks) at p99.
 
     .venv/bin/python -m bench --only B7                    one treasury (5–9 minutes on 2 cores)
     .venv/bin/python -m bench --only B7 --treasuries 4     four treasuries (TREASURY_PRIVATE_KEY=k1,k2,k3,k4)
+    .venv/bin/python -m bench --only B7 --treasuries 4 --workers 2    and two `kiota worker` processes
     .venv/bin/python -m bench --only B7 --b7-rates 20,40   another ladder of offered rates (callbacks/s)
 
 Each step of the ladder: a flushed Redis database, a fresh copy of the migrated database holding `rate × 40 s`
-pending deposits (the Daraja simulator knows their pushes as paid), `kiota api` and one `kiota worker` started
+pending deposits (the Daraja simulator knows their pushes as paid), `kiota api` and one `kiota worker` (or N) started
 as processes against an anvil with `--block-time 2`, then their success callbacks POSTed to the API at the
 offered rate, open loop (each at its due time, whatever the answers before it), for 40 s. The latency of a
 deposit runs from the moment its callback was sent (the harness's wall clock) to its `completed_at` in
