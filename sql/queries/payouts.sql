@@ -91,9 +91,16 @@ ON CONFLICT (deposit_id) WHERE status NOT IN ('reverted', 'cancelled') DO NOTHIN
 -- name: paid_out_since
 -- What left the treasury (or is on its way) in a window, for the hourly and daily caps: counted from
 -- when each payout was signed (stamped by the database, sql/migrations/0010), not when its row was
--- created, so payouts created long ago and signed now count now.
-SELECT coalesce(sum(amount_micro), 0)::bigint FROM payouts
-WHERE status IN ('signed', 'cancelling', 'confirmed') AND chain_id = $1 AND signed_at > now() - make_interval(secs => $2);
+-- created, so payouts created long ago and signed now count now. The whole minutes of the window from
+-- their running totals (sql/migrations/0023), its first, partial minute from the payouts themselves:
+-- every payout signed after now() - $2 seconds, once.
+WITH edge AS (SELECT now() - make_interval(secs => $2) AS since,
+                     date_trunc('minute', now() - make_interval(secs => $2)) + interval '1 minute' AS whole_from)
+SELECT ((SELECT coalesce(sum(m.amount_micro), 0) FROM payout_cap_minutes m, edge
+         WHERE m.chain_id = $1 AND m.minute >= edge.whole_from)
+      + (SELECT coalesce(sum(p.amount_micro), 0) FROM payouts p, edge
+         WHERE payout_cap_counts(p.status, p.signed_at) AND p.chain_id = $1
+           AND p.signed_at > edge.since AND p.signed_at < edge.whole_from))::bigint;
 
 -- name: in_flight_micro
 -- One treasury's ($2) USDC on its way. Signed and not settled: a payout being cancelled may still be mined. And settled payouts whose block a
