@@ -87,13 +87,13 @@ async def reverted(
     ('cancelling'): a reorg may mine it again, and this time it may succeed; the nonce filler's turn
     (`kiota.payouts.filler`) looks again."""
     reason = f"the payout transaction {receipt.tx_hash} reverted"
-    async with conn.transaction():  # the deposit's row first, then the payout's, as everywhere
+    async with conn.transaction():  # the deposit's row first, then the guards' (as in _lost), then the payout's
         await deposit_to_review(conn, deposit_id, reason)
+        await store.pause_lane(conn, reason)
         if final:
             await store.payout_reverted(conn, payout_id, receipt.tx_hash, receipt.block_number)
         else:
             await store.payout_abandon(conn, deposit_id, reason)
-        await store.pause_lane(conn, reason)
     log.error("payout reverted: lane paused", deposit_id=str(deposit_id), tx_hash=receipt.tx_hash, final=final)
     return PayoutResult(PayoutOutcome.REVIEW, reason)
 
@@ -272,8 +272,10 @@ async def _lost(conn: Connection, payout: Payout, what: str) -> None:
         "the user's USDC is booked and not on chain; pay it by hand or book it back"
     )
     async with conn.transaction():
+        # The guards' row before the payout's: a signing holds it (FOR SHARE) while it writes the current minute's
+        # cap total (sql/migrations/0023), which this payout's change also writes if it was signed that minute.
+        await store.pause_lane(conn, reason[:1000])
         await store.payout_lost(conn, payout.id)
         await store.payout_review_item(conn, payout.id, payout.deposit_id, reason[:1000])
-        await store.pause_lane(conn, reason[:1000])
     log.error("a settled payout was lost after a reorg: lane paused, listed for review", payout_id=payout.id,
               deposit_id=str(payout.deposit_id), reason=what)  # fmt: skip

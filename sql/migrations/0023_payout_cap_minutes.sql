@@ -22,14 +22,19 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- Each statement's changes, netted per minute and applied in key order (two statements touching the same minutes
--- lock them in the same order).
+-- lock them in the same order). A signing holds the guards' row FOR SHARE while it writes the current minute's
+-- row: a transaction that pauses the lanes and changes a payout takes the guards' row first (settlement.py).
+--
+-- Writes that fire no trigger (session_replication_role = replica, a data-only restore with triggers disabled)
+-- leave the totals behind; rebuild them with the backfill at the end of this file after
+-- `DELETE FROM payout_cap_minutes` (README, Runbook).
 CREATE FUNCTION payout_cap_minutes_track() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO payout_cap_minutes AS t (chain_id, minute, amount_micro)
         SELECT chain_id, date_trunc('minute', signed_at), sum(amount_micro) FROM new_rows
-        WHERE payout_cap_counts(status, signed_at) GROUP BY 1, 2 ORDER BY 1, 2
+        WHERE payout_cap_counts(status, signed_at) GROUP BY 1, 2 HAVING sum(amount_micro) <> 0 ORDER BY 1, 2
         ON CONFLICT (chain_id, minute) DO UPDATE SET amount_micro = t.amount_micro + excluded.amount_micro;
     ELSIF TG_OP = 'UPDATE' THEN
         INSERT INTO payout_cap_minutes AS t (chain_id, minute, amount_micro)
@@ -45,7 +50,7 @@ BEGIN
     ELSE
         INSERT INTO payout_cap_minutes AS t (chain_id, minute, amount_micro)
         SELECT chain_id, date_trunc('minute', signed_at), -sum(amount_micro) FROM old_rows
-        WHERE payout_cap_counts(status, signed_at) GROUP BY 1, 2 ORDER BY 1, 2
+        WHERE payout_cap_counts(status, signed_at) GROUP BY 1, 2 HAVING sum(amount_micro) <> 0 ORDER BY 1, 2
         ON CONFLICT (chain_id, minute) DO UPDATE SET amount_micro = t.amount_micro + excluded.amount_micro;
     END IF;
     RETURN NULL;
