@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -95,6 +96,7 @@ _PHONE = re.compile(r"254[17]\d{8}")
 _MIN_ATTEMPT_SECONDS: Final = 0.05  # below this, an attempt could not finish: do not start it
 _BACKSTOP_GRACE: Final = 0.5  # httpx times each read; this caps a slow trickle of a body
 _MAX_CONNECT_BACKOFF: Final = 1.0
+_SHARED_TOKEN_POLL: Final = 0.05  # how often a process waiting for another's token refresh looks again
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,6 @@ class DarajaTimings:
     push_budget: float = 8.0  # total time of one stk_push, token and retries included
     query_budget: float = 15.0  # total time of one stk_query (nobody is waiting on it)
     token_refresh_margin: float = 60.0  # refresh this long before the token expires
-    shared_refresh_wait: float = 3.0  # how long to wait for another process's refresh before fetching our own
     connect_backoff: float = 0.2  # first pause after a connect error; doubles, capped at 1 s
     busy_retry_delay: float = 1.0  # pause before the one repeat of a push refused as busy
 
@@ -424,29 +425,39 @@ class DarajaClient:
 
     async def _shared_token(self, shared: SharedToken, deadline: float, stale: str | None) -> str:
         """The token in Redis unless it is `stale`; else one process fetches a new one and puts it there
-        (this process's lock first, so its concurrent callers make one attempt), the others wait for it."""
+        (this process's lock first, so its concurrent callers make one attempt), the others wait for it.
+
+        The refresh lock lasts as long as its holder's fetch can (the holder's budget), so no second process
+        fetches while one does, however slow Daraja's OAuth is: a second fetch would void the first one's
+        token. A waiter takes the lock once it is free (the holder done, or gone and its lock expired) and
+        still finds no fresh token; it waits until its own deadline at most."""
         value = await shared.get()
         if value and value != stale:
             return value
         async with self._refreshing(deadline):
-            value = await shared.get()
-            if value and value != stale:
-                return value
-            owner = await shared.lock(self._timings.shared_refresh_wait)
-            if owner is None:  # another process is fetching it: wait for its token
-                wait_until = min(deadline, time.monotonic() + self._timings.shared_refresh_wait)
-                while time.monotonic() < wait_until:
-                    await asyncio.sleep(0.05)
-                    value = await shared.get()
-                    if value and value != stale:
-                        return value
-                log.warning("daraja.token.shared_refresh_late")  # fetch our own; theirs recovers once
+            while True:
+                owner = await shared.lock(max(deadline - time.monotonic(), 0.0) + _BACKSTOP_GRACE)
+                value = await shared.get()  # read after the lock: a holder puts its token before it unlocks
+                if value and value != stale:
+                    if owner is not None:
+                        await shared.unlock(owner)
+                    return value
+                if owner is not None:
+                    break
+                if not await _pause(_SHARED_TOKEN_POLL, deadline):
+                    raise _NotSent("out of time waiting for another process's token refresh")
             try:
                 token = await self._fetch_token(deadline)
-                await shared.put(token.value, token.refresh_at - time.monotonic())
+                # Also this process's own: if Redis fails from here on, the fallback uses this token rather
+                # than fetching another (which would void the one the other processes are about to read).
+                self._token = token
+                try:
+                    await shared.put(token.value, token.refresh_at - time.monotonic())
+                except (RedisError, OSError) as exc:
+                    log.warning("daraja.token.shared_unavailable", error=type(exc).__name__)
                 return token.value
             finally:
-                if owner is not None:
+                with contextlib.suppress(RedisError, OSError):  # it expires anyway
                     await shared.unlock(owner)
 
     async def _own_token(self, deadline: float, stale: str | None) -> str:

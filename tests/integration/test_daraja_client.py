@@ -474,6 +474,87 @@ async def test_a_voided_shared_token_is_refreshed_once_for_every_process(
     assert api.oauth_calls + worker.oauth_calls == 2
 
 
+class SlowOAuth(httpx.AsyncBaseTransport):
+    """A real HTTP transport whose OAuth answers come `seconds` late: Daraja's OAuth is often slow."""
+
+    def __init__(self, seconds: float) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._seconds = seconds
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth/v1/generate":
+            await asyncio.sleep(self._seconds)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+PATIENT = DarajaTimings(connect_timeout=0.5, read_timeout=6.0, push_budget=8.0, query_budget=8.0)
+
+
+async def test_a_slow_token_fetch_is_waited_for_not_fetched_again_by_the_other_process(
+    make_harness: MakeHarness, redis: Redis
+) -> None:
+    # Before: a process waited 3 s for another's refresh, then fetched its own and voided the first one's.
+    api = await make_harness(timings=PATIENT, shared=SharedToken(redis, KEY))
+    assert api.running is not None
+    slow = [
+        await make_harness(
+            base_url=api.running.base_url, transport=SlowOAuth(3.5), timings=PATIENT, shared=SharedToken(redis, KEY)
+        )
+        for _ in range(2)
+    ]
+
+    await asyncio.gather(*(harness.push() for harness in slow for _ in range(2)))
+
+    assert sum(harness.oauth_calls for harness in slow) == 1
+    assert api.pushes_received == 4  # none refused with a voided token and sent again
+
+
+async def test_a_refresh_lock_left_by_a_dead_process_is_taken_once_it_expires(
+    make_harness: MakeHarness, redis: Redis
+) -> None:
+    assert await SharedToken(redis, KEY).lock(0.4) is not None  # a process took the lock and died
+    harness = await make_harness(shared=SharedToken(redis, KEY))
+    started = time.monotonic()
+
+    await asyncio.gather(harness.push(), harness.push())
+
+    assert time.monotonic() - started >= 0.35  # it waited for the lock rather than fetching beside it
+    assert harness.oauth_calls == 1 and harness.pushes_received == 2
+
+
+async def test_a_token_fetched_as_redis_fails_is_not_fetched_again(make_harness: MakeHarness, redis: Redis) -> None:
+    class DiesAtPut(SharedToken):
+        """Redis goes away as the fresh token is being put: every call fails from then on."""
+
+        dead = False
+
+        async def _alive(self) -> None:
+            if self.dead:
+                raise ConnectionError("Redis went away")
+
+        async def get(self) -> str | None:
+            await self._alive()
+            return await super().get()
+
+        async def lock(self, seconds: float) -> str | None:
+            await self._alive()
+            return await super().lock(seconds)
+
+        async def put(self, value: str, ttl_seconds: float) -> None:
+            self.dead = True
+            await self._alive()
+
+    harness = await make_harness(shared=DiesAtPut(redis, KEY))
+
+    await harness.push()
+    await harness.push()
+
+    assert harness.oauth_calls == 1 and harness.pushes_received == 2
+
+
 async def test_without_redis_each_process_keeps_its_own_token(make_harness: MakeHarness) -> None:
     down = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
     harness = await make_harness(shared=SharedToken(down, KEY))
