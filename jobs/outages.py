@@ -407,10 +407,9 @@ async def _finish(workers: list[Worker], completion_wait: float) -> None:
     if unfinished:
         await asyncio.wait(unfinished, timeout=completion_wait)
         late = [t for t in unfinished if not t.done()]
-        for task in late:
-            task.cancel()
         if late:
             log.warning("jobs still running at shutdown were cancelled; they run again later", jobs=len(late))
+            await cancel_until_done(late)  # one cancel can be lost inside redis-py, as in a poll loop
     await asyncio.gather(*tasks, return_exceptions=True)
     await cancel_until_done([w.main_task for w in workers if w.main_task is not None])
 

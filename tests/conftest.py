@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -283,8 +284,9 @@ class MpesaSystem:
         # is the process's, once for its queue workers.
         for worker in workers:
             worker.handle_sig(signal.SIGUSR1)
+        # Asked until they end: one cancel can be lost inside redis-py, and a job that goes on would hang here.
+        await reap_saying_where_stuck([task for worker in workers for task in worker.tasks.values()])
         for worker in workers:
-            await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
             worker.tasks.clear()
         # Their poll loops end before any closes the Redis client they share (a close ends it for all).
         await cancel_until_done(tasks)
@@ -308,6 +310,17 @@ class MpesaSystem:
             secret = getattr(value, "get_secret_value", None)
             env[name.upper()] = str(secret() if secret else value)
         return {**env, **extra}
+
+
+async def reap_saying_where_stuck(tasks: list[asyncio.Task[Any]], after: float = 20.0) -> None:
+    """`cancel_until_done`, printing where each task still stands after `after` seconds: a job that will not
+    end fails its test by timeout, and the stacks say which and why."""
+    reaping = asyncio.ensure_future(cancel_until_done(tasks))
+    if not (await asyncio.wait({reaping}, timeout=after))[0]:
+        for task in tasks:
+            if not task.done():
+                task.print_stack(file=sys.stderr)
+    await reaping
 
 
 TREASURY_USDC = 1_000_000 * 10**6

@@ -401,7 +401,12 @@ async def test_reconcile_reports_what_the_ledger_does_not_know(mpesa_system: Mpe
         sys.executable, "-m", "kiota.cli", "reconcile", "--treasury", system.treasury_address,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    out = (await proc.communicate())[0].decode()
+    try:
+        out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+    finally:
+        if proc.returncode is None:  # timed out: stopped, not left behind
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == 1, out
     assert "2 difference(s)" in out
     assert f"DIFFERENCE user jay {stray}: ledger 0.000000, chain 3.000000" in out
