@@ -173,8 +173,9 @@ async def reconcile_chain(shell: Shell) -> int:
     text = [
         *lines,
         *(
-            f"DIFFERENCE {d.who} {d.address}: ledger {format_usdc(d.ledger_micro)}, "
-            f"chain {format_usdc(d.chain_micro)}, chain - ledger {format_usdc(d.chain_micro - d.ledger_micro)}"
+            f"DIFFERENCE {d.who} {d.address}: {d.sides[0]} {format_usdc(d.ledger_micro)}, "
+            f"{d.sides[1]} {format_usdc(d.chain_micro)}, {d.sides[1]} - {d.sides[0]} "
+            f"{format_usdc(d.chain_micro - d.ledger_micro)}"
             for d in differences
         ),
         f"{len(differences)} difference(s)",

@@ -7,6 +7,9 @@ in suspense for a person. A user's line can agree while custody does not: a reor
 (the user's credit went to suspense, the USDC is gone from chain) and nobody has resolved it yet; or it was
 written off without taking it out of custody. The custody line says so.
 
+It also checks the caps' running totals per minute (migration 0023) against the payouts they count: payouts
+written with their triggers off leave them behind, and the caps then count too much or too little.
+
 Differences are reported, never corrected here: a person decides (an uncredited
 transfer, a reorg deeper than the confirmations, a payout that was never booked).
 """
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC
+from typing import Final
 
 from kiota.chain_rpc import ChainReader
 from kiota.db import Pool
@@ -22,15 +27,20 @@ from kiota.ledger import CUSTODY_USDC, TREASURY_USDC
 from kiota.money import format_usdc
 from kiota.store.ledger import balance
 from kiota.store.ops import user_ledgers
-from kiota.store.payouts import paid_out_by_treasury
+from kiota.store.payouts import cap_totals_drift, paid_out_by_treasury
+
+CAPS_CHECKED_HOURS: Final = 25.0  # the daily cap's window and an hour more
 
 
 @dataclass(frozen=True, slots=True)
 class Difference:
+    """Two figures that should agree: the ledger's and the chain's, unless `sides` names others."""
+
     who: str
     address: str
     ledger_micro: int
     chain_micro: int
+    sides: tuple[str, str] = ("ledger", "chain")
 
 
 async def reconcile(
@@ -59,10 +69,27 @@ async def reconcile(
     lines.append(f"custody per ledger {format_usdc(custody)}; at deposit addresses on chain {format_usdc(held)}")
     if custody != held:
         differences.append(Difference("custody:USDC", "all deposit addresses", custody, held))
+    caps = await _cap_totals(pool)
+    if caps is not None:
+        differences.append(caps)
+    said = "agree with the payouts" if caps is None else "DIFFER from the payouts"
+    lines.append(f"caps' running totals for the last {CAPS_CHECKED_HOURS:.0f} h {said}")
     treasuries = [treasury] if isinstance(treasury, str) else list(treasury or [])
     if treasuries:
         lines += await _treasuries(pool, reader, token, treasuries)
     return differences, lines
+
+
+async def _cap_totals(pool: Pool) -> Difference | None:
+    """The caps' running totals per minute (migration 0023) against the payouts they count, over the window the
+    daily cap reads: a difference means the caps count too much or too little (README, Runbook: rebuild them)."""
+    drift = await cap_totals_drift(pool, CAPS_CHECKED_HOURS * 3600)
+    if not drift:
+        return None
+    first = f"{drift[0].minute.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    where = f"{len(drift)} minute(s) from {first}"
+    payouts, totals = sum(m.payouts_micro for m in drift), sum(m.totals_micro for m in drift)
+    return Difference("caps payout_cap_minutes", where, payouts, totals, ("payouts", "running totals"))
 
 
 async def _treasuries(pool: Pool, reader: ChainReader, token: str, treasuries: list[str]) -> list[str]:

@@ -6,10 +6,12 @@ import hashlib
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 from kiota.auth import issue_token
 
+REPO = Path(__file__).resolve().parents[1]  # the repository's root
 ADMIN_DSN = os.environ.get("KIOTA_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_URL = os.environ.get("KIOTA_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 

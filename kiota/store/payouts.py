@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
@@ -162,6 +163,22 @@ async def set_limits(db: Executor, per_deposit: int | None, hourly: int | None, 
 async def paid_out_since(db: Executor, chain_id: int, seconds: float) -> int:
     """USDC signed for in the last `seconds` (for the hourly and daily caps)."""
     return int(await db.fetchval(load_queries().paid_out_since, chain_id, seconds))
+
+
+@dataclass(frozen=True, slots=True)
+class CapMinute:
+    """A minute whose running total for the caps disagrees with the payouts it counts."""
+
+    chain_id: int
+    minute: datetime
+    payouts_micro: int
+    totals_micro: int
+
+
+async def cap_totals_drift(db: Executor, seconds: float) -> list[CapMinute]:
+    """The minutes of the last `seconds` whose running total (`payout_cap_minutes`) is not its payouts' sum."""
+    rows = await db.fetch(load_queries().cap_totals_drift, seconds)
+    return [CapMinute(r["chain_id"], r["minute"], int(r["payouts_micro"]), int(r["totals_micro"])) for r in rows]
 
 
 async def in_flight_micro(db: Executor, chain_id: int, address: str) -> int:

@@ -13,7 +13,9 @@ import random
 import asyncpg
 import pytest
 
-from kiota.store.payouts import paid_out_since
+from kiota.reconcile import CAPS_CHECKED_HOURS, _cap_totals
+from kiota.store.payouts import cap_totals_drift, paid_out_since
+from tests.support import REPO
 
 CHAIN = 8453
 OTHER_CHAIN = 84532
@@ -36,6 +38,7 @@ async def assert_same(pool: asyncpg.Pool) -> None:
         for chain in (CHAIN, OTHER_CHAIN):
             for window in WINDOWS:
                 assert await paid_out_since(conn, chain, window) == await conn.fetchval(ROW_BY_ROW, chain, window)
+    assert await cap_totals_drift(pool, 90_000) == []  # `kiota reconcile`'s check agrees
 
 
 async def test_the_running_totals_follow_every_change_of_the_payouts(pool: asyncpg.Pool) -> None:
@@ -89,3 +92,29 @@ async def test_a_payout_signed_just_before_the_window_is_not_counted_and_one_jus
 async def test_payouts_cannot_be_truncated_from_under_the_totals(pool: asyncpg.Pool) -> None:
     with pytest.raises(asyncpg.CheckViolationError, match="TRUNCATE is refused"):
         await pool.execute("TRUNCATE payouts CASCADE")
+
+
+async def test_reconcile_finds_totals_that_writes_without_triggers_left_behind_and_the_runbook_rebuilds_them(
+    pool: asyncpg.Pool,
+) -> None:
+    await pool.execute(INSERT, CHAIN, [5_000_000, 7_000_000], [1, 2], ["signed", "signed"], [120.0, 60_000.0])
+    assert await _cap_totals(pool) is None
+    async with pool.acquire() as conn:  # as a data-only restore or a logical replica writes: no triggers fire
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute("UPDATE payouts SET amount_micro = 9000000 WHERE nonce = 1")
+        await conn.execute(INSERT, OTHER_CHAIN, [3_000_000], [3], ["confirmed"], [CAPS_CHECKED_HOURS * 3600 + 120])
+        await conn.execute("RESET session_replication_role")
+
+    caps = await _cap_totals(pool)
+
+    assert caps is not None  # the payout older than the checked window is not looked at
+    assert (caps.ledger_micro, caps.chain_micro, caps.sides) == (9_000_000, 5_000_000, ("payouts", "running totals"))
+    assert caps.address.startswith("1 minute(s) from ")
+    # README, Runbook, "the caps' running totals": delete them, then the backfill at the end of migration 0023.
+    migration = (REPO / "sql/migrations/0023_payout_cap_minutes.sql").read_text()
+    backfill = migration[migration.rindex("INSERT INTO payout_cap_minutes") :]
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM payout_cap_minutes")
+        await conn.execute(backfill)
+    assert await _cap_totals(pool) is None
+    await assert_same(pool)

@@ -16,8 +16,6 @@ import httpx
 from kiota.dev.runner import WALKTHROUGH_BEGIN, WALKTHROUGH_END
 from tests.support import ADMIN_DSN, dsn_for, free_port
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _port_is_free(port: int) -> bool:
     with socket.socket() as sock:

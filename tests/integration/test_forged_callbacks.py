@@ -43,9 +43,8 @@ from tests.conftest import MpesaSystem
 from tests.integration.test_mpesa_flow import counts, transfers_from
 from tests.integration.test_ops_cli import SHELL_PASSWORD, kiota_ops, shell_operators
 from tests.integration.test_payout_lane import job_of, treasury_for, wait_for
-from tests.support import CALLBACK_TOKEN, TEST_CHILDREN, TEST_XPUB, bearer, settings_kwargs, success_body
+from tests.support import CALLBACK_TOKEN, REPO, TEST_CHILDREN, TEST_XPUB, bearer, settings_kwargs, success_body
 
-REPO = Path(__file__).resolve().parents[2]
 CANCELLED_BY_CUSTOMER = Scenario(outcome=1032, lose_callback=True, delay_seconds=0)
 NEVER_ANSWERED = Scenario(outcome="none")  # the STK query says "being processed" for ever
 PAID_CALLBACK_OURS = Scenario(outcome="success", lose_callback=True, delay_seconds=0)

@@ -23,9 +23,7 @@ import pytest
 
 from kiota.process import stop
 from tests.conftest import MpesaSystem
-from tests.support import CALLBACK_TOKEN, TREASURY_KEY, bearer, free_port
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import CALLBACK_TOKEN, REPO, TREASURY_KEY, bearer, free_port
 
 
 def json_lines(text: str, process: str) -> list[dict[str, Any]]:

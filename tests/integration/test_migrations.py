@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from pathlib import Path
 
 import asyncpg
 import pytest
 
 from kiota.errors import MigrationError
 from kiota.migrate import Migration, discover, migrate
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 EXPECTED_TABLES = {
     "users",
