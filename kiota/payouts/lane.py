@@ -180,6 +180,7 @@ class Pipeline:
         self.head = 0
         self.may_sign = True
         self.unsent: set[int] = set()  # payout ids a full node refused: sent again at each head, nothing new meanwhile
+        self.sending = True  # False: settle what is mined, never send or re-sign (`book_mined`)
 
     async def run(self, own: LaneItem, guards: Guards) -> PayoutResult:
         started = time.monotonic()
@@ -236,14 +237,17 @@ class Pipeline:
         else:
             log.exception("the lane stopped paying other deposits after a failure")
 
-    async def _resume(self) -> None:
-        """Signed, unsettled payouts from before (a previous owner's, maybe killed): sent again in nonce order,
-        since some may never have left and a gap would hold back all above it."""
+    async def _load_unsettled(self) -> None:
         # All of them, not only max_in_flight: after the cap was lowered, more may be in flight than it allows, and
         # every one counts against it (nothing new is signed until they are settled below it).
         loaded = await _unsettled(self.conn, self.treasury, max(self.config.max_in_flight, RESUME_AT_MOST))
         self.in_flight = [item for item, _ in loaded]
         self.sent_at = {item.payout.id: sent or self.head for item, sent in loaded}
+
+    async def _resume(self) -> None:
+        """Signed, unsettled payouts from before (a previous owner's, maybe killed): sent again in nonce order,
+        since some may never have left and a gap would hold back all above it."""
+        await self._load_unsettled()
         if not self.in_flight:
             return
         try:  # one JSON-RPC batch (a node that has them, or mined them, says so harmlessly)
@@ -262,6 +266,17 @@ class Pipeline:
         await recheck_settled_or_log(self.conn, self.treasury, self.config)
         self.head = await self.treasury.head()
         await self._resume()
+        if self.in_flight:
+            await self._settle_head()
+
+    async def book_mined(self) -> None:
+        """One look at what a previous owner left, sending nothing (the kill switch or the lanes' pause is on):
+        what the chain mined is settled, since its USDC has left already and its deposit is paid; what is not
+        mined waits, unsent and not re-signed, for the lane to open again."""
+        self.sending = False
+        await recheck_settled_or_log(self.conn, self.treasury, self.config)
+        self.head = await self.treasury.head()
+        await self._load_unsettled()
         if self.in_flight:
             await self._settle_head()
 
@@ -398,8 +413,9 @@ class Pipeline:
             self.settled_block = max(m.receipt.block_number, self.settled_block or 0)
         self.in_flight = [item for item in self.in_flight if item.payout.id not in done]
         self.unsent &= {item.payout.id for item in self.in_flight}
-        await self._send_unsent()
-        await self._bump_lowest(mined_nonce)
+        if self.sending:
+            await self._send_unsent()
+            await self._bump_lowest(mined_nonce)
 
     async def _drop_given_up(self) -> None:
         """A payout given up on while in flight (its job's time ran out, an operator's cancel) leaves the
@@ -502,14 +518,20 @@ async def settle_stranded_payouts(pool: Pool, treasury: Treasury, config: LaneCo
     """The sweeper's turn at payouts signed long ago and still unsettled, for when no deposit's job comes along to
     take the lane (each such deposit's job has ended: sent to review by a guard meanwhile; or the lane is quiet):
     their stored transactions sent again (a gap would hold back every nonce above it) and what is mined settled,
-    one look. Not while the kill switch or the lanes' pause is on (no owner runs then either). Returns False when
-    the lane is busy (its owner resumes and settles them in its own turn)."""
+    one look. While the kill switch or the lanes' pause is on, nothing is sent: only what the chain mined anyway
+    is settled (its deposit is paid; left unbooked, its user would wait for the switch). Returns False when the
+    lane is busy (its owner resumes and settles them in its own turn)."""
     tuning = config or LaneConfig()
     async with pool.acquire() as conn:
         due = await store.any_unsettled_since(conn, treasury.chain_id, treasury.address, STRANDED_AFTER_SECONDS)
         guards = await store.guards(conn)
-        due = due and not (guards.kill_switch or guards.lane_paused)
-    return await _sweepers_turn(pool, treasury, due, lambda conn: Pipeline(conn, treasury, tuning).settle_stored())
+    stopped = guards.kill_switch or guards.lane_paused
+
+    async def turn(conn: Connection) -> None:
+        pipeline = Pipeline(conn, treasury, tuning)
+        await (pipeline.book_mined() if stopped else pipeline.settle_stored())
+
+    return await _sweepers_turn(pool, treasury, due, turn)
 
 
 async def _sweepers_turn(

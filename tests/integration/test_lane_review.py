@@ -8,6 +8,7 @@ import contextlib
 import time
 import uuid
 
+from kiota import ops
 from kiota.dev.chain import BASE_USDC_ADDRESS
 from kiota.errors import ChainUnavailable
 from kiota.payouts import (
@@ -189,6 +190,63 @@ async def test_a_payout_left_in_flight_after_its_deposits_job_ended_is_sent_agai
                 return await _all_completed(system, ids)
 
             await wait_for(upkeep_settled_it, 20)
+    finally:
+        await treasury.aclose()
+        await rpc(system, "evm_setAutomine", True)
+    await paid_once_each(system, users)
+
+
+async def test_under_the_kill_switch_payouts_the_chain_mined_are_booked_and_nothing_is_sent(
+    mpesa_system: MpesaSystem,
+) -> None:
+    """An owner hands the lane over with payouts in flight (sent, not yet mined), then the kill switch goes on
+    and a block mines them anyway. Their deposits are paid: the lane's upkeep books them while the switch stays
+    on (before, they waited for it to be turned off), and it sends nothing: not the lost payout the node never
+    got (a gap), not a fee bump of the lowest one."""
+
+    class Counting(LosingTreasury):
+        sends = 0
+
+        async def broadcast_many(self, raw_txs: list[str]) -> list[ChainUnavailable | None]:
+            self.sends += len(raw_txs)
+            return await super().broadcast_many(raw_txs)
+
+        async def broadcast(self, raw_tx: str) -> None:
+            self.sends += 1
+            await super().broadcast(raw_tx)
+
+    system = mpesa_system
+    users = [f"booked{i}" for i in range(4)]
+    ids = await _processing_while_killed(system, users)
+    treasury = treasury_for(system, Counting)
+    assert isinstance(treasury, Counting)
+    treasury.lost, treasury.lost_nonce = set(), await treasury.pending_nonce() + 3  # the fourth never reaches the node
+    config = LaneConfig(poll_seconds=0.02, drain_seconds=0, watch_seconds=0.3, replace_after_blocks=1)
+    await rpc(system, "evm_setAutomine", False)  # no block while the owner has the lane
+    try:
+        result = await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), config)
+        assert result.outcome is PayoutOutcome.WAITING and await in_flight(system.pool) == 4
+        await ops.set_kill_switch(system.pool, system.queue, True, "test")
+        await rpc(system, "anvil_mine", 3)  # the three the node has are mined, the switch notwithstanding
+        await system.pool.execute("UPDATE payouts SET updated_at = now() - interval '1 hour' WHERE status = 'signed'")
+        signed_before, sends_before = await system.pool.fetchval("SELECT count(*) FROM payout_attempts"), treasury.sends
+
+        assert await settle_stranded_payouts(system.pool, treasury, config)
+
+        assert await _all_completed(system, ids[:3]) and not await _all_completed(system, ids[3:])
+        assert await in_flight(system.pool) == 1
+        assert await system.pool.fetchval("SELECT count(*) FROM payout_attempts") == signed_before  # none re-signed
+        assert treasury.sends == sends_before  # the lost one was not sent again
+        # The switch off, the lane's upkeep sends the lost one (the node takes it now) and settles it.
+        await system.pool.execute("UPDATE payout_guards SET kill_switch = false")
+        treasury.lost_nonce, treasury.lost = -1, set()
+        await rpc(system, "evm_setAutomine", True)
+
+        async def upkeep_settled_it() -> bool:
+            await settle_stranded_payouts(system.pool, treasury, config)
+            return await _all_completed(system, ids)
+
+        await wait_for(upkeep_settled_it, 20)
     finally:
         await treasury.aclose()
         await rpc(system, "evm_setAutomine", True)
