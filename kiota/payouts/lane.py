@@ -54,6 +54,9 @@ IN_FLIGHT_RECHECK_SECONDS = 3.0
 # in flight waits this long for it in its slot: a second run would cost more than the wait. On Base's 2-second
 # blocks the wait would hold a slot for nothing while other deposits wait to be confirmed.
 IN_FLIGHT_GRACE_SECONDS = 0.3
+# On such a chain the block holding what the owner just sent comes a few ms after the send answered: the owner looks
+# again this soon, this many times, rather than a whole poll later (measured: B4's p95 rose 25% without it).
+QUICK_LOOK_SECONDS, QUICK_LOOKS = 0.005, 10
 # Signed, unsettled payouts a new owner takes over at most (PAYOUT_MAX_IN_FLIGHT is at most 1000).
 RESUME_AT_MOST = 1000
 # A payout signed this long ago and still unsettled has had its owners' turns: the sweeper looks at it.
@@ -181,6 +184,7 @@ class Pipeline:
         self.may_sign = True
         self.unsent: set[int] = set()  # payout ids a full node refused: sent again at each head, nothing new meanwhile
         self.sending = True  # False: settle what is mined, never send or re-sign (`book_mined`)
+        self.quick_looks = 0  # looks left at QUICK_LOOK_SECONDS after a send, on a chain that mines as it is sent
 
     async def run(self, own: LaneItem, guards: Guards) -> PayoutResult:
         started = time.monotonic()
@@ -211,7 +215,7 @@ class Pipeline:
                 if time.monotonic() >= stop_at:
                     break
                 if not new_head:
-                    await asyncio.sleep(self.config.poll_seconds)
+                    await asyncio.sleep(self._next_look())
             except Exception as exc:
                 if own.payout.id not in self.results:
                     raise
@@ -219,6 +223,14 @@ class Pipeline:
                 self._log_stop(exc)
                 break
         return blocked or self._own_result(own.payout.id)
+
+    def _next_look(self) -> float:
+        """How long until the owner looks for a new head again: a poll, or a few ms just after a send on a chain
+        that mines each transaction as it comes (anvil's automine); never sooner on Base's 2-second blocks."""
+        if self.quick_looks > 0 and self.treasury.pace.faster_than(IN_FLIGHT_GRACE_SECONDS):
+            self.quick_looks -= 1
+            return min(QUICK_LOOK_SECONDS, self.config.poll_seconds)
+        return self.config.poll_seconds
 
     def in_flight_room(self) -> int:
         return self.config.max_in_flight - len(self.in_flight)
@@ -334,6 +346,7 @@ class Pipeline:
                 self.sent_at[item.payout.id] = self.head
             try:
                 await broadcast_all(self.conn, self.treasury, new)
+                self.quick_looks = QUICK_LOOKS
             except ChainUnavailable as exc:
                 if not accepted_before and await self.treasury.pending_nonce() <= new[0].signed.nonce:
                     raise  # the node takes none of ours: a failure, as any other
@@ -360,7 +373,7 @@ class Pipeline:
         """Whether a block came after the last one seen."""
         head = await self.treasury.head()
         if head > self.head:
-            self.head = head
+            self.head, self.quick_looks = head, 0
             return True
         return False
 

@@ -9,9 +9,9 @@ import pytest
 from jobs.worker import JOB_TIMEOUT_SECONDS
 from kiota.payouts import LaneConfig
 from kiota.payouts import failpoint as failpoints
-from kiota.payouts.lane import IN_FLIGHT_GRACE_SECONDS
+from kiota.payouts.lane import IN_FLIGHT_GRACE_SECONDS, QUICK_LOOK_SECONDS, QUICK_LOOKS, Pipeline
 from kiota.settings import WorkerSettings
-from kiota.treasury import BlockPace
+from kiota.treasury import BlockPace, Treasury
 
 # What a payout job does besides the lane: M-Pesa's confirmation, the lane's wait, the last block's settling.
 ROOM_FOR_THE_REST = 10
@@ -65,3 +65,20 @@ def test_the_block_pace_is_the_time_between_the_last_two_heads_that_differed() -
     pace.observe(105, now=12.2)  # automine: a block per transaction, four in 0.2 s
     assert pace.seconds_per_block == pytest.approx(0.05)
     assert pace.faster_than(IN_FLIGHT_GRACE_SECONDS)
+
+
+@pytest.mark.parametrize(("seconds_per_block", "quick"), [(2.0, False), (0.05, True)])
+def test_after_a_send_the_owner_looks_again_within_ms_only_on_a_chain_that_mines_as_it_is_sent(
+    seconds_per_block: float, quick: bool
+) -> None:
+    treasury = Treasury.__new__(Treasury)  # no RPC here: only its pace is read
+    treasury.pace = BlockPace(head=1, seen_at=0.0, seconds_per_block=seconds_per_block)
+    pipeline = Pipeline(None, treasury, LaneConfig())  # type: ignore[arg-type]
+    poll = LaneConfig().poll_seconds
+    assert pipeline._next_look() == poll  # nothing sent: a poll
+    pipeline.quick_looks = QUICK_LOOKS  # as a send sets it
+    looks = [pipeline._next_look() for _ in range(QUICK_LOOKS + 2)]
+    if quick:  # a few quick looks, then polls again (a transaction the node never mines does not spin the owner)
+        assert looks == [QUICK_LOOK_SECONDS] * QUICK_LOOKS + [poll, poll]
+    else:  # Base's 2-second blocks: never sooner than a poll
+        assert looks == [poll] * (QUICK_LOOKS + 2)
