@@ -97,6 +97,8 @@ _MIN_ATTEMPT_SECONDS: Final = 0.05  # below this, an attempt could not finish: d
 _BACKSTOP_GRACE: Final = 0.5  # httpx times each read; this caps a slow trickle of a body
 _MAX_CONNECT_BACKOFF: Final = 1.0
 _SHARED_TOKEN_POLL: Final = 0.05  # how often a process waiting for another's token refresh looks again
+# The refresh lock outlives its holder's fetch (bounded by its deadline plus _BACKSTOP_GRACE) by this much at least.
+_SHARED_LOCK_MARGIN: Final = _BACKSTOP_GRACE + 2.0
 
 
 @dataclass(frozen=True)
@@ -427,38 +429,59 @@ class DarajaClient:
         """The token in Redis unless it is `stale`; else one process fetches a new one and puts it there
         (this process's lock first, so its concurrent callers make one attempt), the others wait for it.
 
-        The refresh lock lasts as long as its holder's fetch can (the holder's budget), so no second process
+        The refresh lock outlasts its holder's fetch (the holder's budget and a margin), so no second process
         fetches while one does, however slow Daraja's OAuth is: a second fetch would void the first one's
-        token. A waiter takes the lock once it is free (the holder done, or gone and its lock expired) and
-        still finds no fresh token; it waits until its own deadline at most."""
+        token. A fetch that may have reached Daraja and failed (no answer, a cancellation) leaves the lock to
+        expire, for the same reason. A waiter takes the lock once it is free (the holder done, or gone and its
+        lock expired) and still finds no fresh token; it waits until its own deadline at most."""
         value = await shared.get()
         if value and value != stale:
             return value
         async with self._refreshing(deadline):
-            while True:
-                owner = await shared.lock(max(deadline - time.monotonic(), 0.0) + _BACKSTOP_GRACE)
-                value = await shared.get()  # read after the lock: a holder puts its token before it unlocks
-                if value and value != stale:
-                    if owner is not None:
-                        await shared.unlock(owner)
-                    return value
-                if owner is not None:
-                    break
-                if not await _pause(_SHARED_TOKEN_POLL, deadline):
-                    raise _NotSent("out of time waiting for another process's token refresh")
+            owner, value = await self._lock_or_fresh(shared, deadline, stale)
+            return value if value is not None else await self._fetch_shared(shared, owner, deadline)
+
+    async def _lock_or_fresh(self, shared: SharedToken, deadline: float, stale: str | None) -> tuple[str, str | None]:
+        """The refresh lock (its owner id, and None), or a fresh token another process put meanwhile ("", it)."""
+        while True:
+            owner = await shared.lock(max(deadline - time.monotonic(), 0.0) + _SHARED_LOCK_MARGIN)
             try:
-                token = await self._fetch_token(deadline)
-                # Also this process's own: if Redis fails from here on, the fallback uses this token rather
-                # than fetching another (which would void the one the other processes are about to read).
-                self._token = token
-                try:
-                    await shared.put(token.value, token.refresh_at - time.monotonic())
-                except (RedisError, OSError) as exc:
-                    log.warning("daraja.token.shared_unavailable", error=type(exc).__name__)
-                return token.value
-            finally:
-                with contextlib.suppress(RedisError, OSError):  # it expires anyway
-                    await shared.unlock(owner)
+                value = await shared.get()  # read after the lock: a holder puts its token before it unlocks
+            except BaseException:
+                if owner is not None:
+                    await _unlock_quietly(shared, owner)
+                raise
+            if value and value != stale:
+                if owner is not None:
+                    await _unlock_quietly(shared, owner)
+                return "", value
+            if owner is not None:
+                return owner, None
+            if not await _pause(_SHARED_TOKEN_POLL, deadline):
+                raise _NotSent("out of time waiting for another process's token refresh")
+
+    async def _fetch_shared(self, shared: SharedToken, owner: str, deadline: float) -> str:
+        """A new token, fetched under the refresh lock `owner` and put in Redis for every process."""
+        try:
+            token = await self._fetch_token(deadline)
+        except _TokenFailure as exc:
+            # Daraja may still issue the token of a request it did not answer: the lock then expires rather
+            # than let another process fetch beside it (the later token would void the other).
+            if exc.definite:
+                await _unlock_quietly(shared, owner)
+            raise
+        except _NotSent:  # nothing reached Daraja
+            await _unlock_quietly(shared, owner)
+            raise
+        # Also this process's own: if Redis fails from here on, the fallback uses this token rather than
+        # fetching another (which would void the one the other processes are about to read).
+        self._token = token
+        try:
+            await shared.put(token.value, token.refresh_at - time.monotonic())
+        except (RedisError, OSError) as exc:
+            log.warning("daraja.token.shared_unavailable", error=type(exc).__name__)
+        await _unlock_quietly(shared, owner)
+        return token.value
 
     async def _own_token(self, deadline: float, stale: str | None) -> str:
         """This process's cached token, or a new one; `stale` is a token Daraja just refused.
@@ -529,6 +552,12 @@ def _errors_counted(call: str) -> Iterator[None]:
     except DarajaError as exc:
         metrics.tally.count(metrics.DARAJA_ERRORS, call, error_label(exc))
         raise
+
+
+async def _unlock_quietly(shared: SharedToken, owner: str) -> None:
+    """Release the refresh lock; a Redis failure here is no failed call (the lock expires by itself)."""
+    with contextlib.suppress(RedisError, OSError):
+        await shared.unlock(owner)
 
 
 async def _pause(seconds: float, deadline: float) -> bool:

@@ -555,6 +555,63 @@ async def test_a_token_fetched_as_redis_fails_is_not_fetched_again(make_harness:
     assert harness.oauth_calls == 1 and harness.pushes_received == 2
 
 
+async def test_a_fresh_token_found_under_the_lock_is_used_even_if_the_unlock_fails(
+    make_harness: MakeHarness, redis: Redis
+) -> None:
+    class LateTokenFailingUnlock(SharedToken):
+        """The token is put by another process between this one's first look and its lock; then Redis fails."""
+
+        looks = 0
+
+        async def get(self) -> str | None:
+            self.looks += 1
+            return None if self.looks == 1 else await super().get()
+
+        async def unlock(self, owner: str) -> None:
+            raise ConnectionError("Redis went away")
+
+    first = await make_harness(shared=SharedToken(redis, KEY))
+    await first.push()
+    assert first.running is not None
+    second = await make_harness(base_url=first.running.base_url, shared=LateTokenFailingUnlock(redis, KEY))
+
+    await second.push()
+
+    assert second.oauth_calls == 0 and first.pushes_received == 2  # its token was not voided by a second fetch
+
+
+async def test_a_token_fetch_that_may_have_reached_daraja_keeps_the_lock_until_it_expires(
+    make_harness: MakeHarness, redis: Redis
+) -> None:
+    api = await make_harness(shared=SharedToken(redis, KEY))
+    assert api.running is not None
+
+    class LostOAuthAnswer(httpx.AsyncBaseTransport):
+        """Daraja issues the token, and its answer is lost on the way back (a read timeout)."""
+
+        def __init__(self) -> None:
+            self._inner = httpx.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await self._inner.handle_async_request(request)
+            if request.url.path == "/oauth/v1/generate":
+                await response.aclose()
+                raise httpx.ReadTimeout("the answer was lost", request=request)
+            return response
+
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
+    shared = SharedToken(redis, KEY)
+    lost = await make_harness(base_url=api.running.base_url, transport=LostOAuthAnswer(), shared=shared)
+
+    with pytest.raises(DarajaError):
+        await lost.push()
+
+    # Released now, another process would fetch beside the unanswered request and one token would void the other.
+    assert await redis.pttl(shared._lock_key) > 0
+
+
 async def test_without_redis_each_process_keeps_its_own_token(make_harness: MakeHarness) -> None:
     down = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
     harness = await make_harness(shared=SharedToken(down, KEY))
