@@ -409,7 +409,7 @@ async def _finish(workers: list[Worker], completion_wait: float) -> None:
         late = [t for t in unfinished if not t.done()]
         if late:
             log.warning("jobs still running at shutdown were cancelled; they run again later", jobs=len(late))
-            await cancel_until_done(late)  # one cancel can be lost inside redis-py, as in a poll loop
+            await cancel_jobs_until_done(workers)
     await asyncio.gather(*tasks, return_exceptions=True)
     await cancel_until_done([w.main_task for w in workers if w.main_task is not None])
 
@@ -423,3 +423,17 @@ async def cancel_until_done(tasks: Collection[asyncio.Task[Any]], every: float =
             task.cancel()
         await asyncio.wait(pending, timeout=every)
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def cancel_jobs_until_done(workers: Sequence[Worker], every: float = 0.5) -> None:
+    """Cancel the running jobs of `workers` until each run has ended. The job's own task is cancelled (arq's
+    `job_tasks`), not only arq's `run_job` around it: a second cancel of `run_job` only ends its wait for the job
+    (`asyncio.wait_for`, Python 3.11) and leaves the job running alone. One cancel is not enough either: it can be
+    lost inside redis-py, as a poll loop's can. A run not in its job (starting, or recording its end) is cancelled
+    itself."""
+    runs = [(worker, job_id, run) for worker in workers for job_id, run in worker.tasks.items()]
+    while pending := [(worker, job_id, run) for worker, job_id, run in runs if not run.done()]:
+        for worker, job_id, run in pending:
+            (worker.job_tasks.get(job_id) or run).cancel()
+        await asyncio.wait([run for _, _, run in pending], timeout=every)
+    await asyncio.gather(*(run for _, _, run in runs), return_exceptions=True)

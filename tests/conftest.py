@@ -19,7 +19,7 @@ import itertools
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ from web3.types import RPCEndpoint
 
 from api.app import create_app
 from jobs.context import WorkerContext, WorkerState, WorkerTuning
-from jobs.outages import cancel_until_done
+from jobs.outages import cancel_jobs_until_done, cancel_until_done
 from jobs.worker import QueueWorker, build_workers, shutdown
 from kiota.confirm import ConfirmTiming
 from kiota.db import create_pool
@@ -285,7 +285,7 @@ class MpesaSystem:
         for worker in workers:
             worker.handle_sig(signal.SIGUSR1)
         # Asked until they end: one cancel can be lost inside redis-py, and a job that goes on would hang here.
-        await reap_saying_where_stuck([task for worker in workers for task in worker.tasks.values()])
+        await reap_saying_where_stuck(workers)
         for worker in workers:
             worker.tasks.clear()
         # Their poll loops end before any closes the Redis client they share (a close ends it for all).
@@ -312,14 +312,15 @@ class MpesaSystem:
         return {**env, **extra}
 
 
-async def reap_saying_where_stuck(tasks: list[asyncio.Task[Any]], after: float = 20.0) -> None:
-    """`cancel_until_done`, printing where each task still stands after `after` seconds: a job that will not
+async def reap_saying_where_stuck(workers: Sequence[Worker], after: float = 20.0) -> None:
+    """`cancel_jobs_until_done`, printing where each job still stands after `after` seconds: a job that will not
     end fails its test by timeout, and the stacks say which and why."""
-    reaping = asyncio.ensure_future(cancel_until_done(tasks))
+    jobs = [job for worker in workers for job in worker.job_tasks.values()]
+    reaping = asyncio.ensure_future(cancel_jobs_until_done(workers))
     if not (await asyncio.wait({reaping}, timeout=after))[0]:
-        for task in tasks:
-            if not task.done():
-                task.print_stack(file=sys.stderr)
+        for job in jobs:
+            if not job.done():
+                job.print_stack(file=sys.stderr)
     await reaping
 
 
