@@ -134,6 +134,7 @@ class _OpsConfig(_Stores):
 
     base_rpc_url: str = Settings.model_fields["base_rpc_url"].default
     base_usdc_address: str = Settings.model_fields["base_usdc_address"].default
+    base_chain_id: int = Settings.model_fields["base_chain_id"].default
 
 
 def cmd_ops(args: argparse.Namespace) -> int:
@@ -141,7 +142,7 @@ def cmd_ops(args: argparse.Namespace) -> int:
 
     configure_logging()  # log lines on standard error: standard output is the answer (`--json`: one document)
     config = _OpsConfig()
-    chain = Chain(config.base_rpc_url, config.base_usdc_address)
+    chain = Chain(config.base_rpc_url, config.base_usdc_address, config.base_chain_id)
     try:
         return asyncio.run(run_ops(args, config.database_url, config.redis_url, chain))
     except KiotaError as exc:

@@ -206,7 +206,7 @@ class Reconciliation:
     error: str | None
 
 
-async def reconciliation(pool: Pool, rpc_url: str, token: str) -> Reconciliation:
+async def reconciliation(pool: Pool, rpc_url: str, token: str, chain_id: int) -> Reconciliation:
     """`kiota reconcile` on request (kiota/reconcile.py), bounded in time; an unreachable node is said, not raised."""
     treasuries = await treasury_addresses(pool)  # every treasury that ever signed a payout
     treasury = ", ".join(treasuries) or None
@@ -214,7 +214,7 @@ async def reconciliation(pool: Pool, rpc_url: str, token: str) -> Reconciliation
     reader = ChainReader(rpc_url)
     try:
         async with asyncio.timeout(RECONCILE_SECONDS):
-            differences, lines = await reconcile(pool, reader, token, treasuries)
+            differences, lines = await reconcile(pool, reader, token, treasuries, chain_id=chain_id)
     except (ChainUnavailable, TimeoutError) as exc:
         said = str(exc) or f"no answer within {RECONCILE_SECONDS:.0f}s"
         return Reconciliation([], [], balances, treasury, f"the chain's RPC (BASE_RPC_URL) did not answer: {said}")

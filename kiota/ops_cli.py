@@ -52,6 +52,7 @@ class Chain:
 
     rpc_url: str
     usdc_address: str
+    chain_id: int
 
 
 @dataclass(slots=True)
@@ -165,7 +166,7 @@ async def reconcile_chain(shell: Shell) -> int:
         given = [t.strip() for t in (shell.args.treasury or "").split(",") if t.strip()]
         treasuries = given or await treasury_addresses(shell.pool)
         differences, lines = await reconcile(
-            shell.pool, reader, shell.chain.usdc_address, treasuries, on_progress=advance
+            shell.pool, reader, shell.chain.usdc_address, treasuries, on_progress=advance, chain_id=shell.chain.chain_id
         )
         bar.finish()
     finally:

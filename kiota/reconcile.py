@@ -49,9 +49,12 @@ async def reconcile(
     token: str,
     treasury: str | Sequence[str] | None,
     on_progress: Callable[[int, int], None] | None = None,
+    *,
+    chain_id: int,
 ) -> tuple[list[Difference], list[str]]:
     """Each user's ledger USDC against their deposit address on chain (one RPC call each: `on_progress(done,
-    total)` after each), then each treasury's (`treasury`: one address, or several)."""
+    total)` after each), the caps' running totals of `chain_id`, then each treasury's (`treasury`: one address,
+    or several)."""
     differences: list[Difference] = []
     lines: list[str] = []
     users = await user_ledgers(pool)
@@ -69,7 +72,7 @@ async def reconcile(
     lines.append(f"custody per ledger {format_usdc(custody)}; at deposit addresses on chain {format_usdc(held)}")
     if custody != held:
         differences.append(Difference("custody:USDC", "all deposit addresses", custody, held))
-    caps = await _cap_totals(pool)
+    caps = await _cap_totals(pool, chain_id)
     if caps is not None:
         differences.append(caps)
     said = "agree with the payouts" if caps is None else "DIFFER from the payouts"
@@ -80,10 +83,11 @@ async def reconcile(
     return differences, lines
 
 
-async def _cap_totals(pool: Pool) -> Difference | None:
-    """The caps' running totals per minute (migration 0023) against the payouts they count, over the window the
-    daily cap reads: a difference means the caps count too much or too little (README, Runbook: rebuild them)."""
-    drift = await cap_totals_drift(pool, CAPS_CHECKED_HOURS * 3600)
+async def _cap_totals(pool: Pool, chain_id: int) -> Difference | None:
+    """The chain's caps' running totals per minute (migration 0023) against the payouts they count, over the window
+    the daily cap reads: a difference means the caps count too much or too little (README, Runbook: rebuild them).
+    The sums are over the minutes that disagree, which the count says (two may differ in opposite directions)."""
+    drift = await cap_totals_drift(pool, chain_id, CAPS_CHECKED_HOURS * 3600)
     if not drift:
         return None
     first = f"{drift[0].minute.astimezone(UTC):%Y-%m-%d %H:%M} UTC"

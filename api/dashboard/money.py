@@ -167,7 +167,9 @@ async def transfers(
 
 @router.get("/reconciliation", response_class=HTMLResponse)
 async def reconciliation(request: Request, admin: AdminUser, settings: SettingsDep, pool: PoolDep) -> Response:
-    view = await money_views.reconciliation(pool, settings.base_rpc_url, settings.base_usdc_address)
+    view = await money_views.reconciliation(
+        pool, settings.base_rpc_url, settings.base_usdc_address, settings.base_chain_id
+    )
     return page(request, settings, admin, "reconciliation.html", 503 if view.error else 200, view=view)
 
 

@@ -169,16 +169,16 @@ async def paid_out_since(db: Executor, chain_id: int, seconds: float) -> int:
 class CapMinute:
     """A minute whose running total for the caps disagrees with the payouts it counts."""
 
-    chain_id: int
     minute: datetime
     payouts_micro: int
     totals_micro: int
 
 
-async def cap_totals_drift(db: Executor, seconds: float) -> list[CapMinute]:
-    """The minutes of the last `seconds` whose running total (`payout_cap_minutes`) is not its payouts' sum."""
-    rows = await db.fetch(load_queries().cap_totals_drift, seconds)
-    return [CapMinute(r["chain_id"], r["minute"], int(r["payouts_micro"]), int(r["totals_micro"])) for r in rows]
+async def cap_totals_drift(db: Executor, chain_id: int, seconds: float) -> list[CapMinute]:
+    """The chain's minutes of the last `seconds` whose running total (`payout_cap_minutes`) is not their payouts'
+    sum, oldest first."""
+    rows = await db.fetch(load_queries().cap_totals_drift, chain_id, seconds)
+    return [CapMinute(r["minute"], int(r["payouts_micro"]), int(r["totals_micro"])) for r in rows]
 
 
 async def in_flight_micro(db: Executor, chain_id: int, address: str) -> int:

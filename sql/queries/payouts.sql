@@ -103,20 +103,22 @@ SELECT ((SELECT coalesce(sum(m.amount_micro), 0) FROM payout_cap_minutes m, edge
            AND p.signed_at > edge.since AND p.signed_at < edge.whole_from))::bigint;
 
 -- name: cap_totals_drift
--- The caps' running totals (sql/migrations/0023) against the payouts they count, minute by minute, over the
--- last $1 seconds: the minutes that disagree, with both sums. None unless payouts were written with their
--- triggers off (a data-only restore, session_replication_role = replica); README, Runbook, rebuilds them.
-WITH since AS (SELECT date_trunc('minute', now() - make_interval(secs => $1)) AS minute),
+-- The caps' running totals (sql/migrations/0023) of chain $1 against the payouts they count, minute by minute,
+-- over the last $2 seconds (payouts_signed_at_idx): the minutes that disagree, with both sums. None unless payouts
+-- were written with their triggers off (a data-only restore, session_replication_role = replica); README,
+-- Runbook, rebuilds them.
+WITH since AS (SELECT date_trunc('minute', now() - make_interval(secs => $2)) AS minute),
 counted AS (
-    SELECT p.chain_id, date_trunc('minute', p.signed_at) AS minute, sum(p.amount_micro)::bigint AS amount_micro
-    FROM payouts p, since WHERE payout_cap_counts(p.status, p.signed_at) AND p.signed_at >= since.minute
-    GROUP BY 1, 2),
-totals AS (SELECT m.chain_id, m.minute, m.amount_micro FROM payout_cap_minutes m, since WHERE m.minute >= since.minute)
-SELECT chain_id, minute, coalesce(c.amount_micro, 0)::bigint AS payouts_micro,
-       coalesce(t.amount_micro, 0)::bigint AS totals_micro
-FROM counted c FULL JOIN totals t USING (chain_id, minute)
+    SELECT date_trunc('minute', p.signed_at) AS minute, sum(p.amount_micro)::bigint AS amount_micro
+    FROM payouts p, since
+    WHERE p.chain_id = $1 AND p.signed_at >= since.minute AND payout_cap_counts(p.status, p.signed_at)
+    GROUP BY 1),
+totals AS (SELECT m.minute, m.amount_micro FROM payout_cap_minutes m, since
+           WHERE m.chain_id = $1 AND m.minute >= since.minute)
+SELECT minute, coalesce(c.amount_micro, 0)::bigint AS payouts_micro, coalesce(t.amount_micro, 0)::bigint AS totals_micro
+FROM counted c FULL JOIN totals t USING (minute)
 WHERE coalesce(c.amount_micro, 0) <> coalesce(t.amount_micro, 0)
-ORDER BY chain_id, minute;
+ORDER BY minute;
 
 -- name: in_flight_micro
 -- One treasury's ($2) USDC on its way. Signed and not settled: a payout being cancelled may still be mined. And settled payouts whose block a

@@ -197,11 +197,11 @@ async def test_writing_off_reversed_usdc_that_is_gone_makes_custody_what_the_cha
     item, _, _ = await reversed_usdc(pool, back=False)  # amani's deposit address holds nothing on chain
     reader = ChainReader(anvil.rpc_url)
     try:
-        before, _ = await reconcile(pool, reader, BASE_USDC_ADDRESS, None)
+        before, _ = await reconcile(pool, reader, BASE_USDC_ADDRESS, None, chain_id=8453)
         assert [(d.who, d.ledger_micro, d.chain_micro) for d in before] == [("custody:USDC", 5_000_000, 0)]
         proposal = await review_actions.propose(pool, OLGA, Resolution.WRITE_OFF, review_item_id=item)
         await review_actions.approve(pool, queue, proposal.id, PAT)
-        after, lines = await reconcile(pool, reader, BASE_USDC_ADDRESS, None)
+        after, lines = await reconcile(pool, reader, BASE_USDC_ADDRESS, None, chain_id=8453)
     finally:
         await reader.aclose()
     assert after == [], lines

@@ -121,7 +121,7 @@ async def test_each_treasury_pays_its_share_with_its_own_nonces(mpesa_system: Mp
     assert sorted(known) == sorted(lanes)
     reader = ChainReader(system.settings.base_rpc_url)
     try:
-        differences, lines = await reconcile(system.pool, reader, BASE_USDC_ADDRESS, known)
+        differences, lines = await reconcile(system.pool, reader, BASE_USDC_ADDRESS, known, chain_id=8453)
     finally:
         await reader.aclose()
     assert differences == []
