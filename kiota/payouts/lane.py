@@ -185,6 +185,7 @@ class Pipeline:
         self.unsent: set[int] = set()  # payout ids a full node refused: sent again at each head, nothing new meanwhile
         self.sending = True  # False: settle what is mined, never send or re-sign (`book_mined`)
         self.quick_looks = 0  # looks left at QUICK_LOOK_SECONDS after a send, on a chain that mines as it is sent
+        self.mined_nonce, self.took_at = -1, 0  # the treasury's mined nonce as last seen, and the head it rose at
 
     async def run(self, own: LaneItem, guards: Guards) -> PayoutResult:
         started = time.monotonic()
@@ -341,9 +342,7 @@ class Pipeline:
             return None
         if new:
             accepted_before = bool(self.in_flight)
-            self.in_flight += new
-            for item in new:
-                self.sent_at[item.payout.id] = self.head
+            self._add_in_flight(new)
             try:
                 await broadcast_all(self.conn, self.treasury, new)
                 self.quick_looks = QUICK_LOOKS
@@ -358,6 +357,15 @@ class Pipeline:
                             error=str(exc), in_flight=len(self.in_flight))  # fmt: skip
             failpoint("after_broadcast")
         return len(new)
+
+    def _add_in_flight(self, new: list[SignedItem]) -> None:
+        """`new`, just signed, in flight from this head. With nothing in flight before, every earlier nonce is
+        mined: the chain's next one is the batch's first."""
+        if not self.in_flight:
+            self.mined_nonce, self.took_at = new[0].signed.nonce, self.head
+        self.in_flight += new
+        for item in new:
+            self.sent_at[item.payout.id] = self.head
 
     async def _send_unsent(self) -> None:
         items = [item for item in self.in_flight if item.payout.id in self.unsent]
@@ -445,12 +453,18 @@ class Pipeline:
             log.warning("nonce filler failed this block", error=str(exc))
 
     async def _bump_lowest(self, mined_nonce: int) -> None:
-        """Only the next nonce to be mined is re-signed with higher fees, once it has waited replace_after_blocks."""
+        """Only the next nonce to be mined is re-signed with higher fees, once it has waited replace_after_blocks:
+        blocks since it was sent, and since the chain last took one of the treasury's nonces. A chain still taking
+        them is not passing this one over (automine mines a batch one transaction, one block, at a time)."""
+        if mined_nonce > self.mined_nonce:
+            # An owner that took over (or the sweeper's one look) knows of no progress yet: the sending alone counts.
+            self.took_at = self.head if self.mined_nonce >= 0 else 0
+            self.mined_nonce = mined_nonce
         lowest = self.in_flight[0] if self.in_flight else None
         if lowest is None or lowest.signed.nonce != mined_nonce:
             return
         sent = self.sent_at.get(lowest.payout.id)
-        if sent is None or self.head - sent < self.config.replace_after_blocks:
+        if sent is None or self.head - max(sent, self.took_at) < self.config.replace_after_blocks:
             return
         try:
             newest = await replace(self.conn, self.treasury, lowest.payout, lowest.signed)

@@ -1,17 +1,24 @@
-"""The lane's tuning against arq's job timeout, the failpoints' `<name>@<n>`, and the block pace."""
+"""The lane's tuning against arq's job timeout, the failpoints' `<name>@<n>`, the block pace, and when the owner looks
+again and re-prices."""
 
 from __future__ import annotations
 
 import signal
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from jobs.worker import JOB_TIMEOUT_SECONDS
 from kiota.payouts import LaneConfig
 from kiota.payouts import failpoint as failpoints
+from kiota.payouts import lane as lane_module
 from kiota.payouts.lane import IN_FLIGHT_GRACE_SECONDS, QUICK_LOOK_SECONDS, QUICK_LOOKS, Pipeline
+from kiota.payouts.terms import SignedItem
+from kiota.records import Payout
 from kiota.settings import WorkerSettings
-from kiota.treasury import BlockPace, Treasury
+from kiota.store.payouts import Payee
+from kiota.treasury import BlockPace, SignedTx, Treasury
 
 # What a payout job does besides the lane: M-Pesa's confirmation, the lane's wait, the last block's settling.
 ROOM_FOR_THE_REST = 10
@@ -82,3 +89,38 @@ def test_after_a_send_the_owner_looks_again_within_ms_only_on_a_chain_that_mines
         assert looks == [QUICK_LOOK_SECONDS] * QUICK_LOOKS + [poll, poll]
     else:  # Base's 2-second blocks: never sooner than a poll
         assert looks == [poll] * (QUICK_LOOKS + 2)
+
+
+async def test_the_lowest_nonce_is_re_priced_only_after_blocks_in_which_the_chain_took_none_of_ours(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Automine mines a batch one transaction (one block) at a time: the lowest unmined nonce of a batch sent five
+    blocks ago is not passed over while the chain is still taking the batch. Three blocks without progress are."""
+    replaced: list[int] = []
+
+    async def replace(conn: object, treasury: object, payout: object, signed: SimpleNamespace) -> SimpleNamespace:
+        replaced.append(signed.nonce)
+        return signed
+
+    monkeypatch.setattr(lane_module, "replace", replace)
+    batch = [
+        SignedItem(cast(Payee, None), cast(Payout, SimpleNamespace(id=n)), cast(SignedTx, SimpleNamespace(nonce=n)))
+        for n in range(10, 36)
+    ]
+    pipeline = Pipeline(None, cast(Treasury, None), LaneConfig(replace_after_blocks=3))  # type: ignore[arg-type]
+    pipeline.head = 100
+    pipeline._add_in_flight(batch)
+    for head, mined in ((105, 15), (107, 15)):  # five of ours mined by 105; none since, for two blocks
+        pipeline.head = head
+        pipeline.in_flight = [item for item in batch if item.signed.nonce >= mined]
+        await pipeline._bump_lowest(mined)
+    assert replaced == []
+    pipeline.head = 108  # the third block that took none of ours
+    await pipeline._bump_lowest(15)
+    assert replaced == [15]
+
+    # An owner that takes the lane over knows of no progress: the blocks since the sending count alone.
+    resumed = Pipeline(None, cast(Treasury, None), LaneConfig(replace_after_blocks=3))  # type: ignore[arg-type]
+    resumed.head, resumed.in_flight, resumed.sent_at = 108, batch[5:], {item.payout.id: 100 for item in batch}
+    await resumed._bump_lowest(15)
+    assert replaced == [15, 15]
