@@ -159,6 +159,18 @@ async def test_an_owner_whose_lock_connection_drops_stops_and_the_next_owner_pay
 # --- a payout left in flight when no deposit's job is left to take the lane -------------------------
 
 
+async def upkeep_until_completed(system: MpesaSystem, treasury: Treasury, config: LaneConfig, ids: list[str]) -> None:
+    """The worker's lane upkeep, as each maintenance tick runs it, until every deposit is completed."""
+
+    async def settled() -> bool:
+        await fill_abandoned_nonces(system.pool, treasury, config)
+        await recheck_settled_payouts(system.pool, treasury, config)
+        await settle_stranded_payouts(system.pool, treasury, config)
+        return await _all_completed(system, ids)
+
+    await wait_for(settled, 20)
+
+
 async def test_a_payout_left_in_flight_after_its_deposits_job_ended_is_sent_again_and_settled(
     mpesa_system: MpesaSystem,
 ) -> None:
@@ -182,14 +194,7 @@ async def test_a_payout_left_in_flight_after_its_deposits_job_ended_is_sent_agai
                 "UPDATE payouts SET updated_at = now() - interval '1 hour' WHERE status = 'signed'"
             )
             treasury.lost_nonce, treasury.lost = -1, set()  # the node takes it now
-
-            async def upkeep_settled_it() -> bool:  # (the worker's lane upkeep does the same each tick)
-                await fill_abandoned_nonces(system.pool, treasury, config)
-                await recheck_settled_payouts(system.pool, treasury, config)
-                await settle_stranded_payouts(system.pool, treasury, config)
-                return await _all_completed(system, ids)
-
-            await wait_for(upkeep_settled_it, 20)
+            await upkeep_until_completed(system, treasury, config, ids)
     finally:
         await treasury.aclose()
         await rpc(system, "evm_setAutomine", True)
@@ -241,12 +246,7 @@ async def test_under_the_kill_switch_payouts_the_chain_mined_are_booked_and_noth
         await system.pool.execute("UPDATE payout_guards SET kill_switch = false")
         treasury.lost_nonce, treasury.lost = -1, set()
         await rpc(system, "evm_setAutomine", True)
-
-        async def upkeep_settled_it() -> bool:
-            await settle_stranded_payouts(system.pool, treasury, config)
-            return await _all_completed(system, ids)
-
-        await wait_for(upkeep_settled_it, 20)
+        await upkeep_until_completed(system, treasury, config, ids)
     finally:
         await treasury.aclose()
         await rpc(system, "evm_setAutomine", True)
