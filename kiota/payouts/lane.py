@@ -183,7 +183,7 @@ class Pipeline:
         self.head = 0
         self.may_sign = True
         self.unsent: set[int] = set()  # payout ids a full node refused: sent again at each head, nothing new meanwhile
-        self.sending = True  # False: settle what is mined, never send or re-sign (`book_mined`)
+        self.sending = True  # False under the kill switch or the lanes' pause: settle what is mined, send nothing
         self.quick_looks = 0  # looks left at QUICK_LOOK_SECONDS after a send, on a chain that mines as it is sent
         self.mined_nonce, self.took_at = -1, 0  # the treasury's mined nonce as last seen, and the head it rose at
 
@@ -193,6 +193,7 @@ class Pipeline:
         stop_at += self.config.watch_seconds
         await recheck_settled_or_log(self.conn, self.treasury, self.config)  # a payout a reorg removed comes first
         self.head = await self.treasury.head()
+        await self._heed_guards()  # set since this job looked (kiota/payouts/guards.py `guards_stop`)?
         await self._resume()
         if self.in_flight:  # they may be mined already: no new block need come for them
             await self._settle_head()
@@ -202,8 +203,15 @@ class Pipeline:
         while True:
             try:
                 signed = 0
-                if self.may_sign and not self.unsent and time.monotonic() < sign_until and self.in_flight_room() > 0:
-                    # Between blocks too: a deposit confirmed now rides in the next block, not the one after.
+                # Between blocks too: a deposit confirmed now rides in the next block, not the one after. Not while
+                # the owner looks quickly for the block of what it just sent (a head is all it needs then).
+                if (
+                    self.may_sign
+                    and not self.unsent
+                    and not self.quick_looks
+                    and time.monotonic() < sign_until
+                    and self.in_flight_room() > 0
+                ):
                     guards = await store.guards(self.conn)
                     signed = await self._fill_others(guards)
                 if not self.in_flight and not signed:
@@ -225,10 +233,14 @@ class Pipeline:
                 break
         return blocked or self._own_result(own.payout.id)
 
+    def _sent(self) -> None:
+        """Just sent: on a chain that mines each transaction as it comes (anvil's automine), its block is due in a
+        few ms; on Base's 2-second blocks nothing changes."""
+        self.quick_looks = QUICK_LOOKS if self.treasury.pace.faster_than(IN_FLIGHT_GRACE_SECONDS) else 0
+
     def _next_look(self) -> float:
-        """How long until the owner looks for a new head again: a poll, or a few ms just after a send on a chain
-        that mines each transaction as it comes (anvil's automine); never sooner on Base's 2-second blocks."""
-        if self.quick_looks > 0 and self.treasury.pace.faster_than(IN_FLIGHT_GRACE_SECONDS):
+        """How long until the owner looks for a new head again: a poll, or a few ms while it looks quickly."""
+        if self.quick_looks > 0:
             self.quick_looks -= 1
             return min(QUICK_LOOK_SECONDS, self.config.poll_seconds)
         return self.config.poll_seconds
@@ -261,7 +273,7 @@ class Pipeline:
         """Signed, unsettled payouts from before (a previous owner's, maybe killed): sent again in nonce order,
         since some may never have left and a gap would hold back all above it."""
         await self._load_unsettled()
-        if not self.in_flight:
+        if not self.in_flight or not self.sending:
             return
         try:  # one JSON-RPC batch (a node that has them, or mined them, says so harmlessly)
             await broadcast_all(self.conn, self.treasury, self.in_flight)
@@ -275,23 +287,24 @@ class Pipeline:
                         error=str(exc), in_flight=len(self.in_flight))  # fmt: skip
 
     async def settle_stored(self) -> None:
-        """One look at what a previous owner left: sent again, and settled if mined (the sweeper's turn)."""
+        """One look at what a previous owner left (the sweeper's turn): sent again, and settled if mined. Under
+        the kill switch or the lanes' pause only settled: the chain mined it anyway, its USDC has left and its
+        deposit is paid; what is not mined waits, unsent and not re-priced, for the lane to open again."""
         await recheck_settled_or_log(self.conn, self.treasury, self.config)
         self.head = await self.treasury.head()
+        await self._heed_guards()
         await self._resume()
         if self.in_flight:
             await self._settle_head()
 
-    async def book_mined(self) -> None:
-        """One look at what a previous owner left, sending nothing (the kill switch or the lanes' pause is on):
-        what the chain mined is settled, since its USDC has left already and its deposit is paid; what is not
-        mined waits, unsent and not re-signed, for the lane to open again."""
-        self.sending = False
-        await recheck_settled_or_log(self.conn, self.treasury, self.config)
-        self.head = await self.treasury.head()
-        await self._load_unsettled()
-        if self.in_flight:
-            await self._settle_head()
+    async def _heed_guards(self) -> None:
+        """The kill switch and the lanes' pause, read again (an operator may set them at any moment): while either is
+        on, this owner signs nothing new, and sends or re-prices none of its stored payouts. Two things still go out,
+        as they did before either was set (jobs/maintenance.py runs them under both): a settled payout that a reorg
+        took off the chain, sent again as the same signed bytes (it is booked and paid); zero-value nonce fillers."""
+        guards = await store.guards(self.conn)
+        if guards.kill_switch or guards.lane_paused:  # for the rest of this turn: the next owner looks again
+            self.sending = self.may_sign = False
 
     async def _fill(self, guards: Guards, own: LaneItem) -> PayoutResult | None:
         """The first signing: the owner's payout (if it has none yet) with the deposits that wait for one."""
@@ -345,7 +358,7 @@ class Pipeline:
             self._add_in_flight(new)
             try:
                 await broadcast_all(self.conn, self.treasury, new)
-                self.quick_looks = QUICK_LOOKS
+                self._sent()
             except ChainUnavailable as exc:
                 if not accepted_before and await self.treasury.pending_nonce() <= new[0].signed.nonce:
                     raise  # the node takes none of ours: a failure, as any other
@@ -359,10 +372,9 @@ class Pipeline:
         return len(new)
 
     def _add_in_flight(self, new: list[SignedItem]) -> None:
-        """`new`, just signed, in flight from this head. With nothing in flight before, every earlier nonce is
-        mined: the chain's next one is the batch's first."""
-        if not self.in_flight:
-            self.mined_nonce, self.took_at = new[0].signed.nonce, self.head
+        """`new`, just signed, in flight from this head."""
+        if not self.in_flight:  # the chain's first step onto the batch (a filler's below it too) counts as progress
+            self.mined_nonce, self.took_at = new[0].signed.nonce - 1, self.head
         self.in_flight += new
         for item in new:
             self.sent_at[item.payout.id] = self.head
@@ -434,6 +446,13 @@ class Pipeline:
             self.settled_block = max(m.receipt.block_number, self.settled_block or 0)
         self.in_flight = [item for item in self.in_flight if item.payout.id not in done]
         self.unsent &= {item.payout.id for item in self.in_flight}
+        await self._send_more(mined_nonce)
+
+    async def _send_more(self, mined_nonce: int) -> None:
+        """What is still in flight: the node's refused ones sent again, the lowest unmined one re-priced when it has
+        waited too long; neither once payouts were stopped."""
+        if self.in_flight and self.sending:
+            await self._heed_guards()
         if self.sending:
             await self._send_unsent()
             await self._bump_lowest(mined_nonce)
@@ -546,19 +565,12 @@ async def settle_stranded_payouts(pool: Pool, treasury: Treasury, config: LaneCo
     take the lane (each such deposit's job has ended: sent to review by a guard meanwhile; or the lane is quiet):
     their stored transactions sent again (a gap would hold back every nonce above it) and what is mined settled,
     one look. While the kill switch or the lanes' pause is on, nothing is sent: only what the chain mined anyway
-    is settled (its deposit is paid; left unbooked, its user would wait for the switch). Returns False when the
-    lane is busy (its owner resumes and settles them in its own turn)."""
+    is settled (its deposit is paid; left unbooked, its user would wait for the switch; `Pipeline.settle_stored`).
+    Returns False when the lane is busy (its owner resumes and settles them in its own turn)."""
     tuning = config or LaneConfig()
     async with pool.acquire() as conn:
         due = await store.any_unsettled_since(conn, treasury.chain_id, treasury.address, STRANDED_AFTER_SECONDS)
-        guards = await store.guards(conn)
-    stopped = guards.kill_switch or guards.lane_paused
-
-    async def turn(conn: Connection) -> None:
-        pipeline = Pipeline(conn, treasury, tuning)
-        await (pipeline.book_mined() if stopped else pipeline.settle_stored())
-
-    return await _sweepers_turn(pool, treasury, due, turn)
+    return await _sweepers_turn(pool, treasury, due, lambda conn: Pipeline(conn, treasury, tuning).settle_stored())
 
 
 async def _sweepers_turn(

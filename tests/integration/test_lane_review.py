@@ -253,6 +253,44 @@ async def test_under_the_kill_switch_payouts_the_chain_mined_are_booked_and_noth
     await paid_once_each(system, users)
 
 
+async def test_an_owner_stops_sending_and_re_pricing_once_the_kill_switch_goes_on(mpesa_system: MpesaSystem) -> None:
+    """The switch goes on while an owner holds payouts in flight, the lowest unmined one lost by the node (a gap).
+    Before, the owner went on re-pricing it at every block for the rest of its turn (a review's finding): a
+    payout the operator meant to freeze could be pushed through."""
+    system = mpesa_system
+    users = [f"frozen{i}" for i in range(3)]
+    ids = await _processing_while_killed(system, users)
+    treasury, _ = await losing(system, 1)  # the second payout never reaches the node: it stays the lowest unmined
+    config = LaneConfig(poll_seconds=0.02, drain_seconds=0, watch_seconds=1.5, replace_after_blocks=1)
+    await rpc(system, "evm_setAutomine", False)  # no block until the switch is on
+
+    async def all_sent() -> bool:
+        return await in_flight(system.pool) == 3 and await _sent_count(system, 3)
+
+    try:
+        owner = asyncio.create_task(pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), config))
+        try:
+            await wait_for(all_sent, 10)
+            await ops.set_kill_switch(system.pool, system.queue, True, "test")
+            signed_before = await system.pool.fetchval("SELECT count(*) FROM payout_attempts")
+            async with mining(system, every=0.1):  # blocks come, and the lowest unmined nonce waits in vain
+                await asyncio.wait_for(owner, 10)
+        finally:
+            await stop(owner, treasury)
+        assert await system.pool.fetchval("SELECT count(*) FROM payout_attempts") == signed_before  # none re-priced
+        assert await _all_completed(system, ids[:1]) and await in_flight(system.pool) == 2
+        # The switch off, the lane's upkeep sends the lost one (the node takes it now) and everything settles.
+        await system.pool.execute("UPDATE payout_guards SET kill_switch = false")
+        await system.pool.execute("UPDATE payouts SET updated_at = now() - interval '1 hour' WHERE status = 'signed'")
+        treasury = treasury_for(system)
+        await rpc(system, "evm_setAutomine", True)
+        await upkeep_until_completed(system, treasury, config, ids)
+    finally:
+        await treasury.aclose()
+        await rpc(system, "evm_setAutomine", True)
+    await paid_once_each(system, users)
+
+
 # --- the next owner, when the node takes fewer of the stored payouts than are unsettled -----------------
 
 

@@ -83,7 +83,7 @@ def test_after_a_send_the_owner_looks_again_within_ms_only_on_a_chain_that_mines
     pipeline = Pipeline(None, treasury, LaneConfig())  # type: ignore[arg-type]
     poll = LaneConfig().poll_seconds
     assert pipeline._next_look() == poll  # nothing sent: a poll
-    pipeline.quick_looks = QUICK_LOOKS  # as a send sets it
+    pipeline._sent()
     looks = [pipeline._next_look() for _ in range(QUICK_LOOKS + 2)]
     if quick:  # a few quick looks, then polls again (a transaction the node never mines does not spin the owner)
         assert looks == [QUICK_LOOK_SECONDS] * QUICK_LOOKS + [poll, poll]
