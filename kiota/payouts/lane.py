@@ -185,7 +185,9 @@ class Pipeline:
         self.unsent: set[int] = set()  # payout ids a full node refused: sent again at each head, nothing new meanwhile
         self.sending = True  # False under the kill switch or the lanes' pause: settle what is mined, send nothing
         self.quick_looks = 0  # looks left at QUICK_LOOK_SECONDS after a send, on a chain that mines as it is sent
-        self.mined_nonce, self.took_at = -1, 0  # the treasury's mined nonce as last seen, and the head it rose at
+        # The treasury's mined nonce as last seen (None: not yet), and the head at which it last rose.
+        self.mined_nonce: int | None = None
+        self.took_at = 0
 
     async def run(self, own: LaneItem, guards: Guards) -> PayoutResult:
         started = time.monotonic()
@@ -475,9 +477,9 @@ class Pipeline:
         """Only the next nonce to be mined is re-signed with higher fees, once it has waited replace_after_blocks:
         blocks since it was sent, and since the chain last took one of the treasury's nonces. A chain still taking
         them is not passing this one over (automine mines a batch one transaction, one block, at a time)."""
-        if mined_nonce > self.mined_nonce:
+        if self.mined_nonce is None or mined_nonce > self.mined_nonce:
             # An owner that took over (or the sweeper's one look) knows of no progress yet: the sending alone counts.
-            self.took_at = self.head if self.mined_nonce >= 0 else 0
+            self.took_at = self.head if self.mined_nonce is not None else 0
             self.mined_nonce = mined_nonce
         lowest = self.in_flight[0] if self.in_flight else None
         if lowest is None or lowest.signed.nonce != mined_nonce:

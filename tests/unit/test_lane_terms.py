@@ -91,8 +91,9 @@ def test_after_a_send_the_owner_looks_again_within_ms_only_on_a_chain_that_mines
         assert looks == [poll] * (QUICK_LOOKS + 2)
 
 
+@pytest.mark.parametrize("first", [0, 10])  # a treasury's very first nonce is 0: "one below" is -1, no sentinel
 async def test_the_lowest_nonce_is_re_priced_only_after_blocks_in_which_the_chain_took_none_of_ours(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, first: int
 ) -> None:
     """Automine mines a batch one transaction (one block) at a time: the lowest unmined nonce of a batch sent five
     blocks ago is not passed over while the chain is still taking the batch. Three blocks without progress are."""
@@ -105,22 +106,22 @@ async def test_the_lowest_nonce_is_re_priced_only_after_blocks_in_which_the_chai
     monkeypatch.setattr(lane_module, "replace", replace)
     batch = [
         SignedItem(cast(Payee, None), cast(Payout, SimpleNamespace(id=n)), cast(SignedTx, SimpleNamespace(nonce=n)))
-        for n in range(10, 36)
+        for n in range(first, first + 26)
     ]
     pipeline = Pipeline(None, cast(Treasury, None), LaneConfig(replace_after_blocks=3))  # type: ignore[arg-type]
     pipeline.head = 100
     pipeline._add_in_flight(batch)
-    for head, mined in ((105, 15), (107, 15)):  # five of ours mined by 105; none since, for two blocks
+    for head, mined in ((105, first + 5), (107, first + 5)):  # five of ours mined by 105; none since, for two blocks
         pipeline.head = head
         pipeline.in_flight = [item for item in batch if item.signed.nonce >= mined]
         await pipeline._bump_lowest(mined)
     assert replaced == []
     pipeline.head = 108  # the third block that took none of ours
-    await pipeline._bump_lowest(15)
-    assert replaced == [15]
+    await pipeline._bump_lowest(first + 5)
+    assert replaced == [first + 5]
 
     # An owner that takes the lane over knows of no progress: the blocks since the sending count alone.
     resumed = Pipeline(None, cast(Treasury, None), LaneConfig(replace_after_blocks=3))  # type: ignore[arg-type]
     resumed.head, resumed.in_flight, resumed.sent_at = 108, batch[5:], {item.payout.id: 100 for item in batch}
-    await resumed._bump_lowest(15)
-    assert replaced == [15, 15]
+    await resumed._bump_lowest(first + 5)
+    assert replaced == [first + 5, first + 5]
