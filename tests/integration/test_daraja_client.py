@@ -515,9 +515,9 @@ async def test_a_slow_token_fetch_is_waited_for_not_fetched_again_by_the_other_p
 async def test_a_refresh_lock_left_by_a_dead_process_is_taken_once_it_expires(
     make_harness: MakeHarness, redis: Redis
 ) -> None:
-    assert await SharedToken(redis, KEY).lock(0.4) is not None  # a process took the lock and died
     harness = await make_harness(shared=SharedToken(redis, KEY))
     started = time.monotonic()
+    assert await SharedToken(redis, KEY).lock(0.4) is not None  # a process took the lock and died
 
     await asyncio.gather(harness.push(), harness.push())
 
