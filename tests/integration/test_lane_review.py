@@ -159,8 +159,14 @@ async def test_an_owner_whose_lock_connection_drops_stops_and_the_next_owner_pay
 # --- a payout left in flight when no deposit's job is left to take the lane -------------------------
 
 
+# Signed long ago, as the sweeper's upkeep waits for (STRANDED_AFTER_SECONDS).
+STRANDED = "UPDATE payouts SET updated_at = now() - interval '1 hour' WHERE status = 'signed'"
+
+
 async def upkeep_until_completed(system: MpesaSystem, treasury: Treasury, config: LaneConfig, ids: list[str]) -> None:
-    """The worker's lane upkeep, as each maintenance tick runs it, until every deposit is completed."""
+    """The worker's lane upkeep, as each maintenance tick runs it, until every deposit is completed; the payouts
+    in flight are stranded first (signed long ago, as the sweeper waits for)."""
+    await system.pool.execute(STRANDED)
 
     async def settled() -> bool:
         await fill_abandoned_nonces(system.pool, treasury, config)
@@ -190,9 +196,6 @@ async def test_a_payout_left_in_flight_after_its_deposits_job_ended_is_sent_agai
             await system.pool.execute("UPDATE payout_guards SET per_deposit_max_micro = 1")
             stranded = await pay_deposit(system.pool, treasury, uuid.UUID(ids[1]), config)  # its job's next run
             assert stranded.outcome is PayoutOutcome.REVIEW
-            await system.pool.execute(
-                "UPDATE payouts SET updated_at = now() - interval '1 hour' WHERE status = 'signed'"
-            )
             treasury.lost_nonce, treasury.lost = -1, set()  # the node takes it now
             await upkeep_until_completed(system, treasury, config, ids)
     finally:
@@ -233,7 +236,7 @@ async def test_under_the_kill_switch_payouts_the_chain_mined_are_booked_and_noth
         assert result.outcome is PayoutOutcome.WAITING and await in_flight(system.pool) == 4
         await ops.set_kill_switch(system.pool, system.queue, True, "test")
         await rpc(system, "anvil_mine", 3)  # the three the node has are mined, the switch notwithstanding
-        await system.pool.execute("UPDATE payouts SET updated_at = now() - interval '1 hour' WHERE status = 'signed'")
+        await system.pool.execute(STRANDED)
         signed_before, sends_before = await system.pool.fetchval("SELECT count(*) FROM payout_attempts"), treasury.sends
 
         assert await settle_stranded_payouts(system.pool, treasury, config)
@@ -281,7 +284,6 @@ async def test_an_owner_stops_sending_and_re_pricing_once_the_kill_switch_goes_o
         assert await _all_completed(system, ids[:1]) and await in_flight(system.pool) == 2
         # The switch off, the lane's upkeep sends the lost one (the node takes it now) and everything settles.
         await system.pool.execute("UPDATE payout_guards SET kill_switch = false")
-        await system.pool.execute("UPDATE payouts SET updated_at = now() - interval '1 hour' WHERE status = 'signed'")
         treasury = treasury_for(system)
         await rpc(system, "evm_setAutomine", True)
         await upkeep_until_completed(system, treasury, config, ids)
