@@ -1,4 +1,4 @@
-"""Our JSON-RPC client for Base: one keep-alive HTTP session, calls counted, providers' limits handled.
+"""Our JSON-RPC client for Base: one keep-alive aiohttp session, calls counted, providers' limits handled.
 
 The ingester reads logs and balances through it and the treasury sends its transactions
 through it. Failures that may pass become `ChainUnavailable`; a 429 waits (`Retry-After`)
@@ -22,13 +22,19 @@ else halves). Every failure is counted in `kiota_rpc_errors_total` by kind (`kio
 # the body (Alchemy refuses a wide eth_getLogs range with HTTP 400 and a JSON-RPC error naming the
 # range to ask), and its batch requests are never retried (a 429 here waits Retry-After and resends).
 # Its default session closes the connection after each request (TCPConnector(force_close=True)).
+#
+# Why aiohttp and not httpx (issue 14, measured 2026-12-07 with py-spy on the worker in B7): httpx and
+# httpcore were 23% of the worker's CPU, a share of it a failed `import sniffio` that httpcore retries at
+# every lock, event and close. The timeouts below are httpx's as they were: 3 s to connect, 10 s waiting
+# for a pooled connection and between bytes of an answer.
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
-import httpx
+import aiohttp
 
 from kiota import metrics
 from kiota.errors import ChainUnavailable, KiotaError
@@ -36,6 +42,7 @@ from kiota.usdc import TRANSFER_TOPIC, next_ranges
 
 MAX_429_RETRIES = 5
 MIN_RANGE_SPLITS = 64  # a provider refusing even one block is broken, not strict
+TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10.0, sock_connect=3.0, sock_read=10.0)
 
 
 class RangeRefused(KiotaError):
@@ -58,35 +65,41 @@ def _failed(kind: str) -> None:
 class ChainReader:
     """A JSON-RPC reader that counts its calls and handles providers' limits."""
 
-    def __init__(self, rpc_url: str, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, rpc_url: str) -> None:
         self.rpc_url = rpc_url
-        self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
-        self._owns_http = http is None
+        self._session: aiohttp.ClientSession | None = None  # made on first use: aiohttp binds it to the loop
         self.calls = 0
 
     async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _request(self, payload: Any) -> tuple[int, str, bytes]:
+        """One POST: the status, the Retry-After header and the whole body."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+        async with self._session.post(self.rpc_url, json=payload) as response:
+            return response.status, response.headers.get("retry-after", ""), await response.read()
 
     async def _post(self, what: str, payload: Any) -> tuple[int, Any]:
         """One HTTP request (a 429 waits and tries again): the status and the decoded body, or None."""
         for attempt in range(MAX_429_RETRIES + 1):
             self.calls += 1
             try:
-                response = await self._http.post(self.rpc_url, json=payload)
-            except httpx.HTTPError as exc:
+                status, retry_after, body = await self._request(payload)
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 _failed("transport")
                 raise ChainUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
-            if response.status_code == 429:
+            if status == 429:
                 _failed("rate_limited")
-            if response.status_code == 429 and attempt < MAX_429_RETRIES:
-                retry_after = response.headers.get("retry-after", "")
+            if status == 429 and attempt < MAX_429_RETRIES:
                 await asyncio.sleep(float(retry_after) if retry_after.isdigit() else 0.2 * 2**attempt)
                 continue
             try:
-                return response.status_code, response.json()
+                return status, json.loads(body)
             except ValueError:
-                return response.status_code, None
+                return status, None
         raise ChainUnavailable(f"{what}: rate limited")
 
     async def rpc(self, method: str, params: list[Any]) -> Any:

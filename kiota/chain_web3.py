@@ -41,7 +41,7 @@ _CACHED = {RPCEndpoint("eth_chainId")}
 class Web3ChainReader(ChainReader):
     """A `ChainReader` whose requests go through web3.py; `calls` counts HTTP requests, as ours."""
 
-    def __init__(self, rpc_url: str) -> None:  # ChainReader's httpx client is not made
+    def __init__(self, rpc_url: str) -> None:  # ChainReader's own session is not made
         self.rpc_url = rpc_url
         self.calls = 0
         provider = AsyncHTTPProvider(
