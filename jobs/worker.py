@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
+import uvloop
 from arq import cron
 from arq.connections import ArqRedis
 from arq.constants import health_check_key_suffix
@@ -279,4 +280,6 @@ def run_worker(settings: WorkerSettings) -> None:
     restore_recursion_limit()
     configure_logging()
     freeze_what_lives_forever()
-    asyncio.run(serve(settings))
+    # uvloop, as the API's uvicorn: the stdlib loop's socket writes and callbacks were a third of the worker's CPU
+    # in B2 (py-spy, 2026-12-07); bench/RESULTS.md has the paired runs.
+    uvloop.run(serve(settings))
