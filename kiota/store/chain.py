@@ -210,5 +210,7 @@ async def expire_intents(conn: Connection, ended: Sequence[tuple[uuid.UUID, str]
 
 
 async def cache_wallet_balances(conn: Connection, user_ids: list[str], balances: list[int], block: int) -> None:
-    """Users' on-chain USDC as read at `block` (each user once); an older read never replaces a newer one."""
-    await conn.execute(load_queries().upsert_wallet_balances, user_ids, balances, block)
+    """Users' on-chain USDC as read at `block` (each user once); an older read never replaces a newer one.
+    Rows are written in user order: two lanes settling the same users at once cannot deadlock on them."""
+    ordered = sorted(zip(user_ids, balances, strict=True))
+    await conn.execute(load_queries().upsert_wallet_balances, [u for u, _ in ordered], [b for _, b in ordered], block)
