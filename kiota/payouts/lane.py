@@ -57,6 +57,10 @@ IN_FLIGHT_GRACE_SECONDS = 0.3
 # On such a chain the block holding what the owner just sent comes a few ms after the send answered: the owner looks
 # again this soon, this many times, rather than a whole poll later (measured: B4's p95 rose 25% without it).
 QUICK_LOOK_SECONDS, QUICK_LOOKS = 0.005, 10
+# A payout below the mined nonce with no receipt is looked at again after these pauses (1 s in all) before its
+# nonce is taken to be another transaction's: anvil under load has counted a mined nonce tens of ms before it
+# served the receipt (B7, four treasuries: a payout sent to review, paid 88 ms later by the nonce filler's turn).
+RECEIPT_LAG_LOOKS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.35)
 # Signed, unsettled payouts a new owner takes over at most (PAYOUT_MAX_IN_FLIGHT is at most 1000).
 RESUME_AT_MOST = 1000
 # A payout signed this long ago and still unsettled has had its owners' turns: the sweeper looks at it.
@@ -408,8 +412,9 @@ class Pipeline:
         if not self.in_flight:
             return
         try:
-            receipts = await self.treasury.receipts([item.signed.tx_hash for item in self.in_flight])
+            # The nonce first: receipts read after it include those of payouts mined between the two reads.
             mined_nonce = await self.treasury.mined_nonce()
+            receipts = await self.treasury.receipts([item.signed.tx_hash for item in self.in_flight])
         except ChainUnavailable as exc:  # the next head looks again
             log.warning("the lane could not read receipts this block", error=str(exc))
             return
@@ -498,10 +503,12 @@ class Pipeline:
 
 async def _older_receipts(conn: Connection, treasury: Treasury, payout_ids: list[int]) -> dict[int, Receipt]:
     """Receipts of any attempt of these payouts (an older one may have been mined instead of the newest). Looked
-    at twice: an attempt may land between the nonce and the receipts."""
+    at again, over `RECEIPT_LAG_LOOKS`, while some are missing: a node may count a mined nonce before it serves
+    the receipt."""
     attempts = [a for a in await store.attempts_of_payouts(conn, payout_ids) if a.kind == "payout"]
     found: dict[int, Receipt] = {}
-    for _ in range(2):
+    for pause in RECEIPT_LAG_LOOKS:
+        await asyncio.sleep(pause)
         receipts = await treasury.receipts([a.tx_hash for a in attempts])
         for attempt, receipt in zip(attempts, receipts, strict=True):
             if receipt is not None:
