@@ -25,8 +25,10 @@ else halves). Every failure is counted in `kiota_rpc_errors_total` by kind (`kio
 #
 # Why aiohttp and not httpx (issue 14, measured 2026-12-07 with py-spy on the worker in B7): httpx and
 # httpcore were 23% of the worker's CPU, a share of it a failed `import sniffio` that httpcore retries at
-# every lock, event and close. The timeouts below are httpx's as they were: 3 s to connect, 10 s waiting
-# for a pooled connection and between bytes of an answer.
+# every lock, event and close. The timeouts are httpx's as they were (3 s to connect, 10 s waiting for a
+# pooled connection and between bytes of an answer) plus 30 s for the whole call: aiohttp has no write timeout,
+# and a provider that stops reading a large batch would hold the lane past its job's timeout. Redirects are not
+# followed, as httpx did not: aiohttp would re-send a POST as a GET, or a signed transaction to another host.
 
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ from kiota.usdc import TRANSFER_TOPIC, next_ranges
 
 MAX_429_RETRIES = 5
 MIN_RANGE_SPLITS = 64  # a provider refusing even one block is broken, not strict
-TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10.0, sock_connect=3.0, sock_read=10.0)
+TIMEOUT = aiohttp.ClientTimeout(total=30.0, connect=10.0, sock_connect=3.0, sock_read=10.0)
+MAX_RETRY_AFTER_SECONDS = 10.0  # a provider's Retry-After, believed up to this (the lane's lock is held meanwhile)
 
 
 class RangeRefused(KiotaError):
@@ -62,6 +65,13 @@ def _failed(kind: str) -> None:
     metrics.tally.count(metrics.RPC_ERRORS, kind)
 
 
+def _retry_after(header: str, attempt: int) -> float:
+    """Seconds to wait after a 429: the provider's Retry-After in seconds (capped), else a doubling back-off."""
+    if header.isascii() and header.isdecimal():
+        return min(float(header), MAX_RETRY_AFTER_SECONDS)
+    return 0.2 * 2.0**attempt
+
+
 class ChainReader:
     """A JSON-RPC reader that counts its calls and handles providers' limits."""
 
@@ -79,7 +89,7 @@ class ChainReader:
         """One POST: the status, the Retry-After header and the whole body."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=TIMEOUT)
-        async with self._session.post(self.rpc_url, json=payload) as response:
+        async with self._session.post(self.rpc_url, json=payload, allow_redirects=False) as response:
             return response.status, response.headers.get("retry-after", ""), await response.read()
 
     async def _post(self, what: str, payload: Any) -> tuple[int, Any]:
@@ -94,7 +104,7 @@ class ChainReader:
             if status == 429:
                 _failed("rate_limited")
             if status == 429 and attempt < MAX_429_RETRIES:
-                await asyncio.sleep(float(retry_after) if retry_after.isdigit() else 0.2 * 2**attempt)
+                await asyncio.sleep(_retry_after(retry_after, attempt))
                 continue
             try:
                 return status, json.loads(body)

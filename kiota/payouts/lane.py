@@ -504,10 +504,13 @@ class Pipeline:
 async def _older_receipts(conn: Connection, treasury: Treasury, payout_ids: list[int]) -> dict[int, Receipt]:
     """Receipts of any attempt of these payouts (an older one may have been mined instead of the newest). Looked
     at again, over `RECEIPT_LAG_LOOKS`, while some are missing: a node may count a mined nonce before it serves
-    the receipt."""
+    the receipt. A slow node gets fewer looks: none starts past the pauses' total (the owner's turn is bounded)."""
     attempts = [a for a in await store.attempts_of_payouts(conn, payout_ids) if a.kind == "payout"]
     found: dict[int, Receipt] = {}
-    for pause in RECEIPT_LAG_LOOKS:
+    until = time.monotonic() + sum(RECEIPT_LAG_LOOKS)
+    for look, pause in enumerate(RECEIPT_LAG_LOOKS):
+        if look > 0 and time.monotonic() + pause > until:
+            break
         await asyncio.sleep(pause)
         receipts = await treasury.receipts([a.tx_hash for a in attempts])
         for attempt, receipt in zip(attempts, receipts, strict=True):
