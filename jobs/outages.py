@@ -401,17 +401,30 @@ def _without_finished(workers: list[Worker]) -> list[Worker]:
     return kept
 
 
+def _runs(workers: Sequence[Worker]) -> list[asyncio.Task[Any]]:
+    return [t for w in workers for t in w.tasks.values()]
+
+
 async def _finish(workers: list[Worker], completion_wait: float) -> None:
-    tasks = [t for w in workers for t in w.tasks.values()]
-    unfinished = [t for t in tasks if not t.done()]
-    if unfinished:
-        await asyncio.wait(unfinished, timeout=completion_wait)
-        late = [t for t in unfinished if not t.done()]
-        if late:
-            log.warning("jobs still running at shutdown were cancelled; they run again later", jobs=len(late))
-            await cancel_jobs_until_done(workers)
-    await asyncio.gather(*tasks, return_exceptions=True)
+    """Running jobs get `completion_wait` seconds, then are cancelled; then the poll loops end. The process closes
+    its pool once this returns, so the runs are looked at again until none is left, and once more after the poll
+    loops end: a loop may have been starting a job when the worker stopped picking them."""
+    deadline = asyncio.get_running_loop().time() + completion_wait
+    await _let_runs_end(workers, deadline)
     await cancel_until_done([w.main_task for w in workers if w.main_task is not None])
+    await _let_runs_end(workers, deadline)
+    await asyncio.gather(*_runs(workers), return_exceptions=True)
+
+
+async def _let_runs_end(workers: Sequence[Worker], deadline: float) -> None:
+    """Wait for every run of `workers`, those started meanwhile too, until `deadline`; then cancel those left."""
+    loop = asyncio.get_running_loop()
+    while unfinished := [t for t in _runs(workers) if not t.done()]:
+        if loop.time() >= deadline:
+            log.warning("jobs still running at shutdown were cancelled; they run again later", jobs=len(unfinished))
+            await cancel_jobs_until_done(workers)
+            return
+        await asyncio.wait(unfinished, timeout=deadline - loop.time())
 
 
 async def cancel_until_done(tasks: Collection[asyncio.Task[Any]], every: float = 0.5) -> None:

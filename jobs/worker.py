@@ -128,9 +128,16 @@ class QueueWorker(Worker):
         self.queue = queue
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's, one job at a time. arq asks whether it may pick jobs once per poll, then starts the whole batch it
+        read (up to 100 jobs, a few Redis round trips each); a stop (SIGTERM, an outage) in the middle of it went on
+        starting jobs after the stop had counted those to wait for, and the process closed its pool under them (B7
+        saw five fail with "pool is closing" at one stop). Each job now starts only while jobs may be picked."""
         if job_ids and await paused_in_redis(self.pool, self.queue):
             return
-        await super().start_jobs(job_ids)
+        for job_id in job_ids:
+            if not self.allow_pick_jobs:
+                return
+            await super().start_jobs([job_id])
 
     async def run_cron(self, n: datetime, delay: float, num_windows: int = 2) -> None:
         """A paused queue's cron ticks are skipped, not enqueued: each tick's id is its time, so held ones
