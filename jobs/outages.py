@@ -409,11 +409,24 @@ async def _finish(workers: list[Worker], completion_wait: float) -> None:
     """Running jobs get `completion_wait` seconds, then are cancelled; then the poll loops end. The process closes
     its pool once this returns, so the runs are looked at again until none is left, and once more after the poll
     loops end: a loop may have been starting a job when the worker stopped picking them."""
+    for worker in workers:  # stopped by a signal or an outage already; by a cancel of `supervise`, not yet
+        worker.allow_pick_jobs = False
     deadline = asyncio.get_running_loop().time() + completion_wait
     await _let_runs_end(workers, deadline)
+    await _starts_done(workers, deadline)
     await cancel_until_done([w.main_task for w in workers if w.main_task is not None])
     await _let_runs_end(workers, deadline)
     await asyncio.gather(*_runs(workers), return_exceptions=True)
+
+
+async def _starts_done(workers: Sequence[Worker], deadline: float) -> None:
+    """Wait for the jobs being started (jobs/worker.py `QueueWorker.starting`): a poll loop cancelled between
+    setting a job's in-progress key and making its run would leave the job to wait for that key to expire (50 s)."""
+    loop = asyncio.get_running_loop()
+    while any(getattr(w, "starting", 0) for w in workers):  # a few Redis round trips: polled, not signalled
+        if loop.time() >= deadline:
+            return
+        await asyncio.sleep(0.01)
 
 
 async def _let_runs_end(workers: Sequence[Worker], deadline: float) -> None:

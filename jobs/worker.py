@@ -126,6 +126,7 @@ class QueueWorker(Worker):
         super().__init__(queue_name=arq_queue_name(queue), ctx=ctx, **options)
         self.ctx = ctx  # shared by the process's queue workers (arq's `ctx or {}` would part an empty one)
         self.queue = queue
+        self.starting = 0  # jobs being started now (a few Redis round trips each): a stop lets them finish
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """arq's, one job at a time. arq asks whether it may pick jobs once per poll, then starts the whole batch it
@@ -137,7 +138,11 @@ class QueueWorker(Worker):
         for job_id in job_ids:
             if not self.allow_pick_jobs:
                 return
-            await super().start_jobs([job_id])
+            self.starting += 1
+            try:
+                await super().start_jobs([job_id])
+            finally:
+                self.starting -= 1
 
     async def run_cron(self, n: datetime, delay: float, num_windows: int = 2) -> None:
         """A paused queue's cron ticks are skipped, not enqueued: each tick's id is its time, so held ones
