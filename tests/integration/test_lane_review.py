@@ -287,6 +287,18 @@ class Counting(LosingTreasury):
         await super().broadcast(raw_tx)
 
 
+async def in_flight_when_the_switch_goes_on(
+    system: MpesaSystem, treasury: Counting, config: LaneConfig, ids: list[str], count: int
+) -> tuple[int, int]:
+    """An owner sends `count` payouts with no block mined (automine off), hands the lane over, and the kill switch
+    goes on: the attempts stored and the transactions sent by then."""
+    await rpc(system, "evm_setAutomine", False)  # no block while the owner has the lane
+    result = await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), config)
+    assert result.outcome is PayoutOutcome.WAITING and await in_flight(system.pool) == count
+    await ops.set_kill_switch(system.pool, system.queue, True, "test")
+    return await system.pool.fetchval("SELECT count(*) FROM payout_attempts"), treasury.sends
+
+
 async def test_under_the_kill_switch_payouts_the_chain_mined_are_booked_and_nothing_is_sent(
     mpesa_system: MpesaSystem,
 ) -> None:
@@ -302,14 +314,10 @@ async def test_under_the_kill_switch_payouts_the_chain_mined_are_booked_and_noth
     assert isinstance(treasury, Counting)
     treasury.lost, treasury.lost_nonce = set(), await treasury.pending_nonce() + 3  # the fourth never reaches the node
     config = LaneConfig(poll_seconds=0.02, drain_seconds=0, watch_seconds=0.3, replace_after_blocks=1)
-    await rpc(system, "evm_setAutomine", False)  # no block while the owner has the lane
     try:
-        result = await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), config)
-        assert result.outcome is PayoutOutcome.WAITING and await in_flight(system.pool) == 4
-        await ops.set_kill_switch(system.pool, system.queue, True, "test")
+        signed_before, sends_before = await in_flight_when_the_switch_goes_on(system, treasury, config, ids, 4)
         await rpc(system, "anvil_mine", 3)  # the three the node has are mined, the switch notwithstanding
         await system.pool.execute(STRANDED)
-        signed_before, sends_before = await system.pool.fetchval("SELECT count(*) FROM payout_attempts"), treasury.sends
 
         assert await settle_stranded_payouts(system.pool, treasury, config)
 
@@ -348,19 +356,16 @@ async def test_under_the_kill_switch_a_payout_that_reverted_goes_to_review_and_n
     assert isinstance(treasury, BlindCounting)
     treasury.lost = set()
     config = LaneConfig(poll_seconds=0.02, drain_seconds=0, watch_seconds=0.3, replace_after_blocks=1)
-    await rpc(system, "evm_setAutomine", False)  # no block while the owner has the lane
+    last = await system.pool.fetchval("SELECT user_id FROM deposits WHERE id = $1", uuid.UUID(ids[2]))  # paid third
     try:
-        result = await pay_deposit(system.pool, treasury, uuid.UUID(ids[0]), config)
-        assert result.outcome is PayoutOutcome.WAITING and await in_flight(system.pool) == 3
-        await ops.set_kill_switch(system.pool, system.queue, True, "test")
+        signed_before, sends_before = await in_flight_when_the_switch_goes_on(system, treasury, config, ids, 3)
         await rpc(system, "anvil_mine", 1)  # all three in one block: the third finds the treasury empty
         await system.pool.execute(STRANDED)
-        signed_before, sends_before = await system.pool.fetchval("SELECT count(*) FROM payout_attempts"), treasury.sends
 
         assert await settle_stranded_payouts(system.pool, treasury, config)
 
         assert await _all_completed(system, ids[:2])
-        assert (await system.deposit(users[2], ids[2]))["status"] == "needs_review"
+        assert (await system.deposit(last, ids[2]))["status"] == "needs_review"
         assert "reverted" in await system.review_reason(ids[2])
         assert await system.pool.fetchval("SELECT status FROM payouts WHERE deposit_id = $1", uuid.UUID(ids[2])) == (
             "cancelling"  # a reorg could still mine it again, and this time succeed
@@ -368,7 +373,7 @@ async def test_under_the_kill_switch_a_payout_that_reverted_goes_to_review_and_n
         assert (await system.pool.fetchrow("SELECT * FROM payout_guards"))["lane_paused"]
         assert await system.pool.fetchval("SELECT count(*) FROM payout_attempts") == signed_before  # none re-signed
         assert treasury.sends == sends_before
-        assert await balance(system.pool, user_account(users[2], "USDC")) == 0
+        assert await balance(system.pool, user_account(last, "USDC")) == 0
 
         # The revert final, the operator refills the treasury, turns the switch off, resumes the lane and retries.
         await rpc(system, "evm_setAutomine", True)
@@ -383,7 +388,7 @@ async def test_under_the_kill_switch_a_payout_that_reverted_goes_to_review_and_n
         await system.pool.execute("UPDATE payout_guards SET kill_switch = false")
         await ops.resume_lane(system.pool, system.queue, "test")
         await ops.retry_deposit(system.pool, system.queue, uuid.UUID(ids[2]), "test")
-        await system.wait_status(users[2], ids[2], "completed")
+        await system.wait_status(last, ids[2], "completed")
     finally:
         await treasury.aclose()
         await rpc(system, "evm_setAutomine", True)
