@@ -1,17 +1,14 @@
 """The baseline for B2: an arq worker whose only job does nothing, with `kiota worker`'s settings.
 
 `python -m bench.noop_worker` reads REDIS_URL; poll delay, max jobs, timeout, serializer, hooks,
-gc.freeze, logging and the event loop (uvloop) are the ones jobs/worker.py gives the real worker. It sets
-`bench:noop:ready` once started.
+gc.freeze and logging are the ones jobs/worker.py gives the real worker. It sets `bench:noop:ready` once started.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
 
-import uvloop
 from arq.worker import Worker, func
 
 from jobs.worker import on_job_end, on_job_start, queue_options
@@ -43,7 +40,6 @@ def build() -> Worker:
 
 if __name__ == "__main__":
     configure_logging()
-    asyncio.set_event_loop(uvloop.new_event_loop())  # arq's Worker takes the current loop
     worker = build()
     freeze_what_lives_forever()  # as jobs/worker.py's run_worker does
     worker.run()

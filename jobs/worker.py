@@ -20,7 +20,6 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-import uvloop
 from arq import cron
 from arq.connections import ArqRedis
 from arq.constants import health_check_key_suffix
@@ -292,6 +291,7 @@ def run_worker(settings: WorkerSettings) -> None:
     restore_recursion_limit()
     configure_logging()
     freeze_what_lives_forever()
-    # uvloop, as the API's uvicorn: the stdlib loop's socket writes and callbacks were a third of the worker's CPU
-    # in B2 (py-spy, 2026-12-07); bench/RESULTS.md has the paired runs.
-    uvloop.run(serve(settings))
+    # The stdlib loop, not uvloop: on uvloop (bdd7b75) one spawned worker of the suite hung a second after its start
+    # and stayed so for 38 min, idle (no timer, no Redis command, every reply read off its sockets) and deaf to
+    # SIGTERM; uvloop's share of the CPU saved was ~5% (bench/RESULTS.md, 2026-12-07). Not worth an unexplained hang.
+    asyncio.run(serve(settings))
