@@ -43,7 +43,7 @@ from tests.integration.test_payout_lane import (
     treasury_for,
     wait_for,
 )
-from tests.integration.test_recovery import spawn_worker
+from tests.integration.test_recovery import spawn_worker, stop_worker_process
 from tests.support import TREASURY_KEY
 
 USDC_10 = 10_000_000
@@ -196,8 +196,7 @@ async def test_a_worker_killed_in_a_full_pipeline_pays_every_deposit_once_after_
             for user, deposit_id in zip(users, ids, strict=True):
                 await system.wait_status(user, deposit_id, "completed", seconds=40)
         finally:
-            survivor.send_signal(signal.SIGTERM)
-            print((await asyncio.wait_for(survivor.communicate(), 60))[0].decode()[-5000:])  # on failure
+            print((await stop_worker_process(survivor))[-5000:])  # on failure
     await paid_once_each(system, users)
     assert (await counts(system))["payouts"] == 7
 

@@ -148,6 +148,21 @@ async def spawn_worker(system: MpesaSystem, failpoint: str | None = None) -> asy
     )  # fmt: skip
 
 
+async def stop_worker_process(worker: asyncio.subprocess.Process, seconds: float = 60) -> str:
+    """SIGTERM, then the worker's log once it has exited. One still running after `seconds` is killed (a stray worker
+    on the same Redis would take the next test's jobs) and fails the test with its log."""
+    if worker.returncode is None:
+        worker.send_signal(signal.SIGTERM)
+    try:
+        out, _ = await asyncio.wait_for(worker.communicate(), seconds)
+    except TimeoutError:
+        worker.kill()
+        out, _ = await worker.communicate()
+        log = out.decode()[-5000:]
+        raise AssertionError(f"the worker did not stop within {seconds:.0f} s of SIGTERM:\n{log}") from None
+    return out.decode()
+
+
 @pytest.mark.no_worker
 @pytest.mark.parametrize("failpoint", ["after_attempt_stored", "after_broadcast", "after_receipt"])
 async def test_a_worker_killed_at_each_payout_step_pays_once_after_restart(
@@ -166,8 +181,7 @@ async def test_a_worker_killed_at_each_payout_step_pays_once_after_restart(
     try:
         done = await system.wait_status("pia", body["deposit_id"], "completed", seconds=30)
     finally:
-        survivor.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(survivor.communicate(), 60)
+        await stop_worker_process(survivor)
     assert len(await transfers_from(system, system.treasury_address)) == 1
     assert await balance(system.pool, user_account("pia", "USDC")) == 10_000_000
     address = await system.pool.fetchval("SELECT deposit_address FROM users WHERE id = 'pia'")
@@ -205,8 +219,7 @@ async def test_a_worker_killed_mid_batch_pays_every_deposit_once_after_restart(
         for user, deposit_id in zip(users, ids, strict=True):
             await system.wait_status(user, deposit_id, "completed", seconds=30)
     finally:
-        survivor.send_signal(signal.SIGTERM)
-        print((await asyncio.wait_for(survivor.communicate(), 60))[0].decode())  # the worker's log, on failure
+        print(await stop_worker_process(survivor))  # the worker's log, on failure
     assert len(await transfers_from(system, system.treasury_address)) == 4
     assert await counts(system) == {"entries": 8, "payouts": 4, "attempts": 4}
     for user in users:
