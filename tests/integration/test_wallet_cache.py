@@ -8,6 +8,7 @@ import asyncio
 import asyncpg
 
 from kiota.store.chain import cache_wallet_balances
+from tests.integration.test_payout_lane import wait_for
 
 
 async def _blocked_on_a_lock(pool: asyncpg.Pool, pid: int) -> bool:
@@ -35,11 +36,7 @@ async def test_two_settlings_caching_the_same_users_in_opposite_orders_do_not_de
             await cache_wallet_balances(first, ["ann"], [5], 10)
             other = asyncio.create_task(cache_wallet_balances(second, ["ben", "ann"], [7, 7], 11))
             pid = second.get_server_pid()
-            for _ in range(200):
-                if await _blocked_on_a_lock(pool, pid):
-                    break
-                await asyncio.sleep(0.01)
-            assert await _blocked_on_a_lock(pool, pid)
+            await wait_for(lambda: _blocked_on_a_lock(pool, pid), 5)
             # In the order given, the other writer would hold ben's row now, and this would deadlock.
             await cache_wallet_balances(first, ["ben"], [5], 10)
             await first_tx.commit()
