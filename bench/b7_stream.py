@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import math
 import os
@@ -64,6 +65,7 @@ from bench.system import (
     make_users,
 )
 from kiota.dev.chain import BASE_USDC_ADDRESS, connect, install_usdc, start_anvil
+from kiota.job_names import JobName
 from tests.support import TREASURY_KEY, free_port
 
 RATES = (5, 10, 20, 40, 60, 100, 150)  # offered callbacks/s: the ladder searched
@@ -79,9 +81,27 @@ HEARTBEAT_S = 0.5  # the automine baseline: an empty block this often, so that n
 CONNECTIONS = 128  # the harness's keep-alive connections to the API (open loop: a late answer blocks nothing)
 
 _OUTCOMES = """
-SELECT d.id, d.status, extract(epoch FROM d.processing_since) AS ingested, extract(epoch FROM d.completed_at) AS done
+SELECT d.id, d.status, extract(epoch FROM d.processing_since) AS ingested,
+       extract(epoch FROM d.confirmed_at) AS confirmed, extract(epoch FROM d.completed_at) AS done
 FROM deposits d
 """
+# The deposits' jobs: where a deposit's time goes when the job stage, not the lanes, backs up.
+_JOBS = """
+SELECT count(*) AS jobs, coalesce(sum(j.runs), 0) AS runs,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.first_run_at - j.enqueued_at)) AS wait_p50,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM j.first_run_at - j.enqueued_at)) AS wait_p99,
+       a.busy_s, a.first_runs_s, a.owners_s, a.owners
+FROM jobs j,
+     LATERAL (SELECT coalesce(extract(epoch FROM sum(t.duration)), 0) AS busy_s,
+                     coalesce(extract(epoch FROM sum(t.duration) FILTER (WHERE t.attempt = 1)), 0) AS first_runs_s,
+                     coalesce(extract(epoch FROM sum(t.duration) FILTER (WHERE t.duration > $2)), 0) AS owners_s,
+                     count(*) FILTER (WHERE t.duration > $2) AS owners
+              FROM job_attempts t JOIN jobs k ON k.id = t.job_id WHERE k.function = $1) a
+WHERE j.function = $1
+GROUP BY a.busy_s, a.first_runs_s, a.owners_s, a.owners
+"""
+# A run that held its slot longer than this owned a lane (it signs for `LaneConfig.drain_seconds`).
+OWNER_RUN = datetime.timedelta(seconds=2)
 # Payouts per block and treasury: how full each lane's blocks were.
 _LANE_BLOCKS = """
 SELECT from_address, sum(n) AS payouts, count(*) AS blocks,
@@ -119,6 +139,7 @@ class StreamRun:
     deposit_statuses: dict[str, int]
     lanes: list[dict[str, Any]]
     cpu: str
+    stages: str  # where the time went: confirmation, payout, and the deposits' jobs
 
     @property
     def passed(self) -> bool:
@@ -140,7 +161,7 @@ class StreamRun:
             f"p50 {self.p50_s:.2f} s, p99 {self.p99_text()}, max {'≥ ' if self.completed < self.count else ''}"
             f"{self.max_s:.1f} s; {self.completed} of {self.count} completed by {DRAIN_S:.0f} s after the last "
             f"callback {self.deposit_statuses}; callback → processing committed p50 {self.ingest_p50_ms:.0f} ms; "
-            f"lanes: {lanes or 'none'}; CPU in cores during the stream: {self.cpu}. "
+            f"lanes: {lanes or 'none'}; {self.stages}; CPU in cores during the stream: {self.cpu}. "
             f"{'PASS' if self.passed else 'FAIL'} (p99 < {P99_LIMIT_S:.0f} s)."
         )
 
@@ -254,6 +275,7 @@ async def _stream(
                 raise
             rows = {row["id"]: row for row in await pool.fetch(_OUTCOMES)}
             lanes = [dict(row) for row in await pool.fetch(_LANE_BLOCKS)]
+            jobs = await pool.fetchrow(_JOBS, JobName.COMPLETE_MPESA_DEPOSIT.value, OWNER_RUN)
         finally:
             await pool.close()
 
@@ -274,6 +296,12 @@ async def _stream(
     p99 = percentile(ordered, 99)
     censored = sorted(cut - at for d, at in zip(deposits, sent, strict=True) if rows[d.id]["done"] is None)
     steady = sum(1 for t in completions if first + STEADY_FROM_S <= t <= first + DURATION_S)
+    to_confirmed = sorted(
+        float(rows[d.id]["confirmed"]) - at for d, at in zip(deposits, sent, strict=True) if rows[d.id]["confirmed"]
+    )
+    to_paid = sorted(
+        float(row["done"]) - float(row["confirmed"]) for row in rows.values() if row["done"] and row["confirmed"]
+    )
     return StreamRun(
         chain=chain,
         offered=rate,
@@ -290,6 +318,25 @@ async def _stream(
         deposit_statuses=dict(Counter(str(row["status"]) for row in rows.values())),
         lanes=lanes,
         cpu=cpu,
+        stages=_stages(to_confirmed, to_paid, jobs),
+    )
+
+
+def _stages(to_confirmed: list[float], to_paid: list[float], jobs: asyncpg.Record | None) -> str:
+    """Callback → M-Pesa confirmed, confirmed → completed (both sorted, in s), and the deposits' jobs' runs."""
+
+    def spread(values: list[float]) -> str:
+        return f"p50 {percentile(values, 50):.2f} s, p99 {percentile(values, 99):.2f} s" if values else "none"
+
+    text = f"callback → M-Pesa confirmed {spread(to_confirmed)}; confirmed → completed {spread(to_paid)}"
+    if jobs is None or not jobs["jobs"]:
+        return text
+    return (
+        f"{text}; deposit jobs: {jobs['runs']} runs for {jobs['jobs']}, first run {jobs['wait_p50'] or 0:.2f} s "
+        f"(p50) / {jobs['wait_p99'] or 0:.2f} s (p99) after enqueue; job slot per deposit "
+        f"{float(jobs['busy_s']) / jobs['jobs']:.3f} s: first runs {float(jobs['first_runs_s']) / jobs['jobs']:.3f} s, "
+        f"{jobs['owners']} runs that owned a lane (> {OWNER_RUN.total_seconds():g} s) "
+        f"{float(jobs['owners_s']) / jobs['jobs']:.3f} s"
     )
 
 

@@ -87,7 +87,8 @@ def transfer_calldata(to: str, amount: int) -> str:
 class BlockPace:
     """How fast this process has seen the chain's head move: seconds per block between the last two heads that
     differed (None before two have). A hint for waiting, never for money: a lane owner looks at the head every
-    few tens of ms, so on a chain it watches the figure is close to the block time."""
+    few tens of ms, so on a chain it watches the figure is close to the block time. On a chain that mines only
+    when a transaction comes (anvil's automine), a quiet gap reads as one slow block until the next busy one."""
 
     head: int | None = None
     seen_at: float = 0.0
@@ -101,6 +102,10 @@ class BlockPace:
 
     def faster_than(self, seconds: float) -> bool:
         return self.seconds_per_block is not None and self.seconds_per_block < seconds
+
+    def slower_than(self, seconds: float) -> bool:
+        """Last seen at least this slow (not merely not seen to be faster)."""
+        return self.seconds_per_block is not None and self.seconds_per_block >= seconds
 
 
 class Treasury:

@@ -53,7 +53,7 @@ class LaneConfig:
 
     poll_seconds: float = 0.05  # how often the owner looks for a new block
     watch_seconds: float = 12.0  # after the drain, how long the owner waits for what is in flight to be mined
-    lock_wait_seconds: float = 5.0
+    lock_wait_seconds: float = 5.0  # a job's wait for an owned lane (on slow blocks, not for a new deposit: lane.py)
     replace_after_blocks: int = REPLACE_AFTER_BLOCKS
     max_in_flight: int = MAX_IN_FLIGHT  # signed, unsettled payouts at most, the owner's own included
     drain_seconds: float = 10.0  # how long the owner goes on signing for the deposits that wait

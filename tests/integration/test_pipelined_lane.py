@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -19,6 +20,7 @@ import asyncpg
 import pytest
 from eth_utils.crypto import keccak
 
+from kiota.db import advisory_unlock, try_advisory_lock
 from kiota.dev.chain import BASE_USDC_ADDRESS, usdc_balance
 from kiota.errors import ChainUnavailable
 from kiota.ledger import user_account
@@ -31,6 +33,7 @@ from kiota.payouts import (
     pay_deposit,
     recheck_settled_payouts,
 )
+from kiota.payouts.lane import IN_FLIGHT_GRACE_SECONDS, IN_FLIGHT_RECHECK_SECONDS, lane_key
 from kiota.store.ledger import balance
 from kiota.treasury import Fees, SignedTx, Treasury
 from tests.conftest import MpesaSystem
@@ -145,6 +148,101 @@ async def test_batches_grow_past_20_when_deposits_wait(mpesa_system: MpesaSystem
     sizes = [r["n"] for r in await system.pool.fetch("SELECT count(*) n FROM payout_attempts GROUP BY created_at")]
     assert sizes == [26]  # one signing transaction for all of them
     await paid_once_each(system, users)
+
+
+async def _pace_seen(treasury: Treasury) -> bool:
+    await treasury.head()  # as a lane owner looks at it
+    return treasury.pace.seconds_per_block is not None
+
+
+async def _pay_while_the_lane_is_owned(
+    system: MpesaSystem, treasury: Treasury, deposit_id: str, config: LaneConfig
+) -> tuple[PayoutResult, float]:
+    """pay_deposit while another worker owns the treasury's lane: its result and how long the job held its slot."""
+    key = lane_key(treasury.chain_id, treasury.address)
+    async with system.pool.acquire() as owner:
+        assert await try_advisory_lock(owner, key)
+        try:
+            started = time.monotonic()
+            result = await pay_deposit(system.pool, treasury, uuid.UUID(deposit_id), config)
+            return result, time.monotonic() - started
+        finally:
+            await advisory_unlock(owner, key)
+
+
+async def test_on_slow_blocks_a_job_whose_lane_is_owned_gives_its_slot_back_at_once(mpesa_system: MpesaSystem) -> None:
+    """On 2-second blocks a deposit's job does not wait in its slot for the lane's owner to sign its payout: the
+    owner signs it in its turn, or a later run takes the lane over. Waiting there, every lane's jobs held the
+    slots every first run needs (B7 with four treasuries). Until the process has seen the chain's pace, it waits
+    as before."""
+    system = mpesa_system
+    (deposit_id,) = await _processing_while_killed(system, ["slowlane"])
+    treasury = treasury_for(system)
+    try:
+        unseen, waited = await _pay_while_the_lane_is_owned(
+            system, treasury, deposit_id, LaneConfig(lock_wait_seconds=0.5)
+        )
+        assert unseen == PayoutResult(PayoutOutcome.WAITING, "the treasury lane is owned by another worker")
+        assert waited >= 0.5
+        async with blocks_every(system, 1):
+            await wait_for(lambda: _pace_seen(treasury))
+            assert treasury.pace.slower_than(IN_FLIGHT_GRACE_SECONDS)
+            busy, held = await _pay_while_the_lane_is_owned(
+                system, treasury, deposit_id, LaneConfig(lock_wait_seconds=5)
+            )
+            assert busy == PayoutResult(
+                PayoutOutcome.WAITING, "the treasury lane is owned by another worker", IN_FLIGHT_RECHECK_SECONDS
+            )
+            assert held < 1.0  # not the 5 s of lock_wait_seconds
+            assert await system.pool.fetchval("SELECT count(*) FROM payout_attempts") == 0  # nothing signed
+            # Confirmed long ago and still unsigned: maybe no owner takes it as a companion; its job waits.
+            await system.pool.execute(
+                "UPDATE deposits SET confirmed_at = now() - interval '1 minute' WHERE id = $1", deposit_id
+            )
+            old, waited = await _pay_while_the_lane_is_owned(
+                system, treasury, deposit_id, LaneConfig(lock_wait_seconds=0.5)
+            )
+            assert old == unseen and waited >= 0.5
+            paid = await pay_deposit(system.pool, treasury, uuid.UUID(deposit_id), LaneConfig())  # the lane is free
+    finally:
+        await treasury.aclose()
+    assert paid.outcome is PayoutOutcome.COMPLETED
+    await paid_once_each(system, ["slowlane"])
+
+
+async def test_on_slow_blocks_the_owner_pays_a_deposit_whose_job_left_the_owned_lane(mpesa_system: MpesaSystem) -> None:
+    system = mpesa_system
+    users = ["leaves0", "leaves1"]
+    first, second = await _processing_while_killed(system, users)
+    await system.pool.execute("UPDATE deposits SET confirmed_at = NULL WHERE id = $1", second)  # not yet
+    treasury = treasury_for(system)
+    try:
+        async with blocks_every(system, 1):
+            await wait_for(lambda: _pace_seen(treasury))  # a block a second: slow
+            assert treasury.pace.slower_than(IN_FLIGHT_GRACE_SECONDS)
+            await rpc(system, "evm_setIntervalMining", 600)  # no block until the test mines one
+            config = LaneConfig(poll_seconds=0.02, drain_seconds=30, watch_seconds=30)
+            owner = asyncio.create_task(pay_deposit(system.pool, treasury, uuid.UUID(first), config))
+            try:
+                await wait_for(lambda: in_flight(system.pool))  # the owner's own payout waits for its block
+                await system.pool.execute("UPDATE deposits SET confirmed_at = now() WHERE id = $1", second)
+                left = await pay_deposit(system.pool, treasury, uuid.UUID(second), LaneConfig())
+                assert left == PayoutResult(
+                    PayoutOutcome.WAITING, "the treasury lane is owned by another worker", IN_FLIGHT_RECHECK_SECONDS
+                )
+                await wait_for(lambda: _in_flight_is(system, 2))  # the owner signed it at its next look
+                await rpc(system, "evm_mine")
+                await wait_for(lambda: _all_completed(system, [first, second]))
+                assert (await owner).outcome is PayoutOutcome.COMPLETED
+            finally:
+                await stop(owner, treasury)
+    finally:
+        await treasury.aclose()
+    await paid_once_each(system, users)
+
+
+async def _in_flight_is(system: MpesaSystem, count: int) -> bool:
+    return await in_flight(system.pool) == count
 
 
 # --- a worker killed at each failpoint with a full pipeline -----------------------------------------
