@@ -78,18 +78,29 @@ class ChainReader:
     def __init__(self, rpc_url: str) -> None:
         self.rpc_url = rpc_url
         self._session: aiohttp.ClientSession | None = None  # made on first use: aiohttp binds it to the loop
+        self._closed = False
         self.calls = 0
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the keep-alive session. A caller still holding the reader (a job that began before its treasury
+        was swapped out) may go on using it: each later call has a session of its own, closed after it. Else a
+        call during or after the close would open a session that nobody closes (it warns when collected)."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def _request(self, payload: Any) -> tuple[int, str, bytes]:
         """One POST: the status, the Retry-After header and the whole body."""
+        if self._closed:
+            async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+                return await self._send(session, payload)
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=TIMEOUT)
-        async with self._session.post(self.rpc_url, json=payload, allow_redirects=False) as response:
+        return await self._send(self._session, payload)
+
+    async def _send(self, session: aiohttp.ClientSession, payload: Any) -> tuple[int, str, bytes]:
+        async with session.post(self.rpc_url, json=payload, allow_redirects=False) as response:
             return response.status, response.headers.get("retry-after", ""), await response.read()
 
     async def _post(self, what: str, payload: Any) -> tuple[int, Any]:

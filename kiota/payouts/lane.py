@@ -54,11 +54,11 @@ LANE_POLL_SECONDS = 0.05  # how often a job waiting for the lane tries it again
 IN_FLIGHT_RECHECK_SECONDS = 3.0
 # On a chain that makes blocks faster than this (anvil's automine: a block per transaction), a job whose lane is
 # owned waits in its slot (up to `LaneConfig.lock_wait_seconds`) for the owner to pay it, and once its payout is
-# in flight this long more: a second run would cost more than the wait. On a chain seen to be slower (Base's
-# 2-second blocks) it does not wait at all: each deposit's job would hold its slot until the owner signed for it,
-# for seconds while an owner hands the lane over, and the slots are shared by every lane and every first run (B7,
-# four treasuries at 80/s: first runs waited 8–12 s for a slot, 0.19 s of slot per deposit went to that wait,
-# while the machine had 0.45 cores idle).
+# in flight this long more: a second run would cost more than the wait. On a chain whose blocks a send waits for
+# (Base's 2-second blocks; `BlockPace.waits_for_blocks`) it does not wait at all: each deposit's job would hold
+# its slot until the owner signed for it, for seconds while an owner hands the lane over, and the slots are
+# shared by every lane and every first run (B7, four treasuries at 80/s: first runs waited 8–12 s for a slot,
+# 0.19 s of slot per deposit went to that wait, while the machine had 0.45 cores idle).
 IN_FLIGHT_GRACE_SECONDS = 0.3
 # ... but only while its deposit is newly confirmed. One still unsigned this long after its confirmation may be one
 # no owner takes as a companion (a deposit retried after its payout was cancelled or reverted; a worker with another
@@ -152,10 +152,9 @@ async def pay_deposit(
     try:
         key = lane_key(treasury.chain_id, treasury.address)
         grace = IN_FLIGHT_GRACE_SECONDS if treasury.pace.faster_than(IN_FLIGHT_GRACE_SECONDS) else 0.0
-        # Until this process has seen two heads it cannot tell the chain's pace: it waits, as on a fast chain.
+        # Until one of this process's lane owners has sent, it cannot tell the chain's pace: it waits.
         newly = deposit.confirmed_at > datetime.now(UTC) - timedelta(seconds=LEAVE_OWNED_LANE_SECONDS)
-        slow = treasury.pace.slower_than(IN_FLIGHT_GRACE_SECONDS)
-        wait = 0.0 if slow and newly else config.lock_wait_seconds
+        wait = 0.0 if treasury.pace.waits_for_blocks() and newly else config.lock_wait_seconds
         async with treasury_lane(pool, key, wait, deposit_id, grace) as conn:
             try:
                 await resolve_abandoned(conn, treasury, config)
@@ -256,6 +255,7 @@ class Pipeline:
     def _sent(self) -> None:
         """Just sent: on a chain that mines each transaction as it comes (anvil's automine), its block is due in a
         few ms; on Base's 2-second blocks nothing changes."""
+        self.treasury.pace.sent(time.monotonic())
         self.quick_looks = QUICK_LOOKS if self.treasury.pace.faster_than(IN_FLIGHT_GRACE_SECONDS) else 0
 
     def _next_look(self) -> float:

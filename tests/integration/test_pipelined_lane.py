@@ -33,7 +33,7 @@ from kiota.payouts import (
     pay_deposit,
     recheck_settled_payouts,
 )
-from kiota.payouts.lane import IN_FLIGHT_GRACE_SECONDS, IN_FLIGHT_RECHECK_SECONDS, lane_key
+from kiota.payouts.lane import IN_FLIGHT_RECHECK_SECONDS, lane_key
 from kiota.store.ledger import balance
 from kiota.treasury import Fees, SignedTx, Treasury
 from tests.conftest import MpesaSystem
@@ -150,11 +150,6 @@ async def test_batches_grow_past_20_when_deposits_wait(mpesa_system: MpesaSystem
     await paid_once_each(system, users)
 
 
-async def _pace_seen(treasury: Treasury) -> bool:
-    await treasury.head()  # as a lane owner looks at it
-    return treasury.pace.seconds_per_block is not None
-
-
 async def _pay_while_the_lane_is_owned(
     system: MpesaSystem, treasury: Treasury, deposit_id: str, config: LaneConfig
 ) -> tuple[PayoutResult, float]:
@@ -170,44 +165,49 @@ async def _pay_while_the_lane_is_owned(
             await advisory_unlock(owner, key)
 
 
-async def test_on_slow_blocks_a_job_whose_lane_is_owned_gives_its_slot_back_at_once(mpesa_system: MpesaSystem) -> None:
+OWNED = "the treasury lane is owned by another worker"
+
+
+async def test_on_slow_blocks_a_newly_confirmed_deposits_job_gives_its_slot_back_at_once(
+    mpesa_system: MpesaSystem,
+) -> None:
     """On 2-second blocks a deposit's job does not wait in its slot for the lane's owner to sign its payout: the
     owner signs it in its turn, or a later run takes the lane over. Waiting there, every lane's jobs held the
-    slots every first run needs (B7 with four treasuries). Until the process has seen the chain's pace, it waits
-    as before."""
+    slots every first run needs (B7 with four treasuries). A process whose owners have not sent yet cannot tell
+    the chain's pace, and a deposit confirmed long ago may be one no owner takes: their jobs wait as before."""
     system = mpesa_system
-    (deposit_id,) = await _processing_while_killed(system, ["slowlane"])
-    treasury = treasury_for(system)
+    users = ["slow0", "slow1"]
+    first, second = await _processing_while_killed(system, users)
+    await system.pool.execute("UPDATE deposits SET confirmed_at = NULL WHERE id = $1", second)
+    treasury, fresh = treasury_for(system), treasury_for(system)
     try:
-        unseen, waited = await _pay_while_the_lane_is_owned(
-            system, treasury, deposit_id, LaneConfig(lock_wait_seconds=0.5)
-        )
-        assert unseen == PayoutResult(PayoutOutcome.WAITING, "the treasury lane is owned by another worker")
-        assert waited >= 0.5
         async with blocks_every(system, 1):
-            await wait_for(lambda: _pace_seen(treasury))
-            assert treasury.pace.slower_than(IN_FLIGHT_GRACE_SECONDS)
-            busy, held = await _pay_while_the_lane_is_owned(
-                system, treasury, deposit_id, LaneConfig(lock_wait_seconds=5)
-            )
-            assert busy == PayoutResult(
-                PayoutOutcome.WAITING, "the treasury lane is owned by another worker", IN_FLIGHT_RECHECK_SECONDS
-            )
+            unseen, waited = await _pay_while_the_lane_is_owned(system, fresh, first, LaneConfig(lock_wait_seconds=0.5))
+            assert unseen == PayoutResult(PayoutOutcome.WAITING, OWNED) and waited >= 0.5
+            assert not treasury.pace.waits_for_blocks()
+            paid = await pay_deposit(system.pool, treasury, uuid.UUID(first), LaneConfig())
+            assert paid.outcome is PayoutOutcome.COMPLETED
+            assert treasury.pace.waits_for_blocks()  # its send was not mined as it came
+
+            await system.pool.execute("UPDATE deposits SET confirmed_at = now() WHERE id = $1", second)
+            busy, held = await _pay_while_the_lane_is_owned(system, treasury, second, LaneConfig(lock_wait_seconds=5))
+            assert busy == PayoutResult(PayoutOutcome.WAITING, OWNED, IN_FLIGHT_RECHECK_SECONDS)
             assert held < 1.0  # not the 5 s of lock_wait_seconds
-            assert await system.pool.fetchval("SELECT count(*) FROM payout_attempts") == 0  # nothing signed
-            # Confirmed long ago and still unsigned: maybe no owner takes it as a companion; its job waits.
+            assert await system.pool.fetchval("SELECT count(*) FROM payouts WHERE deposit_id = $1", second) == 0
+
             await system.pool.execute(
-                "UPDATE deposits SET confirmed_at = now() - interval '1 minute' WHERE id = $1", deposit_id
+                "UPDATE deposits SET confirmed_at = now() - interval '1 minute' WHERE id = $1", second
             )
             old, waited = await _pay_while_the_lane_is_owned(
-                system, treasury, deposit_id, LaneConfig(lock_wait_seconds=0.5)
+                system, treasury, second, LaneConfig(lock_wait_seconds=0.5)
             )
             assert old == unseen and waited >= 0.5
-            paid = await pay_deposit(system.pool, treasury, uuid.UUID(deposit_id), LaneConfig())  # the lane is free
+            paid = await pay_deposit(system.pool, treasury, uuid.UUID(second), LaneConfig())  # the lane is free
+            assert paid.outcome is PayoutOutcome.COMPLETED
     finally:
         await treasury.aclose()
-    assert paid.outcome is PayoutOutcome.COMPLETED
-    await paid_once_each(system, ["slowlane"])
+        await fresh.aclose()
+    await paid_once_each(system, users)
 
 
 async def test_on_slow_blocks_the_owner_pays_a_deposit_whose_job_left_the_owned_lane(mpesa_system: MpesaSystem) -> None:
@@ -217,19 +217,15 @@ async def test_on_slow_blocks_the_owner_pays_a_deposit_whose_job_left_the_owned_
     await system.pool.execute("UPDATE deposits SET confirmed_at = NULL WHERE id = $1", second)  # not yet
     treasury = treasury_for(system)
     try:
-        async with blocks_every(system, 1):
-            await wait_for(lambda: _pace_seen(treasury))  # a block a second: slow
-            assert treasury.pace.slower_than(IN_FLIGHT_GRACE_SECONDS)
-            await rpc(system, "evm_setIntervalMining", 600)  # no block until the test mines one
+        async with blocks_every(system, 600):  # no block until the test mines one
             config = LaneConfig(poll_seconds=0.02, drain_seconds=30, watch_seconds=30)
             owner = asyncio.create_task(pay_deposit(system.pool, treasury, uuid.UUID(first), config))
             try:
                 await wait_for(lambda: in_flight(system.pool))  # the owner's own payout waits for its block
                 await system.pool.execute("UPDATE deposits SET confirmed_at = now() WHERE id = $1", second)
+                assert treasury.pace.waits_for_blocks()
                 left = await pay_deposit(system.pool, treasury, uuid.UUID(second), LaneConfig())
-                assert left == PayoutResult(
-                    PayoutOutcome.WAITING, "the treasury lane is owned by another worker", IN_FLIGHT_RECHECK_SECONDS
-                )
+                assert left == PayoutResult(PayoutOutcome.WAITING, OWNED, IN_FLIGHT_RECHECK_SECONDS)
                 await wait_for(lambda: _in_flight_is(system, 2))  # the owner signed it at its next look
                 await rpc(system, "evm_mine")
                 await wait_for(lambda: _all_completed(system, [first, second]))

@@ -74,6 +74,29 @@ def test_the_block_pace_is_the_time_between_the_last_two_heads_that_differed() -
     assert pace.faster_than(IN_FLIGHT_GRACE_SECONDS)
 
 
+def test_whether_a_send_waits_for_its_block_is_told_by_the_first_look_after_it() -> None:
+    """A deposit's job leaves an owned lane at once only on a chain whose blocks a send waits for. The time between
+    heads cannot tell it: on automine a quiet gap, or an owner busy settling, reads as a slow block (B2 fell to a
+    quarter when the job trusted it)."""
+    base = BlockPace()
+    assert not base.waits_for_blocks()  # no send seen yet: not known
+    base.observe(100, now=10.0)
+    base.sent(10.01)
+    base.observe(100, now=10.02)  # Base: the head has not moved
+    assert base.waits_for_blocks()
+    base.sent(11.0)
+    base.observe(101, now=11.5)  # a look long after a send tells nothing (a block may have come meanwhile)
+    assert base.waits_for_blocks()
+
+    automine = BlockPace()
+    automine.observe(7, now=0.0)
+    automine.observe(7, now=5.0)  # nobody sent for 5 s
+    automine.sent(5.0)
+    automine.observe(8, now=5.004)  # mined as it was sent
+    assert not automine.waits_for_blocks()
+    assert automine.seconds_per_block == pytest.approx(5.004)  # what the time between heads would have said
+
+
 @pytest.mark.parametrize(("seconds_per_block", "quick"), [(2.0, False), (0.05, True)])
 def test_after_a_send_the_owner_looks_again_within_ms_only_on_a_chain_that_mines_as_it_is_sent(
     seconds_per_block: float, quick: bool
