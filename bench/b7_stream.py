@@ -12,7 +12,9 @@ as processes against an anvil with `--block-time 2`, then their success callback
 offered rate, open loop (each at its due time, whatever the answers before it), for 40 s. The latency of a
 deposit runs from the moment its callback was sent (the harness's wall clock) to its `completed_at` in
 PostgreSQL (same machine, same clock). Stragglers get 20 s after the last callback; one still not completed
-then counts with its latency's lower bound (so a p99 it decides is reported as "≥"). Achieved completions/s
+then counts with its latency's lower bound (so a p99 it decides is reported as "≥"). Each step also says where
+the time went: callback → M-Pesa confirmed and confirmed → completed, the deposit jobs' runs, how long their first
+runs waited for a slot, and how much slot time a deposit took (the lane owners' runs apart). Achieved completions/s
 are the completions between 8 s after the first callback and the stream's end (the first blocks fill the
 pipeline), divided by those 32 s (16 blocks). The search starts at 20/s on the ladder 5, 10, 20, 40, 60, 100,
 150/s and climbs while a step meets p99 < 8 s, or descends while it misses; the figure is the highest rate that
