@@ -83,9 +83,12 @@ def transfer_calldata(to: str, amount: int) -> str:
     return "0x" + TRANSFER_SELECTOR + to.lower().removeprefix("0x").rjust(64, "0") + f"{amount:064x}"
 
 
-# The first look after a send, if it comes within this long, tells whether the send was mined as it came (anvil's
-# automine mines it before the send answers); on Base's 2-second blocks a new head comes that soon ~3% of the time.
-MINED_ON_SEND_SECONDS = 0.06
+# Whether a send was mined as it came: anvil's automine mines it a few ms after the send answers, so a head that has
+# not moved this long after a send says the send waits for a block (Base's 2-second blocks), and one that moved
+# within MINED_ON_SEND_SECONDS says it did not (on Base a block comes that soon after a send ~5% of the time; the
+# next send is judged again). A later move tells nothing: a block may have come meanwhile.
+AUTOMINE_LAG_SECONDS = 0.05
+MINED_ON_SEND_SECONDS = 0.1
 
 
 @dataclass(slots=True)
@@ -95,7 +98,7 @@ class BlockPace:
     few tens of ms, so on a chain it watches the figure is close to the block time. It is not when nobody looked
     in between: on a chain that mines only when a transaction comes (anvil's automine) a quiet gap, or an owner
     busy settling, reads as one slow block. So whether a sent transaction waits for its block is told by the
-    owner's last send instead: had the head moved at the first look after it (`waits_for_blocks`)?"""
+    owner's last send instead: how soon after it the head moved, if it did (`waits_for_blocks`)."""
 
     head: int | None = None
     seen_at: float = 0.0
@@ -109,20 +112,26 @@ class BlockPace:
             self.seconds_per_block = (now - self.seen_at) / (head - self.head)
         if self.head is None or head > self.head:  # a lower head (a reorg, another node) is not a block
             self.head, self.seen_at = head, now
-        if self.sent_at is not None:  # the first look after a send; a late one tells nothing
-            if now - self.sent_at <= MINED_ON_SEND_SECONDS:
-                self.mined_on_send = self.head_at_send is not None and head > self.head_at_send
-            self.sent_at = None
+        if self.sent_at is not None and self.head_at_send is not None:
+            since = now - self.sent_at
+            if head > self.head_at_send:
+                if since <= MINED_ON_SEND_SECONDS:
+                    self.mined_on_send = True
+                self.sent_at = None
+            elif head == self.head_at_send and since >= AUTOMINE_LAG_SECONDS:
+                self.mined_on_send, self.sent_at = False, None
+            # else too soon to tell, or a lower head (a reorg, another node): a later look tells
 
-    def sent(self, now: float) -> None:
-        """A lane owner just sent transactions: the next looks tell whether they waited for a block."""
-        self.sent_at, self.head_at_send = now, self.head
+    def sent(self, now: float, head_before: int | None) -> None:
+        """A lane owner just sent transactions, the head being `head_before` when it began (a replacement's own look
+        after a send may have seen the send's block already): the next looks tell whether they waited for one."""
+        self.sent_at, self.head_at_send = now, head_before
 
     def faster_than(self, seconds: float) -> bool:
         return self.seconds_per_block is not None and self.seconds_per_block < seconds
 
     def waits_for_blocks(self) -> bool:
-        """The last send this process judged was not mined within MINED_ON_SEND_SECONDS (False: not known yet)."""
+        """The last send this process judged had to wait for a block (False: not known yet)."""
         return self.mined_on_send is False
 
 

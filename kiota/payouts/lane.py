@@ -152,7 +152,7 @@ async def pay_deposit(
     try:
         key = lane_key(treasury.chain_id, treasury.address)
         grace = IN_FLIGHT_GRACE_SECONDS if treasury.pace.faster_than(IN_FLIGHT_GRACE_SECONDS) else 0.0
-        # Until one of this process's lane owners has sent, it cannot tell the chain's pace: it waits.
+        # Until this treasury's lane owner in this process has sent, it cannot tell the chain's pace: it waits.
         newly = deposit.confirmed_at > datetime.now(UTC) - timedelta(seconds=LEAVE_OWNED_LANE_SECONDS)
         wait = 0.0 if treasury.pace.waits_for_blocks() and newly else config.lock_wait_seconds
         async with treasury_lane(pool, key, wait, deposit_id, grace) as conn:
@@ -252,10 +252,10 @@ class Pipeline:
                 break
         return blocked or self._own_result(own.payout.id)
 
-    def _sent(self) -> None:
+    def _sent(self, head_before: int | None) -> None:
         """Just sent: on a chain that mines each transaction as it comes (anvil's automine), its block is due in a
         few ms; on Base's 2-second blocks nothing changes."""
-        self.treasury.pace.sent(time.monotonic())
+        self.treasury.pace.sent(time.monotonic(), head_before)
         self.quick_looks = QUICK_LOOKS if self.treasury.pace.faster_than(IN_FLIGHT_GRACE_SECONDS) else 0
 
     def _next_look(self) -> float:
@@ -376,9 +376,10 @@ class Pipeline:
         if new:
             accepted_before = bool(self.in_flight)
             self._add_in_flight(new)
+            head_before = self.treasury.pace.head
             try:
                 await broadcast_all(self.conn, self.treasury, new)
-                self._sent()
+                self._sent(head_before)
             except ChainUnavailable as exc:
                 if not accepted_before and await self.treasury.pending_nonce() <= new[0].signed.nonce:
                     raise  # the node takes none of ours: a failure, as any other

@@ -168,6 +168,10 @@ async def _pay_while_the_lane_is_owned(
 OWNED = "the treasury lane is owned by another worker"
 
 
+async def _waits_for_blocks(treasury: Treasury) -> bool:
+    return treasury.pace.waits_for_blocks()
+
+
 async def test_on_slow_blocks_a_newly_confirmed_deposits_job_gives_its_slot_back_at_once(
     mpesa_system: MpesaSystem,
 ) -> None:
@@ -181,13 +185,19 @@ async def test_on_slow_blocks_a_newly_confirmed_deposits_job_gives_its_slot_back
     await system.pool.execute("UPDATE deposits SET confirmed_at = NULL WHERE id = $1", second)
     treasury, fresh = treasury_for(system), treasury_for(system)
     try:
-        async with blocks_every(system, 1):
+        async with blocks_every(system, 600):  # no block until the test mines one
             unseen, waited = await _pay_while_the_lane_is_owned(system, fresh, first, LaneConfig(lock_wait_seconds=0.5))
             assert unseen == PayoutResult(PayoutOutcome.WAITING, OWNED) and waited >= 0.5
             assert not treasury.pace.waits_for_blocks()
-            paid = await pay_deposit(system.pool, treasury, uuid.UUID(first), LaneConfig())
-            assert paid.outcome is PayoutOutcome.COMPLETED
-            assert treasury.pace.waits_for_blocks()  # its send was not mined as it came
+            owner = asyncio.create_task(pay_deposit(system.pool, treasury, uuid.UUID(first), LaneConfig()))
+            try:
+                await wait_for(lambda: _waits_for_blocks(treasury))  # its send was not mined as it came
+                await rpc(system, "evm_mine")
+                assert (await owner).outcome is PayoutOutcome.COMPLETED
+            finally:
+                owner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await owner
 
             await system.pool.execute("UPDATE deposits SET confirmed_at = now() WHERE id = $1", second)
             busy, held = await _pay_while_the_lane_is_owned(system, treasury, second, LaneConfig(lock_wait_seconds=5))
@@ -202,8 +212,8 @@ async def test_on_slow_blocks_a_newly_confirmed_deposits_job_gives_its_slot_back
                 system, treasury, second, LaneConfig(lock_wait_seconds=0.5)
             )
             assert old == unseen and waited >= 0.5
-            paid = await pay_deposit(system.pool, treasury, uuid.UUID(second), LaneConfig())  # the lane is free
-            assert paid.outcome is PayoutOutcome.COMPLETED
+        paid = await pay_deposit(system.pool, treasury, uuid.UUID(second), LaneConfig())  # free, on automine again
+        assert paid.outcome is PayoutOutcome.COMPLETED
     finally:
         await treasury.aclose()
         await fresh.aclose()
@@ -223,7 +233,7 @@ async def test_on_slow_blocks_the_owner_pays_a_deposit_whose_job_left_the_owned_
             try:
                 await wait_for(lambda: in_flight(system.pool))  # the owner's own payout waits for its block
                 await system.pool.execute("UPDATE deposits SET confirmed_at = now() WHERE id = $1", second)
-                assert treasury.pace.waits_for_blocks()
+                await wait_for(lambda: _waits_for_blocks(treasury))
                 left = await pay_deposit(system.pool, treasury, uuid.UUID(second), LaneConfig())
                 assert left == PayoutResult(PayoutOutcome.WAITING, OWNED, IN_FLIGHT_RECHECK_SECONDS)
                 await wait_for(lambda: _in_flight_is(system, 2))  # the owner signed it at its next look

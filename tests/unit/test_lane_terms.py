@@ -74,24 +74,30 @@ def test_the_block_pace_is_the_time_between_the_last_two_heads_that_differed() -
     assert pace.faster_than(IN_FLIGHT_GRACE_SECONDS)
 
 
-def test_whether_a_send_waits_for_its_block_is_told_by_the_first_look_after_it() -> None:
+def test_whether_a_send_waits_for_its_block_is_told_by_how_soon_the_head_moves_after_it() -> None:
     """A deposit's job leaves an owned lane at once only on a chain whose blocks a send waits for. The time between
     heads cannot tell it: on automine a quiet gap, or an owner busy settling, reads as a slow block (B2 fell to a
     quarter when the job trusted it)."""
     base = BlockPace()
     assert not base.waits_for_blocks()  # no send seen yet: not known
     base.observe(100, now=10.0)
-    base.sent(10.01)
-    base.observe(100, now=10.02)  # Base: the head has not moved
+    base.sent(10.0, head_before=100)
+    base.observe(100, now=10.01)  # too soon to tell: automine mines a few ms after the send answers
+    assert not base.waits_for_blocks()
+    base.observe(100, now=10.3)  # a late look still tells: the head has not moved
     assert base.waits_for_blocks()
-    base.sent(11.0)
-    base.observe(101, now=11.5)  # a look long after a send tells nothing (a block may have come meanwhile)
+    base.sent(11.0, head_before=100)
+    base.observe(101, now=11.5)  # a move long after a send tells nothing (a block came meanwhile)
+    assert base.waits_for_blocks()
+    base.sent(12.0, head_before=101)
+    base.observe(99, now=12.2)  # a lower head (a reorg, another node) tells nothing either
     assert base.waits_for_blocks()
 
     automine = BlockPace()
     automine.observe(7, now=0.0)
     automine.observe(7, now=5.0)  # nobody sent for 5 s
-    automine.sent(5.0)
+    automine.sent(5.0, head_before=7)
+    automine.observe(7, now=5.001)  # not yet mined
     automine.observe(8, now=5.004)  # mined as it was sent
     assert not automine.waits_for_blocks()
     assert automine.seconds_per_block == pytest.approx(5.004)  # what the time between heads would have said
@@ -106,7 +112,7 @@ def test_after_a_send_the_owner_looks_again_within_ms_only_on_a_chain_that_mines
     pipeline = Pipeline(None, treasury, LaneConfig())  # type: ignore[arg-type]
     poll = LaneConfig().poll_seconds
     assert pipeline._next_look() == poll  # nothing sent: a poll
-    pipeline._sent()
+    pipeline._sent(head_before=1)
     looks = [pipeline._next_look() for _ in range(QUICK_LOOKS + 2)]
     if quick:  # a few quick looks, then polls again (a transaction the node never mines does not spin the owner)
         assert looks == [QUICK_LOOK_SECONDS] * QUICK_LOOKS + [poll, poll]
