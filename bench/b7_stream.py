@@ -336,7 +336,8 @@ def _stages(to_confirmed: list[float], to_paid: list[float], jobs: asyncpg.Recor
     return (
         f"{text}; deposit jobs: {jobs['runs']} runs for {jobs['jobs']}, first run {jobs['wait_p50'] or 0:.2f} s "
         f"(p50) / {jobs['wait_p99'] or 0:.2f} s (p99) after enqueue; job slot per deposit "
-        f"{float(jobs['busy_s']) / jobs['jobs']:.3f} s: first runs {float(jobs['first_runs_s']) / jobs['jobs']:.3f} s, "
+        f"{float(jobs['busy_s']) / jobs['jobs']:.3f} s: first runs {float(jobs['first_runs_s']) / jobs['jobs']:.3f} s "
+        "(the owners' among them), "
         f"{jobs['owners']} runs that owned a lane (> {OWNER_RUN.total_seconds():g} s) "
         f"{float(jobs['owners_s']) / jobs['jobs']:.3f} s"
     )
