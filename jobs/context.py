@@ -33,7 +33,7 @@ from kiota.ingester import ScanConfig
 from kiota.metrics import Flusher
 from kiota.payouts import LaneConfig
 from kiota.settings import WorkerSettings
-from kiota.treasury import Treasury
+from kiota.treasury import BlockPace, Treasury
 
 if TYPE_CHECKING:
     from jobs.outages import Outages
@@ -166,8 +166,9 @@ def _treasuries(settings: WorkerSettings) -> list[Treasury]:
         Treasury(settings.base_rpc_url, key.get_secret_value(), settings.base_chain_id, settings.base_usdc_address)
         for key in settings.treasury_keys
     ]
+    pace = BlockPace()  # one chain
     for treasury in treasuries:
-        treasury.join([t.address for t in treasuries])
+        treasury.join([t.address for t in treasuries], pace)
     return treasuries
 
 

@@ -381,7 +381,7 @@ class CallbackGroups:
         if conn is None:
             conn = await self._pool.acquire()
             try:
-                await store.plan_once(conn)  # the pool's reset undoes it on release
+                await store.plan_once(conn)  # undone when it goes back to the pool
             except BaseException:
                 await self._pool.release(conn)
                 raise

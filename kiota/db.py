@@ -24,12 +24,37 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+# Backends (by server pid) whose session a borrower has given state that must not outlive its loan: a session
+# advisory lock, a session setting. asyncpg resets every released connection with one more round trip
+# (`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`): ~14 per M-Pesa deposit in B7, a fifth
+# of all statements. Here only a connection marked by `keeps_session_state` gets that reset; the others hold no
+# such state (no LISTEN, no cursor outside a transaction, no session SET or lock but through this module's
+# callers). An open transaction is rolled back on every release, as before (asyncpg's `_reset`).
+_SESSION_STATE: set[int] = set()
+
+
+def keeps_session_state(conn: Connection) -> None:
+    """Say, before sending it, that a statement gives `conn`'s session state (a session lock, a setting): the
+    pool then resets the connection in full when it is released, whatever happened in between."""
+    _SESSION_STATE.add(conn.get_server_pid())
+
+
+async def _reset_on_release(conn: asyncpg.Connection) -> None:
+    """The pool's reset: asyncpg's full reset for a connection marked by `keeps_session_state`, else nothing.
+    (A pid left marked by a connection that died costs its successor one reset, never a skipped one.)"""
+    pid = conn.get_server_pid()
+    if pid in _SESSION_STATE:
+        await conn.execute(conn.get_reset_query())
+        _SESSION_STATE.discard(pid)
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_reset_on_release,
         command_timeout=30,
     )
     assert pool is not None
@@ -101,7 +126,9 @@ async def ping(pool: Pool) -> None:
 
 
 async def try_advisory_lock(conn: Connection, key: int) -> bool:
-    """A session-level advisory lock, freed by `advisory_unlock` or when the connection dies."""
+    """A session-level advisory lock, freed by `advisory_unlock`, when the connection dies, or when a pool
+    connection is released (`keeps_session_state`)."""
+    keeps_session_state(conn)
     return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
 
 

@@ -138,7 +138,7 @@ class BlockPace:
 class Treasury:
     def __init__(self, rpc_url: str, private_key: str, chain_id: int, token_address: str) -> None:
         self._rpc = ChainReader(rpc_url)
-        self.pace = BlockPace()  # as this process's lane owners saw the head move
+        self.pace = BlockPace()  # as this process's lane owners saw the head move (one for all its treasuries)
         self._account: LocalAccount = Account.from_key(private_key)
         self.chain_id = chain_id
         self.token_address = to_checksum_address(token_address)
@@ -146,10 +146,14 @@ class Treasury:
         # the worker sets them all (`join`), alone it is its only lane.
         self.lanes: tuple[str, ...] = (self.address,)
 
-    def join(self, addresses: list[str]) -> None:
-        """This treasury is one of `addresses` (its own among them): deposits are spread over their lanes."""
+    def join(self, addresses: list[str], pace: BlockPace | None = None) -> None:
+        """This treasury is one of `addresses` (its own among them): deposits are spread over their lanes. `pace`:
+        the one its process's other treasuries keep. The chain's pace is the chain's, not a lane's: a process that
+        owns only some lanes still tells, for its jobs of the others, whether sends wait for blocks."""
         assert self.address in addresses, "a treasury is one of the service's treasuries"
         self.lanes = tuple(sorted(addresses, key=str.lower))
+        if pace is not None:
+            self.pace = pace
 
     @property
     def address(self) -> str:

@@ -40,6 +40,7 @@ from kiota.payouts.terms import (
     PayoutOutcome,
     PayoutResult,
     SignedItem,
+    not_processing,
 )
 from kiota.records import Guards, Payout
 from kiota.store import payouts as store
@@ -125,11 +126,6 @@ async def treasury_lane(
             await advisory_unlock(conn, key)
 
 
-def _done(status: str | None) -> PayoutResult:
-    """A deposit that left 'processing' while its job waited: paid, or someone else's business now."""
-    return PayoutResult(PayoutOutcome.COMPLETED if status == "completed" else PayoutOutcome.NOTHING_TO_DO, str(status))
-
-
 async def pay_deposit(
     pool: Pool, treasury: Treasury, deposit_id: uuid.UUID, config: LaneConfig | None = None
 ) -> PayoutResult:
@@ -137,12 +133,10 @@ async def pay_deposit(
     config = config or LaneConfig()
     payee = await store.payee(pool, deposit_id)
     if payee is None:
-        return PayoutResult(PayoutOutcome.NOTHING_TO_DO, "no such deposit")
+        return not_processing(None)
     deposit = payee.deposit
-    if deposit.status == "completed":
-        return PayoutResult(PayoutOutcome.COMPLETED, deposit.tx_hash or "")
     if deposit.status != "processing":
-        return PayoutResult(PayoutOutcome.NOTHING_TO_DO, f"deposit is {deposit.status}")
+        return not_processing(deposit.status, deposit.tx_hash)
     if deposit.confirmed_at is None:  # kiota/confirm.py comes first; a turn signs confirmed deposits only
         return PayoutResult(PayoutOutcome.NOTHING_TO_DO, "the M-Pesa payment is not confirmed")
     guards = await store.guards(pool)
@@ -162,14 +156,14 @@ async def pay_deposit(
                 log.warning("nonce filler failed this turn", error=str(exc))
             status = await store.deposit_status(conn, deposit_id)
             if status != "processing":  # settled above: its abandoned payout was mined after all
-                return _done(status)
+                return not_processing(status)  # paid: its abandoned payout was mined after all
             return await _pay_in_lane(conn, treasury, guards, payee, config)
     except LaneBusy as exc:  # slow blocks, no wait: its owner signs it, or a later run takes the lane over
         return PayoutResult(PayoutOutcome.WAITING, str(exc), None if wait else IN_FLIGHT_RECHECK_SECONDS)
     except InOwnersPipeline as exc:  # looked at again once its block has likely come and been settled
         return PayoutResult(PayoutOutcome.WAITING, str(exc), IN_FLIGHT_RECHECK_SECONDS)
     except PaidMeanwhile as exc:
-        return _done(str(exc))
+        return not_processing(str(exc))
 
 
 async def _pay_in_lane(

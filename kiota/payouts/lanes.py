@@ -36,9 +36,15 @@ from collections.abc import Sequence
 import structlog
 
 from kiota.db import Executor, Pool
-from kiota.payouts.terms import CAP_RECHECK_SECONDS, GUARD_RECHECK_SECONDS, PayoutOutcome, PayoutResult
+from kiota.payouts.terms import (
+    CAP_RECHECK_SECONDS,
+    GUARD_RECHECK_SECONDS,
+    PayoutOutcome,
+    PayoutResult,
+    not_processing,
+)
 from kiota.store import payouts as store
-from kiota.store.payouts import TreasuryFunds
+from kiota.store.payouts import DepositRoute, TreasuryFunds
 from kiota.treasury import Treasury
 
 log = structlog.get_logger(__name__)
@@ -94,29 +100,42 @@ async def lane_slots(db: Executor, treasury: Treasury) -> tuple[int, list[int], 
     return len(treasury.lanes), slots, funds.free_micro if fresh and funds is not None else None
 
 
+def _signed_or_done(deposit: DepositRoute, by_address: dict[str, Treasury]) -> Treasury | PayoutResult | None:
+    """Decided before any lane is looked at: a signed payout's treasury (this worker's, or not), or the end of a
+    run for a deposit that is not processing; None: choose a lane."""
+    if deposit.signed_by is not None:
+        owner = by_address.get(deposit.signed_by.lower())
+        if owner is not None:
+            return owner
+        detail = f"the deposit's payout was signed by treasury {deposit.signed_by}, whose key this worker lacks"
+        return PayoutResult(PayoutOutcome.WAITING, detail)
+    if deposit.status != "processing":
+        return not_processing(deposit.status, deposit.tx_hash)
+    return None
+
+
 async def choose_lane(pool: Pool, treasuries: Sequence[Treasury], deposit_id: uuid.UUID) -> Treasury | PayoutResult:
     """The treasury whose lane pays the deposit: the one that signed its payout, if one did (its nonce is that
     treasury's); else, from the deposit's slot on, the first running lane whose treasury may cover it (`may_cover`).
-    A result instead when no lane can pay it now: every lane paused, or no treasury's free USDC covers it."""
+    A result instead when no lane can pay it now (every lane paused, or no treasury's free USDC covers it), or when
+    the deposit is no longer processing (a run after its payout was settled: paid)."""
     by_address = {t.address.lower(): t for t in treasuries}
     async with pool.acquire() as conn:
-        signed = await store.payout_in_flight_of_deposit(conn, deposit_id)
-        if signed is not None:
-            owner = by_address.get(signed.from_address.lower())
-            if owner is not None:
-                return owner
-            detail = f"the deposit's payout was signed by treasury {signed.from_address}, whose key this worker lacks"
-            return PayoutResult(PayoutOutcome.WAITING, detail)
+        deposit = await store.deposit_route(conn, deposit_id)
+        if deposit is None:
+            return not_processing(None)
+        decided = _signed_or_done(deposit, by_address)
+        if decided is not None:
+            return decided
         lanes = treasuries[0].lanes
         chain_id = treasuries[0].chain_id
         paused = await paused_lanes(conn, chain_id, lanes)
         short = [False] * len(lanes)
         amount, funds = None, {}
         if len(lanes) > 1 and not all(paused):
-            amount = await store.deposit_amount(conn, deposit_id)
+            amount = deposit.amount_micro
             funds = await store.treasury_funds(conn, chain_id)
-            if amount is not None:
-                short = [not may_cover(funds.get(address.lower()), amount) for address in lanes]
+            short = [not may_cover(funds.get(address.lower()), amount) for address in lanes]
         slot = slot_of(deposit_id, len(lanes))
         if all(paused):
             reason = "the payout lane of every treasury is paused (a shortfall): refill one, then resume it"

@@ -40,6 +40,16 @@ class PayoutResult:
     recheck_in: float | None = None
 
 
+def not_processing(status: str | None, tx_hash: str | None = None) -> PayoutResult:
+    """A deposit that is not (or no longer) processing, as its job's run ends: paid (`tx_hash`), or someone
+    else's business now (in review, failed), or no such deposit (`status` None)."""
+    if status is None:
+        return PayoutResult(PayoutOutcome.NOTHING_TO_DO, "no such deposit")
+    if status == "completed":
+        return PayoutResult(PayoutOutcome.COMPLETED, tx_hash or "")
+    return PayoutResult(PayoutOutcome.NOTHING_TO_DO, f"deposit is {status}")
+
+
 # Payouts signed and not yet settled, per treasury, at most (PAYOUT_MAX_IN_FLIGHT; kiota/settings.py says why 128).
 MAX_IN_FLIGHT = 128
 

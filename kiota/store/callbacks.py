@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from kiota.db import Connection, Executor
+from kiota.db import Connection, Executor, keeps_session_state
 from kiota.job_names import JobName
 from kiota.ledger import Posting
 from kiota.mpesa import DepositView, StkCallback
@@ -54,7 +54,8 @@ async def read(conn: Connection, answers: Sequence[StkCallback]) -> list[tuple[S
 async def plan_once(conn: Connection) -> None:
     """For a connection that runs `read` and `apply` again and again (a lane of callback groups):
     left to choose, PostgreSQL re-plans the call at every group (its argument, the group, is a
-    large constant in a custom plan)."""
+    large constant in a custom plan). Undone when the connection goes back to its pool."""
+    keeps_session_state(conn)
     await conn.execute("SET plan_cache_mode = force_generic_plan")
 
 

@@ -144,10 +144,23 @@ async def treasury_funds(db: Executor, chain_id: int) -> dict[str, TreasuryFunds
     return {r["address"].lower(): TreasuryFunds(int(r["free_usdc_micro"]), float(r["age_seconds"])) for r in rows}
 
 
-async def deposit_amount(db: Executor, deposit_id: uuid.UUID) -> int | None:
-    """The deposit's USDC in micro-units (None: no such deposit)."""
-    amount = await db.fetchval(load_queries().deposit_amount, deposit_id)
-    return None if amount is None else int(amount)
+@dataclass(frozen=True, slots=True)
+class DepositRoute:
+    """What choosing a deposit's lane reads of it: its status, USDC (micro-units) and paying transaction, and the
+    treasury whose payout of it may still be mined (signed or being cancelled), if one is."""
+
+    status: str
+    amount_micro: int
+    tx_hash: str | None
+    signed_by: str | None
+
+
+async def deposit_route(db: Executor, deposit_id: uuid.UUID) -> DepositRoute | None:
+    """None: no such deposit."""
+    row = await db.fetchrow(load_queries().deposit_route, deposit_id)
+    if row is None:
+        return None
+    return DepositRoute(row["status"], int(row["amount_usdc"]), row["tx_hash"], row["signed_by"])
 
 
 async def lock_caps(conn: Connection, key: int) -> None:

@@ -64,8 +64,14 @@ ON CONFLICT (chain_id, address) DO UPDATE SET free_usdc_micro = EXCLUDED.free_us
 SELECT address, free_usdc_micro, extract(epoch FROM now() - read_at)::float8 AS age_seconds
 FROM treasury_funds WHERE chain_id = $1;
 
--- name: deposit_amount
-SELECT amount_usdc FROM deposits WHERE id = $1;
+-- name: deposit_route
+-- What choosing a deposit's lane reads of it (kiota/payouts/lanes.py), in one statement: its status, amount and
+-- paying transaction, and the treasury of its payout that may still be mined (signed, or given up on and not yet
+-- decided), if any: that payout's lane alone re-sends, replaces and settles it. No row: no such deposit.
+SELECT d.status, d.amount_usdc, d.tx_hash,
+    (SELECT p.from_address FROM payouts p
+     WHERE p.deposit_id = d.id AND p.status IN ('signed', 'cancelling') ORDER BY p.id LIMIT 1) AS signed_by
+FROM deposits d WHERE d.id = $1;
 
 -- name: caps_lock
 -- Held until the signing transaction ends: lanes sign one batch at a time against the shared caps.

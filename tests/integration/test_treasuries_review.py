@@ -298,6 +298,20 @@ async def test_a_deposit_too_large_for_each_lane_is_paid_once_when_both_lanes_ra
             await lane.aclose()
     assert await system.pool.fetchval("SELECT count(*) FROM payouts WHERE deposit_id = $1", racer) == 1
     assert await system.pool.fetchval("SELECT status FROM deposits WHERE id = $1", racer) == "completed"
+    # A run after the payout was settled ends there, whatever the lanes now say: every lane paused (as when both
+    # treasuries ran dry) is no "blocked" for a deposit that is paid, or in review.
+    await system.pool.execute(
+        "INSERT INTO treasury_lanes (chain_id, address, paused, pause_reason) SELECT 8453, a, true, 'dry' "
+        "FROM unnest($1::text[]) a ON CONFLICT (chain_id, address) DO UPDATE SET paused = true",
+        addresses,
+    )
+    paid_by = await system.pool.fetchval("SELECT tx_hash FROM deposits WHERE id = $1", racer)
+    assert await choose_lane(system.pool, lanes, racer) == PayoutResult(PayoutOutcome.COMPLETED, paid_by)
+    in_review = PayoutResult(PayoutOutcome.NOTHING_TO_DO, "deposit is needs_review")
+    assert await choose_lane(system.pool, lanes, overmax) == in_review
+    assert await choose_lane(system.pool, lanes, uuid.uuid4()) == PayoutResult(
+        PayoutOutcome.NOTHING_TO_DO, "no such deposit"
+    )
     transfers = [_amounts(await transfers_from(system, address)) for address in addresses]
     assert sorted(transfers) == [[], [30_000_000]]  # one transfer, from one treasury
     assert await balance(system.pool, user_account("racer", "USDC")) == 30_000_000

@@ -3,12 +3,14 @@ again and re-prices."""
 
 from __future__ import annotations
 
+import hashlib
 import signal
 from types import SimpleNamespace
 from typing import cast
 
 import pytest
 
+from jobs.context import _treasuries
 from jobs.worker import JOB_TIMEOUT_SECONDS
 from kiota.payouts import LaneConfig
 from kiota.payouts import failpoint as failpoints
@@ -18,7 +20,8 @@ from kiota.payouts.terms import SignedItem
 from kiota.records import Payout
 from kiota.settings import WorkerSettings
 from kiota.store.payouts import Payee
-from kiota.treasury import BlockPace, SignedTx, Treasury
+from kiota.treasury import AUTOMINE_LAG_SECONDS, BlockPace, SignedTx, Treasury
+from tests.support import settings_kwargs
 
 # What a payout job does besides the lane: M-Pesa's confirmation, the lane's wait, the last block's settling.
 ROOM_FOR_THE_REST = 10
@@ -72,6 +75,18 @@ def test_the_block_pace_is_the_time_between_the_last_two_heads_that_differed() -
     pace.observe(105, now=12.2)  # automine: a block per transaction, four in 0.2 s
     assert pace.seconds_per_block == pytest.approx(0.05)
     assert pace.faster_than(IN_FLIGHT_GRACE_SECONDS)
+
+
+def test_a_workers_treasuries_share_one_pace_so_an_owner_of_one_lane_tells_it_for_the_others() -> None:
+    # Two workers, four lanes: a process owns some lanes only. Its jobs of the others must still know that sends
+    # wait for blocks (else each waited lock_wait_seconds in its slot, polling an owned lane every 50 ms).
+    keys = ",".join("0x" + hashlib.sha256(f"pace {n}".encode()).hexdigest() for n in range(2))
+    values = {**settings_kwargs("postgresql://127.0.0.1/none"), "treasury_private_key": keys}
+    owned, other = _treasuries(WorkerSettings(_env_file=None, **values))  # type: ignore[arg-type]
+    owned.pace.observe(7, now=0.0)
+    owned.pace.sent(0.0, 7)
+    owned.pace.observe(7, now=AUTOMINE_LAG_SECONDS)  # not mined as it was sent: 2-second blocks
+    assert other.pace.waits_for_blocks()
 
 
 def test_whether_a_send_waits_for_its_block_is_told_by_how_soon_the_head_moves_after_it() -> None:
