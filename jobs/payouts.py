@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import structlog
@@ -18,7 +19,7 @@ from jobs.context import WorkerContext, running_job_id
 from kiota.confirm import Verdict, confirm_success
 from kiota.db import MAY_PASS
 from kiota.errors import ChainUnavailable
-from kiota.job_history import JobHistory, backoff_seconds, enqueue
+from kiota.job_history import JobHistory, backoff_seconds, enqueue, finish_paid_jobs
 from kiota.job_names import JobName
 from kiota.lost_callbacks import query_deposit
 from kiota.payout_policy import (
@@ -66,7 +67,11 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
         if confirmation.verdict in (Verdict.CONFIRMED, Verdict.NOT_NEEDED):
             # Several treasuries: the lane of the deposit's slot (or of its signed payout) pays it.
             lane = await choose_lane(deps.pool, deps.signers(), deposit)
-            outcome = lane if isinstance(lane, PayoutResult) else await pay_deposit(deps.pool, lane, deposit, deps.lane)
+            if isinstance(lane, PayoutResult):
+                outcome = lane
+            else:  # if this run owns the lane, the deposits its turn pays have their waiting jobs finished
+                paid = partial(finish_paid_jobs, deps.pool, deps.queue, paid_by=history.job_id)
+                outcome = await pay_deposit(deps.pool, lane, deposit, deps.lane, paid)
     except TRANSIENT as exc:
         error = f"{type(exc).__name__}: {exc}"
         # If PostgreSQL itself is down, nothing can be counted: this raises, and the worker's

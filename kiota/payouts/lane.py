@@ -126,10 +126,20 @@ async def treasury_lane(
             await advisory_unlock(conn, key)
 
 
+# Told, after each settling transaction of an owner's turn, which deposits it paid (the jobs layer finishes their
+# jobs that wait for a later run: kiota/job_history.py `finish_paid_jobs`). It must not raise.
+PaidHook = Callable[[list[uuid.UUID]], Awaitable[object]]
+
+
 async def pay_deposit(
-    pool: Pool, treasury: Treasury, deposit_id: uuid.UUID, config: LaneConfig | None = None
+    pool: Pool,
+    treasury: Treasury,
+    deposit_id: uuid.UUID,
+    config: LaneConfig | None = None,
+    on_paid: PaidHook | None = None,
 ) -> PayoutResult:
-    """Pay a processing, confirmed deposit's USDC from the treasury, exactly once (with any others waiting)."""
+    """Pay a processing, confirmed deposit's USDC from the treasury, exactly once (with any others waiting);
+    `on_paid` hears of each deposit the turn pays, if this job becomes the lane's owner."""
     config = config or LaneConfig()
     payee = await store.payee(pool, deposit_id)
     if payee is None:
@@ -157,7 +167,7 @@ async def pay_deposit(
             status = await store.deposit_status(conn, deposit_id)
             if status != "processing":  # settled above: its abandoned payout was mined after all
                 return not_processing(status)  # paid: its abandoned payout was mined after all
-            return await _pay_in_lane(conn, treasury, guards, payee, config)
+            return await _pay_in_lane(conn, treasury, guards, payee, config, on_paid)
     except LaneBusy as exc:  # slow blocks, no wait: its owner signs it, or a later run takes the lane over
         return PayoutResult(PayoutOutcome.WAITING, str(exc), None if wait else IN_FLIGHT_RECHECK_SECONDS)
     except InOwnersPipeline as exc:  # looked at again once its block has likely come and been settled
@@ -167,13 +177,13 @@ async def pay_deposit(
 
 
 async def _pay_in_lane(
-    conn: Connection, treasury: Treasury, guards: Guards, payee: Payee, config: LaneConfig
+    conn: Connection, treasury: Treasury, guards: Guards, payee: Payee, config: LaneConfig, on_paid: PaidHook | None
 ) -> PayoutResult:
     """The owner's pipeline, this job's deposit first: handing the lane from job to job costs a block."""
     (payout,) = await _live_payouts(conn, treasury, [payee])
     if payout.status == "cancelling":
         return PayoutResult(PayoutOutcome.WAITING, "the nonce of this deposit's abandoned payout is being filled")
-    return await Pipeline(conn, treasury, config).run(LaneItem(payee, payout), guards)
+    return await Pipeline(conn, treasury, config, on_paid).run(LaneItem(payee, payout), guards)
 
 
 class Pipeline:
@@ -185,8 +195,11 @@ class Pipeline:
     It signs for `drain_seconds`, then settles what is in flight for `watch_seconds` at most, and hands the
     lane over as soon as nothing is in flight and no deposit waits."""
 
-    def __init__(self, conn: Connection, treasury: Treasury, config: LaneConfig) -> None:
+    def __init__(
+        self, conn: Connection, treasury: Treasury, config: LaneConfig, on_paid: PaidHook | None = None
+    ) -> None:
         self.conn, self.treasury, self.config = conn, treasury, config
+        self.on_paid = on_paid
         self.in_flight: list[SignedItem] = []  # nonce order
         self.sent_at: dict[int, int | None] = {}  # payout id -> head when its newest attempt was sent
         self.results: dict[int, PayoutResult] = {}  # by payout id: what each settled (or given up) payout came to
@@ -456,6 +469,8 @@ class Pipeline:
         # What this look found mined, in one transaction: a block's payouts, or several blocks' when the chain
         # makes blocks faster than the owner looks (automine: a block per transaction).
         await settle(self.conn, self.treasury, mined)
+        if mined and self.on_paid is not None:
+            await self.on_paid([m.payee.deposit.id for m in mined])
         for m in mined:
             self.results[m.payout_id] = PayoutResult(PayoutOutcome.COMPLETED, m.receipt.tx_hash)
             done.add(m.payout_id)

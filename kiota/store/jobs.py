@@ -42,6 +42,12 @@ async def job_succeeded(db: Executor, job_id: str, logs: Logs, progress: dict[st
     await db.execute(load_queries().job_succeeded, job_id, logs, progress)
 
 
+async def jobs_paid_meanwhile(db: Executor, job_ids: list[str], logs: Logs) -> list[str]:
+    """Of these deposit jobs, those waiting for a later run whose deposits are paid now: succeeded, with `logs`."""
+    rows = await db.fetch(load_queries().jobs_paid_meanwhile, job_ids, logs)
+    return [row["id"] for row in rows]
+
+
 async def job_failed_once(db: Executor, job_id: str, error: str, retry_in: float, detail: str, logs: Logs) -> int:
     """One more failure, retried in `retry_in` seconds (`detail`: the attempt's error with its traceback);
     the failures so far (0 when no such job)."""

@@ -38,6 +38,21 @@ WITH job AS (
 UPDATE job_attempts a SET finished_at = now(), outcome = 'succeeded'
 FROM job WHERE a.job_id = job.id AND a.attempt = job.runs AND a.finished_at IS NULL;
 
+-- name: jobs_paid_meanwhile
+-- Deposit jobs waiting for a later run (stored 'retrying') whose deposits a lane owner's turn has just paid
+-- (kiota/job_history.py `finish_paid_jobs`): they succeed now, with a line saying so; their next run is not
+-- needed. Only a completed deposit's; a row another statement holds (its own run recording) is left to that run.
+WITH paid AS (
+    SELECT j.id FROM jobs j JOIN deposits d ON d.id = j.deposit_id
+    WHERE j.id = ANY($1::text[]) AND j.status = 'retrying' AND d.status = 'completed'
+    ORDER BY j.id FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE jobs j
+SET status = 'succeeded', finished_at = now(), updated_at = now(), blocked_reason = NULL,
+    logs = job_logs_append(j.logs, $2)
+FROM paid WHERE j.id = paid.id
+RETURNING j.id;
+
 -- name: job_failed_once
 WITH job AS (
     UPDATE jobs

@@ -4,6 +4,7 @@ job's own log lines, cron rounds as jobs of their queue, read through `GET /api/
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -12,12 +13,16 @@ import asyncpg
 import httpx
 import pytest
 import structlog
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
 from kiota.deposits import complete_job_id
-from kiota.job_history import JobHistory, record_job
+from kiota.job_history import JobHistory, finish_paid_jobs, record_job
+from kiota.job_names import JobName, arq_queue_of
 from kiota.logging import job_logs
+from kiota.queue import create_queue
 from kiota.store.jobs import job_by_id
 from tests.conftest import MpesaSystem
+from tests.integration.test_dashboard_queues import deposit
 from tests.support import ADMIN_AUTH, bearer
 
 
@@ -150,3 +155,59 @@ async def test_an_unknown_job_is_404_and_no_admin_credentials_401(
         refused = await client.get(path)
         assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Basic")
         assert (await client.get(path, auth=(ADMIN_AUTH[0], "wrong"))).status_code == 401
+
+
+async def test_a_lane_owner_finishes_only_the_waiting_jobs_of_deposits_it_paid_and_arq_forgets_them(
+    pool: asyncpg.Pool, redis_url: str
+) -> None:
+    """`finish_paid_jobs` (a lane owner's turn paid these deposits): a job waiting for a later run succeeds and
+    leaves arq's queue; a job a worker has begun is left to that run in arq; a job still running, or of a deposit
+    not paid, is not touched; with Redis gone nothing is raised (the job runs again and finds its deposit paid)."""
+    queue = create_queue(redis_url)
+    function = JobName.COMPLETE_MPESA_DEPOSIT
+    arq_queue = arq_queue_of(function)
+    try:
+        paid, begun, running, unpaid = [await deposit(pool, "processing") for _ in range(4)]
+        await _paid(pool, paid, begun, running)
+        for deposit_id in (paid, begun, running, unpaid):
+            job_id = complete_job_id(deposit_id)
+            await record_job(pool, job_id, function, deposit_id)
+            await queue.enqueue_job(function, str(deposit_id), _job_id=job_id, _queue_name=arq_queue, _defer_by=60)
+            history = JobHistory(pool, job_id)
+            await history.started()
+            if deposit_id != running:
+                await history.waiting(60)
+        await queue.set(in_progress_key_prefix + complete_job_id(begun), b"1")  # a worker has just begun it
+
+        assert await finish_paid_jobs(pool, queue, [paid, begun, running, unpaid], paid_by="owner:1") == 2
+
+        statuses = {r["deposit_id"]: r["status"] for r in await pool.fetch("SELECT deposit_id, status FROM jobs")}
+        assert statuses == {paid: "succeeded", begun: "succeeded", running: "running", unpaid: "retrying"}
+        logs = await pool.fetchval("SELECT logs FROM jobs WHERE deposit_id = $1", paid)
+        assert logs[-1]["event"] == "deposit paid in its lane owner's turn: no further run needed"
+        assert logs[-1]["paid_in_turn_of"] == "owner:1"
+        in_arq = {d: await queue.zscore(arq_queue, complete_job_id(d)) is not None for d in statuses}
+        assert in_arq == {paid: False, begun: True, running: True, unpaid: True}
+        assert not await queue.exists(job_key_prefix + complete_job_id(paid), retry_key_prefix + complete_job_id(paid))
+    finally:
+        await queue.aclose(close_connection_pool=True)
+
+    gone = create_queue("redis://127.0.0.1:1/0")  # nobody listens there
+    try:
+        again = await deposit(pool, "processing")
+        await _paid(pool, again)
+        await record_job(pool, complete_job_id(again), function, again)
+        history = JobHistory(pool, complete_job_id(again))
+        await history.started()
+        await history.waiting(60)
+        assert await finish_paid_jobs(pool, gone, [again], paid_by="owner:2") == 0
+    finally:
+        await gone.aclose(close_connection_pool=True)
+
+
+async def _paid(pool: asyncpg.Pool, *deposit_ids: uuid.UUID) -> None:
+    await pool.execute(
+        "UPDATE deposits SET status = 'completed', completed_at = now(), tx_hash = '0x' || md5(id::text) "
+        "WHERE id = ANY($1::uuid[])",
+        list(deposit_ids),
+    )

@@ -18,11 +18,13 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from arq.constants import job_key_prefix, retry_key_prefix
 from eth_utils.crypto import keccak
 
 from kiota.db import advisory_unlock, try_advisory_lock
 from kiota.dev.chain import BASE_USDC_ADDRESS, usdc_balance
 from kiota.errors import ChainUnavailable
+from kiota.job_names import JobName, arq_queue_of
 from kiota.ledger import user_account
 from kiota.payouts import (
     LaneConfig,
@@ -33,6 +35,7 @@ from kiota.payouts import (
     pay_deposit,
     recheck_settled_payouts,
 )
+from kiota.payouts import lane as lane_module
 from kiota.payouts.lane import IN_FLIGHT_RECHECK_SECONDS, lane_key
 from kiota.store.ledger import balance
 from kiota.treasury import Fees, SignedTx, Treasury
@@ -252,6 +255,51 @@ async def _in_flight_is(system: MpesaSystem, count: int) -> bool:
 
 
 # --- a worker killed at each failpoint with a full pipeline -----------------------------------------
+
+
+PAID_MEANWHILE = "deposit paid in its lane owner's turn: no further run needed"
+
+
+async def test_on_slow_blocks_the_owner_finishes_the_jobs_of_the_deposits_its_turn_paid(
+    mpesa_system: MpesaSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deposit whose job left the owned lane is paid in the owner's turn; its job then succeeds at once and arq
+    forgets it: no run comes only to find it paid (on Base, most deposits' second run). The job stays one run
+    with a line saying who paid it, and the deposit is paid once."""
+    system = mpesa_system
+    # The recheck is long here, so it is the owner that finishes the jobs, not a race with their next run.
+    monkeypatch.setattr(lane_module, "IN_FLIGHT_RECHECK_SECONDS", 120.0)
+    users = ["turn0", "turn1", "turn2"]
+    async with blocks_every(system, 600):  # no block until the test mines one
+        ids = [(await system.initiate(user, 1295)).json()["deposit_id"] for user in users]
+
+        async def signed_and_waiting() -> bool:
+            signed = await system.pool.fetchval("SELECT count(*) FROM payouts WHERE status = 'signed'")
+            waiting = await system.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'retrying'")
+            return bool(signed == 3 and waiting == 2)  # the owner's own job is still running its turn
+
+        await wait_for(signed_and_waiting)
+        await rpc(system, "evm_mine")
+        for user, deposit_id in zip(users, ids, strict=True):
+            await system.wait_status(user, deposit_id, "completed")
+        await wait_for(lambda: _all_succeeded(system))
+    jobs = await system.pool.fetch("SELECT * FROM jobs WHERE function = 'complete_mpesa_deposit' ORDER BY id")
+    assert [job["runs"] for job in jobs] == [1, 1, 1]
+    finished = [job for job in jobs if any(line.get("event") == PAID_MEANWHILE for line in job["logs"])]
+    assert len(finished) == 2
+    attempts = await system.pool.fetch(
+        "SELECT outcome FROM job_attempts WHERE job_id = ANY($1::text[])", [job["id"] for job in finished]
+    )
+    assert [a["outcome"] for a in attempts] == ["deferred", "deferred"]  # their one run; nothing ran after it
+    for job in jobs:  # arq forgot them: no job, no queue entry, no count of tries
+        assert not await system.queue.exists(job_key_prefix + job["id"], retry_key_prefix + job["id"])
+        assert await system.queue.zscore(arq_queue_of(JobName.COMPLETE_MPESA_DEPOSIT), job["id"]) is None
+    await paid_once_each(system, users)
+
+
+async def _all_succeeded(system: MpesaSystem) -> bool:
+    statuses = await system.pool.fetch("SELECT status FROM jobs WHERE function = 'complete_mpesa_deposit'")
+    return [row["status"] for row in statuses] == ["succeeded"] * 3
 
 
 @contextlib.asynccontextmanager
