@@ -70,7 +70,7 @@ async def complete_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
             if isinstance(lane, PayoutResult):
                 outcome = lane
             else:  # if this run owns the lane, the deposits its turn pays have their waiting jobs finished
-                paid = partial(finish_paid_jobs, deps.pool, deps.queue, paid_by=history.job_id)
+                paid = partial(finish_paid_jobs, queue=deps.queue, paid_by=history.job_id)
                 outcome = await pay_deposit(deps.pool, lane, deposit, deps.lane, paid)
     except TRANSIENT as exc:
         error = f"{type(exc).__name__}: {exc}"

@@ -22,9 +22,11 @@ from typing import Any
 import structlog
 from arq import cron
 from arq.connections import ArqRedis
-from arq.constants import health_check_key_suffix
+from arq.constants import health_check_key_suffix, in_progress_key_prefix
 from arq.cron import CronJob
+from arq.utils import timestamp_ms
 from arq.worker import Function, Worker, func
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from jobs.chain import scan_chain_tick
@@ -117,6 +119,18 @@ class _StartOnce:
                 self._done = True
 
 
+# arq's claim of a due job, as its start_jobs makes it in a WATCH/MULTI transaction: not in progress anywhere,
+# still queued, due; then marked in progress for the in-progress timeout. Returns the job's score, or nil.
+# KEYS: the job's in-progress key, the queue. ARGV: the job id, now (ms), the in-progress timeout (ms).
+_CLAIM = """
+if redis.call('exists', KEYS[1]) == 1 then return nil end
+local score = redis.call('zscore', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return nil end
+redis.call('psetex', KEYS[1], ARGV[3], '1')
+return score
+"""
+
+
 class QueueWorker(Worker):
     """One named queue's arq worker. While its queue is paused (a Redis key, `kiota/queues.py`) it takes
     no job: the check is made on each poll that finds due jobs, so a pause is honoured within one poll."""
@@ -125,23 +139,53 @@ class QueueWorker(Worker):
         super().__init__(queue_name=arq_queue_name(queue), ctx=ctx, **options)
         self.ctx = ctx  # shared by the process's queue workers (arq's `ctx or {}` would part an empty one)
         self.queue = queue
-        self.starting = 0  # jobs being started now (a few Redis round trips each): a stop lets them finish
+        self.starting = 0  # jobs being started now (a Redis round trip each): a stop lets them finish
+        self._claim_script: AsyncScript | None = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's, one job at a time. arq asks whether it may pick jobs once per poll, then starts the whole batch it
-        read (up to 100 jobs, a few Redis round trips each); a stop (SIGTERM, an outage) in the middle of it went on
-        starting jobs after the stop had counted those to wait for, and the process closed its pool under them (B7
-        saw five fail with "pool is closing" at one stop). Each job now starts only while jobs may be picked."""
+        """arq's (0.28, pinned), with two changes.
+        - One job at a time, only while jobs may be picked. arq asks whether it may pick jobs once per poll, then
+          starts the whole batch it read (up to 100 jobs); a stop (SIGTERM, an outage) in the middle of it went on
+          starting jobs after the stop had counted those to wait for, and the process closed its pool under them
+          (B7 saw five fail with "pool is closing" at one stop).
+        - A job is claimed in one round trip (`_CLAIM`), not arq's five (WATCH, EXISTS, ZSCORE, MULTI…EXEC,
+          UNWATCH): the same rule, atomic in Redis as arq's transaction is."""
         if job_ids and await paused_in_redis(self.pool, self.queue):
             return
-        for job_id in job_ids:
+        for job_id_b in job_ids:
             if not self.allow_pick_jobs:
                 return
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = job_id_b.decode()
             self.starting += 1
             try:
-                await super().start_jobs([job_id])
+                score = await self._claim(job_id)
+            except BaseException:
+                self.job_counter -= 1
+                self.sem.release()
+                raise
             finally:
                 self.starting -= 1
+            if score is None:  # begun elsewhere, gone, or deferred again meanwhile
+                self.job_counter -= 1
+                self.sem.release()
+                continue
+            task = self.loop.create_task(self.run_job(job_id, score))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
+    async def _claim(self, job_id: str) -> int | None:
+        """The job's queue score if this worker may run it now (it marked the job in progress), else None."""
+        if self._claim_script is None:
+            self._claim_script = self.pool.register_script(_CLAIM)
+        keys = [in_progress_key_prefix + job_id, self.queue_name]
+        args: list[str | int] = [job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)]
+        score = await self._claim_script(keys=keys, args=args)
+        return None if score is None else int(score)
 
     async def run_cron(self, n: datetime, delay: float, num_windows: int = 2) -> None:
         """A paused queue's cron ticks are skipped, not enqueued: each tick's id is its time, so held ones

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -29,14 +30,23 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 # (`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`): ~14 per M-Pesa deposit in B7, a fifth
 # of all statements. Here only a connection marked by `keeps_session_state` gets that reset; the others hold no
 # such state (no LISTEN, no cursor outside a transaction, no session SET or lock but through this module's
-# callers). An open transaction is rolled back on every release, as before (asyncpg's `_reset`).
-_SESSION_STATE: set[int] = set()
+# callers). An open transaction is rolled back on every release, as before (asyncpg's `_reset`). The count is of
+# statements that may have given state; one known to have given none (a lock not granted) takes its mark back.
+_SESSION_STATE: Counter[int] = Counter()
 
 
 def keeps_session_state(conn: Connection) -> None:
     """Say, before sending it, that a statement gives `conn`'s session state (a session lock, a setting): the
     pool then resets the connection in full when it is released, whatever happened in between."""
-    _SESSION_STATE.add(conn.get_server_pid())
+    _SESSION_STATE[conn.get_server_pid()] += 1
+
+
+def _gave_no_state(conn: Connection) -> None:
+    """The statement marked last by `keeps_session_state` is known to have given no state: its mark goes."""
+    pid = conn.get_server_pid()
+    _SESSION_STATE[pid] -= 1
+    if _SESSION_STATE[pid] <= 0:
+        del _SESSION_STATE[pid]
 
 
 async def _reset_on_release(conn: asyncpg.Connection) -> None:
@@ -45,7 +55,7 @@ async def _reset_on_release(conn: asyncpg.Connection) -> None:
     pid = conn.get_server_pid()
     if pid in _SESSION_STATE:
         await conn.execute(conn.get_reset_query())
-        _SESSION_STATE.discard(pid)
+        del _SESSION_STATE[pid]
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
@@ -129,7 +139,10 @@ async def try_advisory_lock(conn: Connection, key: int) -> bool:
     """A session-level advisory lock, freed by `advisory_unlock`, when the connection dies, or when a pool
     connection is released (`keeps_session_state`)."""
     keeps_session_state(conn)
-    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+    locked = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+    if not locked:  # most jobs that find their lane owned: no reset for them
+        _gave_no_state(conn)
+    return locked
 
 
 async def advisory_unlock(conn: Connection, key: int) -> None:

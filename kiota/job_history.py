@@ -12,6 +12,7 @@ counted as it happens and summed in Redis, since cleaning old rows here must not
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import time
@@ -108,29 +109,34 @@ async def enqueue_many(queue: ArqRedis, function: str, jobs: Sequence[tuple[str,
     return enqueued
 
 
-# Deferred jobs taken off arq's queue as arq's own end of a job takes them (keep_result=0: no result key): the
-# queue's entry, the job, its count of tries. Never a job a worker has begun (its in-progress key): that run ends it.
-# KEYS: the queue, then per job its in-progress, job and retry keys. ARGV: the job ids.
-_DROP_DEFERRED = """
-local dropped = 0
+# Jobs taken off arq's queue as arq's own end of a job takes them (keep_result=0: no result key): the queue's
+# entry, the job, its count of tries. Never a job a worker has begun (its in-progress key): that run ends it.
+# KEYS: the queue, then per job its in-progress, job and retry keys. ARGV: the job ids. Returns the ids dropped.
+_DROP_QUEUED = """
+local dropped = {}
 for i = 1, #ARGV do
     local at = 3 * i - 1
-    if redis.call('exists', KEYS[at]) == 0 then
-        dropped = dropped + redis.call('zrem', KEYS[1], ARGV[i])
+    if redis.call('exists', KEYS[at]) == 0 and redis.call('zrem', KEYS[1], ARGV[i]) == 1 then
         redis.call('del', KEYS[at + 1], KEYS[at + 2])
+        dropped[#dropped + 1] = ARGV[i]
     end
 end
 return dropped
 """
+# How long a lane owner waits for Redis to drop the jobs (it holds its lane meanwhile); past it, they run again.
+DROP_TIMEOUT_SECONDS = 1.0
 
 
-async def finish_paid_jobs(pool: Pool, queue: ArqRedis, deposit_ids: Sequence[uuid.UUID], paid_by: str) -> int:
-    """A lane owner's turn (job `paid_by`) has just paid these deposits: their jobs that wait for a later run (they
-    left the owned lane, kiota/payouts/lane.py) succeed now, and arq forgets them, so that run never comes: on
-    Base's 2-second blocks most deposits are paid this way, and a run only to find its deposit paid was a third of
-    the worker's work per deposit (bench B7). Returns how many. Failing loses nothing: a job left anywhere runs,
-    finds its deposit paid and succeeds, as before; so failures are logged, never raised into the lane.
-    (No run, so no attempt row and no `kiota_jobs_total` count: the job's last attempt stays the deferred one.)"""
+async def finish_paid_jobs(db: Executor, deposit_ids: Sequence[uuid.UUID], *, queue: ArqRedis, paid_by: str) -> int:
+    """A lane owner's turn (job `paid_by`) has just paid these deposits (`db`: its connection, free between its
+    statements). Their open jobs (PostgreSQL) still queued in arq, waiting for a later run (they left the owned lane,
+    kiota/payouts/lane.py), are taken off arq's queue, then recorded succeeded: that run never comes. On Base's
+    2-second blocks most deposits are paid this way; a run only to find its deposit paid was a third of the
+    worker's work per deposit (bench B7). Redis first: a job a worker has begun meanwhile is left to that run, and
+    a job dropped from Redis but not recorded (PostgreSQL failed) is open work Redis lacks, which the sweeper
+    queues again. Either way it runs once more, finds its deposit paid and succeeds, as before; so failures are
+    logged, never raised into the lane. No run, so no attempt row: counted as a success in `kiota_jobs_total`,
+    with no duration. Returns how many jobs were finished."""
     function = JobName.COMPLETE_MPESA_DEPOSIT
     line: dict[str, object] = {
         "event": "deposit paid in its lane owner's turn: no further run needed",
@@ -139,18 +145,22 @@ async def finish_paid_jobs(pool: Pool, queue: ArqRedis, deposit_ids: Sequence[uu
         "paid_in_turn_of": paid_by,
     }
     try:
-        finished = await store.jobs_paid_meanwhile(pool, [function.job_id(d) for d in deposit_ids], [line])
-        if finished:
-            keys = [arq_queue_of(function)]
-            for job_id in finished:
-                keys += [in_progress_key_prefix + job_id, job_key_prefix + job_id, retry_key_prefix + job_id]
-            await queue.register_script(_DROP_DEFERRED)(keys=keys, args=finished)
+        job_ids = await store.jobs_open_of_paid(db, [function.job_id(d) for d in deposit_ids])
+        if not job_ids:
+            return 0
+        keys = [arq_queue_of(function)]
+        for job_id in job_ids:
+            keys += [in_progress_key_prefix + job_id, job_key_prefix + job_id, retry_key_prefix + job_id]
+        async with asyncio.timeout(DROP_TIMEOUT_SECONDS):
+            dropped = [job_id.decode() for job_id in await queue.register_script(_DROP_QUEUED)(keys=keys, args=job_ids)]
+        finished = await store.jobs_paid_meanwhile(db, dropped, [line]) if dropped else 0
     except Exception as exc:
-        log.warning(
-            "could not finish the jobs of deposits paid meanwhile; they run again", error=f"{type(exc).__name__}: {exc}"
-        )
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning("could not finish the jobs of deposits paid meanwhile; they run again", error=error)
         return 0
-    return len(finished)
+    if finished:
+        metrics.tally.count(metrics.JOBS, function, "succeeded", amount=finished)
+    return finished
 
 
 def error_detail(error: str, cause: BaseException | None) -> str:

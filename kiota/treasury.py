@@ -107,18 +107,21 @@ class BlockPace:
     head_at_send: int | None = None
     mined_on_send: bool | None = None  # what the last judged send showed (None: none yet)
 
-    def observe(self, head: int, now: float) -> None:
+    def observe(self, head: int, now: float, asked_at: float | None = None) -> None:
+        """The node said `head` at `now`, to a question asked at `asked_at` (default `now`). Several owners share
+        the pace, so a reply may come late, after another owner's send: an answer to a question asked before the
+        last send tells nothing of that send, and "not moved" counts from when it was asked."""
+        asked_at = now if asked_at is None else asked_at
         if self.head is not None and head > self.head:
             self.seconds_per_block = (now - self.seen_at) / (head - self.head)
         if self.head is None or head > self.head:  # a lower head (a reorg, another node) is not a block
             self.head, self.seen_at = head, now
-        if self.sent_at is not None and self.head_at_send is not None:
-            since = now - self.sent_at
+        if self.sent_at is not None and self.head_at_send is not None and asked_at >= self.sent_at:
             if head > self.head_at_send:
-                if since <= MINED_ON_SEND_SECONDS:
+                if now - self.sent_at <= MINED_ON_SEND_SECONDS:
                     self.mined_on_send = True
                 self.sent_at = None
-            elif head == self.head_at_send and since >= AUTOMINE_LAG_SECONDS:
+            elif head == self.head_at_send and asked_at - self.sent_at >= AUTOMINE_LAG_SECONDS:
                 self.mined_on_send, self.sent_at = False, None
             # else too soon to tell, or a lower head (a reorg, another node): a later look tells
 
@@ -169,8 +172,9 @@ class Treasury:
             raise ChainUnavailable(f"RPC failed: {exc}") from exc
 
     async def head(self) -> int:
+        asked_at = time.monotonic()
         head = int(await self._call("eth_blockNumber"), 16)
-        self.pace.observe(head, time.monotonic())
+        self.pace.observe(head, time.monotonic(), asked_at)
         return head
 
     async def fee_quote(self) -> Fees:

@@ -126,9 +126,10 @@ async def treasury_lane(
             await advisory_unlock(conn, key)
 
 
-# Told, after each settling transaction of an owner's turn, which deposits it paid (the jobs layer finishes their
-# jobs that wait for a later run: kiota/job_history.py `finish_paid_jobs`). It must not raise.
-PaidHook = Callable[[list[uuid.UUID]], Awaitable[object]]
+# Told, after each settling transaction of an owner's turn, which deposits it paid, with the owner's connection
+# (the jobs layer finishes their jobs that wait for a later run: kiota/job_history.py `finish_paid_jobs`). It
+# must not raise, and must be quick: the owner holds its lane meanwhile.
+PaidHook = Callable[[Connection, list[uuid.UUID]], Awaitable[object]]
 
 
 async def pay_deposit(
@@ -470,7 +471,7 @@ class Pipeline:
         # makes blocks faster than the owner looks (automine: a block per transaction).
         await settle(self.conn, self.treasury, mined)
         if mined and self.on_paid is not None:
-            await self.on_paid([m.payee.deposit.id for m in mined])
+            await self.on_paid(self.conn, [m.payee.deposit.id for m in mined])
         for m in mined:
             self.results[m.payout_id] = PayoutResult(PayoutOutcome.COMPLETED, m.receipt.tx_hash)
             done.add(m.payout_id)

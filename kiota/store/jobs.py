@@ -42,10 +42,14 @@ async def job_succeeded(db: Executor, job_id: str, logs: Logs, progress: dict[st
     await db.execute(load_queries().job_succeeded, job_id, logs, progress)
 
 
-async def jobs_paid_meanwhile(db: Executor, job_ids: list[str], logs: Logs) -> list[str]:
-    """Of these deposit jobs, those waiting for a later run whose deposits are paid now: succeeded, with `logs`."""
-    rows = await db.fetch(load_queries().jobs_paid_meanwhile, job_ids, logs)
-    return [row["id"] for row in rows]
+async def jobs_open_of_paid(db: Executor, job_ids: list[str]) -> list[str]:
+    """Of these deposit jobs, the open ones (queued, or waiting for a later run) whose deposits are completed."""
+    return [row["id"] for row in await db.fetch(load_queries().jobs_open_of_paid, job_ids)]
+
+
+async def jobs_paid_meanwhile(db: Executor, job_ids: list[str], logs: Logs) -> int:
+    """These deposit jobs, taken off arq's queue, whose deposits are paid: succeeded, with `logs`; how many."""
+    return int(await db.fetchval(load_queries().jobs_paid_meanwhile, job_ids, logs))
 
 
 async def job_failed_once(db: Executor, job_id: str, error: str, retry_in: float, detail: str, logs: Logs) -> int:

@@ -38,20 +38,27 @@ WITH job AS (
 UPDATE job_attempts a SET finished_at = now(), outcome = 'succeeded'
 FROM job WHERE a.job_id = job.id AND a.attempt = job.runs AND a.finished_at IS NULL;
 
+-- name: jobs_open_of_paid
+-- Of these deposit jobs, the open ones (queued, or waiting for a later run) whose deposits are completed.
+SELECT j.id FROM jobs j JOIN deposits d ON d.id = j.deposit_id
+WHERE j.id = ANY($1::text[]) AND j.status IN ('queued', 'retrying') AND d.status = 'completed';
+
 -- name: jobs_paid_meanwhile
--- Deposit jobs waiting for a later run (stored 'retrying') whose deposits a lane owner's turn has just paid
--- (kiota/job_history.py `finish_paid_jobs`): they succeed now, with a line saying so; their next run is not
--- needed. Only a completed deposit's; a row another statement holds (its own run recording) is left to that run.
+-- Deposit jobs a lane owner took off arq's queue (kiota/job_history.py `finish_paid_jobs`), their deposits paid in
+-- its turn: they succeed now, with a line saying so; the run they waited for never comes. Only open ones
+-- (queued, or waiting for a later run) of completed deposits; a row another statement holds is left as it is.
 WITH paid AS (
     SELECT j.id FROM jobs j JOIN deposits d ON d.id = j.deposit_id
-    WHERE j.id = ANY($1::text[]) AND j.status = 'retrying' AND d.status = 'completed'
+    WHERE j.id = ANY($1::text[]) AND j.status IN ('queued', 'retrying') AND d.status = 'completed'
     ORDER BY j.id FOR UPDATE OF j SKIP LOCKED
+), done AS (
+    UPDATE jobs j
+    SET status = 'succeeded', finished_at = now(), updated_at = now(), next_run_at = NULL, blocked_reason = NULL,
+        last_outcome = 'succeeded', logs = job_logs_append(j.logs, $2)
+    FROM paid WHERE j.id = paid.id
+    RETURNING j.id
 )
-UPDATE jobs j
-SET status = 'succeeded', finished_at = now(), updated_at = now(), blocked_reason = NULL,
-    logs = job_logs_append(j.logs, $2)
-FROM paid WHERE j.id = paid.id
-RETURNING j.id;
+SELECT count(*) FROM done;
 
 -- name: job_failed_once
 WITH job AS (

@@ -160,9 +160,10 @@ async def test_an_unknown_job_is_404_and_no_admin_credentials_401(
 async def test_a_lane_owner_finishes_only_the_waiting_jobs_of_deposits_it_paid_and_arq_forgets_them(
     pool: asyncpg.Pool, redis_url: str
 ) -> None:
-    """`finish_paid_jobs` (a lane owner's turn paid these deposits): a job waiting for a later run succeeds and
-    leaves arq's queue; a job a worker has begun is left to that run in arq; a job still running, or of a deposit
-    not paid, is not touched; with Redis gone nothing is raised (the job runs again and finds its deposit paid)."""
+    """`finish_paid_jobs` (a lane owner's turn paid these deposits): a job waiting for a later run leaves arq's
+    queue and succeeds; one a worker has begun meanwhile, one still running, and one of a deposit not paid (never
+    passed by a lane; here to show it is not trusted) are not touched, here or in arq. With Redis gone nothing is
+    raised and nothing changes: the job runs again and finds its deposit paid."""
     queue = create_queue(redis_url)
     function = JobName.COMPLETE_MPESA_DEPOSIT
     arq_queue = arq_queue_of(function)
@@ -177,18 +178,22 @@ async def test_a_lane_owner_finishes_only_the_waiting_jobs_of_deposits_it_paid_a
             await history.started()
             if deposit_id != running:
                 await history.waiting(60)
-        await queue.set(in_progress_key_prefix + complete_job_id(begun), b"1")  # a worker has just begun it
+        for deposit_id in (begun, running):  # a worker has begun it (again, or still runs it)
+            await queue.set(in_progress_key_prefix + complete_job_id(deposit_id), b"1")
 
-        assert await finish_paid_jobs(pool, queue, [paid, begun, running, unpaid], paid_by="owner:1") == 2
+        paid_now = [paid, begun, running, unpaid]
+        assert await finish_paid_jobs(pool, paid_now, queue=queue, paid_by="owner:1") == 1
 
         statuses = {r["deposit_id"]: r["status"] for r in await pool.fetch("SELECT deposit_id, status FROM jobs")}
-        assert statuses == {paid: "succeeded", begun: "succeeded", running: "running", unpaid: "retrying"}
+        assert statuses == {paid: "succeeded", begun: "retrying", running: "running", unpaid: "retrying"}
         logs = await pool.fetchval("SELECT logs FROM jobs WHERE deposit_id = $1", paid)
         assert logs[-1]["event"] == "deposit paid in its lane owner's turn: no further run needed"
         assert logs[-1]["paid_in_turn_of"] == "owner:1"
         in_arq = {d: await queue.zscore(arq_queue, complete_job_id(d)) is not None for d in statuses}
         assert in_arq == {paid: False, begun: True, running: True, unpaid: True}
         assert not await queue.exists(job_key_prefix + complete_job_id(paid), retry_key_prefix + complete_job_id(paid))
+        row = await pool.fetchrow("SELECT * FROM jobs WHERE deposit_id = $1", paid)
+        assert row["next_run_at"] is None and row["last_outcome"] == "succeeded" and row["finished_at"] is not None
     finally:
         await queue.aclose(close_connection_pool=True)
 
@@ -200,7 +205,8 @@ async def test_a_lane_owner_finishes_only_the_waiting_jobs_of_deposits_it_paid_a
         history = JobHistory(pool, complete_job_id(again))
         await history.started()
         await history.waiting(60)
-        assert await finish_paid_jobs(pool, gone, [again], paid_by="owner:2") == 0
+        assert await finish_paid_jobs(pool, [again], queue=gone, paid_by="owner:2") == 0
+        assert await pool.fetchval("SELECT status FROM jobs WHERE deposit_id = $1", again) == "retrying"
     finally:
         await gone.aclose(close_connection_pool=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -82,5 +83,51 @@ async def test_a_running_job_put_back_after_redis_restarted_empty_is_held_as_arq
         finally:
             await worker.close()
         assert worker.jobs_complete == 1 and worker.jobs_failed == 0
+    finally:
+        await queue.aclose(close_connection_pool=True)
+
+
+async def test_a_worker_claims_a_job_in_one_round_trip_under_arqs_rule(redis_url: str) -> None:
+    """QueueWorker's claim (jobs/worker.py `_CLAIM`) keeps arq's rule: a due, queued job not in progress anywhere
+    is claimed once, marked in progress for the in-progress timeout; a deferred, a gone or a begun one is not.
+    Two workers racing for the same jobs start each once."""
+    from arq.worker import func as arq_func
+
+    from jobs.worker import QueueWorker
+    from kiota.job_names import Queue, arq_queue_name
+    from kiota.queue import deserialize_job, serialize_job
+
+    queue = create_queue(redis_url)
+    name = arq_queue_name(Queue.PAYOUTS)
+
+    def worker() -> QueueWorker:
+        return QueueWorker(
+            Queue.PAYOUTS,
+            ctx={},
+            functions=[arq_func(noop_job, name="noop_job")],
+            redis_pool=queue,
+            job_serializer=serialize_job,
+            job_deserializer=deserialize_job,
+            handle_signals=False,
+            job_timeout=40,
+        )
+
+    first, second = worker(), worker()
+    try:
+        await queue.enqueue_job("noop_job", "due", _job_id="noop_job:due", _queue_name=name)
+        await queue.enqueue_job("noop_job", "later", _job_id="noop_job:later", _queue_name=name, _defer_by=60)
+        score = await queue.zscore(name, "noop_job:due")
+        assert await first._claim("noop_job:due") == score
+        assert 49_000 < await queue.pttl("arq:in-progress:noop_job:due") <= 50_000  # job_timeout + 10 s
+        assert await second._claim("noop_job:due") is None  # begun by the first
+        assert await first._claim("noop_job:later") is None  # not due
+        assert await first._claim("noop_job:gone") is None  # not queued
+        assert not await queue.exists("arq:in-progress:noop_job:later", "arq:in-progress:noop_job:gone")
+
+        ids = [f"noop_job:race{n}" for n in range(30)]
+        for job_id in ids:
+            await queue.enqueue_job("noop_job", job_id, _job_id=job_id, _queue_name=name)
+        claims = await asyncio.gather(*(w._claim(job_id) for job_id in ids for w in (first, second)))
+        assert sum(claim is not None for claim in claims) == len(ids)
     finally:
         await queue.aclose(close_connection_pool=True)

@@ -66,15 +66,24 @@ async def test_an_open_transaction_is_rolled_back_when_its_connection_goes_back(
         assert await conn.fetchval("SELECT count(*) FROM left_open") == 0
 
 
-async def test_only_a_connection_that_held_session_state_pays_the_reset_round_trip(one_connection: Pool) -> None:
+async def test_only_a_connection_that_held_session_state_pays_the_reset_round_trip(
+    one_connection: Pool, database_url: str
+) -> None:
     sent: list[str] = []
     async with one_connection.acquire() as conn:
         conn.add_query_logger(lambda record: sent.append(record.query))
         await conn.fetchval("SELECT 1")
+    other = await asyncpg.connect(database_url)
+    try:
+        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", KEY)
+        async with one_connection.acquire() as conn:  # a lock not granted (the lane is owned): no state
+            assert not await try_advisory_lock(conn, KEY)
+    finally:
+        await other.close()
     async with one_connection.acquire() as conn:
         assert await try_advisory_lock(conn, KEY)
     async with one_connection.acquire() as conn:
         await conn.fetchval("SELECT 2")
-    resets = [query for query in sent if "pg_advisory_unlock_all" in query]
-    assert len(resets) == 1, sent  # after the lock's loan only
-    assert sent.index(resets[0]) == sent.index("SELECT pg_try_advisory_lock($1)") + 1
+    resets = [n for n, query in enumerate(sent) if "pg_advisory_unlock_all" in query]
+    locks = [n for n, query in enumerate(sent) if query == "SELECT pg_try_advisory_lock($1)"]
+    assert len(locks) == 2 and resets == [locks[1] + 1], sent  # after the granted lock's loan only

@@ -117,6 +117,21 @@ def test_whether_a_send_waits_for_its_block_is_told_by_how_soon_the_head_moves_a
     assert not automine.waits_for_blocks()
     assert automine.seconds_per_block == pytest.approx(5.004)  # what the time between heads would have said
 
+    # One pace for a process's owners: another owner's look, asked before this send and answered late (a busy
+    # loop), still says the old head; it tells nothing of the send. Its own later look does.
+    shared = BlockPace()
+    shared.observe(7, now=0.0)
+    shared.sent(1.0, head_before=7)
+    shared.observe(7, now=1.2, asked_at=0.99)
+    assert shared.sent_at == 1.0 and not shared.waits_for_blocks()
+    shared.observe(8, now=1.21, asked_at=1.2)  # mined on send (its reply seen late: not within 100 ms of the send)
+    assert not shared.waits_for_blocks()
+    shared.sent(2.0, head_before=8)
+    shared.observe(8, now=2.1, asked_at=2.03)  # asked only 30 ms after the send: too soon to say it waited
+    assert not shared.waits_for_blocks()
+    shared.observe(8, now=2.2, asked_at=2.06)
+    assert shared.waits_for_blocks()
+
 
 @pytest.mark.parametrize(("seconds_per_block", "quick"), [(2.0, False), (0.05, True)])
 def test_after_a_send_the_owner_looks_again_within_ms_only_on_a_chain_that_mines_as_it_is_sent(
