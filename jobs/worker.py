@@ -156,7 +156,7 @@ class QueueWorker(Worker):
             if not self.allow_pick_jobs:
                 return
             await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
+            if self.job_counter >= self.max_jobs or not self.allow_pick_jobs:  # (a stop came while it waited)
                 self.sem.release()
                 return
             self.job_counter += 1

@@ -129,8 +129,8 @@ DROP_TIMEOUT_SECONDS = 1.0
 
 async def finish_paid_jobs(db: Executor, deposit_ids: Sequence[uuid.UUID], *, queue: ArqRedis, paid_by: str) -> int:
     """A lane owner's turn (job `paid_by`) has just paid these deposits (`db`: its connection, free between its
-    statements). Their open jobs (PostgreSQL) still queued in arq, waiting for a later run (they left the owned lane,
-    kiota/payouts/lane.py), are taken off arq's queue, then recorded succeeded: that run never comes. On Base's
+    statements). Their jobs waiting for a later run (stored 'retrying'; they left the owned lane,
+    kiota/payouts/lane.py) are taken off arq's queue, then recorded succeeded: that run never comes. On Base's
     2-second blocks most deposits are paid this way; a run only to find its deposit paid was a third of the
     worker's work per deposit (bench B7). Redis first: a job a worker has begun meanwhile is left to that run, and
     a job dropped from Redis but not recorded (PostgreSQL failed) is open work Redis lacks, which the sweeper

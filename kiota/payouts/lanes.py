@@ -120,21 +120,21 @@ async def choose_lane(pool: Pool, treasuries: Sequence[Treasury], deposit_id: uu
     A result instead when no lane can pay it now (every lane paused, or no treasury's free USDC covers it), or when
     the deposit is no longer processing (a run after its payout was settled: paid)."""
     by_address = {t.address.lower(): t for t in treasuries}
+    lanes = treasuries[0].lanes
+    chain_id = treasuries[0].chain_id
     async with pool.acquire() as conn:
-        deposit = await store.deposit_route(conn, deposit_id)
+        deposit = await store.deposit_route(conn, deposit_id, chain_id)
         if deposit is None:
             return not_processing(None)
         decided = _signed_or_done(deposit, by_address)
         if decided is not None:
             return decided
-        lanes = treasuries[0].lanes
-        chain_id = treasuries[0].chain_id
-        paused = await paused_lanes(conn, chain_id, lanes)
+        paused = [address.lower() in deposit.paused for address in lanes]  # as `paused_lanes` reads them
         short = [False] * len(lanes)
         amount, funds = None, {}
         if len(lanes) > 1 and not all(paused):
             amount = deposit.amount_micro
-            funds = await store.treasury_funds(conn, chain_id)
+            funds = deposit.funds
             short = [not may_cover(funds.get(address.lower()), amount) for address in lanes]
         slot = slot_of(deposit_id, len(lanes))
         if all(paused):

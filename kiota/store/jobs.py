@@ -43,7 +43,7 @@ async def job_succeeded(db: Executor, job_id: str, logs: Logs, progress: dict[st
 
 
 async def jobs_open_of_paid(db: Executor, job_ids: list[str]) -> list[str]:
-    """Of these deposit jobs, the open ones (queued, or waiting for a later run) whose deposits are completed."""
+    """Of these deposit jobs, those waiting for a later run whose deposits are completed."""
     return [row["id"] for row in await db.fetch(load_queries().jobs_open_of_paid, job_ids)]
 
 

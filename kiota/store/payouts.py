@@ -146,21 +146,26 @@ async def treasury_funds(db: Executor, chain_id: int) -> dict[str, TreasuryFunds
 
 @dataclass(frozen=True, slots=True)
 class DepositRoute:
-    """What choosing a deposit's lane reads of it: its status, USDC (micro-units) and paying transaction, and the
-    treasury whose payout of it may still be mined (signed or being cancelled), if one is."""
+    """What choosing a deposit's lane reads: the deposit's status, USDC (micro-units) and paying transaction, the
+    treasury whose payout of it may still be mined (signed or being cancelled), if one is; and the chain's paused
+    lanes (lower-cased addresses) and treasuries' funds (as `treasury_funds` gives them)."""
 
     status: str
     amount_micro: int
     tx_hash: str | None
     signed_by: str | None
+    paused: frozenset[str]
+    funds: dict[str, TreasuryFunds]
 
 
-async def deposit_route(db: Executor, deposit_id: uuid.UUID) -> DepositRoute | None:
+async def deposit_route(db: Executor, deposit_id: uuid.UUID, chain_id: int) -> DepositRoute | None:
     """None: no such deposit."""
-    row = await db.fetchrow(load_queries().deposit_route, deposit_id)
+    row = await db.fetchrow(load_queries().deposit_route, deposit_id, chain_id)
     if row is None:
         return None
-    return DepositRoute(row["status"], int(row["amount_usdc"]), row["tx_hash"], row["signed_by"])
+    funds = {f["address"].lower(): TreasuryFunds(int(f["free"]), float(f["age"])) for f in row["funds"]}
+    paused = frozenset(address.lower() for address in row["paused"])
+    return DepositRoute(row["status"], int(row["amount_usdc"]), row["tx_hash"], row["signed_by"], paused, funds)
 
 
 async def lock_caps(conn: Connection, key: int) -> None:

@@ -39,17 +39,18 @@ UPDATE job_attempts a SET finished_at = now(), outcome = 'succeeded'
 FROM job WHERE a.job_id = job.id AND a.attempt = job.runs AND a.finished_at IS NULL;
 
 -- name: jobs_open_of_paid
--- Of these deposit jobs, the open ones (queued, or waiting for a later run) whose deposits are completed.
+-- Of these deposit jobs, those waiting for a later run (their last attempt ended) whose deposits are completed. A
+-- queued one is left to run: it may hold an attempt a dead worker left open, which only its next start closes.
 SELECT j.id FROM jobs j JOIN deposits d ON d.id = j.deposit_id
-WHERE j.id = ANY($1::text[]) AND j.status IN ('queued', 'retrying') AND d.status = 'completed';
+WHERE j.id = ANY($1::text[]) AND j.status = 'retrying' AND d.status = 'completed';
 
 -- name: jobs_paid_meanwhile
 -- Deposit jobs a lane owner took off arq's queue (kiota/job_history.py `finish_paid_jobs`), their deposits paid in
--- its turn: they succeed now, with a line saying so; the run they waited for never comes. Only open ones
--- (queued, or waiting for a later run) of completed deposits; a row another statement holds is left as it is.
+-- its turn: they succeed now, with a line saying so; the run they waited for never comes. Only those still waiting
+-- for it, of completed deposits; a row another statement holds is left as it is.
 WITH paid AS (
     SELECT j.id FROM jobs j JOIN deposits d ON d.id = j.deposit_id
-    WHERE j.id = ANY($1::text[]) AND j.status IN ('queued', 'retrying') AND d.status = 'completed'
+    WHERE j.id = ANY($1::text[]) AND j.status = 'retrying' AND d.status = 'completed'
     ORDER BY j.id FOR UPDATE OF j SKIP LOCKED
 ), done AS (
     UPDATE jobs j

@@ -65,12 +65,18 @@ SELECT address, free_usdc_micro, extract(epoch FROM now() - read_at)::float8 AS 
 FROM treasury_funds WHERE chain_id = $1;
 
 -- name: deposit_route
--- What choosing a deposit's lane reads of it (kiota/payouts/lanes.py), in one statement: its status, amount and
+-- What choosing a deposit's lane reads (kiota/payouts/lanes.py), in one statement: the deposit's status, amount and
 -- paying transaction, and the treasury of its payout that may still be mined (signed, or given up on and not yet
--- decided), if any: that payout's lane alone re-sends, replaces and settles it. No row: no such deposit.
+-- decided), if any: that payout's lane alone re-sends, replaces and settles it. And, on the chain ($2), the
+-- treasuries whose lanes are paused, and each treasury's last-read free USDC with its age in seconds (as
+-- `treasury_lanes` and `treasury_funds` read them). No row: no such deposit.
 SELECT d.status, d.amount_usdc, d.tx_hash,
     (SELECT p.from_address FROM payouts p
-     WHERE p.deposit_id = d.id AND p.status IN ('signed', 'cancelling') ORDER BY p.id LIMIT 1) AS signed_by
+     WHERE p.deposit_id = d.id AND p.status IN ('signed', 'cancelling') ORDER BY p.id LIMIT 1) AS signed_by,
+    (SELECT coalesce(array_agg(l.address), '{}') FROM treasury_lanes l WHERE l.chain_id = $2 AND l.paused) AS paused,
+    (SELECT coalesce(jsonb_agg(jsonb_build_object(
+         'address', f.address, 'free', f.free_usdc_micro, 'age', extract(epoch FROM now() - f.read_at)::float8)), '[]')
+     FROM treasury_funds f WHERE f.chain_id = $2) AS funds
 FROM deposits d WHERE d.id = $1;
 
 -- name: caps_lock
