@@ -105,7 +105,8 @@ class BlockPace:
     seconds_per_block: float | None = None
     sent_at: float | None = None  # the last send not yet judged, and the head then
     head_at_send: int | None = None
-    mined_on_send: bool | None = None  # what the last judged send showed (None: none yet)
+    mined_on_send: bool | None = None  # what judged sends showed (None: none yet); see `_judged`
+    last_verdict: bool | None = None  # the last judged send's
 
     def observe(self, head: int, now: float, asked_at: float | None = None) -> None:
         """The node said `head` at `now`, to a question asked at `asked_at` (default `now`). Several owners share
@@ -119,11 +120,22 @@ class BlockPace:
         if self.sent_at is not None and self.head_at_send is not None and asked_at >= self.sent_at:
             if head > self.head_at_send:
                 if now - self.sent_at <= MINED_ON_SEND_SECONDS:
-                    self.mined_on_send = True
+                    self._judged(mined=True)
                 self.sent_at = None
             elif head == self.head_at_send and asked_at - self.sent_at >= AUTOMINE_LAG_SECONDS:
-                self.mined_on_send, self.sent_at = False, None
+                self._judged(mined=False)
+                self.sent_at = None
             # else too soon to tell, or a lower head (a reorg, another node): a later look tells
+
+    def _judged(self, *, mined: bool) -> None:
+        """A send's verdict. The first one sets the pace; after it, the pace changes only on two verdicts in a row
+        that differ from it. On a chain of 2-second blocks a block comes within 100 ms of a send by chance (one send
+        in twenty, or more: the head a send is judged against may be a poll old), and one such send read as
+        "mined as sent" made every job wait in its slot for owned lanes until the next send was judged (B7 ×4 at
+        100/s: 66/s in one run of two). Two in a row by chance are rare: sends come tens of ms apart, blocks 2 s."""
+        if self.mined_on_send is None or mined == self.last_verdict:
+            self.mined_on_send = mined
+        self.last_verdict = mined
 
     def sent(self, now: float, head_before: int | None) -> None:
         """A lane owner just sent transactions, the head being `head_before` when it began (a replacement's own look

@@ -133,6 +133,26 @@ def test_whether_a_send_waits_for_its_block_is_told_by_how_soon_the_head_moves_a
     assert shared.waits_for_blocks()
 
 
+def test_one_send_that_looks_mined_by_chance_does_not_change_the_pace() -> None:
+    # 2-second blocks: a block that comes within 100 ms of one send is chance, not automine. Two in a row change it.
+    pace = BlockPace()
+    pace.observe(10, now=0.0)
+    pace.sent(0.5, head_before=10)
+    pace.observe(10, now=0.6)
+    assert pace.waits_for_blocks()
+    pace.sent(1.95, head_before=10)
+    pace.observe(11, now=2.0)  # the block came 50 ms after this send
+    assert pace.waits_for_blocks()
+    pace.sent(2.05, head_before=11)
+    pace.observe(11, now=2.15)  # the next send waits again
+    pace.sent(3.95, head_before=11)
+    pace.observe(12, now=3.99)
+    assert pace.waits_for_blocks()
+    pace.sent(4.0, head_before=12)
+    pace.observe(13, now=4.01)  # two in a row: the chain mines as it is sent now
+    assert not pace.waits_for_blocks()
+
+
 @pytest.mark.parametrize(("seconds_per_block", "quick"), [(2.0, False), (0.05, True)])
 def test_after_a_send_the_owner_looks_again_within_ms_only_on_a_chain_that_mines_as_it_is_sent(
     seconds_per_block: float, quick: bool
