@@ -146,7 +146,7 @@ class BlockPace:
         return self.seconds_per_block is not None and self.seconds_per_block < seconds
 
     def waits_for_blocks(self) -> bool:
-        """The last send this process judged had to wait for a block (False: not known yet)."""
+        """Sends wait for their blocks, as this process judged them (`_judged`; False: not known yet)."""
         return self.mined_on_send is False
 
 

@@ -167,7 +167,7 @@ async def pay_deposit(
                 log.warning("nonce filler failed this turn", error=str(exc))
             status = await store.deposit_status(conn, deposit_id)
             if status != "processing":  # settled above: its abandoned payout was mined after all
-                return not_processing(status)  # paid: its abandoned payout was mined after all
+                return not_processing(status)
             return await _pay_in_lane(conn, treasury, guards, payee, config, on_paid)
     except LaneBusy as exc:  # slow blocks, no wait: its owner signs it, or a later run takes the lane over
         return PayoutResult(PayoutOutcome.WAITING, str(exc), None if wait else IN_FLIGHT_RECHECK_SECONDS)
