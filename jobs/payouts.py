@@ -43,6 +43,7 @@ from kiota.store.deposits import processing_since
 log = structlog.get_logger(__name__)
 
 NEEDS_REVIEW = "needs_review"
+RUN_AGAIN_SECONDS = 0.1
 # Failures that may pass: the RPC, the database connection, the network.
 TRANSIENT = (ChainUnavailable, *MAY_PASS, OSError, TimeoutError)
 
@@ -96,7 +97,8 @@ async def _carry_out(
     """Do what the policy said: record it in the job history, and return or raise for arq."""
     match step:
         case Done(result):
-            await history.succeeded()
+            if await history.succeeded():  # an operator's retry came during this run: it runs again now
+                raise Retry(defer=RUN_AGAIN_SECONDS)
             return result
         case WaitAgain(seconds):  # not a failure
             await history.waiting(seconds)

@@ -192,9 +192,12 @@ class JobHistory:
         run = await store.job_started(self._pool, self.job_id, self.worker_id)
         return run.failures if run is not None else 0
 
-    async def succeeded(self) -> None:
-        await store.job_succeeded(self._pool, self.job_id, _logs_of(self.job_id))
+    async def succeeded(self) -> bool:
+        """The run succeeded. True when the job was queued again during it (an operator's retry, whose enqueue arq
+        refused while this run held the job id): it is left queued, and the caller runs it again."""
+        queued_again = await store.job_succeeded(self._pool, self.job_id, _logs_of(self.job_id))
         self._ended("succeeded")
+        return queued_again
 
     async def failed_once(self, error: str, retry_in: float, cause: BaseException | None = None) -> int:
         detail = error_detail(error, cause)

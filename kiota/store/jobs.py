@@ -38,8 +38,9 @@ async def job_started(db: Executor, job_id: str, worker_id: str | None) -> JobRu
 # Each end of a run closes its attempt and appends `logs` (the run's own log lines) in the same statement.
 
 
-async def job_succeeded(db: Executor, job_id: str, logs: Logs, progress: dict[str, object] | None = None) -> None:
-    await db.execute(load_queries().job_succeeded, job_id, logs, progress)
+async def job_succeeded(db: Executor, job_id: str, logs: Logs, progress: dict[str, object] | None = None) -> bool:
+    """The run succeeded; True when the job was queued again during it (not recorded: it must run again)."""
+    return bool(await db.fetchval(load_queries().job_succeeded, job_id, logs, progress))
 
 
 async def jobs_open_of_paid(db: Executor, job_ids: list[str]) -> list[str]:

@@ -28,15 +28,20 @@ SELECT * FROM job;
 -- traceback) and appends the run's log lines ($N, a jsonb array or NULL), in the same statement.
 
 -- name: job_succeeded
+-- Only a job still running: one queued again during the run (an operator's retry, whose enqueue arq refused while
+-- the run held the job id) keeps 'queued', and the run says so (`queued_again`), so that it runs again; a
+-- cancelled one stays cancelled. Its attempt is then closed as interrupted by its next start.
 WITH job AS (
     UPDATE jobs
     SET status = 'succeeded', finished_at = now(), updated_at = now(), blocked_reason = NULL,
         last_outcome = 'succeeded', logs = job_logs_append(logs, $2), progress = coalesce($3, progress)
-    WHERE id = $1 AND status <> 'cancelled'
+    WHERE id = $1 AND status = 'running'
     RETURNING id, runs
+), ended AS (
+    UPDATE job_attempts a SET finished_at = now(), outcome = 'succeeded'
+    FROM job WHERE a.job_id = job.id AND a.attempt = job.runs AND a.finished_at IS NULL
 )
-UPDATE job_attempts a SET finished_at = now(), outcome = 'succeeded'
-FROM job WHERE a.job_id = job.id AND a.attempt = job.runs AND a.finished_at IS NULL;
+SELECT NOT EXISTS (SELECT 1 FROM job) AND (SELECT status FROM jobs WHERE id = $1) = 'queued' AS queued_again;
 
 -- name: jobs_open_of_paid
 -- Of these deposit jobs, those waiting for a later run (their last attempt ended) whose deposits are completed. A

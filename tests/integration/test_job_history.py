@@ -217,3 +217,23 @@ async def _paid(pool: asyncpg.Pool, *deposit_ids: uuid.UUID) -> None:
         "WHERE id = ANY($1::uuid[])",
         list(deposit_ids),
     )
+
+
+async def test_a_run_that_ends_after_an_operator_queued_its_job_again_leaves_it_queued_and_says_so(
+    pool: asyncpg.Pool,
+) -> None:
+    """An operator's retry during a run (arq refuses its enqueue while the run holds the job id) must not be
+    overwritten by the run's success: the deposit would stay processing with its job 'succeeded', and no sweeper
+    queues a succeeded job. The run learns it was queued again (and its job, jobs/payouts.py, runs again)."""
+    plain, retried, cancelled = [await deposit(pool, "processing") for _ in range(3)]
+    for deposit_id in (plain, retried, cancelled):
+        await record_job(pool, complete_job_id(deposit_id), JobName.COMPLETE_MPESA_DEPOSIT, deposit_id)
+        await JobHistory(pool, complete_job_id(deposit_id)).started()
+    await record_job(pool, complete_job_id(retried), JobName.COMPLETE_MPESA_DEPOSIT, retried, reset=True)
+    await pool.execute("UPDATE jobs SET status = 'cancelled' WHERE id = $1", complete_job_id(cancelled))
+
+    ends = {d: await JobHistory(pool, complete_job_id(d)).succeeded() for d in (plain, retried, cancelled)}
+
+    assert ends == {plain: False, retried: True, cancelled: False}
+    statuses = {r["deposit_id"]: r["status"] for r in await pool.fetch("SELECT deposit_id, status FROM jobs")}
+    assert statuses == {plain: "succeeded", retried: "queued", cancelled: "cancelled"}
