@@ -136,5 +136,6 @@ async def query_mpesa_deposit(ctx: dict[str, Any], deposit_id: str) -> str:
     outcome = await query_deposit(deps.pool, deps.daraja, uuid.UUID(deposit_id), deps.query_backoff_seconds)
     if outcome.enqueue_job_id:
         await enqueue(deps.queue, JobName.COMPLETE_MPESA_DEPOSIT, outcome.enqueue_job_id, deposit_id)
-    await history.succeeded()
+    if await history.succeeded():  # the sweeper queued it again during this run: it asks again now
+        raise Retry(defer=RUN_AGAIN_SECONDS)
     return outcome.action
